@@ -1,0 +1,76 @@
+"""Suite `overhead`: the Python cost of one recorded op.
+
+A chain of 1,000 elementwise ops (repeating: multiply by a constant, sin,
+add the input, tanh) on 1-element float64 tensors, forward plus backward,
+against PyTorch eager on the same machine in the same process. Also the
+no-grad forward alone. At this size the arithmetic is nothing: what is
+measured is dispatch, recording, and the backward walk.
+
+Targets (issue 2): forward+backward at most 0.6x PyTorch's time per op;
+no-grad forward at most 3 us per op.
+"""
+from . import harness
+
+N_OPS = 1000
+
+
+def _chain(x, n=N_OPS):
+    y = x
+    for _ in range(n // 4):
+        y = y * 1.0001
+        y = y.sin()
+        y = y + x
+        y = y.tanh()
+    return y
+
+
+def run(full=False):
+    import gpuad
+    rounds = 31 if full else 15
+    xg = gpuad.tensor([0.3], dtype="float64", requires_grad=True)
+    variants = {}
+
+    def gpuad_fwd_bwd():
+        _chain(xg).sum().backward()
+
+    def gpuad_nograd():
+        with gpuad.no_grad():
+            _chain(xg)
+    variants["gpuad fwd+bwd"] = gpuad_fwd_bwd
+    variants["gpuad no-grad fwd"] = gpuad_nograd
+    if harness.have_torch():
+        import torch
+        xt = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+
+        def torch_fwd_bwd():
+            _chain(xt).sum().backward()
+
+        def torch_nograd():
+            with torch.no_grad():
+                _chain(xt)
+        variants["torch fwd+bwd"] = torch_fwd_bwd
+        variants["torch no-grad fwd"] = torch_nograd
+
+    samples = harness.measure(variants, rounds=rounds, warmup=3, label="overhead")
+    per_op = {k: harness.median(v) / N_OPS * 1e6 for k, v in samples.items()}
+    table = harness.Table(f"overhead: chain of {N_OPS} elementwise ops, 1-element float64 "
+                          f"(median of {rounds} interleaved rounds)",
+                          ["variant", "us per op", "vs torch (median of per-round ratios)"])
+    data = {"per_op_us": per_op, "n_ops": N_OPS, "rounds": rounds}
+    ratios = {}
+    for name in variants:
+        r = ""
+        peer = name.replace("gpuad", "torch")
+        if name.startswith("gpuad") and peer in samples:
+            ratios[name] = harness.ratio(samples, name, peer)
+            r = f"{ratios[name]:.2f}x"
+        table.add(name, per_op[name], r)
+    data["ratios_vs_torch"] = ratios
+    table.print()
+    notes = []
+    if "gpuad fwd+bwd" in ratios:
+        notes.append(f"forward+backward: {ratios['gpuad fwd+bwd']:.2f}x PyTorch per op (target <= 0.6x)")
+    notes.append(f"no-grad forward: {per_op['gpuad no-grad fwd']:.2f} us per op (target <= 3 us)")
+    for n in notes:
+        print("  " + n)
+    return harness.write_report("overhead", data, [table], notes)

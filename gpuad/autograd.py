@@ -1,0 +1,332 @@
+"""backward() and autograd.grad(): the reverse walk over the recorded graph.
+
+The walk is the lecture's "code II": nodes are popped in decreasing creation
+index (a reversed linear topological order), and each sends its gradient
+through all its incoming edges, accumulating at fan-in. A node is pushed when
+its first gradient arrives; by the time it is popped every consumer (all have
+larger indices) has sent its share, so its gradient is complete. No
+recursion, no sort, and a deterministic order.
+
+Memory: a node's gradient is popped (released) the moment it has been sent
+on, and its saved values are released right after its VJP ran, unless
+retain_graph. The engine tracks which gradient buffers it owns, so fan-in
+adds in place and VJPs may write into a dying gradient (donation) instead of
+allocating.
+
+>>> import gpuad
+>>> x = gpuad.tensor(3.0, requires_grad=True)
+>>> y = x * x
+>>> gpuad.autograd.grad(y, x)[0].item()
+6.0
+"""
+import heapq
+import os
+import weakref
+
+import numpy as np
+
+from .backends import namespace_of, numpy_ns
+from .graph import FREED, _Mode
+from .ops.elementwise import INPLACE_MIN, unbroadcast
+from .tensor import Tensor
+
+_heappush, _heappop = heapq.heappush, heapq.heappop
+_ndarray = np.ndarray
+
+
+class BackwardError(RuntimeError):
+    """Raised for misuse of backward (freed graph, missing grad, ...)."""
+
+
+def _root_grads(tensors, grads, who):
+    """Check the roots and make their seed gradients (as arrays or Tensors)."""
+    roots, seeds = [], []
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"gpuad.{who}: output {i} is a {type(t).__name__}, not a Tensor")
+        if t._node is None:
+            raise BackwardError(
+                f"gpuad.{who}: output {i} does not require grad: nothing it was computed from has "
+                f"requires_grad=True (it is GREY), so there is no gradient to compute")
+        if g is None:
+            if t.data.size != 1:
+                raise BackwardError(
+                    f"gpuad.{who}: output {i} has shape {t.shape}; backward needs a grad argument "
+                    f"of that shape (or reduce it first, e.g. y.sum().backward())")
+            xp = namespace_of(t.data)
+            seeds.append((xp.ones(t.data.shape, dtype=t.data.dtype), True))
+        else:
+            gd = g.data if isinstance(g, Tensor) else g
+            if not hasattr(gd, "shape"):
+                gd = np.asarray(gd, dtype=t.data.dtype)
+            if tuple(gd.shape) != t.shape:
+                raise BackwardError(f"gpuad.{who}: grad has shape {tuple(gd.shape)} but output {i} "
+                                    f"has shape {t.shape}")
+            if gd.dtype != t.data.dtype and not isinstance(g, Tensor):
+                gd = gd.astype(t.data.dtype)
+            seeds.append((g if isinstance(g, Tensor) else gd, False))
+        roots.append(t._node)
+    return roots, seeds
+
+
+def _as_list(x):
+    if x is None:
+        return None
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
+    """Accumulate the gradients of `tensors` into the .grad of every leaf they depend on.
+
+    >>> import gpuad
+    >>> a = gpuad.tensor(1.0, requires_grad=True)
+    >>> b = a + a
+    >>> c = b + b
+    >>> gpuad.autograd.backward(c)
+    >>> a.grad.item()
+    4.0
+    """
+    tensors = _as_list(tensors)
+    grads = _as_list(grad_tensors) or [None] * len(tensors)
+    if len(grads) != len(tensors):
+        raise ValueError(f"gpuad.backward: {len(tensors)} outputs but {len(grads)} grads")
+    if retain_graph is None:
+        retain_graph = create_graph
+    roots, seeds = _root_grads(tensors, grads, "backward")
+    _run(roots, seeds, retain_graph, create_graph, targets=None)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """d(outputs)/d(inputs), returned as a tuple; nothing is written to .grad.
+
+    Inputs may be leaves or intermediates (the lecture's edge severing: the
+    gradient at a node equals the gradient obtained by making it an input).
+
+    >>> import gpuad
+    >>> x = gpuad.tensor(2.0, requires_grad=True)
+    >>> y = x ** 3
+    >>> (dx,) = gpuad.autograd.grad(y, x, create_graph=True)
+    >>> (ddx,) = gpuad.autograd.grad(dx, x)
+    >>> dx.item(), ddx.item()
+    (12.0, 12.0)
+    """
+    outputs = _as_list(outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = _as_list(inputs)
+    grads = _as_list(grad_outputs) or [None] * len(outputs)
+    if retain_graph is None:
+        retain_graph = create_graph
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or t._node is None:
+            raise BackwardError(f"gpuad.autograd.grad: input {i} does not require grad, so no "
+                                f"gradient flows to it (set requires_grad=True on it before the forward)")
+    roots, seeds = _root_grads(outputs, grads, "autograd.grad")
+    targets = {}
+    for i, t in enumerate(inputs):
+        targets.setdefault(t._node, []).append(i)
+    found = _run(roots, seeds, retain_graph, create_graph, targets=targets)
+    result = []
+    for i, t in enumerate(inputs):
+        g = found.get(t._node)
+        if g is None:
+            if not allow_unused:
+                raise BackwardError(f"gpuad.autograd.grad: input {i} (shape {t.shape}) was not used to "
+                                    f"compute the outputs; pass allow_unused=True to get None for it")
+            result.append(None)
+        else:
+            result.append(g if isinstance(g, Tensor) else Tensor._from(g))
+    return tuple(result) if not single or len(result) != 1 else tuple(result)
+
+
+def _needed_nodes(roots, targets):
+    """Nodes on some path from a root down to a target: the only ones grad() visits."""
+    seen, stack, order = set(), list(roots), []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        order.append(n)
+        stack.extend(p for p in n.parents if p is not None and p not in seen)
+    order.sort(key=lambda n: n.index)
+    needed = set()
+    for n in order:                    # parents come first in creation order
+        if n in targets or any(p in needed for p in n.parents if p is not None):
+            needed.add(n)
+    return needed
+
+
+def _wrap_saved(node):
+    """Saved arrays as Tensors wired to the graph, so a recorded VJP can be differentiated."""
+    plan = node.op.plan(node.needs)
+    saved = node.saved
+    out = []
+    for k, s in enumerate(saved):
+        if s is None or not hasattr(s, "shape"):
+            out.append(s)
+        elif k < len(plan):
+            src = node if plan[k] == -1 else node.parents[plan[k]]
+            out.append(Tensor._from(s, src))
+        else:
+            out.append(s)                   # aux arrays (masks) are constants
+    return tuple(out)
+
+
+_DEBUG = os.environ.get("GPUAD_DEBUG") == "1"
+
+
+def _run(roots, seeds, retain_graph, create_graph, targets):
+    """The reverse walk. Returns {target node: gradient} when targets are given."""
+    from .ops.namespace import tensor_ns
+    first = seeds[0][0]
+    xp = tensor_ns if create_graph else namespace_of(first.data if isinstance(first, Tensor) else first)
+    found = {}
+    needed = _needed_nodes(roots, targets) if targets is not None else None
+    heap = []
+    for node, (g, owned) in zip(roots, seeds):
+        if create_graph:
+            g = g if isinstance(g, Tensor) else Tensor._from(g)
+        elif isinstance(g, Tensor):
+            g = g.data
+        if node.grad is None:
+            node.grad, node.owned = g, owned
+            heap.append((-node.index, node))
+        else:
+            node.grad = node.grad + g
+            node.owned = not create_graph
+    heapq.heapify(heap)
+    arr_t = None if create_graph else type(xp.module.empty(0))
+    is_numpy = xp is numpy_ns
+    prev_mode = _Mode.enabled
+    _Mode.enabled = create_graph          # record the backward pass only when asked
+    try:
+        while heap:
+            node = _heappop(heap)[1]
+            g = node.grad
+            node.grad = None
+            op = node.op
+            donate = node.owned and g.size >= INPLACE_MIN     # (owned is never set under create_graph)
+            if node.extra is not None or targets is not None:
+                # leaves, retain_grad, hooks, autograd.grad targets: the slow path
+                g, donate, go_on = _visit_special(node, g, donate, create_graph, targets, found)
+                if not go_on:
+                    continue
+            saved = node.saved
+            if saved is FREED:
+                raise BackwardError(
+                    f"gpuad: trying to backward through the graph a second time: node #{node.index} "
+                    f"({op.name}) already released its saved values. Pass retain_graph=True to the "
+                    f"first backward() to keep them, or run the forward again.")
+            grads = op.vjp(xp, g, _wrap_saved(node) if create_graph else saved, node, donate)
+            if not retain_graph:
+                node.saved = FREED                            # saved values die here
+            keeps = op.keeps_shape        # unary elementwise: shape and dtype already right
+            dup = not keeps and len(grads) == 2 and grads[0] is grads[1]
+            for parent, gi in zip(node.parents, grads):
+                if parent is None or gi is None or (needed is not None and parent not in needed):
+                    continue
+                # owned: the engine may write into this buffer later. It is fresh
+                # (no view, nobody else's), or g itself donated to exactly one input.
+                if create_graph:
+                    owned = False
+                elif type(gi) is arr_t:
+                    owned = (gi is not g or (donate and not dup)) and (keeps or gi.base is None)
+                else:
+                    gi = np.asarray(gi) if is_numpy else gi   # numpy returns scalars for 0-d results
+                    owned = is_numpy
+                if not keeps:
+                    if gi.shape != parent.shape:
+                        gi = _fit(xp, gi, parent, op)
+                        owned = not create_graph
+                    dt = gi.dtype
+                    if dt is not parent.dtype and dt != parent.dtype:
+                        gi = xp.astype(gi, parent.dtype)
+                        owned = not create_graph
+                pg = parent.grad
+                if pg is None:
+                    parent.grad = gi
+                    parent.owned = owned
+                    _heappush(heap, (-parent.index, parent))
+                elif create_graph:
+                    parent.grad = xp.add(pg, gi)
+                elif pg.size < INPLACE_MIN:                   # tiny: allocating is cheaper
+                    parent.grad = xp.add(pg, gi)
+                    parent.owned = True
+                elif parent.owned:
+                    xp.add(pg, gi, out=pg)                    # fan-in, in place (read 2N, write N)
+                elif owned:
+                    parent.grad = xp.add(gi, pg, out=gi)
+                    parent.owned = True
+                else:
+                    parent.grad = xp.add(pg, gi)
+                    parent.owned = True
+            del g, grads
+    finally:
+        _Mode.enabled = prev_mode
+        for _, n in heap:                                     # after an error: release what is left
+            n.grad = None
+    return found
+
+
+def _visit_special(node, g, donate, create_graph, targets, found):
+    """Hooks, capture for autograd.grad, and .grad accumulation. Returns
+    (g, donate, whether to run the node's VJP)."""
+    if node.hooks is not None:
+        g, donate = _run_grad_hooks(node, g, donate, create_graph)
+    if targets is not None and node in targets:
+        found[node] = g                                       # kept for the caller: never donate it
+        donate = False
+    if node.op is None:                                       # a leaf: BLACK input node
+        if targets is None:
+            _accumulate_leaf(node, g, donate, create_graph)
+        return g, donate, False
+    if node.ref is not None and targets is None:              # retain_grad() on an intermediate
+        _accumulate_leaf(node, g, donate, create_graph)
+        donate = False
+    return g, donate, True
+
+
+def _fit(xp, gi, parent, op):
+    """Sum a broadcast gradient back to the input's shape."""
+    try:
+        out = unbroadcast(xp, gi, parent.shape)
+    except ValueError:
+        out = None
+    if out is None or tuple(out.shape) != tuple(parent.shape):
+        raise BackwardError(f"gpuad: the VJP of {op.name} returned a gradient of shape {tuple(gi.shape)} "
+                            f"for an input of shape {parent.shape}")
+    return out
+
+
+def _run_grad_hooks(node, g, donate, create_graph):
+    for kind, fn in list(node.hooks):
+        if kind != "grad":
+            continue
+        res = fn(g if create_graph else Tensor._from(g))
+        if res is not None:
+            g = res if create_graph else (res.data if isinstance(res, Tensor) else res)
+            donate = False
+    return g, donate
+
+
+def _accumulate_leaf(node, g, owned, create_graph):
+    """Add a finished gradient into the tensor's .grad (the lecture's v.grad +=)."""
+    t = node.ref()
+    if t is None:
+        return
+    if create_graph:
+        t.grad = g if t.grad is None else t.grad + g
+    elif t.grad is None:
+        t.grad = Tensor._from(g if owned else g.copy())       # never alias a buffer we do not own
+    else:
+        acc = t.grad.data
+        if acc.shape != g.shape:
+            raise BackwardError(f"gpuad: .grad of shape {acc.shape} cannot take a gradient of shape {g.shape}")
+        if acc.flags.writeable if hasattr(acc, "flags") else True:
+            acc += g
+        else:
+            t.grad = Tensor._from(acc + g)
+    if node.hooks is not None:
+        for kind, fn in list(node.hooks):
+            if kind == "post":
+                fn(t)

@@ -1,0 +1,55 @@
+"""Devices: 'cpu' (numpy) and 'cuda' (CuPy), and moving arrays between them.
+
+`import gpuad` never imports CuPy; the first request for 'cuda' does, and
+says why it cannot be had if it cannot.
+
+>>> from gpuad.backends.devices import cuda_available
+>>> ok, why = cuda_available()
+>>> isinstance(ok, bool) and isinstance(why, str)
+True
+"""
+import numpy as np
+
+_status = None
+
+
+def cuda_available():
+    """(True, '') when CuPy imports and can allocate on a GPU, else (False, reason)."""
+    global _status
+    if _status is None:
+        try:
+            import cupy
+        except Exception as e:   # ImportError, or a broken CUDA install
+            _status = (False, f"CuPy is not installed or failed to import ({type(e).__name__}: {e}); "
+                              f"install gpuad[gpu] on a CUDA machine")
+        else:
+            try:
+                ok = bool(cupy.is_available())
+            except Exception as e:
+                ok, err = False, e
+            else:
+                err = None
+            _status = (True, "") if ok else (False, "CuPy imports but finds no usable CUDA device"
+                                             + (f" ({err})" if err else ""))
+    return _status
+
+
+def require_cuda():
+    ok, why = cuda_available()
+    if not ok:
+        raise RuntimeError(f"gpuad: device 'cuda' is unavailable: {why}")
+    import cupy
+    return cupy
+
+
+def to_device(arr, device):
+    """Copy `arr` to 'cpu' or 'cuda' (a no-op when it is already there)."""
+    kind = str(device).split(":")[0]
+    if kind == "cpu":
+        if type(arr) is np.ndarray:
+            return arr
+        return arr.get() if hasattr(arr, "get") else np.asarray(arr)
+    if kind == "cuda":
+        cupy = require_cuda()
+        return cupy.asarray(arr)
+    raise ValueError(f"gpuad: unknown device {device!r} (use 'cpu' or 'cuda')")

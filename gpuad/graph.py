@@ -1,0 +1,175 @@
+"""The recorded graph: one Node per op, numbered in creation order.
+
+Creation order is a linear topological order (every input of a node was made
+before it), so backward needs no sort: it pops nodes by decreasing index.
+
+A Node holds everything backward needs as plain data the planner can see:
+
+    op       the primitive (None for a leaf: a tensor with requires_grad=True)
+    parents  one entry per input: the input's Node if it is BLACK, else None (GREY)
+    saved    the arrays the op's VJP reads, in the order its registry entry declares;
+             FREED once backward has consumed them
+    params   the op's non-array arguments (axis, shapes, indices), or None
+    needs    one bool per input: does a gradient have to flow there
+    index    creation number, the topological key
+    shape, dtype   of the output (what its gradient must look like)
+
+It never holds a forward value that no backward step reads: inputs are reached
+through their nodes, not their tensors.
+
+>>> import gpuad
+>>> x = gpuad.tensor(2.0, requires_grad=True)
+>>> y = (x * x).sin()
+>>> [n.op.name for n in (y._node, y._node.parents[0])]
+['sin', 'multiply']
+"""
+import contextlib
+import itertools
+
+_next_index = itertools.count().__next__
+
+
+class _Freed:
+    """Marks a node whose saved values backward has already released."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "FREED"
+
+
+FREED = _Freed()
+
+
+class Extra:
+    """What few nodes carry: a weakref to their tensor (leaves, retain_grad) and hooks."""
+    __slots__ = ("ref", "hooks")
+
+    def __init__(self):
+        self.ref = None
+        self.hooks = None
+
+
+class Node:
+    __slots__ = ("op", "parents", "saved", "params", "needs", "index", "shape", "dtype",
+                 "grad", "owned", "extra", "__weakref__")
+
+    def __init__(self, op, parents, saved, params, needs, shape, dtype):
+        self.op = op
+        self.parents = parents
+        self.saved = saved
+        self.params = params
+        self.needs = needs
+        self.index = _next_index()
+        self.shape = shape
+        self.dtype = dtype
+        self.grad = None      # the gradient arriving during backward, popped once consumed
+        self.owned = False    # True when backward may write into .grad in place
+        self.extra = None     # Extra: tensor weakref and hooks; None on the hot path
+
+    @property
+    def ref(self):
+        """Weakref to the tensor whose .grad receives this gradient (leaves, retain_grad())."""
+        return self.extra.ref if self.extra is not None else None
+
+    @ref.setter
+    def ref(self, value):
+        if self.extra is None:
+            self.extra = Extra()
+        self.extra.ref = value
+
+    @property
+    def hooks(self):
+        """Tensor hooks, run when this gradient is complete."""
+        return self.extra.hooks if self.extra is not None else None
+
+    @hooks.setter
+    def hooks(self, value):
+        if self.extra is None:
+            self.extra = Extra()
+        self.extra.hooks = value
+
+    @property
+    def is_leaf(self):
+        return self.op is None
+
+    def __repr__(self):
+        name = "leaf" if self.op is None else self.op.name
+        return f"<Node #{self.index} {name} {self.shape} {self.dtype}>"
+
+
+def leaf_node(tensor):
+    """The node of a parameter (a BLACK input node of the lecture)."""
+    import weakref
+    node = Node(None, (), (), None, (), tensor.data.shape, tensor.data.dtype)
+    node.ref = weakref.ref(tensor)
+    return node
+
+
+# ---------------------------------------------------------------------------
+# Recording state. A plain module-level flag: reading it costs one attribute
+# lookup per op, which matters at microsecond op costs. It is not thread-local.
+
+class _Mode:
+    enabled = True
+
+
+def is_grad_enabled():
+    """Whether ops on BLACK tensors are being recorded."""
+    return _Mode.enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Turn recording on or off inside a `with` block or a decorated function.
+
+    >>> import gpuad
+    >>> x = gpuad.tensor(1.0, requires_grad=True)
+    >>> with gpuad.set_grad_enabled(False):
+    ...     (x * 2).requires_grad
+    False
+    """
+
+    def __init__(self, mode=True):
+        self.mode = bool(mode)
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(_Mode.enabled)
+        _Mode.enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _Mode.enabled = self._prev.pop()
+        return False
+
+
+class no_grad(set_grad_enabled):
+    """Run ops without recording them: every result is GREY.
+
+    >>> import gpuad
+    >>> w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+    >>> with gpuad.no_grad():
+    ...     y = w * 3
+    >>> y.requires_grad
+    False
+    >>> @gpuad.no_grad()
+    ... def f(t): return t + 1
+    >>> f(w).requires_grad
+    False
+    """
+
+    def __init__(self):
+        super().__init__(False)
+
+
+class enable_grad(set_grad_enabled):
+    """Record again inside a no_grad region.
+
+    >>> import gpuad
+    >>> w = gpuad.tensor(1.0, requires_grad=True)
+    >>> with gpuad.no_grad(), gpuad.enable_grad():
+    ...     (w * 2).requires_grad
+    True
+    """
+
+    def __init__(self):
+        super().__init__(True)

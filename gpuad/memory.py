@@ -1,0 +1,8 @@
+"""Memory accounting (placeholder until the planner lands)."""
+
+
+class _Ledger:
+    active = None
+
+
+ledger = _Ledger()

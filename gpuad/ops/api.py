@@ -1,0 +1,498 @@
+"""The public functions: argument checks and normalisation, then one primitive.
+
+Composite ops (mean, square, clamp, logsumexp, squeeze, ...) are written here
+from primitives and have no VJP of their own.
+
+Both numpy's and PyTorch's spellings are accepted where they differ
+(axis/dim, keepdims/keepdim, concatenate/cat).
+
+>>> import gpuad
+>>> x = gpuad.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+>>> gpuad.mean(x, dim=0).numpy()
+array([2., 3.], dtype=float32)
+"""
+import builtins
+
+import numpy as np
+
+from . import elementwise as E, linalg as L, nn as N, reduce as R, shape as S
+from .registry import apply, apply1, apply2
+from ..backends import namespace_of
+from ..tensor import Tensor
+
+
+def _shape_of(x):
+    return x.shape if hasattr(x, "shape") else np.shape(x)
+
+
+def _binary(op):
+    def fn(x, y):
+        return apply2(op, x, y)
+    fn.__name__ = fn.__qualname__ = op.name
+    fn.__doc__ = op.__doc__
+    return fn
+
+
+def _unary(op):
+    def fn(x):
+        return apply1(op, x if isinstance(x, Tensor) else Tensor(x))
+    fn.__name__ = fn.__qualname__ = op.name
+    fn.__doc__ = op.__doc__
+    return fn
+
+
+add = _binary(E.add)
+subtract = _binary(E.subtract)
+multiply = _binary(E.multiply)
+divide = _binary(E.divide)
+maximum = _binary(E.maximum)
+minimum = _binary(E.minimum)
+less = _binary(E.less)
+less_equal = _binary(E.less_equal)
+greater = _binary(E.greater)
+greater_equal = _binary(E.greater_equal)
+equal = _binary(E.equal)
+not_equal = _binary(E.not_equal)
+
+negative = _unary(E.negative)
+exp = _unary(E.exp)
+log = _unary(E.log)
+log1p = _unary(E.log1p)
+sqrt = _unary(E.sqrt)
+abs = _unary(E.abs)  # noqa: A001
+sin = _unary(E.sin)
+cos = _unary(E.cos)
+sinh = _unary(E.sinh)
+cosh = _unary(E.cosh)
+tanh = _unary(E.tanh)
+sigmoid = _unary(E.sigmoid)
+relu = _unary(E.relu)
+erf = _unary(E.erf)
+sign = _unary(E.sign)
+
+# PyTorch spellings
+sub, mul, div, true_divide, neg = subtract, multiply, divide, divide, negative
+lt, le, gt, ge, eq, ne = less, less_equal, greater, greater_equal, equal, not_equal
+
+
+def power(x, p):
+    """x ** p, where p is a number or a tensor.
+
+    >>> import gpuad
+    >>> gpuad.power(gpuad.tensor([2.0, 3.0]), 2).numpy()
+    array([4., 9.], dtype=float32)
+    """
+    return apply2(E.power, x, p)
+
+
+pow = power  # noqa: A001
+
+
+def square(x):
+    """x * x (composite: one multiply node)."""
+    return multiply(x, x)
+
+
+def gelu(x, approximate="none"):
+    """GELU: x * Phi(x). approximate="tanh" gives PyTorch's tanh form.
+
+    >>> import gpuad
+    >>> float(gpuad.gelu(gpuad.tensor(1.0, dtype="float64")))
+    0.8413447460685429
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gpuad.gelu: approximate must be 'none' or 'tanh', not {approximate!r}")
+    return apply(E.gelu, (x,), {"approximate": approximate} if approximate != "none" else None)
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta; linear above `threshold` (PyTorch's defaults)."""
+    params = None if (beta == 1.0 and threshold == 20.0) else {"beta": float(beta), "threshold": float(threshold)}
+    return apply(E.softplus, (x,), params)
+
+
+def where(cond, x, y):
+    """x where cond is true, else y; broadcasting all three. cond gets no gradient.
+
+    >>> import gpuad
+    >>> gpuad.where(gpuad.tensor([True, False]), 1.0, gpuad.tensor([5.0, 6.0])).numpy()
+    array([1., 6.], dtype=float32)
+    """
+    if isinstance(cond, Tensor):
+        cond = cond.data
+    return apply(E.where, (cond, x, y), None)
+
+
+def clamp(x, min=None, max=None):  # noqa: A002
+    """Limit x to [min, max]; the gradient is 1 inside (bounds included), 0 outside.
+
+    The bounds are constants (numbers or GREY tensors).
+
+    >>> import gpuad
+    >>> gpuad.clamp(gpuad.tensor([-2.0, 0.5, 3.0]), -1, 1).numpy()
+    array([-1. ,  0.5,  1. ], dtype=float32)
+    """
+    if min is None and max is None:
+        raise ValueError("gpuad.clamp: give min, max or both")
+    data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    lo = min.data if isinstance(min, Tensor) else min
+    hi = max.data if isinstance(max, Tensor) else max
+    xp = namespace_of(data)
+    if lo is None:
+        inside, bound = data <= hi, hi
+    elif hi is None:
+        inside, bound = data >= lo, lo
+    else:
+        inside = (data >= lo) & (data <= hi)
+        bound = xp.where(data < lo, lo, hi)             # which side was crossed
+    return where(inside, x, xp.asarray(bound, dtype=data.dtype))
+
+
+clip = clamp
+
+
+def astype(x, dtype):
+    """Cast to `dtype`; gradients are cast back."""
+    from ..dtypes import as_dtype
+    dtype = as_dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return apply(E.astype, (x,), {"dtype": dtype})
+
+
+# --- reductions ---------------------------------------------------------------
+
+def _axis_kw(name, axis, dim, keepdims, keepdim):
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"gpuad.{name}: give axis or dim, not both")
+        axis = dim
+    if keepdim is not None:
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
+def _reduce(op, x, axis, keepdims):
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    axis = R.normalize_axis(axis, x.ndim, op.name)
+    params = None if (axis is None and not keepdims) else {"axis": axis, "keepdims": keepdims}
+    return apply(op, (x,), params)
+
+
+def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    """Sum over axis (None: all).
+
+    >>> import gpuad
+    >>> gpuad.sum(gpuad.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=1).numpy()
+    array([3., 7.], dtype=float32)
+    """
+    axis, keepdims = _axis_kw("sum", axis, dim, keepdims, keepdim)
+    return _reduce(R.sum, x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    """Maximum over axis (values only; ties share the gradient)."""
+    axis, keepdims = _axis_kw("max", axis, dim, keepdims, keepdim)
+    _nonempty("max", x, axis)
+    return _reduce(R.max, x, axis, keepdims)
+
+
+def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    """Minimum over axis (values only; ties share the gradient)."""
+    axis, keepdims = _axis_kw("min", axis, dim, keepdims, keepdim)
+    _nonempty("min", x, axis)
+    return _reduce(R.min, x, axis, keepdims)
+
+
+amax, amin = max, min
+
+
+def _nonempty(name, x, axis):
+    if builtins.min(_shape_of(x), default=1) == 0:
+        raise ValueError(f"gpuad.{name}: reduction over an empty tensor of shape {tuple(_shape_of(x))}")
+
+
+def _count(shape, axis):
+    if axis is None:
+        return int(np.prod(shape))
+    return int(np.prod([shape[a] for a in axis]))
+
+
+def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Mean over axis: sum then one scale (composite)."""
+    axis, keepdims = _axis_kw("mean", axis, dim, keepdims, keepdim)
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    n = _count(x.shape, R.normalize_axis(axis, x.ndim, "mean"))
+    return multiply(_reduce(R.sum, x, axis, keepdims), 1.0 / n if n else float("nan"))
+
+
+def var(x, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
+    """Variance (numpy's ddof=0 by default; PyTorch's `correction` also accepted)."""
+    axis, keepdims = _axis_kw("var", axis, dim, keepdims, keepdim)
+    if correction is not None:
+        ddof = correction
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    n = _count(x.shape, R.normalize_axis(axis, x.ndim, "var"))
+    d = subtract(x, mean(x, axis, keepdims=True))
+    return multiply(sum(multiply(d, d), axis, keepdims), 1.0 / builtins.max(n - ddof, 0) if n > ddof else float("nan"))
+
+
+def std(x, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
+    """Standard deviation: sqrt of var (composite)."""
+    return sqrt(var(x, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction))
+
+
+def logsumexp(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """log(sum(exp(x))): the max is subtracted first (as a constant), so exp never overflows.
+
+    >>> import gpuad
+    >>> round(float(gpuad.logsumexp(gpuad.tensor([1000.0, 1000.0], dtype="float64"))), 4)
+    1000.6931
+    """
+    axis, keepdims = _axis_kw("logsumexp", axis, dim, keepdims, keepdim)
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    axes = R.normalize_axis(axis, x.ndim, "logsumexp")
+    xp = namespace_of(x.data)
+    m = xp.max(x.data, axis=axes, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype)
+    out = add(log(sum(exp(subtract(x, m)), axes, keepdims=True)), m)
+    if not keepdims:
+        out = reshape(out, tuple(n for i, n in enumerate(x.shape) if axes is not None and i not in axes))
+    return out
+
+
+# --- shapes -------------------------------------------------------------------
+
+def _as_shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def reshape(x, *shape):
+    """x with a new shape (one -1 allowed); a view.
+
+    >>> import gpuad
+    >>> gpuad.reshape(gpuad.tensor([1.0, 2.0, 3.0, 4.0]), (2, -1)).shape
+    (2, 2)
+    """
+    shape = _as_shape(shape)
+    size = int(np.prod(x.shape))
+    known = int(np.prod([s for s in shape if s != -1]))
+    if shape.count(-1) > 1 or (-1 in shape and (known == 0 or size % known)) or \
+            (-1 not in shape and known != size):
+        raise ValueError(f"gpuad.reshape: cannot reshape a tensor of shape {tuple(x.shape)} "
+                         f"(size {size}) into {shape}")
+    if -1 in shape:
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if shape == tuple(x.shape):
+        return x
+    return apply(S.reshape, (x,), {"shape": shape})
+
+
+view = reshape
+
+
+def transpose(x, *axes):
+    """Permute axes: transpose(x) reverses them, transpose(x, (1, 0, 2)) permutes
+    (numpy), transpose(x, 0, 1) swaps two (PyTorch).
+
+    >>> import gpuad
+    >>> gpuad.transpose(gpuad.zeros((2, 3, 4)), 0, 2).shape
+    (4, 3, 2)
+    """
+    ndim = x.ndim
+    if len(axes) == 0 or (len(axes) == 1 and axes[0] is None):
+        perm = tuple(reversed(range(ndim)))
+    elif len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
+        # two separate ints: PyTorch's swap (numpy's permutation agrees for (1, 0))
+        i, j = (R.normalize_axis(int(a), ndim, "transpose")[0] for a in axes)
+        perm = list(range(ndim))
+        perm[i], perm[j] = perm[j], perm[i]
+        perm = tuple(perm)
+    else:
+        perm = _as_shape(axes)
+        perm = tuple(p % ndim if ndim else 0 for p in perm)
+        if sorted(perm) != list(range(ndim)):
+            raise ValueError(f"gpuad.transpose: {axes} is not a permutation of the {ndim} axes "
+                             f"of a tensor of shape {tuple(x.shape)}")
+    if perm == tuple(range(ndim)):
+        return x
+    return apply(S.transpose, (x,), {"axes": perm})
+
+
+def permute(x, *dims):
+    """PyTorch's permute: a full permutation of the axes."""
+    return transpose(x, _as_shape(dims))
+
+
+def swapaxes(x, axis1, axis2):
+    """Exchange two axes (a view)."""
+    return transpose(x, axis1, axis2) if x.ndim != 1 else x
+
+
+def broadcast_to(x, shape):
+    """A broadcast view of x; its gradient sums back to x's shape."""
+    shape = tuple(shape)
+    try:
+        np.broadcast_shapes(tuple(x.shape), shape)
+        if len(shape) < x.ndim:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"gpuad.broadcast_to: cannot broadcast shape {tuple(x.shape)} to {shape}") from None
+    if shape == tuple(x.shape):
+        return x
+    return apply(S.broadcast_to, (x,), {"shape": shape})
+
+
+expand = broadcast_to
+
+
+def expand_dims(x, axis):
+    """Insert a length-1 axis at `axis` (reshape)."""
+    ndim = x.ndim + 1
+    axis = R.normalize_axis(axis, ndim, "expand_dims")
+    shape = list(x.shape)
+    for a in axis:
+        shape.insert(a, 1)
+    return reshape(x, tuple(shape))
+
+
+unsqueeze = expand_dims
+
+
+def squeeze(x, axis=None, *, dim=None):
+    """Drop length-1 axes (all, or the ones named)."""
+    if dim is not None:
+        axis = dim
+    if axis is None:
+        return reshape(x, tuple(n for n in x.shape if n != 1))
+    axis = R.normalize_axis(axis, x.ndim, "squeeze")
+    return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in axis and n == 1)))
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    """Merge axes start_dim..end_dim into one (PyTorch's flatten)."""
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    s = R.normalize_axis(start_dim, x.ndim, "flatten")[0]
+    e = R.normalize_axis(end_dim, x.ndim, "flatten")[0]
+    shape = tuple(x.shape[:s]) + (int(np.prod(x.shape[s:e + 1])),) + tuple(x.shape[e + 1:])
+    return reshape(x, shape)
+
+
+def _tensors(name, tensors):
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"gpuad.{name}: needs at least one tensor")
+    return [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+
+
+def concatenate(tensors, axis=0, *, dim=None):
+    """Join tensors along an existing axis.
+
+    >>> import gpuad
+    >>> gpuad.concat([gpuad.zeros((2, 1)), gpuad.ones((2, 2))], axis=1).shape
+    (2, 3)
+    """
+    if dim is not None:
+        axis = dim
+    ts = _tensors("concat", tensors)
+    ndim = ts[0].ndim
+    if ndim == 0:
+        raise ValueError("gpuad.concat: zero-dimensional tensors cannot be concatenated (use stack)")
+    ax = R.normalize_axis(axis, ndim, "concat")[0]
+    for t in ts:
+        if t.ndim != ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, ts[0].shape)) if i != ax):
+            raise ValueError(f"gpuad.concat: shapes {[tuple(t.shape) for t in ts]} differ outside axis {ax}")
+    return apply(S.concatenate, tuple(ts), {"axis": ax, "sizes": tuple(t.shape[ax] for t in ts)})
+
+
+concat = cat = concatenate
+
+
+def stack(tensors, axis=0, *, dim=None):
+    """Join tensors of one shape along a new axis."""
+    if dim is not None:
+        axis = dim
+    ts = _tensors("stack", tensors)
+    if any(tuple(t.shape) != tuple(ts[0].shape) for t in ts):
+        raise ValueError(f"gpuad.stack: all tensors need one shape, got {[tuple(t.shape) for t in ts]}")
+    ax = R.normalize_axis(axis, ts[0].ndim + 1, "stack")[0]
+    return apply(S.stack, tuple(ts), {"axis": ax})
+
+
+def getitem(x, index):
+    """x[index] with ints, slices, None, Ellipsis, integer arrays and boolean masks."""
+    if isinstance(index, tuple):
+        index = tuple(_index_item(i) for i in index)
+    else:
+        index = _index_item(index)
+    try:
+        out = apply(S.getitem, (x,), {"index": index, "unique": S.selects_each_once(index)})
+    except IndexError as e:
+        raise IndexError(f"gpuad.getitem: index {index!r} is invalid for a tensor of shape "
+                         f"{tuple(x.shape)}: {e}") from None
+    return out
+
+
+def _index_item(i):
+    if isinstance(i, Tensor):
+        i = i.data
+    elif isinstance(i, list):
+        i = np.asarray(i)
+    if hasattr(i, "dtype") and not (i.dtype.kind in "iub"):
+        raise IndexError(f"gpuad.getitem: index arrays must be integer or boolean, not {i.dtype}")
+    return i
+
+
+# --- linear algebra and softmax -----------------------------------------------
+
+def matmul(a, b):
+    """Matrix product with batch broadcasting (numpy's rules for 1-D operands).
+
+    >>> import gpuad
+    >>> (gpuad.ones((5, 2, 3)) @ gpuad.ones((3, 4))).shape
+    (5, 2, 4)
+    """
+    sa, sb = _shape_of(a), _shape_of(b)
+    if len(sa) == 0 or len(sb) == 0:
+        raise ValueError(f"gpuad.matmul: operands must have at least 1 dimension, got shapes {tuple(sa)} and {tuple(sb)}")
+    ka = sa[-1]
+    kb = sb[-2] if len(sb) > 1 else sb[0]
+    if ka != kb:
+        raise ValueError(f"gpuad.matmul: inner dimensions differ: {tuple(sa)} @ {tuple(sb)} "
+                         f"({ka} != {kb})")
+    if len(sa) > 2 and len(sb) > 2:
+        try:
+            np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2]))
+        except ValueError:
+            raise ValueError(f"gpuad.matmul: batch dimensions {tuple(sa[:-2])} and {tuple(sb[:-2])} "
+                             f"do not broadcast") from None
+    return apply2(L.matmul, a, b)
+
+
+def dot(a, b):
+    """Inner product of two 1-D tensors (matmul)."""
+    return matmul(a, b)
+
+
+def _softmax_axis(name, x, axis, dim):
+    if dim is not None:
+        axis = dim
+    return R.normalize_axis(-1 if axis is None else axis, x.ndim, name)[0] if x.ndim else 0
+
+
+def softmax(x, axis=-1, *, dim=None):
+    """exp(x) / sum(exp(x)) along axis (default: the last)."""
+    if x.ndim == 0:
+        return apply(N.softmax, (reshape(x, (1,)),), {"axis": 0}).reshape(())
+    return apply(N.softmax, (x,), {"axis": _softmax_axis("softmax", x, axis, dim)})
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    """x - logsumexp(x) along axis (default: the last), stable."""
+    if x.ndim == 0:
+        return apply(N.log_softmax, (reshape(x, (1,)),), {"axis": 0}).reshape(())
+    return apply(N.log_softmax, (x,), {"axis": _softmax_axis("log_softmax", x, axis, dim)})
+

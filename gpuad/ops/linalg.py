@@ -1,0 +1,50 @@
+"""matmul, batched and with numpy's 1-D rules.
+
+For (..., M, K) @ (..., K, N): forward reads MK + KN and writes MN; the VJP
+saves b only if a needs a gradient and a only if b does, and costs two more
+GEMMs: dA = dC B^T (MNK) and dB = A^T dC (MNK). Transposes are views, so no
+bytes move for them. Batch broadcasting is summed back by the engine.
+
+>>> import gpuad
+>>> a = gpuad.tensor([[1.0, 2.0]], requires_grad=True)
+>>> b = gpuad.tensor([[3.0], [4.0]])
+>>> (a @ b).backward()
+>>> a.grad.numpy()
+array([[3., 4.]], dtype=float32)
+"""
+from .registry import primitive
+
+
+@primitive("matmul", nin=2, save=(0, 1), save_if=(1, 0))
+def matmul(xp, a, b):
+    """Matrix product with batch broadcasting; 1-D operands as in numpy."""
+    return xp.matmul(a, b)
+
+
+@matmul.defvjp
+def _matmul_vjp(xp, g, saved, node, donate):
+    a, b = saved
+    na, nb = node.needs
+    # An operand is saved only when the other needs a gradient; otherwise it is
+    # BLACK itself and its node knows its shape.
+    a_ndim = a.ndim if a is not None else len(node.parents[0].shape)
+    b_ndim = b.ndim if b is not None else len(node.parents[1].shape)
+    # Promote 1-D operands to matrices, as the forward did implicitly.
+    if a_ndim == 1 and b_ndim == 1:
+        g = xp.reshape(g, (1, 1))
+    elif a_ndim == 1:
+        g = xp.reshape(g, g.shape[:-1] + (1, g.shape[-1]))
+    elif b_ndim == 1:
+        g = xp.reshape(g, g.shape + (1,))
+    ga = gb = None
+    if na:
+        b2 = xp.reshape(b, (b.shape[0], 1)) if b_ndim == 1 else b
+        ga = xp.matmul(g, xp.swapaxes(b2, -1, -2))
+        if a_ndim == 1:
+            ga = xp.reshape(ga, ga.shape[:-2] + (ga.shape[-1],))
+    if nb:
+        a2 = xp.reshape(a, (1, a.shape[0])) if a_ndim == 1 else a
+        gb = xp.matmul(xp.swapaxes(a2, -1, -2), g)
+        if b_ndim == 1:
+            gb = xp.reshape(gb, gb.shape[:-1])
+    return ga, gb

@@ -1,0 +1,61 @@
+"""numpy's vocabulary on Tensors: the `xp` of a create_graph backward.
+
+Every VJP is written against `xp`. On arrays that is numpy (or cupy); with
+create_graph=True the engine passes `tensor_ns` instead, whose functions are
+gpuad ops, so the backward pass records itself and can be differentiated
+again. `out=` is accepted and ignored: a recorded op never writes in place.
+
+>>> import gpuad
+>>> from gpuad.ops.namespace import tensor_ns
+>>> x = gpuad.tensor(2.0, requires_grad=True)
+>>> tensor_ns.multiply(x, x, out=None).requires_grad
+True
+"""
+from . import api
+
+
+def _drop_out(fn):
+    def f(*args, out=None, **kw):
+        return fn(*args, **kw)
+    f.__name__ = getattr(fn, "__name__", "f")
+    return f
+
+
+class TensorNamespace:
+    name = "tensor"
+
+    def getitem(self, a, index):
+        return api.getitem(a, index)
+
+    def transpose(self, a, axes=None):
+        return api.transpose(a, axes) if axes is not None else api.transpose(a)
+
+    def reshape(self, a, shape):
+        return api.reshape(a, shape)
+
+    def astype(self, a, dtype):
+        return api.astype(a, dtype)
+
+    def sum(self, a, axis=None, keepdims=False):
+        return api.sum(a, axis, keepdims)
+
+    def max(self, a, axis=None, keepdims=False):
+        return api.max(a, axis, keepdims)
+
+    def min(self, a, axis=None, keepdims=False):
+        return api.min(a, axis, keepdims)
+
+    def concatenate(self, arrays, axis=0):
+        return api.concatenate(arrays, axis)
+
+    def stack(self, arrays, axis=0):
+        return api.stack(arrays, axis)
+
+
+for _name in ("add", "subtract", "multiply", "divide", "negative", "power", "exp", "log", "log1p",
+              "sqrt", "abs", "sign", "sin", "cos", "sinh", "cosh", "tanh", "erf", "maximum", "minimum",
+              "where", "greater", "greater_equal", "less", "less_equal", "equal", "not_equal",
+              "matmul", "swapaxes", "broadcast_to", "square"):
+    setattr(TensorNamespace, _name, staticmethod(_drop_out(getattr(api, _name))))
+
+tensor_ns = TensorNamespace()

@@ -1,0 +1,307 @@
+"""The primitive registry and apply(): dispatch, record, account.
+
+One entry per primitive declares, side by side:
+
+    fwd(xp, *arrays, **params) -> out            (or (out, aux) with has_aux)
+    vjp(xp, g, saved, node, donate) -> one gradient (or None) per input
+    save      what the VJP reads: input positions and/or "out"
+    save_if   for each saved item, the input whose gradient needs it (None:
+              any); mul saves y only when x needs a gradient, and so on
+
+`saved` reaches the VJP in the order `save` declares, followed by the aux
+arrays, with None where save_if pruned an item. `donate` tells the VJP it may
+overwrite `g` (the engine owns it and nobody reads it afterwards), so it can
+write its result there instead of allocating.
+
+>>> import numpy as np, gpuad
+>>> from gpuad.ops.registry import REGISTRY
+>>> REGISTRY["tanh"].save
+('out',)
+>>> REGISTRY["multiply"].plan((True, False))    # x needs a grad: keep y only
+(-2, 1)
+"""
+from operator import itemgetter
+
+import numpy as np
+
+from .. import graph
+from ..backends import namespace_of, numpy_ns
+from ..graph import Node, _Mode
+
+REGISTRY = {}
+
+_OUT, _SKIP = -1, -2
+_ndarray = np.ndarray
+
+
+class Primitive:
+    """A differentiable (or explicitly non-differentiable) operation."""
+
+    __slots__ = ("name", "fwd", "vjp", "save", "save_if", "nin", "differentiable",
+                 "has_aux", "keeps_shape", "_plans", "_savers", "__name__", "__wrapped__", "__dict__")
+
+    def __init__(self, name, fwd, nin, save=(), save_if=None, differentiable=True, has_aux=False):
+        if name in REGISTRY:
+            raise ValueError(f"gpuad: primitive {name!r} is registered twice")
+        self.name = name
+        self.fwd = fwd
+        self.vjp = None
+        self.save = tuple(save)
+        self.save_if = tuple(save_if) if save_if is not None else (None,) * len(self.save)
+        if len(self.save_if) != len(self.save):
+            raise ValueError(f"gpuad: {name}: save_if must match save item for item")
+        self.nin = nin
+        self.differentiable = differentiable
+        self.has_aux = has_aux
+        self._plans = {}
+        self._savers = {}
+        # Unary elementwise: the gradient has the input's shape and dtype, so the
+        # engine can skip its unbroadcast and cast checks.
+        self.keeps_shape = False
+        self.__doc__ = fwd.__doc__
+        self.__name__ = name
+        self.__wrapped__ = fwd
+        REGISTRY[name] = self
+
+    def defvjp(self, vjp):
+        """Attach the VJP; used as a decorator right under the forward."""
+        self.vjp = vjp
+        return vjp
+
+    def plan(self, needs):
+        """Saved-item positions for one pattern of needed gradients.
+
+        An int >= 0 is an input, -1 the output, -2 an item nobody will read.
+        """
+        plan = self._plans.get(needs)
+        if plan is None:
+            plan = tuple(
+                _SKIP if (cond is not None and not needs[cond]) else (_OUT if item == "out" else item)
+                for item, cond in zip(self.save, self.save_if))
+            self._plans[needs] = plan
+        return plan
+
+    def saver(self, needs):
+        """A function (x, y, out) -> the saved tuple, for the unary and binary fast paths."""
+        fn = self._savers.get(needs)
+        if fn is None:
+            ks = tuple(i if i >= 0 else (2 if i == _OUT else 3) for i in self.plan(needs))
+            if not ks:
+                fn = _save_nothing
+            elif len(ks) == 1:
+                k = ks[0]
+                fn = (lambda src: (src[0],)) if k == 0 else (lambda src: (src[2],)) if k == 2 else \
+                    (lambda src, k=k: (src[k],))
+            else:
+                fn = itemgetter(*ks)
+            self._savers[needs] = fn
+        return fn
+
+    def __call__(self, *args, **params):
+        return apply(self, args, params)
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+
+def _save_nothing(src):
+    return ()
+
+
+def primitive(name, nin=1, save=(), save_if=None, differentiable=True, has_aux=False):
+    """Register the decorated forward as primitive `name`."""
+    def deco(fwd):
+        return Primitive(name, fwd, nin, save, save_if, differentiable, has_aux)
+    return deco
+
+
+def apply(op, args, params):
+    """Run `op` on Tensors and constants; record a node if any input is BLACK.
+
+    The general path (any arity, with params). Tensor operators take the
+    unary and binary fast paths below, which do the same work inline.
+    """
+    arrays = []
+    parents = []
+    black = False
+    xp = None
+    for a in args:
+        if isinstance(a, Tensor):
+            data = a.data
+            arrays.append(data)
+            node = a._node
+            parents.append(node)
+            if node is not None:
+                black = True
+            if xp is None:
+                xp = numpy_ns if type(data) is _ndarray else namespace_of(data)
+        else:
+            arrays.append(a)
+            parents.append(None)
+    if xp is None:
+        xp = numpy_ns
+    elif xp is not numpy_ns:
+        _check_devices(op, args, arrays)
+    out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
+    if op.has_aux:
+        out, aux = out
+    if type(out) is not _ndarray and xp is numpy_ns:
+        out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
+    acct = _ledger.active
+    if acct is not None:
+        acct.on_op(op.name, arrays, out)
+    t = _new(Tensor)
+    t.data = out
+    t.grad = None
+    if not (black and _Mode.enabled and op.differentiable and out.dtype.kind == "f"):
+        t._node = None
+        return t
+    needs = tuple([p is not None for p in parents])
+    plan = op.plan(needs)
+    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
+    if op.has_aux:
+        saved += aux
+    t._node = _node(op, tuple(parents), saved, params or None, needs, out)
+    return t
+
+
+def _node(op, parents, saved, params, needs, out):
+    """Node(...) without the __init__ call: this runs once per recorded op."""
+    n = _new(Node)
+    n.op = op
+    n.parents = parents
+    n.saved = saved
+    n.params = params
+    n.needs = needs
+    n.index = _next_index()
+    n.shape = out.shape
+    n.dtype = out.dtype
+    n.grad = None
+    n.owned = False
+    n.extra = None
+    return n
+
+
+_NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
+
+
+def apply1(op, x):
+    """apply() for one Tensor input and no params: the per-op hot path."""
+    xd = x.data
+    xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
+    out = op.fwd(xp, xd)
+    if type(out) is not _ndarray and xp is numpy_ns:
+        out = np.asarray(out)
+    if _ledger.active is not None:
+        _ledger.active.on_op(op.name, (xd,), out)
+    t = _new(Tensor)
+    t.data = out
+    t.grad = None
+    xn = x._node
+    if xn is None or not _Mode.enabled or not op.differentiable:
+        t._node = None
+        return t
+    saver = op._savers.get(_TRUE1) or op.saver(_TRUE1)
+    # Node(...) inlined: this is the most frequent allocation in the library.
+    t._node = n = _new(Node)
+    n.op = op
+    n.parents = (xn,)
+    n.saved = saver((xd, None, out, None))
+    n.params = None
+    n.needs = _TRUE1
+    n.index = _next_index()
+    n.shape = out.shape
+    n.dtype = out.dtype
+    n.grad = n.extra = None
+    n.owned = False
+    return t
+
+
+_TRUE1 = (True,)
+
+
+def apply2(op, x, y):
+    """apply() for two inputs (Tensors or constants) and no params."""
+    if isinstance(x, Tensor):
+        xd, xn = x.data, x._node
+        first = xd
+    else:
+        xd, xn = x, None
+        first = None
+    if isinstance(y, Tensor):
+        yd, yn = y.data, y._node
+        if first is None:
+            first = yd
+    else:
+        yd, yn = y, None
+    if type(first) is _ndarray:
+        xp = numpy_ns
+    else:
+        xp = namespace_of(first) if first is not None else numpy_ns
+        if xp is not numpy_ns:
+            _check_devices(op, (x, y), (xd, yd))
+    try:
+        out = op.fwd(xp, xd, yd)
+    except ValueError as e:
+        raise _binary_error(op, xd, yd, e) from None
+    if type(out) is not _ndarray and xp is numpy_ns:
+        out = np.asarray(out)
+    if _ledger.active is not None:
+        _ledger.active.on_op(op.name, (xd, yd), out)
+    t = _new(Tensor)
+    t.data = out
+    t.grad = None
+    if (xn is None and yn is None) or not _Mode.enabled or not op.differentiable or out.dtype.kind != "f":
+        t._node = None
+        return t
+    needs = _NEEDS2[(xn is not None) * 2 + (yn is not None)]
+    saver = op._savers.get(needs) or op.saver(needs)
+    t._node = n = _new(Node)
+    n.op = op
+    n.parents = (xn, yn)
+    n.saved = saver((xd, yd, out, None))
+    n.params = None
+    n.needs = needs
+    n.index = _next_index()
+    n.shape = out.shape
+    n.dtype = out.dtype
+    n.grad = n.extra = None
+    n.owned = False
+    return t
+
+
+def _binary_error(op, xd, yd, err):
+    sx, sy = tuple(getattr(xd, "shape", ())), tuple(getattr(yd, "shape", ()))
+    if op.name == "matmul":
+        return ValueError(f"gpuad.matmul: shapes {sx} and {sy} are not aligned ({err})")
+    return ValueError(f"gpuad.{op.name}: shapes {sx} and {sy} do not broadcast "
+                      f"(trailing dimensions must match or be 1)")
+
+
+def _check_devices(op, args, arrays):
+    from ..backends import device_of
+    devices = {device_of(a) for a in arrays if hasattr(a, "shape") and not isinstance(a, np.generic)}
+    if len(devices) > 1:
+        shapes = ", ".join(f"{device_of(a)}:{tuple(a.shape)}" for a in arrays if hasattr(a, "shape"))
+        raise RuntimeError(f"gpuad.{op.name}: inputs live on different devices ({shapes}); "
+                           f"move them with .to('cuda') or .cpu() first")
+
+
+def call(op, xp, *args, **params):
+    """Use a primitive inside a VJP: on arrays run its forward, on Tensors record it.
+
+    This is how a VJP that needs more than numpy's vocabulary stays
+    differentiable under create_graph=True.
+    """
+    if xp.name == "tensor":
+        return apply(op, args, params)
+    out = op.fwd(xp, *args, **params)
+    return out[0] if op.has_aux else out
+
+
+from ..tensor import Tensor  # noqa: E402  (Tensor's methods call into ops)
+from .. import memory as _memory  # noqa: E402
+
+_ledger = _memory.ledger
+_new = object.__new__
+_next_index = graph._next_index

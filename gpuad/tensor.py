@@ -1,0 +1,468 @@
+"""Tensor: a backend array, the node that made it, and its gradient.
+
+A Tensor is BLACK when it has a node (it requires grad: a parameter, or the
+result of an op on one) and GREY otherwise. Operators call the ops registry;
+nothing here computes.
+
+>>> import gpuad
+>>> x = gpuad.tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> y = (x * x).sum()
+>>> y.backward()
+>>> x.grad
+tensor([2., 4., 6.])
+"""
+import numpy as np
+
+from . import graph
+from .dtypes import as_dtype, default_float, is_floating
+
+
+def _to_array(data, dtype, copy):
+    """Convert user data to a backend array with gpuad's dtype defaults."""
+    if isinstance(data, Tensor):
+        arr = data.data
+        if dtype is not None and arr.dtype != dtype:
+            return arr.astype(dtype)
+        return arr.copy() if copy else arr
+    module = type(data).__module__
+    if module.startswith("cupy"):
+        return data.astype(dtype) if dtype is not None else (data.copy() if copy else data)
+    if isinstance(data, (np.ndarray, np.generic)):
+        arr = np.array(data, dtype=dtype, copy=copy) if copy or dtype is not None else np.asarray(data)
+        return arr
+    arr = np.array(data, dtype=dtype)
+    if dtype is None:
+        if arr.dtype == np.float64:
+            arr = arr.astype(default_float)       # Python floats: float32, as in PyTorch
+        elif arr.dtype == np.complex128:
+            arr = arr.astype(np.complex64)
+        elif arr.dtype == object:
+            raise TypeError(f"gpuad.tensor: cannot make a tensor from {type(data).__name__} "
+                            f"(ragged lists or non-numbers?)")
+    return arr
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it.
+
+    Tensor(data, dtype=None, requires_grad=False, device=None) is the same as
+    gpuad.tensor(...): Python floats become float32 unless dtype says
+    otherwise; numpy arrays keep their dtype (and are copied).
+
+    >>> import gpuad
+    >>> w = gpuad.Tensor([[1.0, -1.0]], requires_grad=True)
+    >>> (w.relu() ** 2).sum().backward()
+    >>> w.grad.numpy()
+    array([[2., 0.]], dtype=float32)
+    """
+
+    __slots__ = ("data", "_node", "grad", "__weakref__")
+    __array_ufunc__ = None          # numpy defers to our reflected operators
+    __array_priority__ = 1000
+
+    def __init__(self, data, dtype=None, requires_grad=False, device=None):
+        dtype = as_dtype(dtype)
+        arr = _to_array(data, dtype, copy=True)
+        if device is not None:
+            from .backends.devices import to_device
+            arr = to_device(arr, device)
+        self.data = arr
+        self._node = None
+        self.grad = None
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from(cls, array, node=None):
+        """Wrap a backend array without copying (internal)."""
+        t = object.__new__(cls)
+        t.data = array
+        t._node = node
+        t.grad = None
+        return t
+
+    # -- metadata --------------------------------------------------------------
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return int(self.data.size)
+
+    def numel(self):
+        return int(self.data.size)
+
+    def dim(self):
+        return self.data.ndim
+
+    @property
+    def nbytes(self):
+        return int(self.data.nbytes)
+
+    @property
+    def device(self):
+        from .backends import device_of
+        return device_of(self.data)
+
+    @property
+    def T(self):
+        return api.transpose(self)
+
+    @property
+    def requires_grad(self):
+        return self._node is not None
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        self.requires_grad_(flag)
+
+    def requires_grad_(self, flag=True):
+        """Make this tensor a parameter (BLACK) or a fixed input (GREY), in place."""
+        if flag:
+            if self._node is not None:
+                return self
+            if not is_floating(self.data.dtype):
+                raise TypeError(f"gpuad: only floating-point tensors can require gradients; "
+                                f"this one is {self.data.dtype} (cast it with .astype('float32') first)")
+            self._node = graph.leaf_node(self)
+        else:
+            if self._node is not None and self._node.op is not None:
+                raise RuntimeError("gpuad: requires_grad can only be switched off on a leaf; "
+                                   "use .detach() to get a GREY copy of an intermediate")
+            self._node = None
+        return self
+
+    @property
+    def is_leaf(self):
+        return self._node is None or self._node.op is None
+
+    @property
+    def grad_fn(self):
+        """The node that made this tensor (None for leaves and GREY tensors)."""
+        node = self._node
+        return node if node is not None and node.op is not None else None
+
+    # -- conversion ------------------------------------------------------------
+
+    def numpy(self):
+        """The data as a numpy array (shared with the tensor on the CPU, copied from a GPU)."""
+        data = self.data
+        if type(data) is np.ndarray:
+            return data
+        return data.get() if hasattr(data, "get") else np.asarray(data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"gpuad: item() needs a tensor with one element, this one has shape {self.shape}")
+        return self.data.reshape(-1)[0].item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"gpuad: the truth value of a tensor of shape {self.shape} is ambiguous; "
+                             f"use .any() or .all()")
+        return bool(self.item())
+
+    def __index__(self):
+        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+            raise TypeError("gpuad: only one-element integer tensors can be used as an index")
+        return int(self.item())
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("gpuad: len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("gpuad: iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extras = []
+        if self.data.dtype not in (np.dtype("float32"), np.dtype("int64"), np.dtype("bool")):
+            extras.append(f"dtype={self.data.dtype}")
+        if self.device != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self._node is not None:
+            extras.append("requires_grad=True" if self._node.op is None else f"grad_fn={self._node.op.name}")
+        return f"tensor({body}{''.join(', ' + e for e in extras)})"
+
+    __hash__ = object.__hash__
+
+    # -- autograd --------------------------------------------------------------
+
+    def backward(self, grad=None, retain_graph=False, create_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's .grad (reverse mode).
+
+        grad is required unless self has one element. retain_graph=True keeps
+        the saved values so backward can run again; create_graph=True records
+        the backward pass, for higher derivatives.
+        """
+        from .autograd import backward
+        backward(self, grad, retain_graph=retain_graph, create_graph=create_graph)
+
+    def detach(self):
+        """The same data as a GREY tensor: the lecture's stop-gradient."""
+        return Tensor._from(self.data)
+
+    def detach_(self):
+        if self._node is not None and self._node.op is None:
+            raise RuntimeError("gpuad: detach_() on a leaf; use requires_grad_(False)")
+        self._node = None
+        return self
+
+    def retain_grad(self):
+        """Keep this intermediate's gradient in .grad after backward (leaves always do)."""
+        node = self._node
+        if node is None:
+            raise RuntimeError("gpuad: retain_grad() on a tensor that does not require grad")
+        if node.op is not None and node.ref is None:
+            import weakref
+            node.ref = weakref.ref(self)
+        return self
+
+    @property
+    def retains_grad(self):
+        node = self._node
+        return node is not None and node.op is not None and node.ref is not None
+
+    def register_hook(self, fn):
+        """Call fn(grad) when this tensor's gradient is complete; a returned tensor replaces it."""
+        return self._add_hook("grad", fn)
+
+    def register_post_accumulate_grad_hook(self, fn):
+        """Call fn(tensor) after a leaf's .grad is final for this backward pass.
+
+        This is the moment a data-parallel trainer can start its all-reduce.
+        """
+        if not self.is_leaf or self._node is None:
+            raise RuntimeError("gpuad: post-accumulate hooks are for leaves that require grad")
+        return self._add_hook("post", fn)
+
+    def _add_hook(self, kind, fn):
+        node = self._node
+        if node is None:
+            raise RuntimeError("gpuad: cannot register a hook on a tensor that does not require grad")
+        if node.hooks is None:
+            node.hooks = []
+        entry = (kind, fn)
+        node.hooks.append(entry)
+        return _HookHandle(node, entry)
+
+    def zero_grad_(self):
+        self.grad = None
+
+    # -- operators -------------------------------------------------------------
+
+    def __add__(self, other):
+        return _a2(_E.add, self, other)
+
+    def __radd__(self, other):
+        return _a2(_E.add, other, self)
+
+    def __sub__(self, other):
+        return _a2(_E.subtract, self, other)
+
+    def __rsub__(self, other):
+        return _a2(_E.subtract, other, self)
+
+    def __mul__(self, other):
+        return _a2(_E.multiply, self, other)
+
+    def __rmul__(self, other):
+        return _a2(_E.multiply, other, self)
+
+    def __truediv__(self, other):
+        return _a2(_E.divide, self, other)
+
+    def __rtruediv__(self, other):
+        return _a2(_E.divide, other, self)
+
+    def __pow__(self, other):
+        return _a2(_E.power, self, other)
+
+    def __rpow__(self, other):
+        return _a2(_E.power, other, self)
+
+    def __matmul__(self, other):
+        return api.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return api.matmul(other, self)
+
+    def __neg__(self):
+        return _a1(_E.negative, self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return api.abs(self)
+
+    def __lt__(self, other):
+        return api.less(self, other)
+
+    def __le__(self, other):
+        return api.less_equal(self, other)
+
+    def __gt__(self, other):
+        return api.greater(self, other)
+
+    def __ge__(self, other):
+        return api.greater_equal(self, other)
+
+    def __eq__(self, other):
+        return api.equal(self, other)
+
+    def __ne__(self, other):
+        return api.not_equal(self, other)
+
+    def __getitem__(self, index):
+        return api.getitem(self, index)
+
+    def __setitem__(self, index, value):
+        if self._node is not None:
+            raise RuntimeError("gpuad: in-place assignment into a tensor that requires grad would "
+                               "corrupt its graph; build a new tensor (gpuad.where, concat) instead")
+        self.data[index] = value.data if isinstance(value, Tensor) else value
+
+    # -- methods (PyTorch names) -----------------------------------------------
+
+    def exp(self): return _a1(_E.exp, self)
+    def log(self): return _a1(_E.log, self)
+    def log1p(self): return _a1(_E.log1p, self)
+    def sqrt(self): return _a1(_E.sqrt, self)
+    def abs(self): return _a1(_E.abs, self)
+    def sin(self): return _a1(_E.sin, self)
+    def cos(self): return _a1(_E.cos, self)
+    def sinh(self): return _a1(_E.sinh, self)
+    def cosh(self): return _a1(_E.cosh, self)
+    def tanh(self): return _a1(_E.tanh, self)
+    def sigmoid(self): return _a1(_E.sigmoid, self)
+    def relu(self): return _a1(_E.relu, self)
+    def erf(self): return _a1(_E.erf, self)
+    def sign(self): return _a1(_E.sign, self)
+    def square(self): return api.square(self)
+    def neg(self): return _a1(_E.negative, self)
+    def gelu(self, approximate="none"): return api.gelu(self, approximate)
+    def softplus(self, beta=1.0, threshold=20.0): return api.softplus(self, beta, threshold)
+    def add(self, other): return _a2(_E.add, self, other)
+    def sub(self, other): return _a2(_E.subtract, self, other)
+    def mul(self, other): return _a2(_E.multiply, self, other)
+    def div(self, other): return _a2(_E.divide, self, other)
+    def pow(self, other): return _a2(_E.power, self, other)
+    def matmul(self, other): return api.matmul(self, other)
+    def maximum(self, other): return api.maximum(self, other)
+    def minimum(self, other): return api.minimum(self, other)
+    def clamp(self, min=None, max=None): return api.clamp(self, min, max)  # noqa: A002
+    clip = clamp
+
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return api.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return api.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return api.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return api.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
+        return api.var(self, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction)
+
+    def std(self, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
+        return api.std(self, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction)
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return api.logsumexp(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def softmax(self, axis=-1, *, dim=None):
+        return api.softmax(self, axis, dim=dim)
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        return api.log_softmax(self, axis, dim=dim)
+
+    def reshape(self, *shape): return api.reshape(self, *shape)
+    def view(self, *shape): return api.reshape(self, *shape)
+    def transpose(self, *axes): return api.transpose(self, *axes)
+    def permute(self, *dims): return api.permute(self, *dims)
+    def swapaxes(self, a, b): return api.swapaxes(self, a, b)
+    def flatten(self, start_dim=0, end_dim=-1): return api.flatten(self, start_dim, end_dim)
+    def squeeze(self, axis=None, *, dim=None): return api.squeeze(self, axis, dim=dim)
+    def unsqueeze(self, axis): return api.expand_dims(self, axis)
+    def expand_dims(self, axis): return api.expand_dims(self, axis)
+    def broadcast_to(self, *shape): return api.broadcast_to(self, api._as_shape(shape))
+    def expand(self, *shape): return api.broadcast_to(self, api._as_shape(shape))
+
+    def astype(self, dtype): return api.astype(self, dtype)
+    def float(self): return api.astype(self, "float32")
+    def double(self): return api.astype(self, "float64")
+    def half(self): return api.astype(self, "float16")
+
+    def to(self, target):
+        """to(dtype) casts; to('cuda') / to('cpu') moves (a GREY copy on the new device)."""
+        if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
+            from .backends.devices import to_device
+            if self.device == target.split(":")[0]:
+                return self
+            return Tensor._from(to_device(self.data, target))
+        return api.astype(self, target)
+
+    def cpu(self): return self.to("cpu")
+    def cuda(self): return self.to("cuda")
+
+    def clone(self):
+        """A copy that stays in the graph (gradient flows through)."""
+        return api.multiply(self, 1)
+
+    def any(self): return bool(self.data.any())
+    def all(self): return bool(self.data.all())
+
+
+class _HookHandle:
+    def __init__(self, node, entry):
+        self._node, self._entry = node, entry
+
+    def remove(self):
+        if self._node.hooks and self._entry in self._node.hooks:
+            self._node.hooks.remove(self._entry)
+
+
+def tensor(data, dtype=None, requires_grad=False, device=None):
+    """Make a tensor (a copy of data).
+
+    >>> import gpuad
+    >>> gpuad.tensor([1, 2]).dtype, gpuad.tensor(1.0).dtype, gpuad.tensor(1.0, dtype="float64").dtype
+    (dtype('int64'), dtype('float32'), dtype('float64'))
+    """
+    return Tensor(data, dtype=dtype, requires_grad=requires_grad, device=device)
+
+
+from .ops import api, elementwise as _E  # noqa: E402  (ops import Tensor; methods resolve them at call time)
+from .ops.registry import apply1 as _a1, apply2 as _a2  # noqa: E402

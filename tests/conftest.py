@@ -1,0 +1,50 @@
+"""Shared fixtures: the backends every test body runs on, and the torch oracle.
+
+Each test is written once against `xp` (the array module of the backend
+under test) and compares with numpy, the oracle. The cuda backend joins the
+parameter list only where CuPy can allocate on a GPU.
+"""
+import numpy as np
+import pytest
+
+import gpuad
+
+
+def _cuda_ok():
+    try:
+        from gpuad.backends import devices
+        return devices.cuda_available()[0]
+    except Exception:
+        return False
+
+
+BACKENDS = ["cpu"] + (["cuda"] if _cuda_ok() else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def device(request):
+    """Run the test on every available device; results are compared on the CPU."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    gpuad.manual_seed(0)
+    yield
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def assert_close(a, b, rtol=1e-10, atol=1e-12):
+    a = a.numpy() if isinstance(a, gpuad.Tensor) else np.asarray(a)
+    b = b.numpy() if isinstance(b, gpuad.Tensor) else np.asarray(b)
+    if hasattr(b, "detach"):
+        b = b.detach().numpy()
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)

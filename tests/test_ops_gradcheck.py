@@ -1,0 +1,139 @@
+"""Every primitive's VJP against central finite differences in float64.
+
+CASES maps each registered primitive to the calls that exercise it,
+broadcasting and keepdims variants included. test_every_primitive_has_a_case
+fails the moment someone registers an op without adding it here.
+"""
+import numpy as np
+import pytest
+
+import gpuad
+from gpuad.gradcheck import gradcheck, gradgradcheck
+from gpuad.ops import REGISTRY
+from gpuad.ops import shape as S
+
+R = np.random.default_rng(7)
+
+
+def r(*shape, lo=-2.0, hi=2.0):
+    return R.uniform(lo, hi, size=shape)
+
+
+def pos(*shape):
+    return r(*shape, lo=0.5, hi=2.0)
+
+
+def away0(*shape):
+    """Values at least 0.2 from zero (kinks of abs and relu)."""
+    x = r(*shape, lo=0.2, hi=2.0)
+    return x * np.where(R.random(shape) < 0.5, -1.0, 1.0)
+
+
+MASK = R.random((3, 4)) < 0.5
+
+CASES = {
+    "add": [(lambda a, b: a + b, (r(3, 4), r(4))), (lambda a, b: a + b, (r(3, 1), r(1, 4))),
+            (lambda a: 2.5 + a, (r(2, 3),))],
+    "subtract": [(lambda a, b: a - b, (r(3, 4), r(3, 1))), (lambda a: 1.0 - a, (r(5),))],
+    "multiply": [(lambda a, b: a * b, (r(2, 3, 4), r(3, 1))), (lambda a: a * 3.0, (r(4),))],
+    "divide": [(lambda a, b: a / b, (r(3, 4), pos(4))), (lambda a: 2.0 / a, (pos(3),))],
+    "power": [(lambda a: a ** 3, (r(4),)), (lambda a: a ** 2.5, (pos(3, 2),)),
+              (lambda a, b: a ** b, (pos(3, 2), r(2))), (lambda b: 2.0 ** b, (r(3),)),
+              (lambda a: a ** 2, (r(3),))],
+    "maximum": [(lambda a, b: gpuad.maximum(a, b), (r(3, 4), r(4)))],
+    "minimum": [(lambda a, b: gpuad.minimum(a, b), (r(3, 4), r(3, 1)))],
+    "where": [(lambda a, b: gpuad.where(gpuad.tensor(MASK), a, b), (r(3, 4), r(4))),
+              (lambda a: gpuad.where(gpuad.tensor(MASK), a, 0.0), (r(3, 4),))],
+    "negative": [(lambda a: -a, (r(3),))],
+    "exp": [(gpuad.exp, (r(3, 2),))],
+    "log": [(gpuad.log, (pos(3, 2),))],
+    "log1p": [(gpuad.log1p, (r(4, lo=-0.5, hi=2.0),))],
+    "sqrt": [(gpuad.sqrt, (pos(4),))],
+    "abs": [(gpuad.abs, (away0(5),))],
+    "sin": [(gpuad.sin, (r(4),))],
+    "cos": [(gpuad.cos, (r(4),))],
+    "sinh": [(gpuad.sinh, (r(4),))],
+    "cosh": [(gpuad.cosh, (r(4),))],
+    "tanh": [(gpuad.tanh, (r(2, 3),))],
+    "sigmoid": [(gpuad.sigmoid, (r(6, lo=-8, hi=8),))],
+    "relu": [(gpuad.relu, (away0(6),))],
+    "gelu": [(gpuad.gelu, (r(6, lo=-3, hi=3),)),
+             (lambda a: gpuad.gelu(a, approximate="tanh"), (r(6, lo=-3, hi=3),))],
+    "softplus": [(gpuad.softplus, (r(6, lo=-5, hi=5),)),
+                 (lambda a: gpuad.softplus(a, beta=2.0, threshold=3.0), (r(6, lo=-4, hi=4),))],
+    "erf": [(gpuad.erf, (r(5),))],
+    # astype: through a wider float and back, so finite differences keep float64 precision
+    "astype": [(lambda a: gpuad.astype(gpuad.astype(a, np.longdouble) * 3.0, "float64"), (r(3),))],
+    "sum": [(lambda a: a.sum(), (r(3, 4),)), (lambda a: a.sum(axis=1), (r(3, 4),)),
+            (lambda a: a.sum(axis=(0, 2), keepdims=True), (r(2, 3, 4),)),
+            (lambda a: a.sum(dim=-1, keepdim=True), (r(2, 3),))],
+    "max": [(lambda a: a.max(), (r(3, 4),)), (lambda a: a.max(axis=0), (r(3, 4),)),
+            (lambda a: a.max(axis=1, keepdims=True), (r(3, 4),))],
+    "min": [(lambda a: a.min(axis=-1), (r(3, 4),)), (lambda a: a.min(), (r(5),))],
+    "reshape": [(lambda a: a.reshape(4, 3), (r(3, 4),)), (lambda a: a.reshape(-1), (r(2, 3),))],
+    "transpose": [(lambda a: a.T, (r(3, 4),)), (lambda a: a.transpose(0, 2), (r(2, 3, 4),)),
+                  (lambda a: a.permute(2, 0, 1), (r(2, 3, 4),))],
+    "broadcast_to": [(lambda a: gpuad.broadcast_to(a, (2, 3, 4)), (r(3, 1),))],
+    "getitem": [(lambda a: a[1:, ::2], (r(3, 4),)), (lambda a: a[[0, 2, 0]], (r(3, 4),)),
+                (lambda a: a[gpuad.tensor(MASK)], (r(3, 4),)), (lambda a: a[None, ..., 1], (r(3, 4),)),
+                (lambda a: a[1], (r(3, 4),)), (lambda a: a[:, [1, 1, 3]], (r(3, 4),))],
+    "scatter_add": [(lambda g: S.scatter_add(g, shape=(4, 3), index=(np.array([0, 2, 0]),), unique=False),
+                     (r(3, 3),)),
+                    (lambda g: S.scatter_add(g, shape=(4, 3), index=(slice(1, 3),), unique=True), (r(2, 3),))],
+    "concatenate": [(lambda a, b: gpuad.concat([a, b], axis=1), (r(2, 3), r(2, 2))),
+                    (lambda a, b: gpuad.concat([a, b, a]), (r(2, 3), r(1, 3)))],
+    "stack": [(lambda a, b: gpuad.stack([a, b], axis=1), (r(2, 3), r(2, 3)))],
+    "matmul": [(lambda a, b: a @ b, (r(3, 4), r(4, 2))), (lambda a, b: a @ b, (r(2, 3, 4), r(4, 5))),
+               (lambda a, b: a @ b, (r(4), r(2, 4, 3))), (lambda a, b: a @ b, (r(3, 4), r(4))),
+               (lambda a, b: a @ b, (r(4), r(4))), (lambda a, b: a @ b, (r(2, 1, 3, 4), r(5, 4, 2)))],
+    "softmax": [(lambda a: gpuad.softmax(a, axis=-1), (r(3, 4),)), (lambda a: gpuad.softmax(a, dim=0), (r(3, 4),))],
+    "log_softmax": [(lambda a: gpuad.log_softmax(a, axis=1), (r(3, 4),)),
+                    (lambda a: gpuad.log_softmax(a, axis=0), (r(3, 4),))],
+}
+
+# Primitives with no gradient at all: checked to stay GREY instead.
+NONDIFF = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "sign"}
+
+
+def _cases():
+    for name, cases in CASES.items():
+        for i, (fn, inputs) in enumerate(cases):
+            yield pytest.param(fn, inputs, id=f"{name}-{i}")
+
+
+def test_every_primitive_has_a_case():
+    differentiable = {n for n, p in REGISTRY.items() if p.differentiable}
+    missing = differentiable - set(CASES)
+    assert not missing, f"primitives registered without a gradcheck case: {sorted(missing)}"
+    assert {n for n, p in REGISTRY.items() if not p.differentiable} <= NONDIFF
+
+
+@pytest.mark.parametrize("fn,inputs", list(_cases()))
+def test_gradcheck(fn, inputs):
+    assert gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("fn,inputs", list(_cases()))
+def test_gradgradcheck(fn, inputs):
+    """The VJPs are themselves differentiable (create_graph=True)."""
+    assert gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("name", sorted(NONDIFF))
+def test_nondifferentiable_ops_are_grey(name):
+    x = gpuad.tensor(r(3), requires_grad=True)
+    prim = REGISTRY[name]
+    out = prim(x) if name == "sign" else prim(x, 0.5)
+    assert not out.requires_grad
+
+
+def test_gradcheck_reports_the_op_and_both_numbers():
+    from gpuad.ops.registry import primitive
+
+    wrong = primitive("_test_wrong_sin", save=(0,))(lambda xp, x: xp.sin(x))
+    wrong.defvjp(lambda xp, g, saved, node, donate: (xp.multiply(g, 2.0),))
+    try:
+        with pytest.raises(gpuad.GradcheckError, match=r"_test_wrong_sin w\.r\.t\. input 0.*VJP gives .* finite differences give"):
+            gradcheck(lambda x: wrong(x), (r(3),))
+    finally:
+        del REGISTRY["_test_wrong_sin"]
