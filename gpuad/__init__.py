@@ -26,5 +26,6 @@ from .random import manual_seed, get_rng_state, set_rng_state, Generator
 from . import autograd
 from .transforms import grad, value_and_grad, vjp
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
+from . import nn, optim
 
 __version__ = "0.1.0"

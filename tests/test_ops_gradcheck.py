@@ -11,6 +11,7 @@ import gpuad
 from gpuad.gradcheck import gradcheck, gradgradcheck
 from gpuad.ops import REGISTRY
 from gpuad.ops import shape as S
+from gpuad.nn import functional as F
 
 R = np.random.default_rng(7)
 
@@ -30,6 +31,7 @@ def away0(*shape):
 
 
 MASK = R.random((3, 4)) < 0.5
+X3 = r(3)
 
 CASES = {
     "add": [(lambda a, b: a + b, (r(3, 4), r(4))), (lambda a, b: a + b, (r(3, 1), r(1, 4))),
@@ -89,7 +91,25 @@ CASES = {
     "softmax": [(lambda a: gpuad.softmax(a, axis=-1), (r(3, 4),)), (lambda a: gpuad.softmax(a, dim=0), (r(3, 4),))],
     "log_softmax": [(lambda a: gpuad.log_softmax(a, axis=1), (r(3, 4),)),
                     (lambda a: gpuad.log_softmax(a, axis=0), (r(3, 4),))],
+    "linear": [(lambda x, w, b: F.linear(x, w, b), (r(5, 3), r(4, 3), r(4))),
+               (lambda x, w: F.linear(x, w), (r(2, 5, 3), r(4, 3))),
+               (lambda w, b: F.linear(gpuad.tensor(X3), w, b), (r(4, 3), r(4)))],
+    "linear_tanh": [(lambda x, w, b: F.linear(x, w, b, "tanh"), (r(5, 3), r(4, 3), r(4)))],
+    "linear_sigmoid": [(lambda x, w, b: F.linear(x, w, b, "sigmoid"), (r(5, 3), r(4, 3), r(4)))],
+    "linear_relu": [(lambda x, w, b: F.linear(x, w, b, "relu"), (r(5, 3), r(4, 3), r(4, lo=3, hi=4)))],
+    "linear_gelu": [(lambda x, w, b: F.linear(x, w, b, "gelu"), (r(5, 3), r(4, 3), r(4))),
+                    (lambda x, w: F.linear(x, w, None, "gelu"), (r(2, 5, 3), r(4, 3)))],
+    "cross_entropy": [(lambda z: F.cross_entropy(z, gpuad.tensor([0, 3, 1, 3])), (r(4, 5),)),
+                      (lambda z: F.cross_entropy(z, gpuad.tensor([2, 0, 1]), reduction="sum"), (r(3, 4),)),
+                      (lambda z: F.cross_entropy(z, gpuad.tensor([2, 0, 1]), reduction="none"), (r(3, 4),))],
+    "dropout": [(lambda x: _seeded_dropout(x), (r(4, 6),))],
 }
+
+
+def _seeded_dropout(x):
+    gpuad.manual_seed(5)            # the same mask at every probe of the finite differences
+    return F.dropout(x, 0.4)
+
 
 # Primitives with no gradient at all: checked to stay GREY instead.
 NONDIFF = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "sign"}

@@ -44,3 +44,212 @@ def _log_softmax_vjp(xp, g, saved, node, donate):
     total = xp.sum(g, axis=axis, keepdims=True)
     p = xp.exp(y)
     return (xp.subtract(g, xp.multiply(p, total, out=_tmp(p)), out=g if donate else None),)
+
+
+# --- fused linear: Y = act(X W^T + b) ------------------------------------------
+#
+# One primitive per activation, so each entry declares exactly what it saves:
+#   linear          x (for dW), W (for dX)
+#   linear_tanh     x, W, and the output Y (tanh' = 1 - Y^2)
+#   linear_sigmoid  x, W, Y (sigmoid' = Y (1 - Y))
+#   linear_relu     x, W, Y (relu' = [Y > 0])
+#   linear_gelu     x, W, b and the pre-activation Z as aux (gelu' needs Z)
+# x is kept only if W needs a gradient, W only if x does. Y is usually the next
+# layer's input, so saving it costs no extra bytes.
+#
+# Forward on numpy: the GEMM reads MK + NK and writes MN; bias and activation
+# then run in place on the output (read MN + N, write MN; read MN, write MN):
+# MK + NK + N + 5MN elements, the lecture's unfused count. A fused GPU kernel
+# applies both in the GEMM's epilogue: MK + NK + N + MN.
+# Backward: dZ = dY * act'(saved) once (read 2MN, write MN, in place when dY is
+# donated), then dX = dZ W (MNK), dW = dZ^T X (MNK), db = sum(dZ) (read MN).
+
+LINEAR_ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu")
+
+
+def _affine(xp, x, w, b):
+    z = xp.matmul(x, xp.swapaxes(w, -1, -2))
+    if b is not None:
+        z = xp.add(z, b, out=z if xp.name != "tensor" else None)
+    return z
+
+
+def _linear_grads(xp, dz, x, w, needs):
+    """dX, dW, db from dZ: the part every fused linear shares."""
+    nx, nw, nb = needs
+    n_out = dz.shape[-1]
+    gx = xp.matmul(dz, w) if nx else None
+    gw = gb = None
+    if nw or nb:
+        dz2 = xp.reshape(dz, (-1, n_out))
+        if nw:
+            x2 = xp.reshape(x, (-1, x.shape[-1]))
+            gw = xp.matmul(xp.swapaxes(dz2, -1, -2), x2)
+        if nb:
+            gb = xp.sum(dz2, axis=0)
+    return gx, gw, gb
+
+
+@primitive("linear", nin=3, save=(0, 1), save_if=(1, 0))
+def linear(xp, x, w, b):
+    """X W^T + b (b may be None)."""
+    return _affine(xp, x, w, b)
+
+
+@linear.defvjp
+def _linear_vjp(xp, g, saved, node, donate):
+    x, w = saved
+    return _linear_grads(xp, g, x, w, node.needs)
+
+
+@primitive("linear_tanh", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+def linear_tanh(xp, x, w, b):
+    """tanh(X W^T + b), computed in the GEMM's output buffer."""
+    z = _affine(xp, x, w, b)
+    return xp.tanh(z, out=z)
+
+
+@linear_tanh.defvjp
+def _linear_tanh_vjp(xp, g, saved, node, donate):
+    x, w, y = saved
+    t = xp.multiply(y, y)
+    t = xp.subtract(1.0, t, out=_tmp(t))
+    dz = xp.multiply(g, t, out=g if donate else _tmp(t))
+    return _linear_grads(xp, dz, x, w, node.needs)
+
+
+@primitive("linear_sigmoid", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+def linear_sigmoid(xp, x, w, b):
+    """sigmoid(X W^T + b)."""
+    from .elementwise import _sigmoid
+    return _sigmoid(xp, _affine(xp, x, w, b))
+
+
+@linear_sigmoid.defvjp
+def _linear_sigmoid_vjp(xp, g, saved, node, donate):
+    x, w, y = saved
+    t = xp.subtract(1.0, y)
+    t = xp.multiply(t, y, out=_tmp(t))
+    dz = xp.multiply(g, t, out=g if donate else _tmp(t))
+    return _linear_grads(xp, dz, x, w, node.needs)
+
+
+@primitive("linear_relu", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+def linear_relu(xp, x, w, b):
+    """max(X W^T + b, 0), in place on the GEMM's output."""
+    z = _affine(xp, x, w, b)
+    return xp.maximum(z, 0, out=z)
+
+
+@linear_relu.defvjp
+def _linear_relu_vjp(xp, g, saved, node, donate):
+    x, w, y = saved
+    dz = xp.multiply(g, xp.greater(y, 0), out=g if donate else None)
+    return _linear_grads(xp, dz, x, w, node.needs)
+
+
+@primitive("linear_gelu", nin=3, save=(0, 1, 2), has_aux=True)
+def linear_gelu(xp, x, w, b):
+    """gelu(X W^T + b) (exact, erf); saves the pre-activation Z as aux."""
+    from .elementwise import gelu
+    z = _affine(xp, x, w, b)
+    return gelu.fwd(xp, z), (z,)
+
+
+@linear_gelu.defvjp
+def _linear_gelu_vjp(xp, g, saved, node, donate):
+    from .elementwise import _gelu_vjp
+    x, w, b, z = saved
+    if xp.name == "tensor":       # recompute Z from the wired inputs, so it is differentiable
+        z = _affine(xp, x, w, b)
+    (dz,) = _gelu_vjp(xp, g, (z,), _NoParams, donate)
+    return _linear_grads(xp, dz, x, w, node.needs)
+
+
+class _NoParams:
+    params = None
+
+
+LINEAR_PRIMITIVES = {None: linear, "tanh": linear_tanh, "sigmoid": linear_sigmoid,
+                     "relu": linear_relu, "gelu": linear_gelu}
+
+
+# --- softmax cross-entropy -----------------------------------------------------
+#
+# Forward: one pass for the row max, one for exp and its sum (read NC twice),
+# write N. Saves the logits (alive anyway as the last layer's output), the
+# targets and the per-row log-sum-exp (N floats), not the NC probabilities:
+# backward rebuilds them in its one pass, dlogits = (exp(logits - lse) - onehot) g.
+
+@primitive("cross_entropy", nin=2, save=(0, 1), has_aux=True)
+def cross_entropy(xp, logits, target, reduction="mean"):
+    """-log softmax(logits)[target] per row, then mean, sum or none."""
+    # Work on logits - max: the target's term is then exact where it is the max,
+    # so a small loss keeps its relative precision (lse - x_t would cancel).
+    m = xp.max(logits, axis=-1, keepdims=True)
+    shifted = xp.subtract(logits, m)
+    s = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+    picked = shifted[xp.arange(logits.shape[0]), target]
+    losses = xp.subtract(s[:, 0], picked)
+    lse = xp.add(s, m, out=s)
+    if reduction == "mean":
+        out = xp.divide(xp.sum(losses), logits.shape[0])
+    elif reduction == "sum":
+        out = xp.sum(losses)
+    else:
+        out = losses
+    return out, (lse,)
+
+
+@cross_entropy.defvjp
+def _cross_entropy_vjp(xp, g, saved, node, donate):
+    logits, target, lse = saved
+    reduction = (node.params or {}).get("reduction", "mean")
+    n, c = logits.shape
+    onehot = _onehot(target, n, c, logits.dtype)
+    if xp.name == "tensor":
+        p = xp.exp(xp.subtract(logits, _lse_tensor(xp, logits)))
+    else:
+        p = xp.exp(xp.subtract(logits, lse))
+    d = xp.subtract(p, onehot, out=_tmp(p))
+    if reduction == "none":
+        scale = xp.reshape(g, (n, 1))
+    elif reduction == "mean":
+        scale = xp.divide(g, n)
+    else:
+        scale = g
+    return xp.multiply(d, scale, out=_tmp(d)), None
+
+
+def _lse_tensor(xp, logits):
+    m = xp.max(logits, axis=-1, keepdims=True)
+    m = m.detach()
+    return xp.add(xp.log(xp.sum(xp.exp(xp.subtract(logits, m)), axis=-1, keepdims=True)), m)
+
+
+def _onehot(target, n, c, dtype):
+    t = getattr(target, "data", target)
+    module = type(t).__module__.split(".")[0]
+    mod = __import__(module) if module in ("cupy",) else __import__("numpy")
+    out = mod.zeros((n, c), dtype=dtype)
+    out[mod.arange(n), t] = 1
+    return out
+
+
+# --- dropout ---------------------------------------------------------------------
+#
+# The mask is drawn from the explicit generator and saved as aux (1 byte per
+# element), so backward, and a checkpoint's recompute after restoring the
+# generator state, see exactly the mask the forward used.
+
+@primitive("dropout", nin=2, save=(1,))
+def dropout(xp, x, mask, p):
+    """x * mask / (1 - p). The mask (a GREY input) is drawn by the caller from gpuad's generator."""
+    return xp.multiply(xp.multiply(x, mask), 1.0 / (1.0 - p))
+
+
+@dropout.defvjp
+def _dropout_vjp(xp, g, saved, node, donate):
+    (mask,) = saved
+    gx = xp.multiply(g, mask, out=g if donate else None)
+    return xp.multiply(gx, 1.0 / (1.0 - node.params["p"]), out=_tmp(gx)), None

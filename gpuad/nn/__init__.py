@@ -1,0 +1,11 @@
+"""Neural-network modules (PyTorch names) and the functional layer F.
+
+>>> import gpuad
+>>> from gpuad import nn
+>>> net = nn.MLP([2, 8, 1])
+>>> sum(p.size for p in net.parameters())
+33
+"""
+from . import functional
+from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock, ResNet, RNN, Dropout,
+                      Tanh, ReLU, Sigmoid, GELU)

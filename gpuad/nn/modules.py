@@ -1,0 +1,363 @@
+"""Modules: parameter containers with PyTorch's names and init.
+
+>>> import gpuad
+>>> from gpuad import nn
+>>> net = nn.MLP([3, 8, 1], activation="tanh")
+>>> [name for name, _ in net.named_parameters()]
+['0.weight', '0.bias', '1.weight', '1.bias']
+>>> net(gpuad.ones((5, 3))).shape
+(5, 1)
+"""
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from ..dtypes import as_dtype, default_float
+from ..ops import api
+from ..random import default_generator
+from ..tensor import Tensor
+from . import functional as F
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as a parameter; requires grad by default.
+
+    >>> import gpuad
+    >>> gpuad.nn.Parameter(gpuad.zeros(2)).requires_grad
+    True
+    """
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        super().__init__(data, dtype=dtype, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter(" + super().__repr__()[len("tensor("):]
+
+
+class Module:
+    """Base class: assign Parameters and Modules as attributes; they are found by name.
+
+    >>> import gpuad
+    >>> class Scale(gpuad.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.s = gpuad.nn.Parameter(gpuad.ones(1))
+    ...     def forward(self, x):
+    ...         return x * self.s
+    >>> Scale()(gpuad.tensor([2.0])).tolist()
+    [2.0]
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"gpuad.nn: call super().__init__() in {type(self).__name__}.__init__ "
+                               f"before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal -------------------------------------------------------------
+
+    def named_parameters(self, prefix=""):
+        seen = set()
+        for mod_prefix, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_modules(self, prefix=""):
+        stack = [(prefix, self)]
+        while stack:                       # no recursion: deep Sequentials are fine
+            name, mod = stack.pop()
+            yield name, mod
+            children = [((f"{name}.{n}" if name else n), m) for n, m in mod._modules.items()]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self):
+        return iter(self._modules.values())
+
+    # -- modes and state -------------------------------------------------------
+
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.data[...] = 0
+
+    def state_dict(self):
+        """name -> Tensor sharing the parameter's data (copy it to keep a snapshot)."""
+        return OrderedDict((n, Tensor._from(p.data)) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state, strict=True):
+        """Copy values into the parameters, in place; shapes must match."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"gpuad.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for k, p in own.items():
+            if k not in state:
+                continue
+            v = state[k]
+            arr = v.data if isinstance(v, Tensor) else v
+            arr = np.asarray(arr) if not hasattr(arr, "shape") else arr
+            if tuple(arr.shape) != p.shape:
+                raise ValueError(f"gpuad.load_state_dict: {k} has shape {tuple(arr.shape)} in the state "
+                                 f"but {p.shape} in the module")
+            p.data[...] = arr
+        return self
+
+    def to(self, dtype):
+        """Cast every parameter to `dtype`, in place (the parameters stay the same objects)."""
+        dtype = as_dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            if p._node is not None:
+                p._node.dtype = dtype
+            p.grad = None
+        return self
+
+    def double(self):
+        return self.to("float64")
+
+    def float(self):
+        return self.to("float32")
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+def _uniform(shape, bound, dtype, generator=None):
+    rng = (generator or default_generator).rng
+    return rng.uniform(-bound, bound, size=shape).astype(as_dtype(dtype) or default_float)
+
+
+class Linear(Module):
+    """y = activation(x W^T + b), one fused primitive; PyTorch's init and names.
+
+    weight: (out_features, in_features), U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's
+    kaiming_uniform with a=sqrt(5)); bias: the same bound.
+
+    >>> import gpuad
+    >>> layer = gpuad.nn.Linear(4, 3, activation="relu")
+    >>> layer.weight.shape, layer.bias.shape
+    ((3, 4), (3,))
+    """
+
+    def __init__(self, in_features, out_features, bias=True, activation=None, dtype=None):
+        super().__init__()
+        if activation not in F.N.LINEAR_ACTIVATIONS:
+            raise ValueError(f"gpuad.nn.Linear: unknown activation {activation!r}; choose one of "
+                             f"{', '.join(repr(a) for a in F.N.LINEAR_ACTIVATIONS)}")
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
+        self.weight = Parameter(_uniform((out_features, in_features), bound, dtype))
+        self.bias = Parameter(_uniform((out_features,), bound, dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias, self.activation, name=repr(self))
+
+    def extra_repr(self):
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}"
+
+
+class Sequential(Module):
+    """Layers applied in order.
+
+    >>> import gpuad
+    >>> net = gpuad.nn.Sequential(gpuad.nn.Linear(2, 4, activation="tanh"), gpuad.nn.Linear(4, 1))
+    >>> len(net), net(gpuad.ones((3, 2))).shape
+    (2, (3, 1))
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(f"gpuad.nn.Sequential: layer {i} ({type(layer).__name__}) is not callable")
+            if isinstance(layer, Module):
+                setattr(self, str(i), layer)
+        object.__setattr__(self, "layers", list(layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*self.layers[i])
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+
+class MLP(Sequential):
+    """Linear layers of the given sizes: activation on every hidden layer, and
+    `output_activation` (default none) on the last.
+
+    >>> import gpuad
+    >>> gpuad.nn.MLP([4, 16, 16, 2], activation="relu")[1].activation
+    'relu'
+    """
+
+    def __init__(self, sizes, activation="tanh", output_activation=None, bias=True, dtype=None):
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"gpuad.nn.MLP: sizes needs at least two entries, got {sizes}")
+        layers = [Linear(a, b, bias=bias, activation=activation if i < len(sizes) - 2 else output_activation,
+                         dtype=dtype) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        super().__init__(*layers)
+
+
+class ResidualBlock(Module):
+    """The lecture's ResNet block: h = g(h) + h with g a fused Linear + activation.
+
+    >>> import gpuad
+    >>> gpuad.nn.ResidualBlock(4)(gpuad.zeros((2, 4))).shape
+    (2, 4)
+    """
+
+    def __init__(self, width, activation="tanh", dtype=None):
+        super().__init__()
+        self.body = Linear(width, width, activation=activation, dtype=dtype)
+
+    def forward(self, h):
+        return api.add(self.body(h), h)
+
+
+class ResNet(Sequential):
+    """Linear(in, width) -> depth ResidualBlocks -> Linear(width, out)."""
+
+    def __init__(self, in_features, width, depth, out_features, activation="tanh", dtype=None):
+        super().__init__(Linear(in_features, width, activation=activation, dtype=dtype),
+                         *[ResidualBlock(width, activation, dtype=dtype) for _ in range(depth)],
+                         Linear(width, out_features, dtype=dtype))
+
+
+class RNN(Module):
+    """Elman RNN unrolled over time with shared parameters (backprop through time):
+    h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh). Input (T, batch,
+    input_size); returns (all h_t as (T, batch, hidden_size), h_T). Names and
+    init as torch.nn.RNN (one layer).
+
+    >>> import gpuad
+    >>> out, h = gpuad.nn.RNN(3, 5)(gpuad.ones((7, 2, 3)))
+    >>> out.shape, h.shape
+    ((7, 2, 5), (2, 5))
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, activation="tanh", dtype=None):
+        super().__init__()
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"gpuad.nn.RNN: activation must be 'tanh' or 'relu', not {activation!r}")
+        self.input_size, self.hidden_size, self.activation = input_size, hidden_size, activation
+        k = 1.0 / math.sqrt(hidden_size)
+        self.weight_ih_l0 = Parameter(_uniform((hidden_size, input_size), k, dtype))
+        self.weight_hh_l0 = Parameter(_uniform((hidden_size, hidden_size), k, dtype))
+        self.bias_ih_l0 = Parameter(_uniform((hidden_size,), k, dtype)) if bias else None
+        self.bias_hh_l0 = Parameter(_uniform((hidden_size,), k, dtype)) if bias else None
+
+    def forward(self, x, h0=None):
+        if x.ndim != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"gpuad.nn.RNN: input must be (T, batch, {self.input_size}), got shape {x.shape}")
+        T, B = x.shape[0], x.shape[1]
+        # All input projections in one GEMM; the recurrence is T small GEMMs.
+        u = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
+        h = h0 if h0 is not None else Tensor._from(np.zeros((B, self.hidden_size), dtype=self.weight_hh_l0.dtype))
+        act = api.tanh if self.activation == "tanh" else api.relu
+        outs = []
+        for t in range(T):
+            h = act(api.add(u[t], F.linear(h, self.weight_hh_l0, self.bias_hh_l0)))
+            outs.append(h)
+        return api.stack(outs), h
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class Dropout(Module):
+    """Dropout that is active in train() mode and the identity in eval()."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class _Activation(Module):
+    fn = None
+
+    def forward(self, x):
+        return type(self).fn(x)
+
+
+class Tanh(_Activation):
+    fn = staticmethod(api.tanh)
+
+
+class ReLU(_Activation):
+    fn = staticmethod(api.relu)
+
+
+class Sigmoid(_Activation):
+    fn = staticmethod(api.sigmoid)
+
+
+class GELU(_Activation):
+    fn = staticmethod(api.gelu)
