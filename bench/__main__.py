@@ -11,7 +11,7 @@ import time
 
 from . import harness
 
-SUITES = ["overhead"]
+SUITES = ["overhead", "mlp"]
 
 
 def main(argv=None):

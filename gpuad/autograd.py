@@ -21,12 +21,14 @@ allocating.
 """
 import heapq
 import os
-import weakref
+import sys
 
 import numpy as np
 
 from .backends import namespace_of, numpy_ns
 from .graph import FREED, _Mode
+from .memory.accounting import accountant, owner_of
+from .memory.planner import no_planner, reachable
 from .ops.elementwise import INPLACE_MIN, unbroadcast
 from .tensor import Tensor
 
@@ -172,9 +174,6 @@ def _wrap_saved(node):
     return tuple(out)
 
 
-_DEBUG = os.environ.get("GPUAD_DEBUG") == "1"
-
-
 def _run(roots, seeds, retain_graph, create_graph, targets):
     """The reverse walk. Returns {target node: gradient} when targets are given."""
     from .ops.namespace import tensor_ns
@@ -197,6 +196,18 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     heapq.heapify(heap)
     arr_t = None if create_graph else type(xp.module.empty(0))
     is_numpy = xp is numpy_ns
+    # Instrumentation, all off by default: accounting, GPUAD_NO_PLANNER=1 (hold
+    # everything until the end, for comparison), GPUAD_DEBUG=1 (NaN-fill what is released).
+    acct = accountant.active
+    keep_all = no_planner()
+    debug = os.environ.get("GPUAD_DEBUG") == "1" and not create_graph and not retain_graph
+    watch = acct is not None or keep_all or debug
+    held = [] if keep_all else None
+    if acct is not None:
+        acct.phase = "backward"
+        for node, (g, owned) in zip(roots, seeds):
+            if owned:
+                acct.alloc(g.data if isinstance(g, Tensor) else g, "backward seed")
     prev_mode = _Mode.enabled
     _Mode.enabled = create_graph          # record the backward pass only when asked
     try:
@@ -218,7 +229,9 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                     f"({op.name}) already released its saved values. Pass retain_graph=True to the "
                     f"first backward() to keep them, or run the forward again.")
             grads = op.vjp(xp, g, _wrap_saved(node) if create_graph else saved, node, donate)
-            if not retain_graph:
+            if watch:
+                _watch_vjp(acct, held, debug, node, g, saved, grads)
+            if not retain_graph and not keep_all:
                 node.saved = FREED                            # saved values die here
             keeps = op.keeps_shape        # unary elementwise: shape and dtype already right
             dup = not keeps and len(grads) == 2 and grads[0] is grads[1]
@@ -238,16 +251,21 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                     if gi.shape != parent.shape:
                         gi = _fit(xp, gi, parent, op)
                         owned = not create_graph
+                        if acct is not None:
+                            acct.alloc(gi, op.name + " (backward)")
                     dt = gi.dtype
                     if dt is not parent.dtype and dt != parent.dtype:
                         gi = xp.astype(gi, parent.dtype)
                         owned = not create_graph
+                        if acct is not None:
+                            acct.alloc(gi, op.name + " (backward)")
                 pg = parent.grad
                 if pg is None:
                     parent.grad = gi
                     parent.owned = owned
                     _heappush(heap, (-parent.index, parent))
-                elif create_graph:
+                    continue
+                if create_graph:
                     parent.grad = xp.add(pg, gi)
                 elif pg.size < INPLACE_MIN:                   # tiny: allocating is cheaper
                     parent.grad = xp.add(pg, gi)
@@ -260,12 +278,82 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 else:
                     parent.grad = xp.add(pg, gi)
                     parent.owned = True
+                if acct is not None:
+                    acct.alloc(parent.grad, "accumulate")
+                    acct.traffic("accumulate", 2 * gi.nbytes, gi.nbytes)
+                if keep_all:
+                    held.append(pg)
+            if acct is not None:
+                acct.mark(op.name)
             del g, grads
     finally:
         _Mode.enabled = prev_mode
         for _, n in heap:                                     # after an error: release what is left
             n.grad = None
+        if acct is not None:
+            acct.phase = "forward"
+        if held:
+            held.clear()
+            if not retain_graph:
+                for n in reachable(roots):
+                    if n.op is not None:
+                        n.saved = FREED
     return found
+
+
+def _watch_vjp(acct, held, debug, node, g, saved, grads):
+    """Accounting, no-planner holding and debug poisoning around one VJP."""
+    if acct is not None:
+        name = node.op.name + " (backward)"
+        mine = {id(owner_of(g))}
+        read = g.nbytes
+        for a in saved:
+            if hasattr(a, "nbytes") and hasattr(a, "base"):
+                read += a.nbytes
+                mine.add(id(owner_of(a)))
+        written = 0
+        for gi in grads:
+            if gi is not None and hasattr(gi, "base"):
+                written += gi.nbytes
+                if id(owner_of(gi)) not in mine:
+                    acct.alloc(gi, name)
+        extra = node.op.vjp_temps * g.nbytes
+        acct.traffic(name, read + extra, written + extra)
+    if held is not None:
+        held.append(g)
+        return
+    if debug:
+        outs = {id(gi) for gi in grads if gi is not None} | {id(gi.base) for gi in grads if gi is not None}
+        if id(g) not in outs:
+            poison_if_dead(g, extra_refs=3)          # _run's g, our g, poison_if_dead's a
+        _poison_saved(saved, grads)
+
+
+def _poison_saved(saved, grads):
+    """GPUAD_DEBUG: NaN-fill saved buffers nothing outside this node references."""
+    counts = {}
+    for a in saved:
+        if isinstance(a, np.ndarray):
+            counts[id(a)] = counts.get(id(a), 0) + 1
+    outs = {id(gi) for gi in grads if gi is not None}
+    for a in saved:
+        if isinstance(a, np.ndarray) and id(a) in counts and id(a) not in outs:
+            # refs: the saved tuple's slots, our loop's `a`, poison_if_dead's `a`
+            poison_if_dead(a, extra_refs=2 + counts.pop(id(a)))
+
+
+def poison_if_dead(a, extra_refs):
+    """Fill a with NaN if only the caller's `extra_refs` references hold it (and its base chain)."""
+    if a.dtype.kind != "f" or not a.flags.writeable:
+        return
+    if sys.getrefcount(a) - 1 > extra_refs:
+        return
+    b = a.base
+    while isinstance(b, np.ndarray):                 # every link of the chain must be ours alone
+        if sys.getrefcount(b) - 1 > 2:               # held by the link below it, and `b`
+            return
+        b = b.base
+    a.fill(np.nan)
 
 
 def _visit_special(node, g, donate, create_graph, targets, found):

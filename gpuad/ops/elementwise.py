@@ -62,6 +62,11 @@ def _tmp(t):
     return t if getattr(t, "size", 0) >= INPLACE_MIN and not isinstance(t, _generic) else None
 
 
+def _into_g(node, donate):
+    """grad_kinds of a VJP that writes its result into a donated g."""
+    return ("g",) if donate else ("fresh",)
+
+
 # --- binary -------------------------------------------------------------------
 
 @primitive("add", nin=2)
@@ -70,7 +75,7 @@ def add(xp, x, y):
     return xp.add(x, y)
 
 
-@add.defvjp
+@add.defvjp(grad_kinds=lambda node, donate: ("g", "g"))
 def _add_vjp(xp, g, saved, node, donate):
     nx, ny = node.needs
     return (g if nx else None), (g if ny else None)
@@ -82,7 +87,7 @@ def subtract(xp, x, y):
     return xp.subtract(x, y)
 
 
-@subtract.defvjp
+@subtract.defvjp(grad_kinds=lambda node, donate: ("g", "g" if donate and not node.needs[0] else "fresh"))
 def _subtract_vjp(xp, g, saved, node, donate):
     nx, ny = node.needs
     gy = xp.negative(g, out=_out(g, donate and not nx)) if ny else None
@@ -95,7 +100,8 @@ def multiply(xp, x, y):
     return xp.multiply(x, y)
 
 
-@multiply.defvjp
+@multiply.defvjp(grad_kinds=lambda node, donate: ("g" if donate and not node.needs[1] else "fresh",
+                                                  "g" if donate else "fresh"))
 def _multiply_vjp(xp, g, saved, node, donate):
     x, y = saved
     nx, ny = node.needs
@@ -110,7 +116,9 @@ def divide(xp, x, y):
     return xp.divide(x, y)
 
 
-@divide.defvjp
+@divide.defvjp(grad_kinds=lambda node, donate: ("g" if donate else "fresh",
+                                                ("g" if donate else "fresh") if not node.needs[0] else "fresh"),
+               vjp_temps=1)
 def _divide_vjp(xp, g, saved, node, donate):
     y, out = saved
     nx, ny = node.needs
@@ -127,7 +135,7 @@ def power(xp, x, p):
     return xp.power(x, p)
 
 
-@power.defvjp
+@power.defvjp(vjp_temps=2)
 def _power_vjp(xp, g, saved, node, donate):
     x, p, out = saved
     nx, np_ = node.needs
@@ -147,7 +155,7 @@ def maximum(xp, x, y):
     return xp.maximum(x, y)
 
 
-@maximum.defvjp
+@maximum.defvjp(vjp_temps=3)
 def _maximum_vjp(xp, g, saved, node, donate):
     return _minmax_vjp(xp, g, saved, node, xp.greater)
 
@@ -158,7 +166,7 @@ def minimum(xp, x, y):
     return xp.minimum(x, y)
 
 
-@minimum.defvjp
+@minimum.defvjp(vjp_temps=3)
 def _minimum_vjp(xp, g, saved, node, donate):
     return _minmax_vjp(xp, g, saved, node, xp.less)
 
@@ -195,7 +203,7 @@ def negative(xp, x):
     return xp.negative(x)
 
 
-@negative.defvjp
+@negative.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _negative_vjp(xp, g, saved, node, donate):
     return (xp.negative(g, out=_out(g, donate)),)
 
@@ -205,7 +213,7 @@ def exp(xp, x):
     return xp.exp(x)
 
 
-@exp.defvjp
+@exp.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _exp_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, saved[0], out=_out(g, donate)),)
 
@@ -215,7 +223,7 @@ def log(xp, x):
     return xp.log(x)
 
 
-@log.defvjp
+@log.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _log_vjp(xp, g, saved, node, donate):
     return (xp.divide(g, saved[0], out=_out(g, donate)),)
 
@@ -225,7 +233,7 @@ def log1p(xp, x):
     return xp.log1p(x)
 
 
-@log1p.defvjp
+@log1p.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _log1p_vjp(xp, g, saved, node, donate):
     return (xp.divide(g, xp.add(saved[0], 1.0), out=_out(g, donate)),)
 
@@ -235,7 +243,7 @@ def sqrt(xp, x):
     return xp.sqrt(x)
 
 
-@sqrt.defvjp
+@sqrt.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sqrt_vjp(xp, g, saved, node, donate):
     h = xp.multiply(g, 0.5, out=_out(g, donate))
     return (xp.divide(h, saved[0], out=_tmp(h)),)
@@ -246,7 +254,7 @@ def abs(xp, x):  # noqa: A001  (the public name is gpuad.abs, as in numpy and to
     return xp.abs(x)
 
 
-@abs.defvjp
+@abs.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _abs_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.sign(saved[0]), out=_out(g, donate)),)
 
@@ -256,7 +264,7 @@ def sin(xp, x):
     return xp.sin(x)
 
 
-@sin.defvjp
+@sin.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sin_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.cos(saved[0]), out=_out(g, donate)),)
 
@@ -266,7 +274,7 @@ def cos(xp, x):
     return xp.cos(x)
 
 
-@cos.defvjp
+@cos.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _cos_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.negative(xp.sin(saved[0])), out=_out(g, donate)),)
 
@@ -276,7 +284,7 @@ def sinh(xp, x):
     return xp.sinh(x)
 
 
-@sinh.defvjp
+@sinh.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sinh_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.cosh(saved[0]), out=_out(g, donate)),)
 
@@ -286,7 +294,7 @@ def cosh(xp, x):
     return xp.cosh(x)
 
 
-@cosh.defvjp
+@cosh.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _cosh_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.sinh(saved[0]), out=_out(g, donate)),)
 
@@ -296,7 +304,7 @@ def tanh(xp, x):
     return xp.tanh(x)
 
 
-@tanh.defvjp
+@tanh.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _tanh_vjp(xp, g, saved, node, donate):
     # dz = g (1 - y^2): one temporary t, then written into g (read 2N, write N).
     # t is ours, so it is overwritten in place (the tensor namespace ignores out=).
@@ -319,7 +327,7 @@ def sigmoid(xp, x):
     return _sigmoid(xp, x)
 
 
-@sigmoid.defvjp
+@sigmoid.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _sigmoid_vjp(xp, g, saved, node, donate):
     y = saved[0]
     return (xp.multiply(g, xp.multiply(y, xp.subtract(1.0, y)), out=_out(g, donate)),)
@@ -331,7 +339,7 @@ def relu(xp, x):
     return xp.maximum(x, 0)
 
 
-@relu.defvjp
+@relu.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _relu_vjp(xp, g, saved, node, donate):
     return (xp.multiply(g, xp.greater(saved[0], 0), out=_out(g, donate)),)
 
@@ -350,7 +358,7 @@ def gelu(xp, x, approximate="none"):
     return xp.multiply(xp.multiply(0.5, x), xp.add(1.0, xp.erf(xp.multiply(x, _SQRT1_2))))
 
 
-@gelu.defvjp
+@gelu.defvjp(grad_kinds=_into_g, vjp_temps=8)
 def _gelu_vjp(xp, g, saved, node, donate):
     (x,) = saved
     if node.params and node.params.get("approximate") == "tanh":
@@ -376,7 +384,7 @@ def softplus(xp, x, beta=1.0, threshold=20.0):
     return xp.where(xp.greater(bx, threshold), x, soft)
 
 
-@softplus.defvjp
+@softplus.defvjp(grad_kinds=_into_g, vjp_temps=6)
 def _softplus_vjp(xp, g, saved, node, donate):
     (x,) = saved
     params = node.params or {}
@@ -392,7 +400,7 @@ def erf(xp, x):
     return xp.erf(x)
 
 
-@erf.defvjp
+@erf.defvjp(grad_kinds=_into_g, vjp_temps=4)
 def _erf_vjp(xp, g, saved, node, donate):
     (x,) = saved
     d = xp.multiply(2.0 / math.sqrt(math.pi), xp.exp(xp.negative(xp.multiply(x, x))))
@@ -405,7 +413,7 @@ def astype(xp, x, dtype):
     return xp.astype(x, dtype)
 
 
-@astype.defvjp
+@astype.defvjp(grad_kinds=lambda node, donate: ("g",))
 def _astype_vjp(xp, g, saved, node, donate):
     return (g,)
 
@@ -427,5 +435,9 @@ sign = _nondiff("sign", lambda xp, x: xp.sign(x))
 for _op in (negative, exp, log, log1p, sqrt, abs, sin, cos, sinh, cosh, tanh, sigmoid, relu, gelu,
             softplus, erf):
     _op.keeps_shape = True
+for _op in (add, subtract, multiply, divide, power, maximum, minimum, where):
+    _op.broadcasting = True
+# Forward temporaries of the composite numpy expressions (traffic model).
+sigmoid.fwd_temps, gelu.fwd_temps, softplus.fwd_temps = 6, 5, 7
 
 del call

@@ -20,7 +20,7 @@ def softmax(xp, x, axis=-1):
     return xp.divide(e, xp.sum(e, axis=axis, keepdims=True), out=e)
 
 
-@softmax.defvjp
+@softmax.defvjp(grad_kinds=lambda node, donate: ("g",) if donate else ("fresh",), vjp_temps=1)
 def _softmax_vjp(xp, g, saved, node, donate):
     (y,) = saved
     axis = node.params["axis"]
@@ -37,7 +37,7 @@ def log_softmax(xp, x, axis=-1):
     return xp.subtract(shifted, lse, out=shifted)
 
 
-@log_softmax.defvjp
+@log_softmax.defvjp(grad_kinds=lambda node, donate: ("g",) if donate else ("fresh",), vjp_temps=1)
 def _log_softmax_vjp(xp, g, saved, node, donate):
     (y,) = saved
     axis = node.params["axis"]
@@ -109,7 +109,7 @@ def linear_tanh(xp, x, w, b):
     return xp.tanh(z, out=z)
 
 
-@linear_tanh.defvjp
+@linear_tanh.defvjp(vjp_temps=2)
 def _linear_tanh_vjp(xp, g, saved, node, donate):
     x, w, y = saved
     t = xp.multiply(y, y)
@@ -125,7 +125,7 @@ def linear_sigmoid(xp, x, w, b):
     return _sigmoid(xp, _affine(xp, x, w, b))
 
 
-@linear_sigmoid.defvjp
+@linear_sigmoid.defvjp(vjp_temps=2)
 def _linear_sigmoid_vjp(xp, g, saved, node, donate):
     x, w, y = saved
     t = xp.subtract(1.0, y)
@@ -156,7 +156,7 @@ def linear_gelu(xp, x, w, b):
     return gelu.fwd(xp, z), (z,)
 
 
-@linear_gelu.defvjp
+@linear_gelu.defvjp(vjp_temps=8)
 def _linear_gelu_vjp(xp, g, saved, node, donate):
     from .elementwise import _gelu_vjp
     x, w, b, z = saved
@@ -169,6 +169,12 @@ def _linear_gelu_vjp(xp, g, saved, node, donate):
 class _NoParams:
     params = None
 
+
+# forward: bias add and activation each read and rewrite the MN output once
+linear.fwd_temps = 1
+linear_tanh.fwd_temps = linear_relu.fwd_temps = 2
+linear_sigmoid.fwd_temps, linear_gelu.fwd_temps = 7, 7
+softmax.fwd_temps = log_softmax.fwd_temps = 2
 
 LINEAR_PRIMITIVES = {None: linear, "tanh": linear_tanh, "sigmoid": linear_sigmoid,
                      "relu": linear_relu, "gelu": linear_gelu}
@@ -201,7 +207,10 @@ def cross_entropy(xp, logits, target, reduction="mean"):
     return out, (lse,)
 
 
-@cross_entropy.defvjp
+cross_entropy.fwd_temps = 2
+
+
+@cross_entropy.defvjp(vjp_temps=2)
 def _cross_entropy_vjp(xp, g, saved, node, donate):
     logits, target, lse = saved
     reduction = (node.params or {}).get("reduction", "mean")
@@ -248,7 +257,7 @@ def dropout(xp, x, mask, p):
     return xp.multiply(xp.multiply(x, mask), 1.0 / (1.0 - p))
 
 
-@dropout.defvjp
+@dropout.defvjp(grad_kinds=lambda node, donate: ("g" if donate else "fresh", None))
 def _dropout_vjp(xp, g, saved, node, donate):
     (mask,) = saved
     gx = xp.multiply(g, mask, out=g if donate else None)

@@ -52,7 +52,7 @@ def sum(xp, x, axis=None, keepdims=False):  # noqa: A001
     return xp.sum(x, axis=axis, keepdims=keepdims)
 
 
-@sum.defvjp
+@sum.defvjp(grad_kinds=lambda node, donate: ("view",))
 def _sum_vjp(xp, g, saved, node, donate):
     params = node.params or {}
     shape = node.parents[0].shape
@@ -77,7 +77,7 @@ def max(xp, x, axis=None, keepdims=False):  # noqa: A001
     return xp.max(x, axis=axis, keepdims=keepdims)
 
 
-max.defvjp(_extreme_vjp)
+max.defvjp(_extreme_vjp, vjp_temps=3)
 
 
 @primitive("min", save=(0, "out"))
@@ -86,4 +86,4 @@ def min(xp, x, axis=None, keepdims=False):  # noqa: A001
     return xp.min(x, axis=axis, keepdims=keepdims)
 
 
-min.defvjp(_extreme_vjp)
+min.defvjp(_extreme_vjp, vjp_temps=3)

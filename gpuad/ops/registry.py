@@ -7,6 +7,11 @@ One entry per primitive declares, side by side:
     save      what the VJP reads: input positions and/or "out"
     save_if   for each saved item, the input whose gradient needs it (None:
               any); mul saves y only when x needs a gradient, and so on
+    grad_kinds(node, donate)  for the planner: per input, "fresh" (a new
+              buffer), "g" (written into the incoming gradient) or "view" (a
+              view of it); None means all fresh
+    fwd_temps, vjp_temps  full-size temporaries a composite expression writes
+              and reads back, for the traffic model
 
 `saved` reaches the VJP in the order `save` declares, followed by the aux
 arrays, with None where save_if pruned an item. `donate` tells the VJP it may
@@ -38,7 +43,8 @@ class Primitive:
     """A differentiable (or explicitly non-differentiable) operation."""
 
     __slots__ = ("name", "fwd", "vjp", "save", "save_if", "nin", "differentiable",
-                 "has_aux", "keeps_shape", "_plans", "_savers", "__name__", "__wrapped__", "__dict__")
+                 "has_aux", "keeps_shape", "broadcasting", "grad_kinds", "fwd_temps", "vjp_temps",
+                 "_plans", "_savers", "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, nin, save=(), save_if=None, differentiable=True, has_aux=False):
         if name in REGISTRY:
@@ -58,15 +64,26 @@ class Primitive:
         # Unary elementwise: the gradient has the input's shape and dtype, so the
         # engine can skip its unbroadcast and cast checks.
         self.keeps_shape = False
+        # Binary elementwise: VJP outputs have the broadcast output's shape.
+        self.broadcasting = False
+        self.grad_kinds = None
+        self.fwd_temps = 0
+        self.vjp_temps = 0
         self.__doc__ = fwd.__doc__
         self.__name__ = name
         self.__wrapped__ = fwd
         REGISTRY[name] = self
 
-    def defvjp(self, vjp):
-        """Attach the VJP; used as a decorator right under the forward."""
-        self.vjp = vjp
-        return vjp
+    def defvjp(self, vjp=None, *, grad_kinds=None, vjp_temps=0):
+        """Attach the VJP (a decorator right under the forward), with what the
+        planner and the traffic model need to know about it."""
+        def attach(fn):
+            self.vjp = fn
+            if grad_kinds is not None:
+                self.grad_kinds = grad_kinds
+            self.vjp_temps = vjp_temps
+            return fn
+        return attach(vjp) if vjp is not None else attach
 
     def plan(self, needs):
         """Saved-item positions for one pattern of needed gradients.
@@ -147,9 +164,9 @@ def apply(op, args, params):
         out, aux = out
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
-    acct = _ledger.active
+    acct = _acct.active
     if acct is not None:
-        acct.on_op(op.name, arrays, out)
+        account_forward(acct, op, arrays, out, aux if op.has_aux else ())
     t = _new(Tensor)
     t.data = out
     t.grad = None
@@ -192,8 +209,8 @@ def apply1(op, x):
     out = op.fwd(xp, xd)
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)
-    if _ledger.active is not None:
-        _ledger.active.on_op(op.name, (xd,), out)
+    if _acct.active is not None:
+        account_forward(_acct, op, (xd,), out, ())
     t = _new(Tensor)
     t.data = out
     t.grad = None
@@ -246,8 +263,8 @@ def apply2(op, x, y):
         raise _binary_error(op, xd, yd, e) from None
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)
-    if _ledger.active is not None:
-        _ledger.active.on_op(op.name, (xd, yd), out)
+    if _acct.active is not None:
+        account_forward(_acct, op, (xd, yd), out, ())
     t = _new(Tensor)
     t.data = out
     t.grad = None
@@ -278,6 +295,24 @@ def _binary_error(op, xd, yd, err):
                       f"(trailing dimensions must match or be 1)")
 
 
+def account_forward(acct, op, arrays, out, aux):
+    """Traffic and allocations of one forward op (only while accounting is on)."""
+    read = 0
+    owners = set()
+    for a in arrays:
+        n = getattr(a, "nbytes", None)
+        if n is not None and hasattr(a, "base"):
+            read += n
+            owners.add(id(owner_of(a)))
+    n_out = out.nbytes
+    extra = op.fwd_temps * n_out
+    acct.traffic(op.name, read + extra, n_out + sum(a.nbytes for a in aux) + extra)
+    for a in (out,) + tuple(aux):
+        if id(owner_of(a)) not in owners:          # a view of an input costs nothing
+            acct.alloc(a, op.name)
+    acct.mark(op.name)
+
+
 def _check_devices(op, args, arrays):
     from ..backends import device_of
     devices = {device_of(a) for a in arrays if hasattr(a, "shape") and not isinstance(a, np.generic)}
@@ -300,8 +335,7 @@ def call(op, xp, *args, **params):
 
 
 from ..tensor import Tensor  # noqa: E402  (Tensor's methods call into ops)
-from .. import memory as _memory  # noqa: E402
+from ..memory.accounting import accountant as _acct, owner_of  # noqa: E402
 
-_ledger = _memory.ledger
 _new = object.__new__
 _next_index = graph._next_index

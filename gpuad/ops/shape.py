@@ -22,7 +22,7 @@ def reshape(xp, x, shape):
     return xp.reshape(x, shape)
 
 
-@reshape.defvjp
+@reshape.defvjp(grad_kinds=lambda node, donate: ("view",))
 def _reshape_vjp(xp, g, saved, node, donate):
     return (xp.reshape(g, node.parents[0].shape),)
 
@@ -33,7 +33,7 @@ def transpose(xp, x, axes):
     return xp.transpose(x, axes)
 
 
-@transpose.defvjp
+@transpose.defvjp(grad_kinds=lambda node, donate: ("view",))
 def _transpose_vjp(xp, g, saved, node, donate):
     return (xp.transpose(g, tuple(np.argsort(node.params["axes"]).tolist())),)
 
@@ -44,7 +44,7 @@ def broadcast_to(xp, x, shape):
     return xp.broadcast_to(x, shape)
 
 
-@broadcast_to.defvjp
+@broadcast_to.defvjp(grad_kinds=lambda node, donate: ("g",))
 def _broadcast_to_vjp(xp, g, saved, node, donate):
     return (g,)  # the engine's unbroadcast reduces it to the input's shape
 
@@ -68,7 +68,7 @@ def scatter_add(xp, g, shape, index, unique=True):
     return xp.scatter_add(g, shape, index, unique)
 
 
-@scatter_add.defvjp
+@scatter_add.defvjp(grad_kinds=lambda node, donate: ("view",) if _basic(node.params["index"]) else ("fresh",))
 def _scatter_add_vjp(xp, gg, saved, node, donate):
     return (xp.getitem(gg, node.params["index"]),)
 
@@ -79,7 +79,7 @@ def concatenate(xp, *xs, axis=0, sizes=None):
     return xp.concatenate(xs, axis=axis)
 
 
-@concatenate.defvjp
+@concatenate.defvjp(grad_kinds=lambda node, donate: ("view",) * len(node.needs))
 def _concatenate_vjp(xp, g, saved, node, donate):
     axis, sizes = node.params["axis"], node.params["sizes"]
     grads, start = [], 0
@@ -96,10 +96,16 @@ def stack(xp, *xs, axis=0):
     return xp.stack(xs, axis=axis)
 
 
-@stack.defvjp
+@stack.defvjp(grad_kinds=lambda node, donate: ("view",) * len(node.needs))
 def _stack_vjp(xp, g, saved, node, donate):
     lead = (slice(None),) * node.params["axis"]
     return tuple(xp.getitem(g, lead + (i,)) if need else None for i, need in enumerate(node.needs))
+
+
+def _basic(index):
+    """Only ints, slices, None and Ellipsis: x[index] is a view."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
 
 
 def selects_each_once(index):

@@ -1,0 +1,141 @@
+"""Exact byte accounting: live and peak bytes, allocations, and the traffic ledger.
+
+What is counted: every buffer the backend allocates for a tensor (op outputs,
+which are what nodes save, and gradients), once per base buffer: a view costs
+nothing. A buffer counts from its allocation until it is really released (a
+weakref on the buffer's owner fires), not when some node lets go of it.
+
+Traffic (model): each op adds the bytes it reads and writes through memory,
+from its registry entry: every input read once, the output written once,
+plus each temporary a composite numpy expression writes and reads back.
+
+Accounting costs about 0.4 us per array, so it is off until asked for:
+`gpuad.memory.track()` turns it on for a region, `gpuad.memory.enable()`
+(or GPUAD_ACCOUNTING=1) for the whole program.
+
+On CuPy the same interface is fed by CuPy's allocator (see backends/cupy_backend).
+"""
+import os
+import weakref
+
+import numpy as np
+
+_ndarray = np.ndarray
+
+
+def owner_of(arr):
+    """The object whose death frees arr's memory: the base ndarray, or the
+    exporter of the buffer a pooled array views."""
+    b = arr
+    while True:
+        nb = b.base
+        if nb is None:
+            return b
+        if isinstance(nb, memoryview):
+            return nb.obj
+        if not isinstance(nb, _ndarray) and not hasattr(nb, "base"):
+            return nb
+        b = nb
+
+
+class OpStats:
+    __slots__ = ("calls", "allocations", "allocated_bytes", "bytes_read", "bytes_written")
+
+    def __init__(self):
+        self.calls = self.allocations = self.allocated_bytes = self.bytes_read = self.bytes_written = 0
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class Accountant:
+    """Global counters; the hot path checks `active` (None when accounting is off)."""
+
+    def __init__(self):
+        self.active = None
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.allocations = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.by_op = {}
+        self.timeline = None          # list of (phase, op, live_bytes) while recording
+        self.phase = "forward"
+        self._refs = {}               # id(owner) -> (weakref, nbytes)
+        self._depth = 0               # enable() calls and open track() regions
+        if os.environ.get("GPUAD_ACCOUNTING") == "1":
+            self.enable()
+
+    # -- switching -------------------------------------------------------------
+
+    def enable(self):
+        self._depth += 1
+        self.active = self
+
+    def disable(self):
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.active = None
+
+    # -- events ----------------------------------------------------------------
+
+    def alloc(self, arr, op):
+        """Count arr's buffer if it is new; returns the bytes added (0 for a view)."""
+        owner = owner_of(arr)
+        key = id(owner)
+        if key in self._refs:
+            return 0
+        n = getattr(owner, "nbytes", None)
+        if n is None:
+            n = arr.nbytes
+        try:
+            ref = weakref.ref(owner, self._make_release(key))
+        except TypeError:             # an owner without weakrefs: count it as never freed
+            ref = None
+        self._refs[key] = (ref, n)
+        self.live_bytes += n
+        self.allocations += 1
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+        s = self._op(op)
+        s.allocations += 1
+        s.allocated_bytes += n
+        return n
+
+    def _make_release(self, key):
+        def release(_ref, key=key, refs=self._refs):
+            entry = refs.pop(key, None)
+            if entry is not None:
+                self.live_bytes -= entry[1]
+        return release
+
+    def traffic(self, op, read, written):
+        self.bytes_read += read
+        self.bytes_written += written
+        s = self._op(op)
+        s.calls += 1
+        s.bytes_read += read
+        s.bytes_written += written
+
+    def mark(self, op):
+        """A timeline point: live bytes after `op`."""
+        if self.timeline is not None:
+            self.timeline.append((self.phase, op, self.live_bytes))
+
+    def _op(self, name):
+        s = self.by_op.get(name)
+        if s is None:
+            s = self.by_op[name] = OpStats()
+        return s
+
+    # -- reading -----------------------------------------------------------------
+
+    def snapshot(self):
+        return {"live_bytes": self.live_bytes, "peak_bytes": self.peak_bytes, "allocations": self.allocations,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+
+    def is_tracked(self, arr):
+        return id(owner_of(arr)) in self._refs
+
+
+accountant = Accountant()
