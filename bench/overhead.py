@@ -26,7 +26,7 @@ def _chain(x, n=N_OPS):
 
 def run(full=False):
     import gpuad
-    rounds = 31 if full else 15
+    rounds = 101 if full else 51
     xg = gpuad.tensor([0.3], dtype="float64", requires_grad=True)
     variants = {}
 

@@ -29,7 +29,8 @@ from .backends import namespace_of, numpy_ns
 from .graph import FREED, _Mode
 from .memory.accounting import accountant, owner_of
 from .memory.planner import no_planner, reachable
-from .ops.elementwise import INPLACE_MIN, unbroadcast
+from .memory.pool import INPLACE_MIN
+from .ops.elementwise import unbroadcast
 from .tensor import Tensor
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
@@ -203,6 +204,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     debug = os.environ.get("GPUAD_DEBUG") == "1" and not create_graph and not retain_graph
     watch = acct is not None or keep_all or debug
     held = [] if keep_all else None
+    free_saved = not retain_graph and not keep_all
     if acct is not None:
         acct.phase = "backward"
         for node, (g, owned) in zip(roots, seeds):
@@ -210,9 +212,18 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 acct.alloc(g.data if isinstance(g, Tensor) else g, "backward seed")
     prev_mode = _Mode.enabled
     _Mode.enabled = create_graph          # record the backward pass only when asked
+    # The heap holds nodes whose gradient has started arriving, keyed by
+    # -index. `nxt` is a one-slot fast lane in front of it: in a chain every
+    # node hands exactly one new parent on, which then skips the heap.
+    nxt = None
     try:
-        while heap:
-            node = _heappop(heap)[1]
+        while True:
+            if nxt is not None and (not heap or nxt.index > -heap[0][0]):
+                node, nxt = nxt, None
+            elif heap:
+                node = _heappop(heap)[1]
+            else:
+                break
             g = node.grad
             node.grad = None
             op = node.op
@@ -231,10 +242,10 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             grads = op.vjp(xp, g, _wrap_saved(node) if create_graph else saved, node, donate)
             if watch:
                 _watch_vjp(acct, held, debug, node, g, saved, grads)
-            if not retain_graph and not keep_all:
+            if free_saved:
                 node.saved = FREED                            # saved values die here
             keeps = op.keeps_shape        # unary elementwise: shape and dtype already right
-            dup = not keeps and len(grads) == 2 and grads[0] is grads[1]
+            dup = False if keeps else (len(grads) == 2 and grads[0] is grads[1])
             for parent, gi in zip(node.parents, grads):
                 if parent is None or gi is None or (needed is not None and parent not in needed):
                     continue
@@ -243,7 +254,9 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 if create_graph:
                     owned = False
                 elif type(gi) is arr_t:
-                    owned = (gi is not g or (donate and not dup)) and (keeps or gi.base is None)
+                    # fresh: not a view of another array (a pooled buffer's base is its holder)
+                    owned = (gi is not g or donate) if keeps else \
+                        ((gi is not g or (donate and not dup)) and type(gi.base) is not arr_t)
                 else:
                     gi = np.asarray(gi) if is_numpy else gi   # numpy returns scalars for 0-d results
                     owned = is_numpy
@@ -263,7 +276,13 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 if pg is None:
                     parent.grad = gi
                     parent.owned = owned
-                    _heappush(heap, (-parent.index, parent))
+                    if nxt is None:
+                        nxt = parent
+                    elif parent.index > nxt.index:
+                        _heappush(heap, (-nxt.index, nxt))
+                        nxt = parent
+                    else:
+                        _heappush(heap, (-parent.index, parent))
                     continue
                 if create_graph:
                     parent.grad = xp.add(pg, gi)
@@ -283,13 +302,15 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                     acct.traffic("accumulate", 2 * gi.nbytes, gi.nbytes)
                 if keep_all:
                     held.append(pg)
-            if acct is not None:
+            if watch and acct is not None:
                 acct.mark(op.name)
             del g, grads
     finally:
         _Mode.enabled = prev_mode
         for _, n in heap:                                     # after an error: release what is left
             n.grad = None
+        if nxt is not None:
+            nxt.grad = None
         if acct is not None:
             acct.phase = "forward"
         if held:

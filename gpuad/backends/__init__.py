@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from ..memory.pool import host_pool
+
 
 class ArrayNamespace:
     """numpy's (or cupy's) functions under one name, plus gpuad's extras.
@@ -58,6 +60,13 @@ class ArrayNamespace:
 
     def _add_at(self, out, index, g):
         np.add.at(out, index, g)
+
+    def buffer(self, shape, dtype):
+        """An output buffer for out=: large host arrays come from gpuad's caching
+        pool (reused memory, no page faults); None lets the backend allocate."""
+        if self.name == "numpy":
+            return host_pool.empty(shape, dtype)
+        return None
 
     def astype(self, a, dtype):
         return a.astype(dtype, copy=False)

@@ -29,8 +29,8 @@ from collections import Counter
 import numpy as np
 
 from ..graph import FREED
-from ..ops.elementwise import INPLACE_MIN
 from .accounting import accountant
+from .pool import INPLACE_MIN
 
 _ndarray = np.ndarray
 

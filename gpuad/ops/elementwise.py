@@ -4,8 +4,9 @@ Binary VJPs return gradients in the broadcast shape of the output; the engine
 sums them back to each input's shape with the one shared `unbroadcast`.
 
 Each forward reads its inputs once and writes its output once (read N, write
-N per input). Where a VJP may overwrite the incoming gradient (`donate`), it
-writes there and allocates nothing.
+N per input). Where a VJP may overwrite the incoming gradient (`donate`: the
+engine owns it and it is large enough for out= to pay), it writes there, and
+into its own temporaries, instead of allocating.
 
 >>> import gpuad
 >>> x = gpuad.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
@@ -18,6 +19,7 @@ import math
 import numpy as np
 
 from .registry import primitive, call
+from ..memory.pool import INPLACE_MIN
 
 _generic = np.generic
 
@@ -41,19 +43,6 @@ def unbroadcast(xp, g, shape):
         if len(shape) != g.ndim or tuple(g.shape) != tuple(shape):
             g = xp.reshape(g, shape)
     return g
-
-
-# Writing in place (out=) saves an allocation and, for large arrays, the page
-# faults of fresh memory: a 1 MB add runs in 50 us instead of 115 us. For tiny
-# arrays numpy's parsing of out= costs more (0.8 us against 0.4 us for a
-# 1-element add) than the allocation it saves. The engine donates gradients,
-# and VJPs overwrite their temporaries, only from this many elements up.
-INPLACE_MIN = 4096
-
-
-def _out(g, donate):
-    """Where a VJP may write its result: into g when the engine donated it."""
-    return g if donate else None
 
 
 def _tmp(t):
@@ -90,7 +79,7 @@ def subtract(xp, x, y):
 @subtract.defvjp(grad_kinds=lambda node, donate: ("g", "g" if donate and not node.needs[0] else "fresh"))
 def _subtract_vjp(xp, g, saved, node, donate):
     nx, ny = node.needs
-    gy = xp.negative(g, out=_out(g, donate and not nx)) if ny else None
+    gy = xp.negative(g, out=g if donate and not nx else None) if ny else None
     return (g if nx else None), gy
 
 
@@ -105,8 +94,8 @@ def multiply(xp, x, y):
 def _multiply_vjp(xp, g, saved, node, donate):
     x, y = saved
     nx, ny = node.needs
-    gx = xp.multiply(g, y, out=_out(g, donate and not ny)) if nx else None
-    gy = xp.multiply(g, x, out=_out(g, donate)) if ny else None
+    gx = xp.multiply(g, y, out=g if donate and not ny else None) if nx else None
+    gy = xp.multiply(g, x, out=g if donate else None) if ny else None
     return gx, gy
 
 
@@ -122,11 +111,11 @@ def divide(xp, x, y):
 def _divide_vjp(xp, g, saved, node, donate):
     y, out = saved
     nx, ny = node.needs
-    gx = xp.divide(g, y, out=_out(g, donate))
+    gx = xp.divide(g, y, out=g if donate else None)
     if not ny:
         return gx, None
-    gy = xp.multiply(gx, out, out=None if nx else _tmp(gx))  # gx is ours once dx is not needed
-    return (gx if nx else None), xp.negative(gy, out=_tmp(gy))
+    gy = xp.multiply(gx, out, out=None if nx or not donate else gx)  # gx is ours once dx is not needed
+    return (gx if nx else None), xp.negative(gy, out=gy if donate else None)
 
 
 @primitive("power", nin=2, save=(0, 1, "out"), save_if=(None, None, 1))
@@ -205,7 +194,7 @@ def negative(xp, x):
 
 @negative.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _negative_vjp(xp, g, saved, node, donate):
-    return (xp.negative(g, out=_out(g, donate)),)
+    return (xp.negative(g, out=g if donate else None),)
 
 
 @primitive("exp", save=("out",))
@@ -215,7 +204,7 @@ def exp(xp, x):
 
 @exp.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _exp_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, saved[0], out=_out(g, donate)),)
+    return (xp.multiply(g, saved[0], out=g if donate else None),)
 
 
 @primitive("log", save=(0,))
@@ -225,7 +214,7 @@ def log(xp, x):
 
 @log.defvjp(grad_kinds=_into_g, vjp_temps=0)
 def _log_vjp(xp, g, saved, node, donate):
-    return (xp.divide(g, saved[0], out=_out(g, donate)),)
+    return (xp.divide(g, saved[0], out=g if donate else None),)
 
 
 @primitive("log1p", save=(0,))
@@ -235,7 +224,7 @@ def log1p(xp, x):
 
 @log1p.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _log1p_vjp(xp, g, saved, node, donate):
-    return (xp.divide(g, xp.add(saved[0], 1.0), out=_out(g, donate)),)
+    return (xp.divide(g, xp.add(saved[0], 1.0), out=g if donate else None),)
 
 
 @primitive("sqrt", save=("out",))
@@ -245,8 +234,8 @@ def sqrt(xp, x):
 
 @sqrt.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sqrt_vjp(xp, g, saved, node, donate):
-    h = xp.multiply(g, 0.5, out=_out(g, donate))
-    return (xp.divide(h, saved[0], out=_tmp(h)),)
+    h = xp.multiply(g, 0.5, out=g if donate else None)
+    return (xp.divide(h, saved[0], out=h if donate else None),)
 
 
 @primitive("abs", save=(0,))
@@ -256,7 +245,7 @@ def abs(xp, x):  # noqa: A001  (the public name is gpuad.abs, as in numpy and to
 
 @abs.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _abs_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.sign(saved[0]), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.sign(saved[0]), out=g if donate else None),)
 
 
 @primitive("sin", save=(0,))
@@ -266,7 +255,7 @@ def sin(xp, x):
 
 @sin.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sin_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.cos(saved[0]), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.cos(saved[0]), out=g if donate else None),)
 
 
 @primitive("cos", save=(0,))
@@ -276,7 +265,7 @@ def cos(xp, x):
 
 @cos.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _cos_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.negative(xp.sin(saved[0])), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.negative(xp.sin(saved[0])), out=g if donate else None),)
 
 
 @primitive("sinh", save=(0,))
@@ -286,7 +275,7 @@ def sinh(xp, x):
 
 @sinh.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _sinh_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.cosh(saved[0]), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.cosh(saved[0]), out=g if donate else None),)
 
 
 @primitive("cosh", save=(0,))
@@ -296,7 +285,7 @@ def cosh(xp, x):
 
 @cosh.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _cosh_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.sinh(saved[0]), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.sinh(saved[0]), out=g if donate else None),)
 
 
 @primitive("tanh", save=("out",))
@@ -307,11 +296,11 @@ def tanh(xp, x):
 @tanh.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _tanh_vjp(xp, g, saved, node, donate):
     # dz = g (1 - y^2): one temporary t, then written into g (read 2N, write N).
-    # t is ours, so it is overwritten in place (the tensor namespace ignores out=).
+    # t is ours, so when the arrays are large (donate) it is overwritten in place.
     y = saved[0]
     t = xp.multiply(y, y)
-    t = xp.subtract(1.0, t, out=_tmp(t))
-    return (xp.multiply(g, t, out=_out(g, donate)),)
+    t = xp.subtract(1.0, t, out=t if donate else None)
+    return (xp.multiply(g, t, out=g if donate else None),)
 
 
 def _sigmoid(xp, x):
@@ -330,7 +319,7 @@ def sigmoid(xp, x):
 @sigmoid.defvjp(grad_kinds=_into_g, vjp_temps=2)
 def _sigmoid_vjp(xp, g, saved, node, donate):
     y = saved[0]
-    return (xp.multiply(g, xp.multiply(y, xp.subtract(1.0, y)), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.multiply(y, xp.subtract(1.0, y)), out=g if donate else None),)
 
 
 @primitive("relu", save=("out",))
@@ -341,7 +330,7 @@ def relu(xp, x):
 
 @relu.defvjp(grad_kinds=_into_g, vjp_temps=1)
 def _relu_vjp(xp, g, saved, node, donate):
-    return (xp.multiply(g, xp.greater(saved[0], 0), out=_out(g, donate)),)
+    return (xp.multiply(g, xp.greater(saved[0], 0), out=g if donate else None),)
 
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -371,7 +360,7 @@ def _gelu_vjp(xp, g, saved, node, donate):
         cdf = xp.multiply(0.5, xp.add(1.0, xp.erf(xp.multiply(x, _SQRT1_2))))
         pdf = xp.multiply(_INV_SQRT_2PI, xp.exp(xp.multiply(-0.5, xp.multiply(x, x))))
         d = xp.add(cdf, xp.multiply(x, pdf))
-    return (xp.multiply(g, d, out=_out(g, donate)),)
+    return (xp.multiply(g, d, out=g if donate else None),)
 
 
 @primitive("softplus", save=(0,))
@@ -391,7 +380,7 @@ def _softplus_vjp(xp, g, saved, node, donate):
     beta, threshold = params.get("beta", 1.0), params.get("threshold", 20.0)
     bx = xp.multiply(x, beta) if beta != 1.0 else x
     d = xp.where(xp.greater(bx, threshold), 1.0, _sigmoid(xp, bx))
-    return (xp.multiply(g, d, out=_out(g, donate)),)
+    return (xp.multiply(g, d, out=g if donate else None),)
 
 
 @primitive("erf", save=(0,))
@@ -404,7 +393,7 @@ def erf(xp, x):
 def _erf_vjp(xp, g, saved, node, donate):
     (x,) = saved
     d = xp.multiply(2.0 / math.sqrt(math.pi), xp.exp(xp.negative(xp.multiply(x, x))))
-    return (xp.multiply(g, d, out=_out(g, donate)),)
+    return (xp.multiply(g, d, out=g if donate else None),)
 
 
 @primitive("astype", save=())

@@ -68,23 +68,29 @@ LINEAR_ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "gelu")
 
 
 def _affine(xp, x, w, b):
-    z = xp.matmul(x, xp.swapaxes(w, -1, -2))
+    shape = tuple(x.shape[:-1]) + (w.shape[0],)
+    z = xp.matmul(x, xp.swapaxes(w, -1, -2), out=xp.buffer(shape, _result_dtype(x, w)))
     if b is not None:
         z = xp.add(z, b, out=z if xp.name != "tensor" else None)
     return z
+
+
+def _result_dtype(a, b):
+    return a.dtype if a.dtype == b.dtype else (a.dtype.type(0) * b.dtype.type(0)).dtype
 
 
 def _linear_grads(xp, dz, x, w, needs):
     """dX, dW, db from dZ: the part every fused linear shares."""
     nx, nw, nb = needs
     n_out = dz.shape[-1]
-    gx = xp.matmul(dz, w) if nx else None
+    gx = xp.matmul(dz, w, out=xp.buffer(tuple(dz.shape[:-1]) + (w.shape[1],), _result_dtype(dz, w))) \
+        if nx else None
     gw = gb = None
     if nw or nb:
         dz2 = xp.reshape(dz, (-1, n_out))
         if nw:
             x2 = xp.reshape(x, (-1, x.shape[-1]))
-            gw = xp.matmul(xp.swapaxes(dz2, -1, -2), x2)
+            gw = xp.matmul(xp.swapaxes(dz2, -1, -2), x2, out=xp.buffer((n_out, x.shape[-1]), _result_dtype(dz, x)))
         if nb:
             gb = xp.sum(dz2, axis=0)
     return gx, gw, gb
@@ -112,7 +118,7 @@ def linear_tanh(xp, x, w, b):
 @linear_tanh.defvjp(vjp_temps=2)
 def _linear_tanh_vjp(xp, g, saved, node, donate):
     x, w, y = saved
-    t = xp.multiply(y, y)
+    t = xp.multiply(y, y, out=xp.buffer(y.shape, y.dtype))
     t = xp.subtract(1.0, t, out=_tmp(t))
     dz = xp.multiply(g, t, out=g if donate else _tmp(t))
     return _linear_grads(xp, dz, x, w, node.needs)

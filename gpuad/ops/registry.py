@@ -44,7 +44,7 @@ class Primitive:
 
     __slots__ = ("name", "fwd", "vjp", "save", "save_if", "nin", "differentiable",
                  "has_aux", "keeps_shape", "broadcasting", "grad_kinds", "fwd_temps", "vjp_temps",
-                 "_plans", "_savers", "__name__", "__wrapped__", "__dict__")
+                 "_plans", "_savers", "_saver1", "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, nin, save=(), save_if=None, differentiable=True, has_aux=False):
         if name in REGISTRY:
@@ -61,6 +61,7 @@ class Primitive:
         self.has_aux = has_aux
         self._plans = {}
         self._savers = {}
+        self._saver1 = None
         # Unary elementwise: the gradient has the input's shape and dtype, so the
         # engine can skip its unbroadcast and cast checks.
         self.keeps_shape = False
@@ -102,17 +103,22 @@ class Primitive:
         """A function (x, y, out) -> the saved tuple, for the unary and binary fast paths."""
         fn = self._savers.get(needs)
         if fn is None:
-            ks = tuple(i if i >= 0 else (2 if i == _OUT else 3) for i in self.plan(needs))
-            if not ks:
-                fn = _save_nothing
-            elif len(ks) == 1:
-                k = ks[0]
-                fn = (lambda src: (src[0],)) if k == 0 else (lambda src: (src[2],)) if k == 2 else \
-                    (lambda src, k=k: (src[k],))
-            else:
-                fn = itemgetter(*ks)
+            fn = self._make_saver(needs)
             self._savers[needs] = fn
+            if needs == (True,):
+                self._saver1 = fn
         return fn
+
+    def _make_saver(self, needs):
+        # src is (x, y, out, None): positions 0-1 are inputs, 2 the output, 3 nothing
+        ks = tuple(i if i >= 0 else (2 if i == _OUT else 3) for i in self.plan(needs))
+        if not ks:
+            return _save_nothing
+        if len(ks) == 1:
+            k = ks[0]
+            return (lambda src: (src[0],)) if k == 0 else (lambda src: (src[2],)) if k == 2 else \
+                (lambda src, k=k: (src[k],))
+        return itemgetter(*ks)
 
     def __call__(self, *args, **params):
         return apply(self, args, params)
@@ -218,7 +224,7 @@ def apply1(op, x):
     if xn is None or not _Mode.enabled or not op.differentiable:
         t._node = None
         return t
-    saver = op._savers.get(_TRUE1) or op.saver(_TRUE1)
+    saver = op._saver1 or op.saver(_TRUE1)
     # Node(...) inlined: this is the most frequent allocation in the library.
     t._node = n = _new(Node)
     n.op = op
@@ -229,8 +235,7 @@ def apply1(op, x):
     n.index = _next_index()
     n.shape = out.shape
     n.dtype = out.dtype
-    n.grad = n.extra = None
-    n.owned = False
+    n.grad = n.extra = None          # (owned is set by backward together with grad)
     return t
 
 
@@ -268,7 +273,8 @@ def apply2(op, x, y):
     t = _new(Tensor)
     t.data = out
     t.grad = None
-    if (xn is None and yn is None) or not _Mode.enabled or not op.differentiable or out.dtype.kind != "f":
+    # (A BLACK input is floating point, so a differentiable binary op's output is too.)
+    if (xn is None and yn is None) or not _Mode.enabled or not op.differentiable:
         t._node = None
         return t
     needs = _NEEDS2[(xn is not None) * 2 + (yn is not None)]
@@ -282,8 +288,7 @@ def apply2(op, x, y):
     n.index = _next_index()
     n.shape = out.shape
     n.dtype = out.dtype
-    n.grad = n.extra = None
-    n.owned = False
+    n.grad = n.extra = None          # (owned is set by backward together with grad)
     return t
 
 
