@@ -186,6 +186,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     for node, (g, owned) in zip(roots, seeds):
         if create_graph:
             g = g if isinstance(g, Tensor) else Tensor._from(g)
+            owned = False
         elif isinstance(g, Tensor):
             g = g.data
         if node.grad is None:
@@ -227,23 +228,29 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             g = node.grad
             node.grad = None
             op = node.op
-            donate = node.owned and g.size >= INPLACE_MIN     # (owned is never set under create_graph)
+            owned = node.owned
             if node.extra is not None or targets is not None:
                 # leaves, retain_grad, hooks, autograd.grad targets: the slow path
-                g, donate, go_on = _visit_special(node, g, donate, create_graph, targets, found)
+                g, owned, go_on = _visit_special(node, g, owned, create_graph, targets, found)
                 if not go_on:
                     continue
+            # donate: the VJP may write into g (ours, and large enough for out= to pay)
+            donate = owned and g.size >= INPLACE_MIN
             saved = node.saved
             if saved is FREED:
                 raise BackwardError(
                     f"gpuad: trying to backward through the graph a second time: node #{node.index} "
                     f"({op.name}) already released its saved values. Pass retain_graph=True to the "
                     f"first backward() to keep them, or run the forward again.")
-            grads = op.vjp(xp, g, _wrap_saved(node) if create_graph else saved, node, donate)
+            if create_graph:
+                saved = _wrap_saved(node)
+            if free_saved:
+                # Saved values die with this VJP; marking the node first tells the VJP
+                # it may use a saved buffer nobody else holds as scratch (see dies_here).
+                node.saved = FREED
+            grads = op.vjp(xp, g, saved, node, donate)
             if watch:
                 _watch_vjp(acct, held, debug, node, g, saved, grads)
-            if free_saved:
-                node.saved = FREED                            # saved values die here
             keeps = op.keeps_shape        # unary elementwise: shape and dtype already right
             dup = False if keeps else (len(grads) == 2 and grads[0] is grads[1])
             for parent, gi in zip(node.parents, grads):
@@ -377,22 +384,22 @@ def poison_if_dead(a, extra_refs):
     a.fill(np.nan)
 
 
-def _visit_special(node, g, donate, create_graph, targets, found):
+def _visit_special(node, g, owned, create_graph, targets, found):
     """Hooks, capture for autograd.grad, and .grad accumulation. Returns
-    (g, donate, whether to run the node's VJP)."""
+    (g, whether the engine still owns it, whether to run the node's VJP)."""
     if node.hooks is not None:
-        g, donate = _run_grad_hooks(node, g, donate, create_graph)
+        g, owned = _run_grad_hooks(node, g, owned, create_graph)
     if targets is not None and node in targets:
-        found[node] = g                                       # kept for the caller: never donate it
-        donate = False
+        found[node] = g                                       # kept for the caller: not ours any more
+        owned = False
     if node.op is None:                                       # a leaf: BLACK input node
         if targets is None:
-            _accumulate_leaf(node, g, donate, create_graph)
-        return g, donate, False
+            _accumulate_leaf(node, g, owned, create_graph)
+        return g, owned, False
     if node.ref is not None and targets is None:              # retain_grad() on an intermediate
-        _accumulate_leaf(node, g, donate, create_graph)
-        donate = False
-    return g, donate, True
+        _accumulate_leaf(node, g, owned, create_graph)
+        owned = False
+    return g, owned, True
 
 
 def _fit(xp, gi, parent, op):
@@ -407,15 +414,15 @@ def _fit(xp, gi, parent, op):
     return out
 
 
-def _run_grad_hooks(node, g, donate, create_graph):
+def _run_grad_hooks(node, g, owned, create_graph):
     for kind, fn in list(node.hooks):
         if kind != "grad":
             continue
         res = fn(g if create_graph else Tensor._from(g))
         if res is not None:
             g = res if create_graph else (res.data if isinstance(res, Tensor) else res)
-            donate = False
-    return g, donate
+            owned = False
+    return g, owned
 
 
 def _accumulate_leaf(node, g, owned, create_graph):
@@ -426,7 +433,11 @@ def _accumulate_leaf(node, g, owned, create_graph):
     if create_graph:
         t.grad = g if t.grad is None else t.grad + g
     elif t.grad is None:
-        t.grad = Tensor._from(g if owned else g.copy())       # never alias a buffer we do not own
+        if not owned:                                         # never alias a buffer we do not own
+            g = g.copy()
+            if accountant.active is not None:
+                accountant.alloc(g, "accumulate grad")
+        t.grad = Tensor._from(g)
     else:
         acc = t.grad.data
         if acc.shape != g.shape:

@@ -301,7 +301,11 @@ def _binary_error(op, xd, yd, err):
 
 
 def account_forward(acct, op, arrays, out, aux):
-    """Traffic and allocations of one forward op (only while accounting is on)."""
+    """Traffic and allocations of one forward op (only while accounting is on).
+
+    A view of an input (reshape, transpose, basic indexing) moves no bytes
+    and allocates nothing.
+    """
     read = 0
     owners = set()
     for a in arrays:
@@ -309,12 +313,15 @@ def account_forward(acct, op, arrays, out, aux):
         if n is not None and hasattr(a, "base"):
             read += n
             owners.add(id(owner_of(a)))
-    n_out = out.nbytes
-    extra = op.fwd_temps * n_out
-    acct.traffic(op.name, read + extra, n_out + sum(a.nbytes for a in aux) + extra)
-    for a in (out,) + tuple(aux):
-        if id(owner_of(a)) not in owners:          # a view of an input costs nothing
-            acct.alloc(a, op.name)
+    if id(owner_of(out)) in owners and not aux:
+        acct.traffic(op.name, 0, 0)
+    else:
+        n_out = out.nbytes
+        extra = op.fwd_temps * n_out
+        acct.traffic(op.name, read + extra, n_out + sum(a.nbytes for a in aux) + extra)
+        for a in (out,) + tuple(aux):
+            if id(owner_of(a)) not in owners:
+                acct.alloc(a, op.name)
     acct.mark(op.name)
 
 
