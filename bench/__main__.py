@@ -11,7 +11,7 @@ import time
 
 from . import harness
 
-SUITES = ["overhead", "mlp"]
+SUITES = ["overhead", "mlp", "memory"]
 
 
 def main(argv=None):
