@@ -27,5 +27,7 @@ from . import autograd
 from .transforms import grad, value_and_grad, vjp
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim
+from .checkpoint import checkpoint, checkpoint_sequential
+from . import schedule
 
 __version__ = "0.1.0"

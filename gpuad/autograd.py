@@ -206,6 +206,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     watch = acct is not None or keep_all or debug
     held = [] if keep_all else None
     free_saved = not retain_graph and not keep_all
+    prev_phase = accountant.phase
     if acct is not None:
         acct.phase = "backward"
         for node, (g, owned) in zip(roots, seeds):
@@ -318,8 +319,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             n.grad = None
         if nxt is not None:
             nxt.grad = None
-        if acct is not None:
-            acct.phase = "forward"
+        accountant.phase = prev_phase
         if held:
             held.clear()
             if not retain_graph:

@@ -111,11 +111,38 @@ def leaf_node(tensor):
 
 class _Mode:
     enabled = True
+    special = None      # a Special while a checkpoint runs or recomputes its function
+
+
+class Special:
+    """Recording inside gpuad.checkpoint (see checkpoint.py).
+
+    capture: during the first run nothing is recorded, but every BLACK node an
+             op reads is appended here (the checkpoint's inputs, parameters
+             included); ops return GREY tensors.
+    remaps:  during recompute, outer nodes are replaced by local leaves (dicts
+             applied outermost first), so the local graph never reaches the
+             outer one; `start` is the first node index of the recompute, and
+             an outer node read without a remap means the function changed.
+    """
+    __slots__ = ("capture", "remaps", "start", "record", "outer")
+
+    def __init__(self, capture=None, remaps=(), start=0, record=False, outer=None):
+        self.capture = capture
+        self.remaps = remaps
+        self.start = start
+        self.record = record
+        self.outer = outer
+
+    def map(self, node):
+        for r in self.remaps:
+            node = r.get(node, node)
+        return node
 
 
 def is_grad_enabled():
     """Whether ops on BLACK tensors are being recorded."""
-    return _Mode.enabled
+    return _Mode.enabled or (_Mode.special is not None and _Mode.special.record)
 
 
 class set_grad_enabled(contextlib.ContextDecorator):

@@ -103,7 +103,12 @@ CASES = {
                       (lambda z: F.cross_entropy(z, gpuad.tensor([2, 0, 1]), reduction="sum"), (r(3, 4),)),
                       (lambda z: F.cross_entropy(z, gpuad.tensor([2, 0, 1]), reduction="none"), (r(3, 4),))],
     "dropout": [(lambda x: _seeded_dropout(x), (r(4, 6),))],
+    "checkpoint": [(lambda x, w: gpuad.checkpoint(lambda a: (a @ w).tanh() * a.sum(), x), (r(3, 4), r(4, 4))),
+                   (lambda x, w: gpuad.checkpoint(lambda a, b: (a * w, b.sin()), x, w)[1], (r(3), r(3)))],
 }
+
+# Second order through these is not supported (and says so).
+NO_SECOND_ORDER = {"checkpoint"}
 
 
 def _seeded_dropout(x):
@@ -115,10 +120,12 @@ def _seeded_dropout(x):
 NONDIFF = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "sign"}
 
 
-def _cases():
+def _cases(second_order=False):
     for name, cases in CASES.items():
         for i, (fn, inputs) in enumerate(cases):
-            yield pytest.param(fn, inputs, id=f"{name}-{i}")
+            marks = [pytest.mark.xfail(raises=NotImplementedError, strict=True)] \
+                if second_order and name in NO_SECOND_ORDER else []
+            yield pytest.param(fn, inputs, id=f"{name}-{i}", marks=marks)
 
 
 def test_every_primitive_has_a_case():
@@ -133,7 +140,7 @@ def test_gradcheck(fn, inputs):
     assert gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("fn,inputs", list(_cases()))
+@pytest.mark.parametrize("fn,inputs", list(_cases(second_order=True)))
 def test_gradgradcheck(fn, inputs):
     """The VJPs are themselves differentiable (create_graph=True)."""
     assert gradgradcheck(fn, inputs)

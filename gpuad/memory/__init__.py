@@ -57,7 +57,8 @@ class track:
 
     Figures are for the region: live_bytes is what was allocated inside and is
     still alive, peak_bytes the most that was, as tracemalloc would count
-    them. peak_bytes_absolute is the program-wide live bytes at that peak.
+    them; activation_peak_bytes the most held by forward (and recompute)
+    buffers, gradients excluded. peak_bytes_absolute is the program-wide live bytes at that peak.
     With timeline=True, m.timeline lists (phase, op, live bytes) after every
     op of the forward and backward passes.
     """
@@ -72,6 +73,8 @@ class track:
         a.enable()
         self._outer_peak = a.peak_bytes
         a.peak_bytes = a.live_bytes
+        self._outer_act_peak = a.activation_peak
+        a.activation_peak = a.activation_bytes
         self._start = a.snapshot()
         self._ops_start = {k: v.as_dict() for k, v in a.by_op.items()}
         if self.want_timeline:
@@ -85,6 +88,7 @@ class track:
         self._end = self._now()
         self._ops = self._op_delta()
         a.peak_bytes = max(self._outer_peak, a.peak_bytes)
+        a.activation_peak = max(self._outer_act_peak, a.activation_peak)
         if self.want_timeline:
             a.timeline = self._outer_timeline
             base = self._start["live_bytes"]
@@ -98,7 +102,8 @@ class track:
                 "peak_bytes": a.peak_bytes - s["live_bytes"],
                 "allocations": a.allocations - s["allocations"],
                 "bytes_read": a.bytes_read - s["bytes_read"],
-                "bytes_written": a.bytes_written - s["bytes_written"]}
+                "bytes_written": a.bytes_written - s["bytes_written"],
+                "activation_peak_bytes": a.activation_peak - s["activation_bytes"]}
 
     def stats(self):
         return dict(self._end) if self._end is not None else self._now()

@@ -56,9 +56,14 @@ class Accountant:
         self.live_bytes = 0
         self.peak_bytes = 0
         self.allocations = 0
+        self.allocated_bytes = 0      # cumulative, never decreases
         self.bytes_read = 0
         self.bytes_written = 0
         self.by_op = {}
+        # Activations: buffers allocated by the forward pass or a checkpoint's
+        # recompute (not gradients): what checkpointing trades for time.
+        self.activation_bytes = 0
+        self.activation_peak = 0
         self.timeline = None          # list of (phase, op, live_bytes) while recording
         self.phase = "forward"
         self._refs = {}               # id(owner) -> (weakref, nbytes)
@@ -92,11 +97,17 @@ class Accountant:
             ref = weakref.ref(owner, self._make_release(key))
         except TypeError:             # an owner without weakrefs: count it as never freed
             ref = None
-        self._refs[key] = (ref, n)
+        activation = self.phase != "backward"
+        self._refs[key] = (ref, n, activation)
         self.live_bytes += n
         self.allocations += 1
+        self.allocated_bytes += n
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
+        if activation:
+            self.activation_bytes += n
+            if self.activation_bytes > self.activation_peak:
+                self.activation_peak = self.activation_bytes
         s = self._op(op)
         s.allocations += 1
         s.allocated_bytes += n
@@ -107,6 +118,8 @@ class Accountant:
             entry = refs.pop(key, None)
             if entry is not None:
                 self.live_bytes -= entry[1]
+                if entry[2]:
+                    self.activation_bytes -= entry[1]
         return release
 
     def traffic(self, op, read, written):
@@ -132,7 +145,8 @@ class Accountant:
 
     def snapshot(self):
         return {"live_bytes": self.live_bytes, "peak_bytes": self.peak_bytes, "allocations": self.allocations,
-                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "activation_bytes": self.activation_bytes, "activation_peak_bytes": self.activation_peak}
 
     def is_tracked(self, arr):
         return id(owner_of(arr)) in self._refs

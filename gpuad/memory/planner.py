@@ -205,6 +205,9 @@ def plan_backward(loss, grad=None):
                 steps.append(st)
                 continue
             donate = False
+        inner = getattr(v.op, "inner_peak", None)
+        if inner is not None:                        # a checkpoint recomputes its segment here
+            peak = max(peak, live + inner(v))
         kinds = v.op.grad_kinds(v, donate) if v.op.grad_kinds is not None else None
         needs = v.needs
         outs = []

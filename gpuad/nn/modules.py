@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..dtypes import as_dtype, default_float
+from ..graph import is_grad_enabled
 from ..ops import api
 from ..random import default_generator
 from ..tensor import Tensor
@@ -200,21 +201,36 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias, self.activation, name=repr(self))
 
+    def flops(self, input_shape):
+        """Forward FLOPs for an input of this shape (what checkpoint schedules weigh)."""
+        rows = 1
+        for n in input_shape[:-1]:
+            rows *= n
+        return 2 * rows * self.in_features * self.out_features
+
     def extra_repr(self):
         act = f", activation={self.activation!r}" if self.activation else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}"
 
 
 class Sequential(Module):
-    """Layers applied in order.
+    """Layers applied in order, optionally with gradient checkpointing.
+
+    checkpoint: None (store every activation), "sqrt" (ceil(sqrt(L))
+    segments), an int (that many segments), or a budget in bytes for the
+    activations, as gpuad.checkpoint.Budget(n) or a string like "48MiB" (the
+    fastest schedule that fits, see gpuad.checkpoint_sequential).
 
     >>> import gpuad
     >>> net = gpuad.nn.Sequential(gpuad.nn.Linear(2, 4, activation="tanh"), gpuad.nn.Linear(4, 1))
     >>> len(net), net(gpuad.ones((3, 2))).shape
     (2, (3, 1))
+    >>> deep = gpuad.nn.Sequential(*[gpuad.nn.Linear(8, 8, activation="tanh") for _ in range(9)], checkpoint="sqrt")
+    >>> deep(gpuad.ones((2, 8))).shape
+    (2, 8)
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, checkpoint=None):
         super().__init__()
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
@@ -224,8 +240,16 @@ class Sequential(Module):
             if isinstance(layer, Module):
                 setattr(self, str(i), layer)
         object.__setattr__(self, "layers", list(layers))
+        object.__setattr__(self, "checkpoint", _checkpoint_option(checkpoint, len(layers)))
 
     def forward(self, x):
+        mode = self.checkpoint
+        if mode is not None and is_grad_enabled():
+            from ..checkpoint import checkpoint_sequential
+            kind, value = mode
+            if kind == "budget":
+                return checkpoint_sequential(self.layers, x, budget_bytes=value)
+            return checkpoint_sequential(self.layers, x, segments=value)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -242,6 +266,27 @@ class Sequential(Module):
         return iter(self.layers)
 
 
+def _checkpoint_option(option, n_layers):
+    """None, ("segments", k) or ("budget", bytes) from Sequential's checkpoint argument."""
+    from ..checkpoint import Budget, parse_bytes
+    from ..schedule import sqrt_segments
+    if option is None:
+        return None
+    if option == "sqrt":
+        return ("segments", sqrt_segments(max(n_layers, 1)))
+    if isinstance(option, Budget):
+        return ("budget", int(option))
+    if isinstance(option, str):
+        return ("budget", parse_bytes(option))
+    if isinstance(option, int) and not isinstance(option, bool):
+        if not 1 <= option <= max(n_layers, 1):
+            raise ValueError(f"gpuad.nn.Sequential: checkpoint={option} segments, but there are {n_layers} layers; "
+                             f"for a budget in bytes pass gpuad.checkpoint.Budget({option}) or a string like '48MiB'")
+        return ("segments", option)
+    raise TypeError(f"gpuad.nn.Sequential: checkpoint must be None, 'sqrt', a number of segments, or a budget "
+                    f"(Budget(n) or '48MiB'), not {option!r}")
+
+
 class MLP(Sequential):
     """Linear layers of the given sizes: activation on every hidden layer, and
     `output_activation` (default none) on the last.
@@ -251,13 +296,13 @@ class MLP(Sequential):
     'relu'
     """
 
-    def __init__(self, sizes, activation="tanh", output_activation=None, bias=True, dtype=None):
+    def __init__(self, sizes, activation="tanh", output_activation=None, bias=True, dtype=None, checkpoint=None):
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"gpuad.nn.MLP: sizes needs at least two entries, got {sizes}")
         layers = [Linear(a, b, bias=bias, activation=activation if i < len(sizes) - 2 else output_activation,
                          dtype=dtype) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
-        super().__init__(*layers)
+        super().__init__(*layers, checkpoint=checkpoint)
 
 
 class ResidualBlock(Module):

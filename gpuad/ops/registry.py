@@ -176,9 +176,17 @@ def apply(op, args, params):
     t = _new(Tensor)
     t.data = out
     t.grad = None
-    if not (black and _Mode.enabled and op.differentiable and out.dtype.kind == "f"):
+    if not (black and op.differentiable and out.dtype.kind == "f"):
         t._node = None
         return t
+    if not _Mode.enabled:
+        if _Mode.special is None:
+            t._node = None
+            return t
+        parents = _special_parents(op, parents)
+        if parents is None:
+            t._node = None
+            return t
     needs = tuple([p is not None for p in parents])
     plan = op.plan(needs)
     saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
@@ -221,9 +229,14 @@ def apply1(op, x):
     t.data = out
     t.grad = None
     xn = x._node
-    if xn is None or not _Mode.enabled or not op.differentiable:
+    if xn is None or not op.differentiable:
         t._node = None
         return t
+    if not _Mode.enabled:
+        if _Mode.special is None:
+            t._node = None
+            return t
+        return _record_special(op, (x,), (xd,), out, t)
     saver = op._saver1 or op.saver(_TRUE1)
     # Node(...) inlined: this is the most frequent allocation in the library.
     t._node = n = _new(Node)
@@ -274,9 +287,14 @@ def apply2(op, x, y):
     t.data = out
     t.grad = None
     # (A BLACK input is floating point, so a differentiable binary op's output is too.)
-    if (xn is None and yn is None) or not _Mode.enabled or not op.differentiable:
+    if (xn is None and yn is None) or not op.differentiable:
         t._node = None
         return t
+    if not _Mode.enabled:
+        if _Mode.special is None:
+            t._node = None
+            return t
+        return _record_special(op, (x, y), (xd, yd), out, t)
     needs = _NEEDS2[(xn is not None) * 2 + (yn is not None)]
     saver = op._savers.get(needs) or op.saver(needs)
     t._node = n = _new(Node)
@@ -289,6 +307,40 @@ def apply2(op, x, y):
     n.shape = out.shape
     n.dtype = out.dtype
     n.grad = n.extra = None          # (owned is set by backward together with grad)
+    return t
+
+
+def _special_parents(op, parents):
+    """Inside gpuad.checkpoint: capture the BLACK inputs (first run, returns None:
+    record nothing), or map outer nodes to local leaves (recompute)."""
+    sp = _Mode.special
+    mapped = [None if p is None else sp.map(p) for p in parents]
+    if sp.capture is not None:
+        for p in mapped:
+            if p is not None and p not in sp.capture:
+                sp.capture.append(p)
+        return None
+    if not sp.record:
+        return None
+    for p in mapped:
+        if p is not None and p.index < sp.start:
+            raise RuntimeError(
+                f"gpuad.checkpoint: while recomputing, {op.name} read a tensor that requires grad "
+                f"(node #{p.index}) which the first run did not read: the checkpointed function is not "
+                f"deterministic in which tensors it uses, so its gradients would be wrong")
+    return mapped
+
+
+def _record_special(op, args, arrays, out, t):
+    """The unary and binary fast paths hand off here inside gpuad.checkpoint."""
+    parents = _special_parents(op, [a._node if isinstance(a, Tensor) else None for a in args])
+    if parents is None:
+        t._node = None
+        return t
+    needs = tuple([p is not None for p in parents])
+    plan = op.plan(needs)
+    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
+    t._node = _node(op, tuple(parents), saved, None, needs, out)
     return t
 
 
