@@ -292,6 +292,9 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                     else:
                         _heappush(heap, (-parent.index, parent))
                     continue
+                if op.replaces_grads:
+                    parent.grad, parent.owned = gi, owned     # the VJP added pg in already
+                    continue
                 if create_graph:
                     parent.grad = xp.add(pg, gi)
                 elif pg.size < INPLACE_MIN:                   # tiny: allocating is cheaper

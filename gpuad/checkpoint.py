@@ -72,7 +72,15 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
             return (None,) * len(node.parents)
         from .autograd import _run
         targets = {leaf: [n] for n, leaf in enumerate(leaves.values())}
-        found = _run([root._node], [(g, donate)], retain_graph=False, create_graph=False, targets=targets)
+        # Gradients already waiting at the boundary continue to accumulate in the
+        # local run, in the same order as without checkpointing (so the sums are
+        # bitwise equal); the totals then replace them (CHECKPOINT.replaces_grads).
+        roots, seeds = [root._node], [(g, donate)]
+        for b, leaf in leaves.items():
+            if b.grad is not None:
+                roots.append(leaf)
+                seeds.append((b.grad, b.owned))
+        found = _run(roots, seeds, retain_graph=False, create_graph=False, targets=targets)
     finally:
         _Mode.enabled, _Mode.special = prev_enabled, prev_special
         accountant.phase = prev_phase
@@ -83,12 +91,20 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
 
 _checkpoint_fwd.defvjp(_checkpoint_vjp)
 CHECKPOINT = _checkpoint_fwd
+CHECKPOINT.replaces_grads = True
+
+
+def _nbytes(shape, dtype):
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def _inner_peak(node):
-    """For the memory planner: bytes the recompute holds at most (estimated while the
-    first run was counted, else the output size twice)."""
-    return node.params.get("inner_bytes") or 2 * int(np.prod(node.shape)) * np.dtype(node.dtype).itemsize
+    """For the memory planner, an upper estimate of what the recompute holds at once:
+    the segment's activations (counted during the first run when accounting was on),
+    a gradient for every input, and two gradients in flight."""
+    out = _nbytes(node.shape, node.dtype)
+    acts = node.params.get("inner_bytes")
+    return (acts if acts is not None else 2 * out) + sum(_nbytes(p.shape, p.dtype) for p in node.parents) + 2 * out
 
 
 CHECKPOINT.inner_peak = _inner_peak
@@ -295,7 +311,7 @@ def plan(layers_or_costs, x_or_shape, budget_bytes, dtype="float32"):
 
     >>> import gpuad
     >>> print(gpuad.checkpoint.plan([(1.0, 4096, 4096)] * 16, (1024,), 10 * 4096))   # doctest: +ELLIPSIS
-    Schedule(16 layers, budget 40960 B: stores x_{4, 10} ... recomputes 10 layer forwards ...
+    Schedule(16 layers, budget 40960 B: stores x_{7} ... recomputes 7 layer forwards ...
     """
     if isinstance(layers_or_costs, Chain):
         chain = layers_or_costs

@@ -13,12 +13,17 @@ Rotor. The dynamic program below finds, for a memory budget, the tree with
 the least recomputation; it is memoised on each segment's layer signature, so
 a homogeneous chain (an MLP) costs O(L^2) vector operations.
 
-Memory model of gpuad's engine (activation bytes; parameters and their
-gradients are not part of the budget):
-    peak(store i..j)      = sum(keep[i:j]) + max over l of (act[l] + act[l+1])
-                            (what the layers keep, plus a gradient arriving
-                            and one leaving)
-    peak(split i, k, j)   = act[k] + max(peak(right), peak(left))
+Memory model of gpuad's engine, in activation bytes: buffers the forward
+pass and recomputes allocate (gpuad.memory counts them as
+activation_peak_bytes). Parameters, their gradients and the gradients in
+flight are not part of the budget; nor is the chain's input, which the
+caller holds.
+    peak(store i..j)      = sum(keep[i:j])      (everything the layers keep)
+    peak(split i, k, j)   = max(act[k] + peak(right), held + peak(left))
+                            (x_k is held while the right part runs; by the
+                            time the left part is recomputed, x_k is dead,
+                            but the chain's output, which the caller holds
+                            until backward ends, is `held` when j = L)
     extra cost(split)     = fwd[i:k] + cost(left) + cost(right)
 
 The same program with the unit model of revolve (one snapshot per stored
@@ -29,7 +34,7 @@ input) gives Griewank's closed form; tests check that.
 >>> chain = Chain(fwd=[1.0] * 8, act=[100] * 9, keep=[100] * 8)
 >>> s = optimal(chain, 600)
 >>> s.peak_bytes <= 600, s.recomputed_layers, s.stored
-(True, 8, [2, 4, 6])
+(True, 3, [3])
 """
 import math
 
@@ -42,7 +47,8 @@ class Chain:
     """Per-layer costs: forward cost, activation bytes (act[0] is the input),
     and the bytes each layer keeps for backward when recorded (its output included)."""
 
-    def __init__(self, fwd, act, keep):
+    def __init__(self, fwd, act, keep, output_held=True):
+        self.output_held = output_held
         self.fwd = [float(f) for f in fwd]
         self.act = [int(a) for a in act]
         self.keep = [int(k) for k in keep]
@@ -57,19 +63,19 @@ class Chain:
         return float(self._fwd_prefix[j] - self._fwd_prefix[i])
 
     def store_peak(self, i, j):
-        ws = max(self.act[l] + self.act[l + 1] for l in range(i, j))
-        return int(self._keep_prefix[j] - self._keep_prefix[i]) + ws
+        return int(self._keep_prefix[j] - self._keep_prefix[i])
 
     def signature(self, i, j):
-        return (tuple(self.fwd[i:j]), tuple(self.act[i:j + 1]), tuple(self.keep[i:j]))
+        return (tuple(self.fwd[i:j]), tuple(self.act[i:j + 1]), tuple(self.keep[i:j]), j == self.L)
 
     def split_terms(self, i, k, j):
         """(recompute cost, memory held while doing the right part, ... the left part)."""
-        return self.fwd_cost(i, k), self.act[k], self.act[k]
+        held = self.act[self.L] if (j == self.L and self.output_held) else 0
+        return self.fwd_cost(i, k), self.act[k], held
 
     @classmethod
-    def homogeneous(cls, L, fwd, act, keep):
-        return cls([fwd] * L, [act] * (L + 1), [keep] * L)
+    def homogeneous(cls, L, fwd, act, keep, output_held=True):
+        return cls([fwd] * L, [act] * (L + 1), [keep] * L, output_held)
 
 
 class Schedule:
@@ -108,7 +114,8 @@ def peak_of(tree, chain):
     if tree[0] == "store":
         return chain.store_peak(tree[1], tree[2])
     _, i, k, j, left, right = tree
-    return chain.act[k] + max(peak_of(right, chain), peak_of(left, chain))
+    _, held_right, held_left = chain.split_terms(i, k, j)
+    return max(held_right + peak_of(right, chain), held_left + peak_of(left, chain))
 
 
 def cost_of(tree, chain):
@@ -225,7 +232,8 @@ def min_peak(chain):
             return memo[key]
         b = chain.store_peak(i, j)
         for k in range(i + 1, j):
-            b = min(b, chain.act[k] + max(best(k, j), best(i, k)))
+            _, held_right, held_left = chain.split_terms(i, k, j)
+            b = min(b, max(held_right + best(k, j), held_left + best(i, k)))
         memo[key] = b
         return b
     return best(0, chain.L)

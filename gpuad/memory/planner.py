@@ -205,7 +205,7 @@ def plan_backward(loss, grad=None):
                 steps.append(st)
                 continue
             donate = False
-        inner = getattr(v.op, "inner_peak", None)
+        inner = v.op.inner_peak
         if inner is not None:                        # a checkpoint recomputes its segment here
             peak = max(peak, live + inner(v))
         kinds = v.op.grad_kinds(v, donate) if v.op.grad_kinds is not None else None

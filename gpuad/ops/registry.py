@@ -43,7 +43,8 @@ class Primitive:
     """A differentiable (or explicitly non-differentiable) operation."""
 
     __slots__ = ("name", "fwd", "vjp", "save", "save_if", "nin", "differentiable",
-                 "has_aux", "keeps_shape", "broadcasting", "grad_kinds", "fwd_temps", "vjp_temps",
+                 "has_aux", "keeps_shape", "broadcasting", "grad_kinds", "fwd_temps", "vjp_temps", "replaces_grads",
+                 "inner_peak",
                  "_plans", "_savers", "_saver1", "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, nin, save=(), save_if=None, differentiable=True, has_aux=False):
@@ -68,6 +69,10 @@ class Primitive:
         # Binary elementwise: VJP outputs have the broadcast output's shape.
         self.broadcasting = False
         self.grad_kinds = None
+        # A VJP that continues the accumulation of its inputs' pending gradients
+        # returns totals that replace them (gpuad.checkpoint does).
+        self.replaces_grads = False
+        self.inner_peak = None        # planner hook: bytes the VJP itself holds (checkpoint)
         self.fwd_temps = 0
         self.vjp_temps = 0
         self.__doc__ = fwd.__doc__
