@@ -68,14 +68,19 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
         outs = out if isinstance(out, (tuple, list)) else (out,)
         _check_same(p, outs)
         root = _pack([outs[i] for i in p["packed"]]) if p["pack"] else outs[p["packed"][0]]
-        if root._node is None:
+        root_node = root._node
+        # Hold no recomputed value here: the local graph alone keeps what it
+        # saved, and releases it as its backward passes (nested recomputes
+        # below would otherwise stack one output per level).
+        del out, outs, root, args
+        if root_node is None:
             return (None,) * len(node.parents)
         from .autograd import _run
         targets = {leaf: [n] for n, leaf in enumerate(leaves.values())}
         # Gradients already waiting at the boundary continue to accumulate in the
         # local run, in the same order as without checkpointing (so the sums are
         # bitwise equal); the totals then replace them (CHECKPOINT.replaces_grads).
-        roots, seeds = [root._node], [(g, donate)]
+        roots, seeds = [root_node], [(g, donate)]
         for b, leaf in leaves.items():
             if b.grad is not None:
                 roots.append(leaf)
