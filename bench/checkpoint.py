@@ -37,7 +37,7 @@ def run(full=False):
     from gpuad.checkpoint import schedule_for
 
     batch = 256
-    rounds = 5 if full else 3
+    rounds = 9 if full else 5
     rows = []
     have_torch = harness.have_torch()
     configs = _configs(full)

@@ -110,7 +110,7 @@ def run(full=False):
         with planner(False):
             net.zero_grad()
             F.mse_loss(net(x), y).backward()
-    samples = harness.measure({"planner": step_on, "no planner": step_off}, rounds=21 if full else 11,
+    samples = harness.measure({"planner": step_on, "no planner": step_off}, rounds=31 if full else 21,
                               warmup=2, label="planner cost")
     cost = harness.ratio(samples, "planner", "no planner")
     notes = ["columns: peak MiB with the planner and without (GPUAD_NO_PLANNER=1), how much the planner saves, "

@@ -29,5 +29,6 @@ from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule
+from .backends.kernels import set_kernels, get_kernels
 
 __version__ = "0.1.0"

@@ -65,6 +65,11 @@ class Accountant:
         self.activation_bytes = 0
         self.activation_peak = 0
         self.timeline = None          # list of (phase, op, live_bytes) while recording
+        # Device memory, fed by the CuPy allocator hook (backends/cupy_backend.py).
+        self.device_live_bytes = 0
+        self.device_peak_bytes = 0
+        # A fused kernel reports its own bytes moved here, replacing the op's model.
+        self.kernel_traffic = None
         self.phase = "forward"
         self._refs = {}               # id(owner) -> (weakref, nbytes)
         self._depth = 0               # enable() calls and open track() regions
@@ -84,8 +89,21 @@ class Accountant:
 
     # -- events ----------------------------------------------------------------
 
+    def device_alloc(self, n):
+        self.device_live_bytes += n
+        if self.device_live_bytes > self.device_peak_bytes:
+            self.device_peak_bytes = self.device_live_bytes
+
+    def device_free(self, n):
+        self.device_live_bytes -= n
+
     def alloc(self, arr, op):
-        """Count arr's buffer if it is new; returns the bytes added (0 for a view)."""
+        """Count arr's buffer if it is new; returns the bytes added (0 for a view).
+
+        Host (numpy) buffers only: device buffers are counted by the allocator hook.
+        """
+        if type(arr) is not _ndarray and not isinstance(arr, _ndarray):
+            return 0
         owner = owner_of(arr)
         key = id(owner)
         if key in self._refs:
@@ -123,6 +141,10 @@ class Accountant:
         return release
 
     def traffic(self, op, read, written):
+        k = self.kernel_traffic
+        if k is not None:             # the fused kernel's own count replaces the model
+            self.kernel_traffic = None
+            op, read, written = k
         self.bytes_read += read
         self.bytes_written += written
         s = self._op(op)
@@ -146,7 +168,8 @@ class Accountant:
     def snapshot(self):
         return {"live_bytes": self.live_bytes, "peak_bytes": self.peak_bytes, "allocations": self.allocations,
                 "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "activation_bytes": self.activation_bytes, "activation_peak_bytes": self.activation_peak}
+                "activation_bytes": self.activation_bytes, "activation_peak_bytes": self.activation_peak,
+                "device_live_bytes": self.device_live_bytes, "device_peak_bytes": self.device_peak_bytes}
 
     def is_tracked(self, arr):
         return id(owner_of(arr)) in self._refs

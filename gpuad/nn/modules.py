@@ -144,15 +144,28 @@ class Module:
             p.data[...] = arr
         return self
 
-    def to(self, dtype):
-        """Cast every parameter to `dtype`, in place (the parameters stay the same objects)."""
-        dtype = as_dtype(dtype)
+    def to(self, target):
+        """Move every parameter to a device ('cpu', 'cuda') or cast it to a dtype, in
+        place: the parameters stay the same objects, so optimizers keep working."""
+        if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
+            from ..backends.devices import to_device
+            for p in self.parameters():
+                p.data = to_device(p.data, target)
+                p.grad = None
+            return self
+        dtype = as_dtype(target)
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             if p._node is not None:
                 p._node.dtype = dtype
             p.grad = None
         return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
 
     def double(self):
         return self.to("float64")

@@ -11,6 +11,7 @@ array([[0.09  , 0.2447, 0.6652]], dtype=float32)
 """
 import sys
 
+from ..backends.kernels import provider_for
 from ..graph import FREED
 from .registry import primitive
 from .elementwise import _tmp
@@ -99,21 +100,41 @@ def _linear_grads(xp, dz, x, w, needs):
     return gx, gw, gb
 
 
+def _fused_forward(xp, x, w, b, activation):
+    """(Y, Z or None) from the kernel provider for this device, or None for the generic code."""
+    k = provider_for(xp)
+    return k.linear_forward(xp, x, w, b, activation) if k is not None else None
+
+
+def _fused_backward(xp, g, x, w, s, activation, node):
+    k = provider_for(xp)
+    if k is None:
+        return None
+    x_shape = node.parents[0].shape if node.needs[0] else None
+    w_shape = (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
+    return k.linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
+
+
 @primitive("linear", nin=3, save=(0, 1), save_if=(1, 0))
 def linear(xp, x, w, b):
     """X W^T + b (b may be None)."""
-    return _affine(xp, x, w, b)
+    fused = _fused_forward(xp, x, w, b, None)
+    return fused[0] if fused is not None else _affine(xp, x, w, b)
 
 
 @linear.defvjp
 def _linear_vjp(xp, g, saved, node, donate):
     x, w = saved
-    return _linear_grads(xp, g, x, w, node.needs)
+    fused = _fused_backward(xp, g, x, w, None, None, node)
+    return fused if fused is not None else _linear_grads(xp, g, x, w, node.needs)
 
 
 @primitive("linear_tanh", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
 def linear_tanh(xp, x, w, b):
     """tanh(X W^T + b), computed in the GEMM's output buffer."""
+    fused = _fused_forward(xp, x, w, b, "tanh")
+    if fused is not None:
+        return fused[0]
     z = _affine(xp, x, w, b)
     return xp.tanh(z, out=z)
 
@@ -129,6 +150,9 @@ def dies_here(a, node, refs):
 @linear_tanh.defvjp(vjp_temps=2)
 def _linear_tanh_vjp(xp, g, saved, node, donate):
     x, w, y = saved
+    fused = _fused_backward(xp, g, x, w, y, "tanh", node)
+    if fused is not None:
+        return fused
     # 1 - y^2 needs an MN scratch buffer; when y dies here, y itself is that
     # buffer (2 in-place passes, no allocation, one activation less at the peak).
     # References to y: the saved tuple and the local name.
@@ -143,12 +167,16 @@ def _linear_tanh_vjp(xp, g, saved, node, donate):
 def linear_sigmoid(xp, x, w, b):
     """sigmoid(X W^T + b)."""
     from .elementwise import _sigmoid
-    return _sigmoid(xp, _affine(xp, x, w, b))
+    fused = _fused_forward(xp, x, w, b, "sigmoid")
+    return fused[0] if fused is not None else _sigmoid(xp, _affine(xp, x, w, b))
 
 
 @linear_sigmoid.defvjp(vjp_temps=2)
 def _linear_sigmoid_vjp(xp, g, saved, node, donate):
     x, w, y = saved
+    fused = _fused_backward(xp, g, x, w, y, "sigmoid", node)
+    if fused is not None:
+        return fused
     if donate and dies_here(y, node, refs=2):      # g y (1 - y), in place in g and y
         dz = xp.multiply(g, y, out=g)
         return _linear_grads(xp, xp.multiply(dz, xp.subtract(1.0, y, out=y), out=dz), x, w, node.needs)
@@ -161,6 +189,9 @@ def _linear_sigmoid_vjp(xp, g, saved, node, donate):
 @primitive("linear_relu", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
 def linear_relu(xp, x, w, b):
     """max(X W^T + b, 0), in place on the GEMM's output."""
+    fused = _fused_forward(xp, x, w, b, "relu")
+    if fused is not None:
+        return fused[0]
     z = _affine(xp, x, w, b)
     return xp.maximum(z, 0, out=z)
 
@@ -168,6 +199,9 @@ def linear_relu(xp, x, w, b):
 @linear_relu.defvjp
 def _linear_relu_vjp(xp, g, saved, node, donate):
     x, w, y = saved
+    fused = _fused_backward(xp, g, x, w, y, "relu", node)
+    if fused is not None:
+        return fused
     if donate and dies_here(y, node, refs=2):      # sign(y) is the 0/1 mask, written into y
         dz = xp.multiply(g, xp.sign(y, out=y), out=g)
         return _linear_grads(xp, dz, x, w, node.needs)
@@ -179,6 +213,9 @@ def _linear_relu_vjp(xp, g, saved, node, donate):
 def linear_gelu(xp, x, w, b):
     """gelu(X W^T + b) (exact, erf); saves the pre-activation Z as aux."""
     from .elementwise import gelu
+    fused = _fused_forward(xp, x, w, b, "gelu")
+    if fused is not None:
+        return fused[0], (fused[1],)
     z = _affine(xp, x, w, b)
     return gelu.fwd(xp, z), (z,)
 
@@ -187,6 +224,9 @@ def linear_gelu(xp, x, w, b):
 def _linear_gelu_vjp(xp, g, saved, node, donate):
     from .elementwise import _gelu_vjp
     x, w, b, z = saved
+    fused = _fused_backward(xp, g, x, w, z, "gelu", node)
+    if fused is not None:
+        return fused
     if xp.name == "tensor":       # recompute Z from the wired inputs, so it is differentiable
         z = _affine(xp, x, w, b)
     (dz,) = _gelu_vjp(xp, g, (z,), _NoParams, donate)
@@ -217,6 +257,14 @@ LINEAR_PRIMITIVES = {None: linear, "tanh": linear_tanh, "sigmoid": linear_sigmoi
 @primitive("cross_entropy", nin=2, save=(0, 1), has_aux=True)
 def cross_entropy(xp, logits, target, reduction="mean"):
     """-log softmax(logits)[target] per row, then mean, sum or none."""
+    k = provider_for(xp)
+    fused = k.cross_entropy_forward(xp, logits, target) if k is not None else None
+    if fused is not None:
+        losses, lse = fused
+        losses = losses.astype(logits.dtype)
+        out = xp.divide(xp.sum(losses), logits.shape[0]) if reduction == "mean" else (
+            xp.sum(losses) if reduction == "sum" else losses)
+        return out, (xp.reshape(lse.astype(logits.dtype), (-1, 1)),)
     # Work on logits - max: the target's term is then exact where it is the max,
     # so a small loss keeps its relative precision (lse - x_t would cancel).
     m = xp.max(logits, axis=-1, keepdims=True)
@@ -242,6 +290,13 @@ def _cross_entropy_vjp(xp, g, saved, node, donate):
     logits, target, lse = saved
     reduction = (node.params or {}).get("reduction", "mean")
     n, c = logits.shape
+    k = provider_for(xp)
+    if k is not None:
+        scale = xp.multiply(xp.ones((n,), logits.dtype), g if reduction != "mean" else xp.divide(g, n)) \
+            if reduction != "none" else g
+        fused = k.cross_entropy_backward(xp, logits, target, lse, scale)
+        if fused is not None:
+            return fused, None
     onehot = _onehot(target, n, c, logits.dtype)
     if xp.name == "tensor":
         p = xp.exp(xp.subtract(logits, _lse_tensor(xp, logits)))

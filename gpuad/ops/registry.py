@@ -282,7 +282,10 @@ def apply2(op, x, y):
             _check_devices(op, (x, y), (xd, yd))
     try:
         out = op.fwd(xp, xd, yd)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
+        _check_devices(op, (x, y), (xd, yd))        # a CPU and a GPU operand: say so
+        if isinstance(e, TypeError):
+            raise
         raise _binary_error(op, xd, yd, e) from None
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)

@@ -1,0 +1,360 @@
+"""make gpu-check: the one script to run on a CUDA machine. Writes report.md and report.json to --out.
+
+It uses the machine's python3 as it is (no venv, nothing installed), with
+PYTHONPATH set to the checkout. In order, each step timed and allowed to fail
+on its own (the report says which did):
+
+  1. the machine: GPU, driver, versions of cupy, triton, torch
+  2. the GPU tests (pytest -m gpu) and the kernel tests on real kernels
+  3. mlp: one step (batch 256, width 1024, 8 tanh layers) for gpuad with the
+     Triton kernels, gpuad with CuPy's kernels, and torch eager CUDA, in fp32
+     (torch also in bf16): time, peak device memory, traffic (model)
+  4. memory: peak device bytes of that step at depths 4, 8, 16, planner on and off
+  5. checkpoint: the 64-layer step with sqrt(L) segments vs none, gpuad and torch
+  6. bandwidth: CuPy's device copy against gpuad's elementwise kernels
+  7. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
+     kernel against the traffic model
+Total under 8 minutes on an H200.
+
+    python3 -m bench.gpu_check --out gpu-report
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Report:
+    def __init__(self, out):
+        self.out = out
+        self.sections = []
+        self.data = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def step(self, name, fn, *args):
+        t0 = time.time()
+        print(f"== {name}", flush=True)
+        try:
+            md, data = fn(*args)
+            status = "ok"
+        except Exception as e:                       # one failed step must not hide the others
+            md, data, status = f"failed: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc()[-3000:]}\n```\n", \
+                {"error": repr(e)}, "failed"
+        dt = time.time() - t0
+        self.sections.append(f"## {name} ({status}, {dt:.0f} s)\n\n{md}\n")
+        self.data[name] = data
+        print(md, flush=True)
+
+    def write(self):
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, "report.md"), "w") as f:
+            f.write(f"# gpuad GPU check\n\n{self.data['date']}\n\n" + "\n".join(self.sections))
+        with open(os.path.join(self.out, "report.json"), "w") as f:
+            json.dump(self.data, f, indent=2, default=str)
+
+
+def _table(columns, rows):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --- steps --------------------------------------------------------------------------
+
+def machine():
+    import cupy
+    info = {"python": sys.version.split()[0], "numpy": np.__version__, "cupy": cupy.__version__}
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    info["memory_GiB"] = round(props["totalGlobalMem"] / 2 ** 30, 1)
+    info["driver"] = cupy.cuda.runtime.driverGetVersion()
+    for mod in ("triton", "torch"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception as e:
+            info[mod] = f"absent ({e})"
+    return _table(["what", "value"], info.items()), info
+
+
+def gpu_tests():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+           "tests/test_devices.py", "tests/test_nn.py", "tests/test_engine.py", "-x"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    tail = (r.stdout + r.stderr).strip().splitlines()[-15:]
+    return f"`{' '.join(cmd[2:])}` exit {r.returncode}\n\n```\n" + "\n".join(tail) + "\n```\n", \
+        {"returncode": r.returncode, "tail": tail}
+
+
+def _sync():
+    import cupy
+    cupy.cuda.Device().synchronize()
+
+
+def _time(variants, rounds, sync):
+    samples = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds + 2):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            variants[name]()
+            sync()
+            if r >= 2:
+                samples[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _gpuad_mlp(depth, width, batch, seed=0):
+    import gpuad
+    from gpuad import nn
+    gpuad.manual_seed(seed)
+    net = nn.MLP([width] * (depth + 1), activation="tanh", output_activation="tanh")
+    cpu_weights = [(layer.weight.numpy().copy(), layer.bias.numpy().copy()) for layer in net]
+    net.to("cuda")
+    rng = np.random.default_rng(seed)
+    x = gpuad.tensor(rng.standard_normal((batch, width)).astype(np.float32), device="cuda")
+    y = gpuad.tensor(rng.standard_normal((batch, width)).astype(np.float32), device="cuda")
+    return net, x, y, cpu_weights
+
+
+def _torch_mlp(cpu_weights, x, y, dtype):
+    import torch
+    mods = []
+    for w, b in cpu_weights:
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+        mods += [lin, torch.nn.Tanh()]
+    net = torch.nn.Sequential(*mods).cuda().to(dtype)
+    xt = torch.as_tensor(x.numpy(), device="cuda").to(dtype)
+    yt = torch.as_tensor(y.numpy(), device="cuda").to(dtype)
+    return net, xt, yt
+
+
+def mlp(rounds):
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import memory
+    net, x, y, cpu_weights = _gpuad_mlp(8, 1024, 256)
+    variants, peaks, traffic = {}, {}, {}
+    for provider in ("triton", "cupy"):
+        def step(p=provider):
+            gpuad.set_kernels(p)
+            net.zero_grad()
+            F.mse_loss(net(x), y).backward()
+        variants[f"gpuad {provider}"] = step
+        step()
+        _sync()
+        with memory.track() as m:
+            memory.accountant.device_peak_bytes = memory.accountant.device_live_bytes
+            step()
+            _sync()
+            s = m.stats()
+        peaks[f"gpuad {provider}"] = memory.accountant.device_peak_bytes
+        traffic[f"gpuad {provider}"] = s["bytes_read"] + s["bytes_written"]
+    gpuad.set_kernels(None)
+    have_torch = True
+    try:
+        import torch
+    except ImportError:
+        have_torch = False
+    if have_torch:
+        for label, dt in (("torch eager fp32", torch.float32), ("torch eager bf16", torch.bfloat16)):
+            tnet, xt, yt = _torch_mlp(cpu_weights, x, y, dt)
+
+            def tstep(tnet=tnet, xt=xt, yt=yt):
+                tnet.zero_grad(set_to_none=True)
+                torch.nn.functional.mse_loss(tnet(xt), yt).backward()
+            tstep()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            tstep()
+            torch.cuda.synchronize()
+            peaks[label] = torch.cuda.max_memory_allocated() - base
+            variants[label] = tstep
+
+    def sync():
+        _sync()
+        if have_torch:
+            torch.cuda.synchronize()
+    times = _time(variants, rounds, sync)
+    ref = times.get("torch eager fp32")
+    rows = [(k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
+             f"{peaks.get(k, 0) / 2 ** 20:.1f}", f"{traffic[k] / 2 ** 20:.1f}" if k in traffic else "-")
+            for k, v in times.items()]
+    M, K, N = 256, 1024, 1024
+    fused, unfused = M * K + N * K + N + M * N, M * K + N * K + N + 5 * M * N
+    md = _table(["variant", "ms per step", "vs torch fp32", "peak MiB (step)", "traffic (model) MiB"], rows)
+    md += (f"\nfused linear forward traffic (model): {fused:,} elements vs unfused {unfused:,} "
+           f"({fused / unfused:.2f}x); target <= 0.5x\n\ngpuad keeps params on the device; peaks are "
+           f"device bytes allocated during the step (gpuad: CuPy allocator hook; torch: max_memory_allocated)\n")
+    return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "traffic": traffic}
+
+
+def memory_depths():
+    import gpuad.nn.functional as F
+    from gpuad import memory
+    rows = []
+    for depth in (4, 8, 16):
+        net, x, y, _ = _gpuad_mlp(depth, 1024, 256)
+        out = {}
+        for planner in ("1", "0"):
+            os.environ["GPUAD_NO_PLANNER"] = "0" if planner == "1" else "1"
+            net.zero_grad()
+            _sync()
+            with memory.track():
+                memory.accountant.device_peak_bytes = memory.accountant.device_live_bytes
+                base = memory.accountant.device_live_bytes
+                F.mse_loss(net(x), y).backward()
+                _sync()
+                out[planner] = memory.accountant.device_peak_bytes - base
+        os.environ.pop("GPUAD_NO_PLANNER", None)
+        rows.append((depth, f"{out['1'] / 2 ** 20:.1f}", f"{out['0'] / 2 ** 20:.1f}",
+                     f"{(1 - out['1'] / out['0']) * 100:.0f}%"))
+    return _table(["depth", "peak MiB, planner", "peak MiB, no planner", "saved"], rows), {"rows": rows}
+
+
+def checkpoint_step(rounds):
+    import gpuad
+    import gpuad.nn.functional as F
+    net, x, y, cpu_weights = _gpuad_mlp(64, 1024, 256)
+    layers = list(net)
+
+    def none():
+        net.zero_grad()
+        F.mse_loss(net(x), y).backward()
+
+    def sqrt():
+        net.zero_grad()
+        F.mse_loss(gpuad.checkpoint_sequential(layers, x), y).backward()
+    variants = {"gpuad none": none, "gpuad sqrt(L)": sqrt}
+    try:
+        import torch
+        from torch.utils.checkpoint import checkpoint_sequential
+        tnet, xt, yt = _torch_mlp(cpu_weights, x, y, torch.float32)
+
+        def tnone():
+            tnet.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(tnet(xt), yt).backward()
+
+        def tsqrt():
+            tnet.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(checkpoint_sequential(tnet, 8, xt, use_reentrant=False), yt).backward()
+        variants.update({"torch none": tnone, "torch sqrt(L)": tsqrt})
+        sync = lambda: (_sync(), torch.cuda.synchronize())  # noqa: E731
+    except ImportError:
+        sync = _sync
+    times = _time(variants, rounds, sync)
+    rows = [(k, f"{v * 1e3:.2f}") for k, v in times.items()]
+    return _table(["64 layers, width 1024", "ms per step"], rows), {"ms": {k: v * 1e3 for k, v in times.items()}}
+
+
+def bandwidth():
+    import cupy
+    from gpuad.backends.kernels import _get
+    n = 256 * 2 ** 20                                   # 1 GiB of float32
+    a = cupy.random.standard_normal(n, dtype=cupy.float32)
+    b = cupy.empty_like(a)
+    s = cupy.random.standard_normal(n, dtype=cupy.float32)
+
+    def timed(fn, reps=10):
+        fn()
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync()
+        return (time.perf_counter() - t0) / reps
+    copy = 2 * a.nbytes / timed(lambda: cupy.copyto(b, a))
+    ck = _get("cupy")
+    dact = 3 * a.nbytes / timed(lambda: ck._kernel("bwd", "tanh")(a, s, b))
+    fwd = 2 * a.nbytes / timed(lambda: ck._kernel("fwd", "tanh")(a.reshape(-1, 1024), s[:1024], b.reshape(-1, 1024)))
+    rows = [("device copy (read + write)", f"{copy / 1e12:.2f}", "1.00"),
+            ("dact tanh (read 2N, write N)", f"{dact / 1e12:.2f}", f"{dact / copy:.2f}"),
+            ("bias + tanh (read N, write N)", f"{fwd / 1e12:.2f}", f"{fwd / copy:.2f}")]
+    return _table(["kernel", "TB/s", "of copy"], rows) + "\ntarget: elementwise kernels >= 0.70 of copy\n", \
+        {"copy_TBps": copy / 1e12, "dact_TBps": dact / 1e12, "bias_act_TBps": fwd / 1e12}
+
+
+NCU_SCRIPT = """
+import numpy as np, gpuad, gpuad.nn.functional as F
+gpuad.set_kernels("triton")
+x = gpuad.tensor(np.random.rand(256, 1024).astype(np.float32), device="cuda")
+w = gpuad.tensor(np.random.rand(1024, 1024).astype(np.float32), device="cuda")
+b = gpuad.tensor(np.random.rand(1024).astype(np.float32), device="cuda")
+for _ in range(2):
+    F.linear(x, w, b, "tanh")
+"""
+
+
+def ncu():
+    exe = shutil.which("ncu")
+    if exe is None:
+        return "ncu is not on PATH: no hardware counters here\n", {"available": False}
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [exe, "--clock-control", "none", "--csv", "--metrics", "dram__bytes_read.sum,dram__bytes_write.sum",
+           "--kernel-name", "regex:linear_fwd", "--launch-skip", "1", "--launch-count", "1",
+           sys.executable, "-c", NCU_SCRIPT]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    got = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip('"') for c in line.split('","')]
+        for metric in ("dram__bytes_read.sum", "dram__bytes_write.sum"):
+            if metric in cells:
+                try:
+                    value, unit = float(cells[-1].replace(",", "")), cells[-2]
+                except ValueError:
+                    continue
+                scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(unit, 1)
+                got[metric] = value * scale
+    M, K, N = 256, 1024, 1024
+    model_read, model_write = (M * K + N * K + N) * 4, M * N * 4
+    if not got:
+        tail = (r.stdout + r.stderr).strip().splitlines()[-10:]
+        return "ncu gave no counters:\n\n```\n" + "\n".join(tail) + "\n```\n", {"available": True, "tail": tail}
+    rows = [("read", f"{model_read:,}", f"{got.get('dram__bytes_read.sum', float('nan')):,.0f}"),
+            ("write", f"{model_write:,}", f"{got.get('dram__bytes_write.sum', float('nan')):,.0f}")]
+    return _table(["fused linear fwd 256x1024x1024, bytes", "traffic (model)", "ncu DRAM"], rows), \
+        {"model": [model_read, model_write], "ncu": got}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m bench.gpu_check", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="gpu-report")
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args(argv)
+    report = Report(args.out)
+    from gpuad.backends.devices import cuda_available
+    ok, why = cuda_available()
+    if not ok:
+        report.sections.append(f"No CUDA device: {why}\n")
+        report.data["cuda"] = why
+        report.write()
+        print(f"gpu-check: no CUDA device here ({why}); wrote {args.out}/report.md")
+        return 1
+    report.step("machine", machine)
+    report.step("GPU tests", gpu_tests)
+    report.step("mlp", mlp, args.rounds)
+    report.step("memory", memory_depths)
+    report.step("checkpoint", checkpoint_step, max(3, args.rounds // 2))
+    report.step("bandwidth", bandwidth)
+    report.step("ncu traffic check", ncu)
+    report.write()
+    print(f"wrote {args.out}/report.md and report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

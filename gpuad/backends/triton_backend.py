@@ -1,0 +1,196 @@
+"""Host side of the Triton kernels: check, allocate, launch; and record the bytes moved.
+
+Arrays reach Triton as objects with data_ptr() and dtype: CuPy arrays through
+a small shim. With TRITON_INTERPRET=1 the interpreter needs torch CPU tensors,
+so numpy arrays are wrapped zero-copy with torch.from_numpy; torch is imported
+there and only there (the CPU verification mode, never in normal use).
+
+dtypes: float32 (fp32 GEMM with fp32 accumulation, IEEE precision) and
+float16 (fp32 accumulation); anything else falls back to the generic code
+with one warning.
+"""
+import warnings
+
+import numpy as np
+
+from . import kernels as K
+from ..memory.accounting import accountant
+
+_ACT = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4}
+_DTYPES = (np.dtype("float32"), np.dtype("float16"))
+
+
+class _CupyArg:
+    """What Triton needs of a CuPy array: its device pointer and dtype."""
+    __slots__ = ("_ptr", "dtype")
+
+    def __init__(self, a):
+        self._ptr = a.data.ptr
+        self.dtype = a.dtype
+
+    def data_ptr(self):
+        return self._ptr
+
+
+class TritonKernels:
+    name = "triton"
+
+    def __init__(self, interpret):
+        import triton
+        L, X = K.load_kernel_module("linear"), K.load_kernel_module("softmax_xent")
+        self.interpret = interpret
+        self.triton = triton
+        self.L, self.X = L, X
+        tune = dict(configs=L.configs(interpret), key=["M", "N", "K"])
+        self.fwd = triton.autotune(**tune)(L.linear_fwd_kernel)
+        self.bwd_dx = triton.autotune(**tune)(L.linear_bwd_dx_kernel)
+        self.bwd_dw = triton.autotune(**tune)(L.linear_bwd_dw_kernel)
+        self.precision = "ieee"
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _arg(self, a):
+        if a is None:
+            return None
+        if type(a) is np.ndarray:
+            import torch                              # interpreter mode only (see module docstring)
+            if any(s < 0 for s in a.strides):
+                a = np.ascontiguousarray(a)
+            with warnings.catch_warnings():           # read-only inputs: the kernels only read them
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(a)
+        return _CupyArg(a)
+
+    def _ok(self, op, *arrays):
+        for a in arrays:
+            if a is not None and a.dtype not in _DTYPES:
+                K.fallback("triton", op, f"dtype {a.dtype}")
+                return False
+        dts = {a.dtype for a in arrays if a is not None}
+        if len(dts) > 1:
+            K.fallback("triton", op, f"mixed dtypes {sorted(map(str, dts))}")
+            return False
+        return True
+
+    @staticmethod
+    def _traffic(name, read, written):
+        if accountant.active is not None:
+            accountant.kernel_traffic = (name, read, written)
+
+    @staticmethod
+    def _rows(a):
+        """(M, K) view of a (..., K) array."""
+        return a.reshape(-1, a.shape[-1])
+
+    # -- fused linear ----------------------------------------------------------
+
+    def linear_forward(self, xp, x, w, b, activation):
+        """(Y, Z or None): Y = act(X W^T + b), Z the pre-activation when gelu saves it."""
+        if not self._ok("linear", x, w, b):
+            return None
+        x2 = self._rows(x)
+        M, Kd = x2.shape
+        N = w.shape[0]
+        save_z = activation == "gelu"
+        y = xp.empty((M, N), x.dtype)
+        z = xp.empty((M, N), x.dtype) if save_z else None
+        grid = lambda meta: (self.triton.cdiv(M, meta["BLOCK_M"]), self.triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+        ta, tw, tb, ty, tz = map(self._arg, (x2, w, b, y, z))
+        self.fwd[grid](ta, tw, tb if tb is not None else ta, ty, tz if tz is not None else ty,
+                       M, N, Kd,
+                       x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize,
+                       w.strides[0] // w.itemsize, w.strides[1] // w.itemsize,
+                       N, 1,
+                       HAS_BIAS=b is not None, ACT=_ACT[activation], SAVE_Z=save_z, PRECISION=self.precision)
+        isz = x.itemsize
+        self._traffic("linear (triton)", (M * Kd + N * Kd + (N if b is not None else 0)) * isz,
+                      M * N * isz * (2 if save_z else 1))
+        shape = tuple(x.shape[:-1]) + (N,)
+        return y.reshape(shape), (z.reshape(shape) if save_z else None)
+
+    def linear_backward(self, xp, g, x, w, s, activation, needs, x_shape, w_shape):
+        """(dX, dW, db) for the needed inputs; s is what the forward saved (Y, or Z for gelu)."""
+        if not self._ok("linear backward", g, x, w, s):
+            return None
+        nx, nw, nb = needs
+        g2 = self._rows(g)
+        M, N = g2.shape
+        Kd = w_shape[1]
+        act = _ACT[activation]
+        s2 = self._rows(s) if s is not None else g2
+        if g2.strides != s2.strides:
+            # the kernels walk dY and the saved tile with one set of strides; a
+            # broadcast or transposed dY is laid out like the saved one first (MN copy)
+            g2 = xp.ascontiguousarray(g2)
+            s2 = xp.ascontiguousarray(s2) if s is not None else g2
+        tg, ts = self._arg(g2), self._arg(s2)
+        dx = dw = db = None
+        isz = g.itemsize
+        read = written = 0
+        cdiv = self.triton.cdiv
+        if nx:
+            dx = xp.empty((M, Kd), g.dtype)
+            grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(Kd, meta["BLOCK_K"]))  # noqa: E731
+            self.bwd_dx[grid](tg, ts, self._arg(w), self._arg(dx), M, N, Kd,
+                              g2.strides[0] // isz, g2.strides[1] // isz,
+                              w.strides[0] // w.itemsize, w.strides[1] // w.itemsize, Kd, 1,
+                              ACT=act, PRECISION=self.precision)
+            read += (2 * M * N + N * Kd) * isz
+            written += M * Kd * isz
+            dx = dx.reshape(x_shape)
+        if nw:
+            x2 = self._rows(x)
+            dw = xp.empty((N, Kd), g.dtype)
+            grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(Kd, meta["BLOCK_K"]))  # noqa: E731
+            self.bwd_dw[grid](tg, ts, self._arg(x2), self._arg(dw), M, N, Kd,
+                              g2.strides[0] // isz, g2.strides[1] // isz,
+                              x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize, Kd, 1,
+                              ACT=act, PRECISION=self.precision)
+            read += (2 * M * N + M * Kd) * isz
+            written += N * Kd * isz
+        if nb:
+            db = xp.empty((N,), g.dtype)
+            block_n = 16 if self.interpret else 128
+            self.L.linear_bwd_db_kernel[(cdiv(N, block_n),)](tg, ts, self._arg(db), M, N,
+                                                             g2.strides[0] // isz, g2.strides[1] // isz,
+                                                             ACT=act, BLOCK_M=16 if self.interpret else 64,
+                                                             BLOCK_N=block_n)
+            read += 2 * M * N * isz
+            written += N * isz
+        self._traffic("linear backward (triton)", read, written)
+        return dx, dw, db
+
+    # -- softmax cross-entropy -------------------------------------------------------
+
+    def _block_c(self, C):
+        return min(self.triton.next_power_of_2(C), 16 if self.interpret else 4096)
+
+    def cross_entropy_forward(self, xp, logits, target):
+        """(per-row losses, per-row log-sum-exp)."""
+        if not self._ok("cross_entropy", logits):
+            return None
+        n, C = logits.shape
+        loss = xp.empty((n,), np.float32)
+        lse = xp.empty((n,), np.float32)
+        t = target.astype(np.int64) if target.dtype != np.int64 else target
+        self.X.xent_fwd_kernel[(n,)](self._arg(logits), self._arg(t), self._arg(loss), self._arg(lse), C,
+                                     logits.strides[0] // logits.itemsize, logits.strides[1] // logits.itemsize,
+                                     BLOCK_C=self._block_c(C))
+        self._traffic("cross_entropy (triton)", n * C * logits.itemsize + n * 8, 2 * n * 4)
+        return loss, lse
+
+    def cross_entropy_backward(self, xp, logits, target, lse, scale):
+        if not self._ok("cross_entropy backward", logits):
+            return None
+        n, C = logits.shape
+        d = xp.empty((n, C), logits.dtype)
+        t = target.astype(np.int64) if target.dtype != np.int64 else target
+        lse = lse.reshape(n).astype(np.float32)
+        scale = scale.astype(np.float32)
+        self.X.xent_bwd_kernel[(n,)](self._arg(logits), self._arg(t), self._arg(lse), self._arg(scale),
+                                     self._arg(d), C,
+                                     logits.strides[0] // logits.itemsize, logits.strides[1] // logits.itemsize,
+                                     C, 1, BLOCK_C=self._block_c(C))
+        self._traffic("cross_entropy backward (triton)", n * C * logits.itemsize + n * 16,
+                      n * C * logits.itemsize)
+        return d

@@ -1,0 +1,182 @@
+"""Triton kernels for the fused linear layer Y = act(X W^T + b), forward and backward.
+
+Kernel code only; the host wrappers (checks, allocation, launch) are in
+gpuad/backends/triton_backend.py. Argument order follows Triton's tutorials:
+pointers, sizes, strides, then constexpr.
+
+ACT codes: 0 none, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (exact, erf).
+
+Bytes through memory, in elements (M rows, K in, N out):
+    forward        read MK + NK + N, write MN (+ MN for gelu's saved Z)
+    dX             read 2MN (dY, saved) + NK, write MK
+    dW             read 2MN + MK, write NK
+    db             read 2MN, write N
+dZ = dY * act'(saved) is formed in each backward kernel's prologue, tile by
+tile, and never written to memory.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    # The interpreter has no libdevice tanh. Below |x| = 1/16 a Taylor polynomial
+    # (error < 1e-11); above, 1 - 2/(exp(2x) + 1), whose cancellation costs at
+    # most eps/(2|x|) < 1e-6 relative there.
+    x2 = x * x
+    small = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    e = tl.exp(2.0 * x)
+    big = 1.0 - 2.0 / (e + 1.0)
+    return tl.where(tl.abs(x) < 0.0625, small, big)
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.maximum(z, 0.0)
+    elif ACT == 2:
+        return _tanh(z)
+    elif ACT == 3:
+        return tl.sigmoid(z)
+    elif ACT == 4:
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    else:
+        return z
+
+
+@triton.jit
+def _activation_grad(s, ACT: tl.constexpr):
+    """act' from what the forward saved: Y for relu, tanh, sigmoid; Z for gelu."""
+    if ACT == 1:
+        return tl.where(s > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        return 1.0 - s * s
+    elif ACT == 3:
+        return s * (1.0 - s)
+    elif ACT == 4:
+        cdf = 0.5 * (1.0 + tl.math.erf(s * 0.7071067811865476))
+        pdf = 0.3989422804014327 * tl.exp(-0.5 * s * s)
+        return cdf + s * pdf
+    else:
+        return tl.full(s.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+                      M, N, K,
+                      stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_Z: tl.constexpr,
+                      PRECISION: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) tile of Y: the GEMM accumulates in fp32, then bias and
+    activation run in the epilogue on registers, and Y (and Z) are written once."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                    mask=(offs_m[:, None] < M) & (kk[None, :] < K), other=0.0)
+        wt = tl.load(w_ptr + offs_n[None, :] * stride_wn + kk[:, None] * stride_wk,
+                     mask=(offs_n[None, :] < N) & (kk[:, None] < K), other=0.0)
+        acc += tl.dot(x, wt, input_precision=PRECISION)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0)
+        acc += b[None, :].to(tl.float32)
+    out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    out_off = offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    if SAVE_Z:
+        tl.store(z_ptr + out_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+    y = _activate(acc, ACT)
+    tl.store(y_ptr + out_off, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def linear_bwd_dx_kernel(dy_ptr, s_ptr, w_ptr, dx_ptr,
+                         M, N, K,
+                         stride_dym, stride_dyn, stride_wn, stride_wk, stride_dxm, stride_dxk,
+                         ACT: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dX = dZ W for one (BLOCK_M, BLOCK_K) tile; dZ = dY * act'(S) formed in the prologue."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + offs_n
+        mn_mask = (offs_m[:, None] < M) & (nn[None, :] < N)
+        mn_off = offs_m[:, None] * stride_dym + nn[None, :] * stride_dyn
+        dz = tl.load(dy_ptr + mn_off, mask=mn_mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            s = tl.load(s_ptr + mn_off, mask=mn_mask, other=0.0).to(tl.float32)
+            dz = dz * _activation_grad(s, ACT)
+        w = tl.load(w_ptr + nn[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                    mask=(nn[:, None] < N) & (offs_k[None, :] < K), other=0.0)
+        acc += tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
+    tl.store(dx_ptr + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+             acc.to(dx_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_k[None, :] < K))
+
+
+@triton.jit
+def linear_bwd_dw_kernel(dy_ptr, s_ptr, x_ptr, dw_ptr,
+                         M, N, K,
+                         stride_dym, stride_dyn, stride_xm, stride_xk, stride_dwn, stride_dwk,
+                         ACT: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dW = dZ^T X for one (BLOCK_N, BLOCK_K) tile, reducing over the M rows."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_m = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + offs_m
+        nm_mask = (offs_n[:, None] < N) & (mm[None, :] < M)
+        nm_off = mm[None, :] * stride_dym + offs_n[:, None] * stride_dyn      # dZ^T tile (N, M)
+        dzt = tl.load(dy_ptr + nm_off, mask=nm_mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            s = tl.load(s_ptr + nm_off, mask=nm_mask, other=0.0).to(tl.float32)
+            dzt = dzt * _activation_grad(s, ACT)
+        x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=(mm[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        acc += tl.dot(dzt.to(x.dtype), x, input_precision=PRECISION)
+    tl.store(dw_ptr + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
+             acc.to(dw_ptr.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_k[None, :] < K))
+
+
+@triton.jit
+def linear_bwd_db_kernel(dy_ptr, s_ptr, db_ptr,
+                         M, N,
+                         stride_dym, stride_dyn,
+                         ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """db = sum over rows of dZ, for BLOCK_N columns (read 2MN, write N)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + offs_m
+        mask = (mm[:, None] < M) & (offs_n[None, :] < N)
+        off = mm[:, None] * stride_dym + offs_n[None, :] * stride_dyn
+        dz = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            dz = dz * _activation_grad(s, ACT)
+        acc += tl.sum(dz, axis=0)
+    tl.store(db_ptr + offs_n, acc.to(db_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+def configs(interpret=False):
+    """Autotuning candidates for the three GEMM kernels (one small tile in the interpreter,
+    where every program runs in Python)."""
+    if interpret:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
+                                     (64, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 64, 64, 4, 3))]

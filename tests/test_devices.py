@@ -1,0 +1,88 @@
+"""Devices and kernel providers. The gpu-marked tests run only where CuPy can allocate."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpuad
+import gpuad.nn.functional as F
+from gpuad import nn
+
+
+def test_import_gpuad_imports_no_gpu_stack_and_no_torch():
+    code = ("import sys, gpuad, numpy as np; x = gpuad.tensor(np.ones((3, 4)), requires_grad=True); "
+            "gpuad.nn.functional.linear(x, gpuad.ones((2, 4)), activation='tanh').sum().backward(); "
+            "print(sorted(m for m in ('cupy', 'triton', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_set_kernels_and_environment(monkeypatch):
+    with pytest.raises(ValueError, match="unknown provider 'cuda'"):
+        gpuad.set_kernels("cuda")
+    monkeypatch.setenv("GPUAD_KERNELS", "cupy")
+    assert gpuad.get_kernels() == "cupy"
+    gpuad.set_kernels("numpy")
+    assert gpuad.get_kernels() == "numpy"
+    gpuad.set_kernels(None)
+    monkeypatch.delenv("GPUAD_KERNELS")
+    assert gpuad.get_kernels() == "default"
+
+
+def test_cpu_device_round_trip():
+    x = gpuad.tensor([1.0, 2.0])
+    assert x.device == "cpu" and x.to("cpu") is x and x.cpu() is x
+
+
+# --- on a GPU ------------------------------------------------------------------------
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+def test_device_moves_and_mixing_is_an_error():
+    x = gpuad.tensor([1.0, 2.0], device="cuda")
+    assert x.device == "cuda" and x.cpu().device == "cpu"
+    with pytest.raises(RuntimeError, match="different devices"):
+        x + gpuad.tensor([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="different devices"):
+        gpuad.tensor([1.0, 2.0]) * x
+
+
+@gpu
+@pytest.mark.parametrize("provider", ["triton", "cupy"])
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid", "gelu"])
+def test_mlp_step_on_gpu_matches_cpu(provider, activation):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((37, 29)).astype(np.float32)
+    w = (rng.standard_normal((53, 29)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(53) * 0.1).astype(np.float32)
+    t = rng.integers(0, 53, size=37)
+
+    def step(device):
+        xt = gpuad.tensor(x, device=device, requires_grad=True)
+        wt = gpuad.tensor(w, device=device, requires_grad=True)
+        bt = gpuad.tensor(b, device=device, requires_grad=True)
+        loss = F.cross_entropy(F.linear(xt, wt, bt, activation), gpuad.tensor(t, device=device))
+        loss.backward()
+        return [a.numpy() for a in (loss, xt.grad, wt.grad, bt.grad)]
+    gpuad.set_kernels(provider)
+    try:
+        got = step("cuda")
+    finally:
+        gpuad.set_kernels(None)
+    for a, r in zip(got, step("cpu")):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5)
+
+
+@gpu
+def test_device_memory_is_counted_by_the_allocator_hook():
+    net = nn.MLP([256, 256, 256])
+    for p in net.parameters():
+        p.data = gpuad.tensor(p.data, device="cuda").data
+    x = gpuad.tensor(np.ones((128, 256), np.float32), device="cuda")
+    with gpuad.memory.track():
+        net(x).sum().backward()
+        s = gpuad.memory.stats()
+    assert s["device_peak_bytes"] >= 128 * 256 * 4
