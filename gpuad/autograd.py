@@ -28,7 +28,8 @@ import numpy as np
 from .backends import namespace_of, numpy_ns
 from .graph import FREED, _Mode
 from .memory.accounting import accountant, owner_of
-from .memory.planner import no_planner, reachable
+from .graph import reachable
+from .memory.planner import no_planner
 from .memory.pool import INPLACE_MIN
 from .ops.elementwise import unbroadcast
 from .tensor import Tensor
@@ -138,22 +139,13 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             result.append(None)
         else:
             result.append(g if isinstance(g, Tensor) else Tensor._from(g))
-    return tuple(result) if not single or len(result) != 1 else tuple(result)
+    return tuple(result)
 
 
 def _needed_nodes(roots, targets):
     """Nodes on some path from a root down to a target: the only ones grad() visits."""
-    seen, stack, order = set(), list(roots), []
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        order.append(n)
-        stack.extend(p for p in n.parents if p is not None and p not in seen)
-    order.sort(key=lambda n: n.index)
     needed = set()
-    for n in order:                    # parents come first in creation order
+    for n in reversed(reachable(roots)):   # parents come first in creation order
         if n in targets or any(p in needed for p in n.parents if p is not None):
             needed.add(n)
     return needed

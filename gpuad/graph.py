@@ -97,6 +97,22 @@ class Node:
         return f"<Node #{self.index} {name} {self.shape} {self.dtype}>"
 
 
+def reachable(roots):
+    """Nodes reachable from roots, in backward order (decreasing creation index).
+    An explicit stack: no recursion, whatever the depth."""
+    seen, stack = set(), [r for r in roots if r is not None]
+    order = []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        order.append(n)
+        stack.extend(p for p in n.parents if p is not None and p not in seen)
+    order.sort(key=lambda n: -n.index)
+    return order
+
+
 def leaf_node(tensor):
     """The node of a parameter (a BLACK input node of the lecture)."""
     import weakref

@@ -28,7 +28,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..graph import FREED
+from ..graph import FREED, reachable
 from .accounting import accountant
 from .pool import INPLACE_MIN
 
@@ -38,21 +38,6 @@ _ndarray = np.ndarray
 def no_planner():
     """GPUAD_NO_PLANNER=1: keep every saved value and gradient until backward ends."""
     return os.environ.get("GPUAD_NO_PLANNER") == "1"
-
-
-def reachable(roots):
-    """Nodes reachable from roots, in backward order (decreasing creation index)."""
-    seen, stack = set(), [r for r in roots if r is not None]
-    order = []
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        order.append(n)
-        stack.extend(p for p in n.parents if p is not None and p not in seen)
-    order.sort(key=lambda n: -n.index)
-    return order
 
 
 def _root_array(a):

@@ -197,25 +197,8 @@ def apply(op, args, params):
     saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
     if op.has_aux:
         saved += aux
-    t._node = _node(op, tuple(parents), saved, params or None, needs, out)
+    t._node = Node(op, tuple(parents), saved, params or None, needs, out.shape, out.dtype)
     return t
-
-
-def _node(op, parents, saved, params, needs, out):
-    """Node(...) without the __init__ call: this runs once per recorded op."""
-    n = _new(Node)
-    n.op = op
-    n.parents = parents
-    n.saved = saved
-    n.params = params
-    n.needs = needs
-    n.index = _next_index()
-    n.shape = out.shape
-    n.dtype = out.dtype
-    n.grad = None
-    n.owned = False
-    n.extra = None
-    return n
 
 
 _NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
@@ -243,7 +226,8 @@ def apply1(op, x):
             return t
         return _record_special(op, (x,), (xd,), out, t)
     saver = op._saver1 or op.saver(_TRUE1)
-    # Node(...) inlined: this is the most frequent allocation in the library.
+    # Node(...) inlined (as in apply2): the most frequent allocation in the library,
+    # and the constructor call alone costs 0.1 us of a 1 us op.
     t._node = n = _new(Node)
     n.op = op
     n.parents = (xn,)
@@ -348,7 +332,7 @@ def _record_special(op, args, arrays, out, t):
     needs = tuple([p is not None for p in parents])
     plan = op.plan(needs)
     saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
-    t._node = _node(op, tuple(parents), saved, None, needs, out)
+    t._node = Node(op, tuple(parents), saved, None, needs, out.shape, out.dtype)
     return t
 
 
