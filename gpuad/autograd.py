@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from .backends import namespace_of, numpy_ns
+from .backends.devices import is_out_of_memory, out_of_memory
 from .graph import FREED, _Mode
 from .memory.accounting import accountant, owner_of
 from .graph import reachable
@@ -241,7 +242,12 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 # Saved values die with this VJP; marking the node first tells the VJP
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
-            grads = op.vjp(xp, g, saved, node, donate)
+            try:
+                grads = op.vjp(xp, g, saved, node, donate)
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise out_of_memory(e, op.name + " (backward)") from None
+                raise
             if watch:
                 _watch_vjp(acct, held, debug, node, g, saved, grads)
             keeps = op.keeps_shape        # unary elementwise: shape and dtype already right

@@ -98,3 +98,20 @@ def test_cuda_unavailable_says_why():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="device 'cuda' is unavailable: "):
         gpuad.tensor([1.0], device="cuda")
+
+
+def test_device_out_of_memory_says_what_to_do():
+    from gpuad.ops.registry import primitive, REGISTRY
+
+    class OutOfMemoryError(Exception):        # what CuPy raises, by name
+        pass
+
+    def fwd(xp, x):
+        raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes).")
+    hog = primitive("_test_hog")(fwd)
+    try:
+        with pytest.raises(MemoryError, match=r"gpuad\._test_hog: CUDA out of memory, asked for 1,073,741,824 "
+                                              r"bytes.*checkpoint_sequential\(layers, x, budget_bytes=\.\.\.\)"):
+            hog(gpuad.ones(3))
+    finally:
+        del REGISTRY["_test_hog"]

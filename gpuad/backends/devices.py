@@ -53,3 +53,31 @@ def to_device(arr, device):
         cupy = require_cuda()
         return cupy.asarray(arr)
     raise ValueError(f"gpuad: unknown device {device!r} (use 'cpu' or 'cuda')")
+
+
+class DeviceOutOfMemory(MemoryError):
+    """A device allocation failed; the message says what was asked, what is live, and what to do."""
+
+
+def is_out_of_memory(err):
+    return type(err).__name__ == "OutOfMemoryError"        # cupy.cuda.memory.OutOfMemoryError
+
+
+def out_of_memory(err, op):
+    """Translate CuPy's out-of-memory error into one that helps."""
+    import re
+    asked = re.search(r"allocating ([\d,]+) bytes", str(err))
+    live = free = None
+    try:
+        import cupy
+        live = cupy.get_default_memory_pool().used_bytes()
+        free, _ = cupy.cuda.runtime.memGetInfo()
+    except Exception:
+        pass
+    parts = [f"gpuad.{op}: CUDA out of memory"]
+    if asked:
+        parts.append(f"asked for {asked.group(1)} bytes")
+    if live is not None:
+        parts.append(f"{live:,} bytes are live in CuPy's pool and {free:,} free on the device")
+    return DeviceOutOfMemory(", ".join(parts) + ". Free tensors you no longer need, lower the batch, or trade "
+                             "compute for memory with gpuad.checkpoint_sequential(layers, x, budget_bytes=...).")

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import graph
 from ..backends import namespace_of, numpy_ns
+from ..backends.devices import is_out_of_memory, out_of_memory
 from ..graph import Node, _Mode
 
 REGISTRY = {}
@@ -170,7 +171,12 @@ def apply(op, args, params):
         xp = numpy_ns
     elif xp is not numpy_ns:
         _check_devices(op, args, arrays)
-    out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
+    try:
+        out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, op.name) from None
+        raise
     if op.has_aux:
         out, aux = out
     if type(out) is not _ndarray and xp is numpy_ns:
@@ -208,7 +214,12 @@ def apply1(op, x):
     """apply() for one Tensor input and no params: the per-op hot path."""
     xd = x.data
     xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
-    out = op.fwd(xp, xd)
+    try:
+        out = op.fwd(xp, xd)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, op.name) from None
+        raise
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)
     if _acct.active is not None:
@@ -266,7 +277,11 @@ def apply2(op, x, y):
             _check_devices(op, (x, y), (xd, yd))
     try:
         out = op.fwd(xp, xd, yd)
-    except (ValueError, TypeError) as e:
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, op.name) from None
+        if not isinstance(e, (ValueError, TypeError)):
+            raise
         _check_devices(op, (x, y), (xd, yd))        # a CPU and a GPU operand: say so
         if isinstance(e, TypeError):
             raise
