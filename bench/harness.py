@@ -12,7 +12,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -157,12 +156,6 @@ def write_report(suite, data, tables, notes=()):
     with open(os.path.join(RESULTS_DIR, f"{suite}.md"), "w") as f:
         f.write(md)
     return md
-
-
-@contextmanager
-def torch_threads_default():
-    """Leave torch at its default thread count (what a user gets), and say what it is."""
-    yield
 
 
 def have_torch():

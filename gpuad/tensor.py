@@ -273,9 +273,6 @@ class Tensor:
         node.hooks.append(entry)
         return _HookHandle(node, entry)
 
-    def zero_grad_(self):
-        self.grad = None
-
     # -- operators -------------------------------------------------------------
 
     def __add__(self, other):

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .registry import primitive, call
+from .registry import primitive
 from ..memory.pool import INPLACE_MIN
 
 _generic = np.generic
@@ -429,4 +429,3 @@ for _op in (add, subtract, multiply, divide, power, maximum, minimum, where):
 # Forward temporaries of the composite numpy expressions (traffic model).
 sigmoid.fwd_temps, gelu.fwd_temps, softplus.fwd_temps = 6, 5, 7
 
-del call
