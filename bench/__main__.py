@@ -6,9 +6,9 @@ Reports: bench/results/<suite>.json and .md, and bench/results/summary.md.
 import os
 
 # Idle BLAS and OpenMP threads must sleep, not spin: otherwise numpy's OpenBLAS
-# threads keep spinning for ~0.1 s after each GEMM and steal the cores from
-# whatever runs next (measured here: torch's 8-layer MLP step took 164 ms right
-# after numpy GEMMs and 73 ms with this set). Set before numpy or torch loads.
+# threads keep spinning after each GEMM and steal the cores from whatever runs
+# next (`python -m bench method`: torch's 8-layer MLP step took 166 ms right
+# after numpy GEMMs, 80 ms with this set). Set before numpy or torch loads.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -19,18 +19,19 @@ import time  # noqa: E402
 
 from . import harness  # noqa: E402
 
-SUITES = ["overhead", "mlp", "memory", "checkpoint"]
+SUITES = ["overhead", "mlp", "memory", "checkpoint"]      # what `make bench` runs
+EXTRA = ["method"]                                          # by name only
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suites", nargs="*", help=f"suites to run (default: {' '.join(SUITES)})")
+    p.add_argument("suites", nargs="*", help=f"suites to run (default: {' '.join(SUITES)}; also: {' '.join(EXTRA)})")
     p.add_argument("--full", action="store_true", help="more rounds and larger sizes (slower)")
     args = p.parse_args(argv)
     suites = args.suites or SUITES
-    unknown = [s for s in suites if s not in SUITES]
+    unknown = [s for s in suites if s not in SUITES + EXTRA]
     if unknown:
-        p.error(f"unknown suite(s) {unknown}; choose from {SUITES}")
+        p.error(f"unknown suite(s) {unknown}; choose from {SUITES + EXTRA}")
     t0 = time.time()
     parts = []
     for name in suites:

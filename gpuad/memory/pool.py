@@ -1,8 +1,8 @@
 """A caching allocator for large host (numpy) buffers.
 
 Fresh memory costs page faults on first touch: on the development VMs a
-GEMM writing a fresh 4 MB gradient that stays alive runs in 4.2 ms instead of
-2.0 ms into memory already touched. glibc returns large freed blocks to the
+GEMM writing a fresh 4 MB gradient that stays alive runs in 5.0 ms instead of
+3.2 ms into memory already touched (`python -m bench method`). glibc returns large freed blocks to the
 OS, so every training step pays those faults again. The pool keeps freed
 blocks of 64 KiB and more and hands them out again, as PyTorch's caching
 allocator does on CUDA.
