@@ -36,8 +36,13 @@ def run(full=False):
     def gpuad_nograd():
         with gpuad.no_grad():
             _chain(xg)
+
+    def gpuad_accounted():
+        with gpuad.memory.track():
+            _chain(xg).sum().backward()
     variants["gpuad fwd+bwd"] = gpuad_fwd_bwd
     variants["gpuad no-grad fwd"] = gpuad_nograd
+    variants["gpuad fwd+bwd, accounting on"] = gpuad_accounted
     if harness.have_torch():
         import torch
         xt = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
@@ -71,6 +76,9 @@ def run(full=False):
     if "gpuad fwd+bwd" in ratios:
         notes.append(f"forward+backward: {ratios['gpuad fwd+bwd']:.2f}x PyTorch per op (target <= 0.6x)")
     notes.append(f"no-grad forward: {per_op['gpuad no-grad fwd']:.2f} us per op (target <= 3 us)")
+    extra = per_op["gpuad fwd+bwd, accounting on"] - per_op["gpuad fwd+bwd"]
+    notes.append(f"memory accounting (gpuad.memory.track) adds {extra:.2f} us per op, about two arrays "
+                 f"(an output and a gradient) per op")
     for n in notes:
         print("  " + n)
     return harness.write_report("overhead", data, [table], notes)

@@ -9,7 +9,9 @@ Traffic (model): each op adds the bytes it reads and writes through memory,
 from its registry entry: every input read once, the output written once,
 plus each temporary a composite numpy expression writes and reads back.
 
-Accounting costs about 0.4 us per array, so it is off until asked for:
+Accounting costs about 8 us per recorded op (`python -m bench overhead`):
+nothing beside an op on large arrays, more than the op itself on tiny ones. So
+it is off until asked for:
 `gpuad.memory.track()` turns it on for a region, `gpuad.memory.enable()`
 (or GPUAD_ACCOUNTING=1) for the whole program.
 

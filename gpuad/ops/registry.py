@@ -198,13 +198,16 @@ def apply(op, args, params):
         if parents is None:
             t._node = None
             return t
+    t._node = _record(op, parents, arrays, out, params or None, aux if op.has_aux else ())
+    return t
+
+
+def _record(op, parents, arrays, out, params, aux):
+    """The node of one recorded op: what it saves follows its plan for these needs."""
     needs = tuple([p is not None for p in parents])
     plan = op.plan(needs)
-    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
-    if op.has_aux:
-        saved += aux
-    t._node = Node(op, tuple(parents), saved, params or None, needs, out.shape, out.dtype)
-    return t
+    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan]) + tuple(aux)
+    return Node(op, tuple(parents), saved, params, needs, out.shape, out.dtype)
 
 
 _NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
@@ -341,13 +344,7 @@ def _special_parents(op, parents):
 def _record_special(op, args, arrays, out, t):
     """The unary and binary fast paths hand off here inside gpuad.checkpoint."""
     parents = _special_parents(op, [a._node if isinstance(a, Tensor) else None for a in args])
-    if parents is None:
-        t._node = None
-        return t
-    needs = tuple([p is not None for p in parents])
-    plan = op.plan(needs)
-    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan])
-    t._node = Node(op, tuple(parents), saved, None, needs, out.shape, out.dtype)
+    t._node = None if parents is None else _record(op, parents, arrays, out, None, ())
     return t
 
 
