@@ -5,7 +5,9 @@
      GEMM floor
   2. a dW-shaped GEMM writing a fresh 4 MB buffer that stays alive against
      writing reused memory: the page-fault cost the host pool removes
-  3. torch's 8-layer MLP step right after numpy GEMMs, with idle BLAS and
+  3. an add with and without out=, on 1 element and on 1 MB: where writing
+     in place starts to pay (the engine's INPLACE_MIN)
+  4. torch's 8-layer MLP step right after numpy GEMMs, with idle BLAS and
      OpenMP threads spinning (the libraries' defaults) and sleeping (what the
      harness sets): why the harness sets OPENBLAS_THREAD_TIMEOUT and
      OMP_WAIT_POLICY. Each case runs in a fresh process, since both are read
@@ -62,6 +64,24 @@ def run(full=False):
         rows.append((k, f"{data[k]:.2f} ms"))
     if "torch GEMM" in s:
         rows.append(("numpy / torch", f"{harness.ratio(s, 'numpy GEMM', 'torch GEMM'):.3f}x"))
+
+    # when out= pays: numpy parses the keyword on every call
+    one, one2, big, big2 = np.ones(1), np.ones(1), np.ones(1 << 18, np.float32), np.ones(1 << 18, np.float32)
+    held = []
+
+    def big_fresh():
+        held.append(np.add(big, big2))
+        if len(held) > 40:
+            held.clear()
+    s = harness.measure({"1-element add": lambda: [np.add(one, one2) for _ in range(1000)],
+                         "1-element add, out=": lambda: [np.add(one, one2, out=one) for _ in range(1000)],
+                         "1 MB add into fresh memory kept alive": big_fresh,
+                         "1 MB add, out=": lambda: np.add(big, big2, out=big)},
+                        rounds=41, warmup=3, label="out=")
+    for k, v in s.items():
+        scale = 1e6 / 1000 if k.startswith("1-element") else 1e6
+        data[k] = harness.median(v) * scale
+        rows.append((k, f"{data[k]:.2f} us"))
 
     dz = rng.random((256, 1024), dtype=np.float32)
     reused = np.empty((1024, 1024), np.float32)
