@@ -31,6 +31,14 @@ class Optimizer:
         self.defaults = defaults
         self.state = {}
 
+    def _grads(self, weight_decay):
+        """(parameter, its array, its gradient plus weight_decay * parameter) for each one with a gradient."""
+        for p in self.params:
+            if p.grad is None:
+                continue
+            w, g = p.data, p.grad.data
+            yield p, w, (g + weight_decay * w if weight_decay else g)
+
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             if set_to_none or p.grad is None:
@@ -54,12 +62,7 @@ class SGD(Optimizer):
         self.weight_decay, self.nesterov = weight_decay, nesterov
 
     def step(self):
-        for p in self.params:
-            if p.grad is None:
-                continue
-            w, d = p.data, p.grad.data
-            if self.weight_decay:
-                d = d + self.weight_decay * w
+        for p, w, d in self._grads(self.weight_decay):
             if self.momentum:
                 buf = self.state.get(id(p))
                 if buf is None:
@@ -84,12 +87,7 @@ class Adam(Optimizer):
 
     def step(self):
         b1, b2 = self.betas
-        for p in self.params:
-            if p.grad is None:
-                continue
-            w, g = p.data, p.grad.data
-            if self.weight_decay:
-                g = g + self.weight_decay * w
+        for p, w, g in self._grads(self.weight_decay):
             st = self.state.get(id(p))
             if st is None:
                 st = self.state[id(p)] = {"step": 0, "m": g * 0, "v": g * 0}

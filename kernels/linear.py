@@ -62,6 +62,16 @@ def _activation_grad(s, ACT: tl.constexpr):
 
 
 @triton.jit
+def _dz_tile(dy_ptr, s_ptr, off, mask, ACT: tl.constexpr):
+    """The backward prologue: dZ = dY * act'(S) for one tile, in fp32, never written out."""
+    dz = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if ACT != 0:
+        s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dz = dz * _activation_grad(s, ACT)
+    return dz
+
+
+@triton.jit
 def linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
                       M, N, K,
                       stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
@@ -111,10 +121,7 @@ def linear_bwd_dx_kernel(dy_ptr, s_ptr, w_ptr, dx_ptr,
         nn = n0 + offs_n
         mn_mask = (offs_m[:, None] < M) & (nn[None, :] < N)
         mn_off = offs_m[:, None] * stride_dym + nn[None, :] * stride_dyn
-        dz = tl.load(dy_ptr + mn_off, mask=mn_mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            s = tl.load(s_ptr + mn_off, mask=mn_mask, other=0.0).to(tl.float32)
-            dz = dz * _activation_grad(s, ACT)
+        dz = _dz_tile(dy_ptr, s_ptr, mn_off, mn_mask, ACT)
         w = tl.load(w_ptr + nn[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                     mask=(nn[:, None] < N) & (offs_k[None, :] < K), other=0.0)
         acc += tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
@@ -139,10 +146,7 @@ def linear_bwd_dw_kernel(dy_ptr, s_ptr, x_ptr, dw_ptr,
         mm = m0 + offs_m
         nm_mask = (offs_n[:, None] < N) & (mm[None, :] < M)
         nm_off = mm[None, :] * stride_dym + offs_n[:, None] * stride_dyn      # dZ^T tile (N, M)
-        dzt = tl.load(dy_ptr + nm_off, mask=nm_mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            s = tl.load(s_ptr + nm_off, mask=nm_mask, other=0.0).to(tl.float32)
-            dzt = dzt * _activation_grad(s, ACT)
+        dzt = _dz_tile(dy_ptr, s_ptr, nm_off, nm_mask, ACT)
         x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=(mm[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         acc += tl.dot(dzt.to(x.dtype), x, input_precision=PRECISION)
@@ -164,11 +168,7 @@ def linear_bwd_db_kernel(dy_ptr, s_ptr, db_ptr,
         mm = m0 + offs_m
         mask = (mm[:, None] < M) & (offs_n[None, :] < N)
         off = mm[:, None] * stride_dym + offs_n[None, :] * stride_dyn
-        dz = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            dz = dz * _activation_grad(s, ACT)
-        acc += tl.sum(dz, axis=0)
+        acc += tl.sum(_dz_tile(dy_ptr, s_ptr, off, mask, ACT), axis=0)
     tl.store(db_ptr + offs_n, acc.to(db_ptr.dtype.element_ty), mask=offs_n < N)
 
 
