@@ -10,16 +10,8 @@
 from .dtypes import float16, float32, float64, int32, int64, bool_, as_dtype
 from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled
 from .tensor import Tensor, tensor
-from .ops.api import (
-    add, subtract, multiply, divide, true_divide, negative, power, pow, square, sqrt, exp, log, log1p,
-    abs, sin, cos, sinh, cosh, tanh, sigmoid, relu, gelu, softplus, erf, sign, maximum, minimum, where,
-    clamp, clip, astype, sub, mul, div, neg,
-    less, less_equal, greater, greater_equal, equal, not_equal, lt, le, gt, ge, eq, ne,
-    sum, mean, max, min, amax, amin, var, std, logsumexp,
-    reshape, view, transpose, permute, swapaxes, broadcast_to, expand, expand_dims, unsqueeze, squeeze,
-    flatten, concatenate, concat, cat, stack, getitem,
-    matmul, dot, softmax, log_softmax,
-)
+from .ops.api import *  # noqa: F401,F403  (every public op: hand-written and generated from declarations)
+from .ops import unary  # noqa: F401
 from .creation import (zeros, ones, empty, full, zeros_like, ones_like, full_like, arange, linspace, eye,
                        randn, rand, randint, from_numpy)
 from .random import manual_seed, get_rng_state, set_rng_state, Generator
@@ -29,6 +21,7 @@ from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule
-from .backends.kernels import set_kernels, get_kernels
+from .providers import set_kernels, get_kernels
+from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
 
 __version__ = "0.1.0"

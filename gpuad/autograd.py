@@ -25,14 +25,12 @@ import sys
 
 import numpy as np
 
-from .backends import namespace_of, numpy_ns
-from .backends.devices import is_out_of_memory, out_of_memory
-from .graph import FREED, _Mode
+from .accumulate import accumulate, is_shared, leaf_keeps, may_donate, route
+from .backends import namespace_of
+from .graph import FREED, _Mode, reachable
 from .memory.accounting import accountant, owner_of
-from .graph import reachable
 from .memory.planner import no_planner
-from .memory.pool import INPLACE_MIN
-from .ops.elementwise import unbroadcast
+from .ops.dispatch import run_vjp
 from .tensor import Tensor
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
@@ -169,42 +167,22 @@ def _wrap_saved(node):
 
 
 def _run(roots, seeds, retain_graph, create_graph, targets):
-    """The reverse walk. Returns {target node: gradient} when targets are given."""
+    """The reverse walk. Returns {target node: gradient} when targets are given.
+
+    What happens to each gradient (donated to a VJP, owned, added in place
+    at fan-in) is decided by gpuad/accumulate.py, the policy the planner
+    replays; this loop only moves gradients along the edges.
+    """
     from .ops.namespace import tensor_ns
     first = seeds[0][0]
     xp = tensor_ns if create_graph else namespace_of(first.data if isinstance(first, Tensor) else first)
     found = {}
     needed = _needed_nodes(roots, targets) if targets is not None else None
-    heap = []
-    for node, (g, owned) in zip(roots, seeds):
-        if create_graph:
-            g = g if isinstance(g, Tensor) else Tensor._from(g)
-            owned = False
-        elif isinstance(g, Tensor):
-            g = g.data
-        if node.grad is None:
-            node.grad, node.owned = g, owned
-            heap.append((-node.index, node))
-        else:
-            node.grad = node.grad + g
-            node.owned = not create_graph
-    heapq.heapify(heap)
-    arr_t = None if create_graph else type(xp.module.empty(0))
-    is_numpy = xp is numpy_ns
-    # Instrumentation, all off by default: accounting, GPUAD_NO_PLANNER=1 (hold
-    # everything until the end, for comparison), GPUAD_DEBUG=1 (NaN-fill what is released).
-    acct = accountant.active
-    keep_all = no_planner()
-    debug = os.environ.get("GPUAD_DEBUG") == "1" and not create_graph and not retain_graph
-    watch = acct is not None or keep_all or debug
-    held = [] if keep_all else None
-    free_saved = not retain_graph and not keep_all
-    prev_phase = accountant.phase
-    if acct is not None:
-        acct.phase = "backward"
-        for node, (g, owned) in zip(roots, seeds):
-            if owned:
-                acct.alloc(g.data if isinstance(g, Tensor) else g, "backward seed")
+    heap = _seed(roots, seeds, create_graph)
+    watch = _Watch.start(roots, seeds, create_graph, retain_graph)      # None unless instrumented
+    first = None
+    seeds.clear()              # the seed gradients now live on their nodes alone, and die there
+    free_saved = not retain_graph and (watch is None or watch.held is None)
     prev_mode = _Mode.enabled
     _Mode.enabled = create_graph          # record the backward pass only when asked
     # The heap holds nodes whose gradient has started arriving, keyed by
@@ -228,8 +206,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 g, owned, go_on = _visit_special(node, g, owned, create_graph, targets, found)
                 if not go_on:
                     continue
-            # donate: the VJP may write into g (ours, and large enough for out= to pay)
-            donate = owned and g.size >= INPLACE_MIN
+            donate = may_donate(owned, g)
             saved = node.saved
             if saved is FREED:
                 raise BackwardError(
@@ -242,46 +219,20 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 # Saved values die with this VJP; marking the node first tells the VJP
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
-            try:
-                grads = op.vjp(xp, g, saved, node, donate)
-            except Exception as e:
-                if is_out_of_memory(e):
-                    raise out_of_memory(e, op.name + " (backward)") from None
-                raise
-            if watch:
-                _watch_vjp(acct, held, debug, node, g, saved, grads)
-            keeps = op.keeps_shape        # unary elementwise: shape and dtype already right
-            dup = False if keeps else (len(grads) == 2 and grads[0] is grads[1])
-            for parent, gi in zip(node.parents, grads):
-                if parent is None or gi is None or (needed is not None and parent not in needed):
+            grads = run_vjp(op, xp, g, saved, node, donate)
+            if watch is not None:
+                watch.vjp(node, g, saved, grads)
+            shared = is_shared(grads)
+            for parent, raw in zip(node.parents, grads):
+                if parent is None or raw is None or (needed is not None and parent not in needed):
                     continue
-                # owned: the engine may write into this buffer later. It is fresh
-                # (no view, nobody else's), or g itself donated to exactly one input.
-                if create_graph:
-                    owned = False
-                elif type(gi) is arr_t:
-                    # fresh: not a view of another array (a pooled buffer's base is its holder)
-                    owned = (gi is not g or donate) if keeps else \
-                        ((gi is not g or (donate and not dup)) and type(gi.base) is not arr_t)
-                else:
-                    gi = np.asarray(gi) if is_numpy else gi   # numpy returns scalars for 0-d results
-                    owned = is_numpy
-                if not keeps:
-                    if gi.shape != parent.shape:
-                        gi = _fit(xp, gi, parent, op)
-                        owned = not create_graph
-                        if acct is not None:
-                            acct.alloc(gi, op.name + " (backward)")
-                    dt = gi.dtype
-                    if dt is not parent.dtype and dt != parent.dtype:
-                        gi = xp.astype(gi, parent.dtype)
-                        owned = not create_graph
-                        if acct is not None:
-                            acct.alloc(gi, op.name + " (backward)")
+                gi, gi_owned = route(xp, raw, g, donate, shared, parent, op, create_graph)
+                if watch is not None and gi is not raw:
+                    watch.allocated(gi, op.name + " (backward)")
                 pg = parent.grad
                 if pg is None:
                     parent.grad = gi
-                    parent.owned = owned
+                    parent.owned = gi_owned
                     if nxt is None:
                         nxt = parent
                     elif parent.index > nxt.index:
@@ -289,45 +240,97 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                         nxt = parent
                     else:
                         _heappush(heap, (-parent.index, parent))
-                    continue
-                if op.replaces_grads:
-                    parent.grad, parent.owned = gi, owned     # the VJP added pg in already
-                    continue
-                if create_graph:
-                    parent.grad = xp.add(pg, gi)
-                elif pg.size < INPLACE_MIN:                   # tiny: allocating is cheaper
-                    parent.grad = xp.add(pg, gi)
-                    parent.owned = True
-                elif parent.owned:
-                    xp.add(pg, gi, out=pg)                    # fan-in, in place (read 2N, write N)
-                elif owned:
-                    parent.grad = xp.add(gi, pg, out=gi)
-                    parent.owned = True
+                elif op.replaces_grads:
+                    parent.grad, parent.owned = gi, gi_owned       # the VJP added pg in already
                 else:
-                    parent.grad = xp.add(pg, gi)
-                    parent.owned = True
-                if acct is not None:
-                    acct.alloc(parent.grad, "accumulate")
-                    acct.traffic("accumulate", 2 * gi.nbytes, gi.nbytes)
-                if keep_all:
-                    held.append(pg)
-            if watch and acct is not None:
-                acct.mark(op.name)
-            del g, grads
+                    parent.grad, parent.owned = accumulate(xp, pg, parent.owned, gi, gi_owned, create_graph)
+                    if watch is not None:
+                        watch.accumulated(pg, parent.grad, gi)
+                    pg = None         # a replaced sum is dead: hold it through no later allocation
+            if watch is not None:
+                watch.mark(op.name)
+            # Hold nothing of this node into the next one's VJP (the planner assumes so).
+            g = grads = raw = gi = None
     finally:
         _Mode.enabled = prev_mode
         for _, n in heap:                                     # after an error: release what is left
             n.grad = None
         if nxt is not None:
             nxt.grad = None
-        accountant.phase = prev_phase
-        if held:
-            held.clear()
+        if watch is not None:
+            watch.finish(roots, retain_graph)
+    return found
+
+
+def _seed(roots, seeds, create_graph):
+    """Put the seed gradients on the roots; the heap of nodes to visit."""
+    heap = []
+    for node, (g, owned) in zip(roots, seeds):
+        if create_graph:
+            g = g if isinstance(g, Tensor) else Tensor._from(g)
+            owned = False
+        elif isinstance(g, Tensor):
+            g = g.data
+        if node.grad is None:
+            node.grad, node.owned = g, owned
+            heap.append((-node.index, node))
+        else:
+            node.grad = node.grad + g
+            node.owned = not create_graph
+    heapq.heapify(heap)
+    return heap
+
+
+class _Watch:
+    """Instrumentation around the walk, all off by default: accounting,
+    GPUAD_NO_PLANNER=1 (hold everything until the end, for comparison) and
+    GPUAD_DEBUG=1 (NaN-fill every buffer the moment it is released)."""
+
+    def __init__(self, acct, held, debug):
+        self.acct, self.held, self.debug = acct, held, debug
+        self.prev_phase = accountant.phase
+
+    @classmethod
+    def start(cls, roots, seeds, create_graph, retain_graph):
+        acct = accountant.active
+        keep_all = no_planner()
+        debug = os.environ.get("GPUAD_DEBUG") == "1" and not create_graph and not retain_graph
+        if acct is None and not keep_all and not debug:
+            return None
+        w = cls(acct, [] if keep_all else None, debug)
+        if acct is not None:
+            acct.phase = "backward"
+            for node, (g, owned) in zip(roots, seeds):
+                if owned:
+                    acct.alloc(g.data if isinstance(g, Tensor) else g, "backward seed")
+        return w
+
+    def vjp(self, node, g, saved, grads):
+        _watch_vjp(self.acct, self.held, self.debug, node, g, saved, grads)
+
+    def allocated(self, a, what):
+        if self.acct is not None:
+            self.acct.alloc(a, what)
+
+    def accumulated(self, before, after, incoming):
+        if self.acct is not None:
+            self.acct.alloc(after, "accumulate")
+            self.acct.traffic("accumulate", 2 * incoming.nbytes, incoming.nbytes)
+        if self.held is not None:
+            self.held.append(before)
+
+    def mark(self, name):
+        if self.acct is not None:
+            self.acct.mark(name)
+
+    def finish(self, roots, retain_graph):
+        accountant.phase = self.prev_phase
+        if self.held:
+            self.held.clear()
             if not retain_graph:
                 for n in reachable(roots):
                     if n.op is not None:
                         n.saved = FREED
-    return found
 
 
 def _watch_vjp(acct, held, debug, node, g, saved, grads):
@@ -403,18 +406,6 @@ def _visit_special(node, g, owned, create_graph, targets, found):
     return g, owned, True
 
 
-def _fit(xp, gi, parent, op):
-    """Sum a broadcast gradient back to the input's shape."""
-    try:
-        out = unbroadcast(xp, gi, parent.shape)
-    except ValueError:
-        out = None
-    if out is None or tuple(out.shape) != tuple(parent.shape):
-        raise BackwardError(f"gpuad: the VJP of {op.name} returned a gradient of shape {tuple(gi.shape)} "
-                            f"for an input of shape {parent.shape}")
-    return out
-
-
 def _run_grad_hooks(node, g, owned, create_graph):
     for kind, fn in list(node.hooks):
         if kind != "grad":
@@ -434,7 +425,7 @@ def _accumulate_leaf(node, g, owned, create_graph):
     if create_graph:
         t.grad = g if t.grad is None else t.grad + g
     elif t.grad is None:
-        if not owned:                                         # never alias a buffer we do not own
+        if not leaf_keeps(owned):                             # never alias a buffer we do not own
             g = g.copy()
             if accountant.active is not None:
                 accountant.alloc(g, "accumulate grad")

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import graph
 from .backends import namespace_of
-from .graph import Node, Special, _Mode
+from .graph import Node, CheckpointScope, _Mode
 from .memory.accounting import accountant
 from .ops import api
 from .ops.registry import primitive
@@ -40,7 +40,7 @@ from .tensor import Tensor
 
 # --- the checkpoint primitive ----------------------------------------------------------
 
-@primitive("checkpoint", nin=-1)
+@primitive("checkpoint", inputs=("*",))
 def _checkpoint_fwd(xp, *args, **params):
     raise RuntimeError("gpuad: the checkpoint primitive is built by gpuad.checkpoint(), not applied")
 
@@ -53,16 +53,16 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
     p = node.params
     start = graph._next_index()
     leaves = {b: Node(None, (), (), None, (), b.shape, b.dtype) for b in node.parents}
-    outer = _Mode.special
-    sp = Special(remaps=(outer.remaps if outer is not None else ()) + (leaves,), start=start, record=True,
+    outer = _Mode.checkpoint
+    sp = CheckpointScope(remaps=(outer.remaps if outer is not None else ()) + (leaves,), start=start, record=True,
                  outer=outer)
     args = _rebuild(p["template"], saved, p["arg_nodes"])
     rng_now = get_rng_state() if p["rng"] is not None else None
-    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.special, accountant.phase
+    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
     try:
         if rng_now is not None:
             set_rng_state(p["rng"])
-        _Mode.enabled, _Mode.special = False, sp
+        _Mode.enabled, _Mode.checkpoint = False, sp
         accountant.phase = "recompute"
         out = p["fn"](*args, **p["kwargs"])
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -87,7 +87,7 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
                 seeds.append((b.grad, b.owned))
         found = _run(roots, seeds, retain_graph=False, create_graph=False, targets=targets)
     finally:
-        _Mode.enabled, _Mode.special = prev_enabled, prev_special
+        _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
         accountant.phase = prev_phase
         if rng_now is not None:
             set_rng_state(rng_now)
@@ -113,6 +113,14 @@ def _inner_peak(node):
 
 
 CHECKPOINT.inner_peak = _inner_peak
+
+
+def _plan_vjp(xp, g, saved, node, donate):
+    """For the planner (which cannot rerun fn on sizes): one fresh gradient per input."""
+    return tuple(xp.empty(p.shape, p.dtype) if need else None for p, need in zip(node.parents, node.needs))
+
+
+CHECKPOINT.plan_vjp = _plan_vjp
 
 
 def _rebuild(template, saved, arg_nodes):
@@ -156,21 +164,21 @@ def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
     """
     if not callable(fn):
         raise TypeError(f"gpuad.checkpoint: fn must be callable, got {type(fn).__name__}")
-    outer = _Mode.special
+    outer = _Mode.checkpoint
     recording = _Mode.enabled or (outer is not None and outer.record)
     if not recording or (outer is not None and outer.capture is not None):
         return _check_outputs(fn, fn(*args, **kwargs))    # nothing is recorded here anyway
     rng = get_rng_state() if preserve_rng_state else None
     capture = []
-    sp = Special(capture=capture, remaps=outer.remaps if outer is not None else (), outer=outer)
+    sp = CheckpointScope(capture=capture, remaps=outer.remaps if outer is not None else (), outer=outer)
     counted = accountant.active is not None
     allocated_before = accountant.allocated_bytes if counted else 0
-    prev_enabled, prev_special = _Mode.enabled, _Mode.special
-    _Mode.enabled, _Mode.special = False, sp
+    prev_enabled, prev_special = _Mode.enabled, _Mode.checkpoint
+    _Mode.enabled, _Mode.checkpoint = False, sp
     try:
         out = fn(*args, **kwargs)
     finally:
-        _Mode.enabled, _Mode.special = prev_enabled, prev_special
+        _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
     _check_outputs(fn, out)
     if not capture:
         return out                                       # fn read nothing that requires grad

@@ -11,7 +11,7 @@ import numpy as np
 
 from .dtypes import as_dtype, default_float
 from .random import default_generator
-from .tensor import Tensor
+from .tensor import Tensor, _counted
 
 
 def _shape(shape):
@@ -21,10 +21,10 @@ def _shape(shape):
 
 
 def _make(arr, requires_grad, device):
-    t = Tensor._from(arr)
     if device is not None and device != "cpu":
         from .backends.devices import to_device
-        t = Tensor._from(to_device(arr, device))
+        arr = to_device(arr, device)
+    t = Tensor._from(_counted(arr, "creation"))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -92,7 +92,7 @@ def rand(*shape, dtype=None, requires_grad=False, generator=None, device=None):
 
 def randint(low, high, shape, generator=None):
     rng = (generator or default_generator).rng
-    return Tensor._from(rng.integers(low, high, size=tuple(shape), dtype=np.int64))
+    return _make(rng.integers(low, high, size=tuple(shape), dtype=np.int64), False, None)
 
 
 def from_numpy(array):

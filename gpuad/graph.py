@@ -54,6 +54,7 @@ class Node:
                  "grad", "owned", "extra", "__weakref__")
 
     def __init__(self, op, parents, saved, params, needs, shape, dtype):
+        # The one constructor: every node, leaf or op, recorded or recomputed, is made here.
         self.op = op
         self.parents = parents
         self.saved = saved
@@ -63,7 +64,7 @@ class Node:
         self.shape = shape
         self.dtype = dtype
         self.grad = None      # the gradient arriving during backward, popped once consumed
-        self.owned = False    # True when backward may write into .grad in place
+        self.owned = False    # True when backward may write into .grad in place (gpuad/accumulate.py)
         self.extra = None     # Extra: tensor weakref and hooks; None on the hot path
 
     @property
@@ -127,10 +128,10 @@ def leaf_node(tensor):
 
 class _Mode:
     enabled = True
-    special = None      # a Special while a checkpoint runs or recomputes its function
+    checkpoint = None   # a CheckpointScope while a checkpoint runs or recomputes its function
 
 
-class Special:
+class CheckpointScope:
     """Recording inside gpuad.checkpoint (see checkpoint.py).
 
     capture: during the first run nothing is recorded, but every BLACK node an
@@ -155,10 +156,29 @@ class Special:
             node = r.get(node, node)
         return node
 
+    def parents(self, op, parents):
+        """The parents to record for `op` inside this scope: None on the first run
+        (record nothing, capture the BLACK inputs), local leaves while recomputing."""
+        mapped = [None if p is None else self.map(p) for p in parents]
+        if self.capture is not None:
+            for p in mapped:
+                if p is not None and p not in self.capture:
+                    self.capture.append(p)
+            return None
+        if not self.record:
+            return None
+        for p in mapped:
+            if p is not None and p.index < self.start:
+                raise RuntimeError(
+                    f"gpuad.checkpoint: while recomputing, {op.name} read a tensor that requires grad "
+                    f"(node #{p.index}) which the first run did not read: the checkpointed function is not "
+                    f"deterministic in which tensors it uses, so its gradients would be wrong")
+        return mapped
+
 
 def is_grad_enabled():
     """Whether ops on BLACK tensors are being recorded."""
-    return _Mode.enabled or (_Mode.special is not None and _Mode.special.record)
+    return _Mode.enabled or (_Mode.checkpoint is not None and _Mode.checkpoint.record)
 
 
 class set_grad_enabled(contextlib.ContextDecorator):

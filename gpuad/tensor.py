@@ -1,8 +1,8 @@
 """Tensor: a backend array, the node that made it, and its gradient.
 
 A Tensor is BLACK when it has a node (it requires grad: a parameter, or the
-result of an op on one) and GREY otherwise. Operators call the ops registry;
-nothing here computes.
+result of an op on one) and GREY otherwise. Nothing here computes: the ops
+package installs the operators and op methods onto Tensor.
 
 >>> import gpuad
 >>> x = gpuad.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -15,6 +15,15 @@ import numpy as np
 
 from . import graph
 from .dtypes import as_dtype, default_float, is_floating
+from .memory.accounting import accountant
+
+
+def _counted(arr, what):
+    """Every buffer gpuad allocates counts while accounting is on, leaves included
+    (as data, not as activations: those are what ops compute)."""
+    if accountant.active is not None:
+        accountant.alloc(arr, what, activation=False)
+    return arr
 
 
 def _to_array(data, dtype, copy):
@@ -66,7 +75,7 @@ class Tensor:
         if device is not None:
             from .backends.devices import to_device
             arr = to_device(arr, device)
-        self.data = arr
+        self.data = _counted(arr, "tensor")
         self._node = None
         self.grad = None
         if requires_grad:
@@ -113,10 +122,6 @@ class Tensor:
     def device(self):
         from .backends import device_of
         return device_of(self.data)
-
-    @property
-    def T(self):
-        return api.transpose(self)
 
     @property
     def requires_grad(self):
@@ -273,173 +278,30 @@ class Tensor:
         node.hooks.append(entry)
         return _HookHandle(node, entry)
 
-    # -- operators -------------------------------------------------------------
-
-    def __add__(self, other):
-        return _a2(_E.add, self, other)
-
-    def __radd__(self, other):
-        return _a2(_E.add, other, self)
-
-    def __sub__(self, other):
-        return _a2(_E.subtract, self, other)
-
-    def __rsub__(self, other):
-        return _a2(_E.subtract, other, self)
-
-    def __mul__(self, other):
-        return _a2(_E.multiply, self, other)
-
-    def __rmul__(self, other):
-        return _a2(_E.multiply, other, self)
-
-    def __truediv__(self, other):
-        return _a2(_E.divide, self, other)
-
-    def __rtruediv__(self, other):
-        return _a2(_E.divide, other, self)
-
-    def __pow__(self, other):
-        return _a2(_E.power, self, other)
-
-    def __rpow__(self, other):
-        return _a2(_E.power, other, self)
-
-    def __matmul__(self, other):
-        return api.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return api.matmul(other, self)
-
-    def __neg__(self):
-        return _a1(_E.negative, self)
-
-    def __pos__(self):
-        return self
-
-    def __abs__(self):
-        return api.abs(self)
-
-    def __lt__(self, other):
-        return api.less(self, other)
-
-    def __le__(self, other):
-        return api.less_equal(self, other)
-
-    def __gt__(self, other):
-        return api.greater(self, other)
-
-    def __ge__(self, other):
-        return api.greater_equal(self, other)
-
-    def __eq__(self, other):
-        return api.equal(self, other)
-
-    def __ne__(self, other):
-        return api.not_equal(self, other)
-
-    def __getitem__(self, index):
-        return api.getitem(self, index)
-
     def __setitem__(self, index, value):
         if self._node is not None:
             raise RuntimeError("gpuad: in-place assignment into a tensor that requires grad would "
                                "corrupt its graph; build a new tensor (gpuad.where, concat) instead")
         self.data[index] = value.data if isinstance(value, Tensor) else value
 
-    # -- methods (PyTorch names) -----------------------------------------------
+    # -- devices ------------------------------------------------------------------
 
-    def exp(self): return _a1(_E.exp, self)
-    def log(self): return _a1(_E.log, self)
-    def log1p(self): return _a1(_E.log1p, self)
-    def sqrt(self): return _a1(_E.sqrt, self)
-    def abs(self): return _a1(_E.abs, self)
-    def sin(self): return _a1(_E.sin, self)
-    def cos(self): return _a1(_E.cos, self)
-    def sinh(self): return _a1(_E.sinh, self)
-    def cosh(self): return _a1(_E.cosh, self)
-    def tanh(self): return _a1(_E.tanh, self)
-    def sigmoid(self): return _a1(_E.sigmoid, self)
-    def relu(self): return _a1(_E.relu, self)
-    def erf(self): return _a1(_E.erf, self)
-    def sign(self): return _a1(_E.sign, self)
-    def square(self): return api.square(self)
-    def neg(self): return _a1(_E.negative, self)
-    def gelu(self, approximate="none"): return api.gelu(self, approximate)
-    def softplus(self, beta=1.0, threshold=20.0): return api.softplus(self, beta, threshold)
-    def add(self, other): return _a2(_E.add, self, other)
-    def sub(self, other): return _a2(_E.subtract, self, other)
-    def mul(self, other): return _a2(_E.multiply, self, other)
-    def div(self, other): return _a2(_E.divide, self, other)
-    def pow(self, other): return _a2(_E.power, self, other)
-    def matmul(self, other): return api.matmul(self, other)
-    def maximum(self, other): return api.maximum(self, other)
-    def minimum(self, other): return api.minimum(self, other)
-    def clamp(self, min=None, max=None): return api.clamp(self, min, max)  # noqa: A002
-    clip = clamp
-
-    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return api.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return api.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return api.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return api.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
-        return api.var(self, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction)
-
-    def std(self, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
-        return api.std(self, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction)
-
-    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        return api.logsumexp(self, axis, keepdims, dim=dim, keepdim=keepdim)
-
-    def softmax(self, axis=-1, *, dim=None):
-        return api.softmax(self, axis, dim=dim)
-
-    def log_softmax(self, axis=-1, *, dim=None):
-        return api.log_softmax(self, axis, dim=dim)
-
-    def reshape(self, *shape): return api.reshape(self, *shape)
-    def view(self, *shape): return api.reshape(self, *shape)
-    def transpose(self, *axes): return api.transpose(self, *axes)
-    def permute(self, *dims): return api.permute(self, *dims)
-    def swapaxes(self, a, b): return api.swapaxes(self, a, b)
-    def flatten(self, start_dim=0, end_dim=-1): return api.flatten(self, start_dim, end_dim)
-    def squeeze(self, axis=None, *, dim=None): return api.squeeze(self, axis, dim=dim)
-    def unsqueeze(self, axis): return api.expand_dims(self, axis)
-    def expand_dims(self, axis): return api.expand_dims(self, axis)
-    def broadcast_to(self, *shape): return api.broadcast_to(self, api._as_shape(shape))
-    def expand(self, *shape): return api.broadcast_to(self, api._as_shape(shape))
-
-    def astype(self, dtype): return api.astype(self, dtype)
-    def float(self): return api.astype(self, "float32")
-    def double(self): return api.astype(self, "float64")
-    def half(self): return api.astype(self, "float16")
-
-    def to(self, target):
-        """to(dtype) casts; to('cuda') / to('cpu') moves (a GREY copy on the new device)."""
-        if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
-            from .backends.devices import to_device
-            if self.device == target.split(":")[0]:
-                return self
-            return Tensor._from(to_device(self.data, target))
-        return api.astype(self, target)
+    def _to_device(self, target):
+        """A GREY copy on device `target` ('cpu' or 'cuda'), or self when already there."""
+        from .backends.devices import to_device
+        if self.device == target.split(":")[0]:
+            return self
+        return Tensor._from(_counted(to_device(self.data, target), "to"))
 
     def cpu(self): return self.to("cpu")
     def cuda(self): return self.to("cuda")
 
-    def clone(self):
-        """A copy that stays in the graph (gradient flows through)."""
-        return api.multiply(self, 1)
-
     def any(self): return bool(self.data.any())
     def all(self): return bool(self.data.all())
+
+    # Operators and op methods (+, *, .sum(), .reshape(), ...) are installed by
+    # gpuad.ops (install.py from the primitives' declarations, methods.py for
+    # the hand-written functions), so this module imports no op.
 
 
 class _HookHandle:
@@ -459,7 +321,3 @@ def tensor(data, dtype=None, requires_grad=False, device=None):
     (dtype('int64'), dtype('float32'), dtype('float64'))
     """
     return Tensor(data, dtype=dtype, requires_grad=requires_grad, device=device)
-
-
-from .ops import api, elementwise as _E  # noqa: E402  (ops import Tensor; methods resolve them at call time)
-from .ops.registry import apply1 as _a1, apply2 as _a2  # noqa: E402

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gpuad
+from tests import fixture_ops  # noqa: F401  (registers an op through one declaration)
 
 
 def _cuda_ok():

@@ -101,7 +101,7 @@ def test_cuda_unavailable_says_why():
 
 
 def test_device_out_of_memory_says_what_to_do():
-    from gpuad.ops.registry import primitive, REGISTRY
+    from gpuad.ops.registry import primitive
 
     class OutOfMemoryError(Exception):        # what CuPy raises, by name
         pass
@@ -114,4 +114,4 @@ def test_device_out_of_memory_says_what_to_do():
                                               r"bytes.*checkpoint_sequential\(layers, x, budget_bytes=\.\.\.\)"):
             hog(gpuad.ones(3))
     finally:
-        del REGISTRY["_test_hog"]
+        gpuad.ops.install.unregister("_test_hog")

@@ -74,7 +74,7 @@ class CupyKernels:
         self._cache = {}
 
     def _kernel(self, kind, activation, save_z=False):
-        from .kernels import load_kernel_module
+        from ..providers import load_kernel_module
         E = load_kernel_module("cupy_elementwise")
         key = (kind, activation, save_z, cupy.cuda.Device().id)
         k = self._cache.get(key)

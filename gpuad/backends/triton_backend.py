@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from . import kernels as K
+from .. import providers as K
 from ..memory.accounting import accountant
 
 _ACT = {None: 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4}

@@ -99,9 +99,11 @@ class Accountant:
     def device_free(self, n):
         self.device_live_bytes -= n
 
-    def alloc(self, arr, op):
+    def alloc(self, arr, op, activation=None):
         """Count arr's buffer if it is new; returns the bytes added (0 for a view).
 
+        activation: whether it is an activation (what checkpointing trades for
+        time); by default, whatever an op allocates outside backward is.
         Host (numpy) buffers only: device buffers are counted by the allocator hook.
         """
         if type(arr) is not _ndarray and not isinstance(arr, _ndarray):
@@ -117,7 +119,8 @@ class Accountant:
             ref = weakref.ref(owner, self._make_release(key))
         except TypeError:             # an owner without weakrefs: count it as never freed
             ref = None
-        activation = self.phase != "backward"
+        if activation is None:
+            activation = self.phase != "backward"
         self._refs[key] = (ref, n, activation)
         self.live_bytes += n
         self.allocations += 1

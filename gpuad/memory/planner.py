@@ -7,9 +7,10 @@ each exactly there (saved values right after their node's VJP, a gradient
 once sent through all incoming edges); the plan replays the same rules on
 sizes alone, to predict the peak of live bytes without allocating anything.
 
-What the replay needs from each primitive is declared in its registry entry:
-`grad_kinds(node, donate)` says which gradients are fresh buffers and which
-reuse the incoming one ("g": written into it; "view": a view of it).
+The replay runs each node's VJP on abstract arrays (shapes and dtypes, see
+gpuad/ops/abstract.py) and routes and accumulates the results with the
+engine's own policy (gpuad/accumulate.py): nothing about a primitive's
+memory behaviour is declared beside its code.
 
 A saved buffer that something outside the graph still holds (a tensor the
 caller kept, a parameter) is not freed by backward; the plan finds those by
@@ -30,7 +31,6 @@ import numpy as np
 
 from ..graph import FREED, reachable
 from .accounting import accountant
-from .pool import INPLACE_MIN
 
 _ndarray = np.ndarray
 
@@ -124,9 +124,54 @@ def _nbytes_of_root(r):
     return r.nbytes
 
 
+class _Buffers:
+    """Live bytes of planned buffers, each freed when its last holder lets go."""
+
+    def __init__(self, start, keep_all):
+        self.live = self.peak = start
+        self.keep_all = keep_all
+        self.bytes = {}
+        self.holders = Counter()
+        self._next = 0
+
+    def new(self, nbytes, holders=1):
+        self._next += 1
+        b = self._next
+        self.bytes[b] = nbytes
+        self.holders[b] = holders
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        return b
+
+    def hold(self, b):
+        self.holders[b] += 1
+
+    def drop(self, b, held=False):
+        """One holder lets go of b. With GPUAD_NO_PLANNER=1 the engine keeps (`held`)
+        every node's gradient and every gradient it accumulated over."""
+        if (self.keep_all and held) or b is None:
+            return
+        self.holders[b] -= 1
+        if self.holders[b] <= 0 and b in self.bytes:
+            self.live -= self.bytes.pop(b)
+
+
+def _abstract(a):
+    from ..ops.abstract import AbstractArray
+    return AbstractArray.like(a) if hasattr(a, "shape") and not isinstance(a, np.generic) else a
+
+
 def plan_backward(loss, grad=None):
-    """The plan for loss.backward(grad): steps, last uses, predicted peak (bytes)."""
-    seed = grad
+    """The plan for loss.backward(grad): steps, last uses, predicted peak (bytes).
+
+    Every VJP runs on abstract arrays (gpuad/ops/abstract.py), so which of its
+    gradients are fresh buffers, views, or written into the incoming gradient
+    comes from the VJP's own code; what happens to each one next comes from
+    gpuad/accumulate.py, the policy the walk itself follows.
+    """
+    # (imported here: gpuad.memory loads before the ops, which account through it)
+    from ..accumulate import INTO_EXISTING, INTO_INCOMING, combine, is_shared, leaf_keeps, may_donate, route
+    from ..ops.abstract import AbstractArray, abstract_ns, root_of
     node = loss._node
     if node is None:
         raise RuntimeError("gpuad.memory.plan_backward: the tensor does not require grad")
@@ -134,117 +179,67 @@ def plan_backward(loss, grad=None):
     keep_all = no_planner()
     sizes, last, internal = _saved_buffers(order)
     start = accountant.live_bytes
-    live = start
-    peak = live
-    # gradient buffers in flight: node -> [buffer id, bytes, owned]; buffers -> holders
-    holders = Counter()
-    grads = {}
-    bufs = {}
-    next_id = [0]
-
-    def new_buf(nbytes):
-        nonlocal live, peak
-        next_id[0] += 1
-        bufs[next_id[0]] = nbytes
-        live += nbytes
-        peak = max(peak, live)
-        return next_id[0]
-
-    def drop(b, held=False):
-        """One holder lets go of buffer b. With GPUAD_NO_PLANNER=1 the engine keeps
-        (`held`) every node's gradient and every gradient it accumulated over."""
-        nonlocal live
-        if keep_all and held:
-            return
-        holders[b] -= 1
-        if holders[b] <= 0 and b in bufs:
-            live -= bufs.pop(b)
-
-    seed_bytes = loss.data.nbytes
-    if seed is None:
-        b = new_buf(seed_bytes)
-        grads[node] = [b, seed_bytes, True]
-    else:
-        grads[node] = [None, seed_bytes, False]      # the caller's buffer: already counted
-    holders[grads[node][0]] += 1
+    mem = _Buffers(start, keep_all)
+    grads = {}              # node -> (abstract gradient, buffer, owned)
+    g0 = AbstractArray(node.shape, node.dtype)
+    grads[node] = (g0, mem.new(g0.nbytes), True) if grad is None else (g0, None, False)
     steps = []
     for step_i, v in enumerate(order):
         st = Step(step_i, v.op.name if v.op is not None else "leaf", v)
-        g_buf, g_bytes, owned = grads.pop(v)
-        itemsize = np.dtype(v.dtype).itemsize
-        elems = g_bytes // itemsize if itemsize else 0
-        donate = owned and elems >= INPLACE_MIN
-        if v.op is None or (v.ref is not None):
-            t = v.ref() if v.ref is not None else None
-            if t is not None and v.op is None:
-                if t.grad is None:
-                    if owned:
-                        holders[g_buf] += 1          # becomes .grad and stays
-                    else:
-                        b = new_buf(g_bytes)
-                        holders[b] += 1
-            if v.op is None:
-                drop(g_buf)
-                st.peak_during = peak
-                st.live_after = live
-                steps.append(st)
-                continue
-            donate = False
-        inner = v.op.inner_peak
-        if inner is not None:                        # a checkpoint recomputes its segment here
-            peak = max(peak, live + inner(v))
-        kinds = v.op.grad_kinds(v, donate) if v.op.grad_kinds is not None else None
-        needs = v.needs
-        outs = []
-        raw_fresh = []
-        dup = kinds is not None and len(kinds) == 2 and kinds[0] == kinds[1] == "g" and needs[0] and needs[1]
-        for i, parent in enumerate(v.parents):
-            if parent is None or not needs[i]:
-                continue
-            kind = kinds[i] if kinds is not None else "fresh"
-            p_bytes = int(np.prod(parent.shape)) * np.dtype(parent.dtype).itemsize
-            if kind in ("g", "view"):
-                b, b_owned = g_buf, (kind == "g" and donate and not dup)
-                holders[b] += 1
-                raw = None
-                raw_bytes = g_bytes if kind == "g" else p_bytes    # a view already has the input's shape
+        g, g_buf, owned = grads.pop(v)
+        donate = may_donate(owned, g)
+        t = v.ref() if v.ref is not None else None
+        if t is not None and t.grad is None:            # a leaf's or retain_grad's first .grad
+            if leaf_keeps(owned):
+                mem.hold(g_buf)                         # .grad is the buffer itself, and stays
             else:
-                raw_bytes = (int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                             if v.op.broadcasting else p_bytes)
-                b = new_buf(raw_bytes)
-                holders[b] += 1
-                raw, b_owned = b, True
-            outs.append((parent, b, b_owned, raw_bytes, p_bytes, raw))
-        for parent, b, b_owned, raw_bytes, p_bytes, raw in outs:
-            if raw_bytes != p_bytes or np.dtype(parent.dtype) != np.dtype(v.dtype):
-                nb = new_buf(p_bytes)                 # unbroadcast sum or dtype cast
-                holders[nb] += 1
-                if raw is not None:
-                    raw_fresh.append(b)               # the raw output dies with the VJP's tuple
-                else:
-                    drop(b)
-                b, b_owned = nb, True
+                mem.new(g.nbytes)                       # a copy
+        if v.op is None:
+            mem.drop(g_buf)
+            _finish_step(st, mem, steps)
+            continue
+        if v.ref is not None:
+            owned = donate = False                      # .grad shares it now
+        if v.op.inner_peak is not None:                 # a checkpoint recomputes its segment here
+            mem.peak = max(mem.peak, mem.live + v.op.inner_peak(v))
+        vjp = v.op.plan_vjp or v.op.vjp
+        raws = vjp(abstract_ns, g, tuple(_abstract(a) for a in v.saved), v, donate)
+        shared = is_shared(raws)
+        raw_buf = {}                                    # id(root) -> buffer, for the VJP's fresh outputs
+        for raw in raws:
+            if raw is not None and raw is not g and root_of(raw) is not g and id(root_of(raw)) not in raw_buf:
+                raw_buf[id(root_of(raw))] = mem.new(root_of(raw).nbytes)     # held by the VJP's tuple
+        for parent, raw, need in zip(v.parents, raws, v.needs):
+            if parent is None or raw is None or not need:
+                continue
+            gi, gi_owned = route(abstract_ns, raw, g, donate, shared, parent, v.op, False)
+            if gi is not raw:
+                b = mem.new(gi.nbytes)                  # summed back to the input's shape, or cast
+            else:
+                b = g_buf if (raw is g or root_of(raw) is g) else raw_buf[id(root_of(raw))]
+                mem.hold(b)
             pg = grads.get(parent)
-            p_elems = p_bytes // max(np.dtype(parent.dtype).itemsize, 1)
             if pg is None:
-                grads[parent] = [b, p_bytes, b_owned]
-                if raw is not None and b == raw:
-                    pass
-            elif p_elems < INPLACE_MIN or (not pg[2] and not b_owned):
-                nb = new_buf(p_bytes)
-                holders[nb] += 1
-                drop(pg[0], held=True)
-                drop(b)
-                grads[parent] = [nb, p_bytes, True]
-            elif pg[2]:
-                drop(b)                               # added into the parent's buffer in place
+                grads[parent] = (gi, b, gi_owned)
+            elif v.op.replaces_grads:
+                mem.drop(pg[1], held=True)
+                grads[parent] = (gi, b, gi_owned)
             else:
-                drop(pg[0], held=True)                # added into ours in place
-                grads[parent] = [b, p_bytes, True]
-        for b in raw_fresh:
-            drop(b)
-        st.peak_during = peak
-        drop(g_buf, held=True)
+                how = combine(pg[0].size, pg[2], gi_owned)
+                if how is INTO_EXISTING:
+                    mem.drop(b)
+                elif how is INTO_INCOMING:
+                    mem.drop(pg[1], held=True)
+                    grads[parent] = (gi, b, True)
+                else:
+                    nb = mem.new(gi.nbytes)
+                    mem.drop(pg[1], held=True)
+                    mem.drop(b)
+                    grads[parent] = (AbstractArray.like(gi), nb, True)
+        for b in raw_buf.values():
+            mem.drop(b)                                 # the VJP's tuple dies
+        st.peak_during = mem.peak
+        mem.drop(g_buf, held=True)
         # saved buffers whose last reader was this step, and that only the graph holds
         freed = 0
         if not keep_all and v.saved is not FREED and v.saved is not None:
@@ -252,16 +247,20 @@ def plan_backward(loss, grad=None):
             for a in v.saved:
                 if isinstance(a, _ndarray):
                     k = id(_root_array(a))
-                    if k in seen:
-                        continue
-                    seen.add(k)
-                    if last.get(k) == step_i and internal.get(k):
-                        freed += sizes[k]
-        live -= freed
+                    if k not in seen:
+                        seen.add(k)
+                        if last.get(k) == step_i and internal.get(k):
+                            freed += sizes[k]
+        mem.live -= freed
         st.frees_saved = freed
-        st.live_after = live
-        steps.append(st)
-    return BackwardPlan(steps, start, peak, last)
+        _finish_step(st, mem, steps)
+    return BackwardPlan(steps, start, mem.peak, last)
+
+
+def _finish_step(st, mem, steps):
+    st.peak_during = max(st.peak_during, mem.peak)
+    st.live_after = mem.live
+    steps.append(st)
 
 
 def predict_backward_peak(loss, grad=None):

@@ -11,8 +11,8 @@ backward; mse_loss is composed from primitives.
 """
 import numpy as np
 
-from ..ops import api, nn as N
-from ..ops.registry import apply
+from ..ops import api, fused as N
+from ..ops.dispatch import apply
 from ..random import default_generator
 from ..tensor import Tensor
 

@@ -1,7 +1,9 @@
-"""The public functions: argument checks and normalisation, then one primitive.
+"""The hand-written public functions: argument checks and normalisation, then
+one primitive; and the composite ops (mean, square, clamp, logsumexp,
+squeeze, ...), written from primitives, with no VJP of their own.
 
-Composite ops (mean, square, clamp, logsumexp, squeeze, ...) are written here
-from primitives and have no VJP of their own.
+Primitives that need no argument handling get a generated function instead
+(gpuad/ops/install.py), which also lands in this module.
 
 Both numpy's and PyTorch's spellings are accepted where they differ
 (axis/dim, keepdims/keepdim, concatenate/cat).
@@ -15,77 +17,20 @@ import builtins
 
 import numpy as np
 
-from . import elementwise as E, linalg as L, nn as N, reduce as R, shape as S
-from .registry import apply, apply1, apply2
+from . import derivatives as D, elementwise as E, fused as N, linalg as L, reduce as R, shape as S
+from .dispatch import apply, apply2
 from ..backends import namespace_of
 from ..tensor import Tensor
+
+# The public names; install.py appends the generated ones.
+__all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "max", "min", "amax", "amin",
+           "mean", "var", "std", "logsumexp", "reshape", "view", "transpose", "permute", "swapaxes",
+           "broadcast_to", "expand", "expand_dims", "unsqueeze", "squeeze", "flatten", "concatenate", "concat",
+           "cat", "stack", "getitem", "matmul", "dot", "softmax", "log_softmax"]
 
 
 def _shape_of(x):
     return x.shape if hasattr(x, "shape") else np.shape(x)
-
-
-def _binary(op):
-    def fn(x, y):
-        return apply2(op, x, y)
-    fn.__name__ = fn.__qualname__ = op.name
-    fn.__doc__ = op.__doc__
-    return fn
-
-
-def _unary(op):
-    def fn(x):
-        return apply1(op, x if isinstance(x, Tensor) else Tensor(x))
-    fn.__name__ = fn.__qualname__ = op.name
-    fn.__doc__ = op.__doc__
-    return fn
-
-
-add = _binary(E.add)
-subtract = _binary(E.subtract)
-multiply = _binary(E.multiply)
-divide = _binary(E.divide)
-maximum = _binary(E.maximum)
-minimum = _binary(E.minimum)
-less = _binary(E.less)
-less_equal = _binary(E.less_equal)
-greater = _binary(E.greater)
-greater_equal = _binary(E.greater_equal)
-equal = _binary(E.equal)
-not_equal = _binary(E.not_equal)
-
-negative = _unary(E.negative)
-exp = _unary(E.exp)
-log = _unary(E.log)
-log1p = _unary(E.log1p)
-sqrt = _unary(E.sqrt)
-abs = _unary(E.abs)  # noqa: A001
-sin = _unary(E.sin)
-cos = _unary(E.cos)
-sinh = _unary(E.sinh)
-cosh = _unary(E.cosh)
-tanh = _unary(E.tanh)
-sigmoid = _unary(E.sigmoid)
-relu = _unary(E.relu)
-erf = _unary(E.erf)
-sign = _unary(E.sign)
-
-# PyTorch spellings
-sub, mul, div, true_divide, neg = subtract, multiply, divide, divide, negative
-lt, le, gt, ge, eq, ne = less, less_equal, greater, greater_equal, equal, not_equal
-
-
-def power(x, p):
-    """x ** p, where p is a number or a tensor.
-
-    >>> import gpuad
-    >>> gpuad.power(gpuad.tensor([2.0, 3.0]), 2).numpy()
-    array([4., 9.], dtype=float32)
-    """
-    return apply2(E.power, x, p)
-
-
-pow = power  # noqa: A001
 
 
 def square(x):
@@ -102,13 +47,13 @@ def gelu(x, approximate="none"):
     """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gpuad.gelu: approximate must be 'none' or 'tanh', not {approximate!r}")
-    return apply(E.gelu, (x,), {"approximate": approximate} if approximate != "none" else None)
+    return apply(D.gelu, (x,), {"approximate": approximate} if approximate != "none" else None)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
     """log(1 + exp(beta x)) / beta; linear above `threshold` (PyTorch's defaults)."""
     params = None if (beta == 1.0 and threshold == 20.0) else {"beta": float(beta), "threshold": float(threshold)}
-    return apply(E.softplus, (x,), params)
+    return apply(D.softplus, (x,), params)
 
 
 def where(cond, x, y):

@@ -12,10 +12,10 @@ bytes move for them. Batch broadcasting is summed back by the engine.
 >>> a.grad.numpy()
 array([[3., 4.]], dtype=float32)
 """
-from .registry import primitive
+from .registry import primitive, OTHER
 
 
-@primitive("matmul", nin=2, save=(0, 1), save_if=(1, 0))
+@primitive("matmul", inputs=("a", "b"), kind=OTHER, retain={"a": "b", "b": "a"}, operator="matmul")
 def matmul(xp, a, b):
     """Matrix product with batch broadcasting; 1-D operands as in numpy."""
     return xp.matmul(a, b)

@@ -14,7 +14,7 @@ array([[0., 1.],
 """
 import builtins
 
-from .registry import primitive
+from .registry import primitive, REDUCTION
 
 
 def normalize_axis(axis, ndim, op):
@@ -46,13 +46,13 @@ def _expand(xp, g, in_shape, axis, keepdims):
     return g
 
 
-@primitive("sum")
+@primitive("sum", kind=REDUCTION)
 def sum(xp, x, axis=None, keepdims=False):  # noqa: A001
     """Sum over `axis` (None: all). Saves nothing."""
     return xp.sum(x, axis=axis, keepdims=keepdims)
 
 
-@sum.defvjp(grad_kinds=lambda node, donate: ("view",))
+@sum.defvjp
 def _sum_vjp(xp, g, saved, node, donate):
     params = node.params or {}
     shape = node.parents[0].shape
@@ -71,19 +71,19 @@ def _extreme_vjp(xp, g, saved, node, donate):
     return (xp.multiply(winners, xp.divide(g, count)),)
 
 
-@primitive("max", save=(0, "out"))
+@primitive("max", kind=REDUCTION, retain={"x": None, "out": None}, vjp_temps=3)
 def max(xp, x, axis=None, keepdims=False):  # noqa: A001
     """Maximum over `axis`; tied maxima share the gradient evenly."""
     return xp.max(x, axis=axis, keepdims=keepdims)
 
 
-max.defvjp(_extreme_vjp, vjp_temps=3)
+max.defvjp(_extreme_vjp)
 
 
-@primitive("min", save=(0, "out"))
+@primitive("min", kind=REDUCTION, retain={"x": None, "out": None}, vjp_temps=3)
 def min(xp, x, axis=None, keepdims=False):  # noqa: A001
     """Minimum over `axis`; tied minima share the gradient evenly."""
     return xp.min(x, axis=axis, keepdims=keepdims)
 
 
-min.defvjp(_extreme_vjp, vjp_temps=3)
+min.defvjp(_extreme_vjp)

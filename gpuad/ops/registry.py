@@ -1,393 +1,188 @@
-"""The primitive registry and apply(): dispatch, record, account.
+"""Primitive declarations: everything about an op, side by side, in one place.
 
-One entry per primitive declares, side by side:
+A primitive is declared once, with its forward as the decorated function:
 
-    fwd(xp, *arrays, **params) -> out            (or (out, aux) with has_aux)
-    vjp(xp, g, saved, node, donate) -> one gradient (or None) per input
-    save      what the VJP reads: input positions and/or "out"
-    save_if   for each saved item, the input whose gradient needs it (None:
-              any); mul saves y only when x needs a gradient, and so on
-    grad_kinds(node, donate)  for the planner: per input, "fresh" (a new
-              buffer), "g" (written into the incoming gradient) or "view" (a
-              view of it); None means all fresh
-    fwd_temps, vjp_temps  full-size temporaries a composite expression writes
-              and reads back, for the traffic model
+    @primitive("multiply", inputs=("x", "y"), kind=BINARY, retain={"y": "x", "x": "y"},
+               method=True, operator="mul")
+    def multiply(xp, x, y):
+        return xp.multiply(x, y)
 
-`saved` reaches the VJP in the order `save` declares, followed by the aux
-arrays, with None where save_if pruned an item. `donate` tells the VJP it may
-overwrite `g` (the engine owns it and nobody reads it afterwards), so it can
-write its result there instead of allocating.
+    @multiply.defvjp
+    def _(xp, g, saved, node, donate): ...
 
->>> import numpy as np, gpuad
+What the declaration carries:
+
+    inputs      names of the array inputs, in order ("*" at the end: any number)
+    kind        UNARY (elementwise, keeps shape and dtype), BINARY (broadcasting
+                elementwise), REDUCTION, SHAPE (views and index ops), FUSED
+                (several ops in one kernel), OTHER
+    retain      what the VJP reads, by name: {saved item: the input whose gradient
+                needs it, or None for always}. Items are input names or "out".
+                `saved` reaches the VJP in this order, then the forward's aux
+                arrays (has_aux), with None where an item was not needed.
+    fwd_temps, vjp_temps   full-size temporaries the forward and the VJP write
+                and read back: the traffic model's count
+    method, operator, export   what the installer generates (gpuad/ops/install.py):
+                a Tensor method, the operator dunders, a gpuad.<name> function
+    domain      (lo, hi): where the op is smooth, for the generated gradcheck case
+    kernels     per provider ("triton", "cupy"): (forward, backward) replacing the
+                generic code on that provider's arrays (register_kernel)
+
+The shape-and-dtype rule is the forward itself run on abstract arrays
+(`Primitive.abstract`, see abstract.py): it cannot disagree with the code.
+
+`donate` tells the VJP it may overwrite `g` (the engine owns it and nobody
+reads it afterwards; see gpuad/accumulate.py), so it writes its result there
+instead of allocating. The planner learns which gradients are written into
+`g`, which are views of it and which are fresh by running the same VJP on
+abstract arrays: nothing about it is declared twice.
+
 >>> from gpuad.ops.registry import REGISTRY
->>> REGISTRY["tanh"].save
-('out',)
->>> REGISTRY["multiply"].plan((True, False))    # x needs a grad: keep y only
-(-2, 1)
+>>> REGISTRY["tanh"].retain
+{'out': None}
+>>> REGISTRY["multiply"].saves((True, False))      # only x needs a gradient: keep y
+('y',)
+>>> import numpy as np
+>>> from gpuad.ops.abstract import AbstractArray
+>>> REGISTRY["matmul"].abstract(AbstractArray((5, 3), "float32"), AbstractArray((3, 2), "float32"))
+AbstractArray((5, 2), float32)
 """
-from operator import itemgetter
-
-import numpy as np
-
-from .. import graph
-from ..backends import namespace_of, numpy_ns
-from ..backends.devices import is_out_of_memory, out_of_memory
-from ..graph import Node, _Mode
-
 REGISTRY = {}
 
-_OUT, _SKIP = -1, -2
-_ndarray = np.ndarray
+UNARY, BINARY, REDUCTION, SHAPE, FUSED, OTHER = "unary", "binary", "reduction", "shape", "fused", "other"
+KINDS = (UNARY, BINARY, REDUCTION, SHAPE, FUSED, OTHER)
+
+OUT, UNUSED = -1, -2          # saved-item sources besides input positions
+
+
+class Kernel:
+    """A provider's forward and backward for one primitive.
+
+    Both take the generic code's arguments; returning None declines (an
+    unsupported dtype, say), and the generic code runs instead.
+    """
+    __slots__ = ("forward", "backward")
+
+    def __init__(self, forward, backward):
+        self.forward, self.backward = forward, backward
 
 
 class Primitive:
-    """A differentiable (or explicitly non-differentiable) operation."""
+    """A differentiable (or explicitly non-differentiable) operation; see the module docstring."""
 
-    __slots__ = ("name", "fwd", "vjp", "save", "save_if", "nin", "differentiable",
-                 "has_aux", "keeps_shape", "broadcasting", "grad_kinds", "fwd_temps", "vjp_temps", "replaces_grads",
-                 "inner_peak",
-                 "_plans", "_savers", "_saver1", "__name__", "__wrapped__", "__dict__")
+    __slots__ = ("name", "fwd", "vjp", "inputs", "nin", "retain", "kind", "elementwise", "differentiable",
+                 "has_aux", "fwd_temps", "vjp_temps", "method", "operator", "export", "domain", "kernels",
+                 "plan_vjp", "replaces_grads", "inner_peak", "_sources", "_conditions", "_savers",
+                 "__name__", "__wrapped__", "__dict__")
 
-    def __init__(self, name, fwd, nin, save=(), save_if=None, differentiable=True, has_aux=False):
+    def __init__(self, name, fwd, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
+                 fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None):
         if name in REGISTRY:
             raise ValueError(f"gpuad: primitive {name!r} is registered twice")
+        if kind not in KINDS:
+            raise ValueError(f"gpuad: {name}: kind must be one of {KINDS}, not {kind!r}")
         self.name = name
         self.fwd = fwd
         self.vjp = None
-        self.save = tuple(save)
-        self.save_if = tuple(save_if) if save_if is not None else (None,) * len(self.save)
-        if len(self.save_if) != len(self.save):
-            raise ValueError(f"gpuad: {name}: save_if must match save item for item")
-        self.nin = nin
+        self.inputs = tuple(inputs)
+        variadic = self.inputs[-1:] == ("*",)
+        self.nin = -1 if variadic else len(self.inputs)
+        self.retain = dict(retain or {})
+        self.kind = kind
+        # Unary elementwise: a gradient has its input's shape and dtype already,
+        # so the engine skips the unbroadcast and cast checks (the hot path).
+        self.elementwise = kind == UNARY
         self.differentiable = differentiable
         self.has_aux = has_aux
-        self._plans = {}
+        self.fwd_temps, self.vjp_temps = fwd_temps, vjp_temps
+        self.method, self.operator, self.export, self.domain = method, operator, export, domain
+        self.kernels = {}
+        self.plan_vjp = None        # the planner's stand-in for a VJP it cannot run abstractly
+        self.replaces_grads = False  # a VJP that continues its inputs' pending sums (checkpoint)
+        self.inner_peak = None       # bytes the VJP itself holds at once (checkpoint), for the planner
+        position = {n: i for i, n in enumerate(self.inputs) if n != "*"}
+        for item, cond in self.retain.items():
+            for n in (item, cond):
+                if n is not None and n != "out" and n not in position:
+                    raise ValueError(f"gpuad: {name}: retain names {n!r}, which is not an input of {self.inputs}")
+        self._sources = tuple(OUT if item == "out" else position[item] for item in self.retain)
+        self._conditions = tuple(None if c is None else position[c] for c in self.retain.values())
         self._savers = {}
-        self._saver1 = None
-        # Unary elementwise: the gradient has the input's shape and dtype, so the
-        # engine can skip its unbroadcast and cast checks.
-        self.keeps_shape = False
-        # Binary elementwise: VJP outputs have the broadcast output's shape.
-        self.broadcasting = False
-        self.grad_kinds = None
-        # A VJP that continues the accumulation of its inputs' pending gradients
-        # returns totals that replace them (gpuad.checkpoint does).
-        self.replaces_grads = False
-        self.inner_peak = None        # planner hook: bytes the VJP itself holds (checkpoint)
-        self.fwd_temps = 0
-        self.vjp_temps = 0
         self.__doc__ = fwd.__doc__
         self.__name__ = name
         self.__wrapped__ = fwd
         REGISTRY[name] = self
+        from . import install
+        install.announce(self)
 
-    def defvjp(self, vjp=None, *, grad_kinds=None, vjp_temps=0):
-        """Attach the VJP (a decorator right under the forward), with what the
-        planner and the traffic model need to know about it."""
-        def attach(fn):
-            self.vjp = fn
-            if grad_kinds is not None:
-                self.grad_kinds = grad_kinds
-            self.vjp_temps = vjp_temps
-            return fn
-        return attach(vjp) if vjp is not None else attach
+    # -- the declaration's parts --------------------------------------------------
+
+    def defvjp(self, vjp):
+        """Attach the VJP (a decorator right under the forward)."""
+        self.vjp = vjp
+        return vjp
+
+    def register_kernel(self, provider, forward, backward=None):
+        """Run `forward`/`backward` instead of the generic code on `provider`'s arrays.
+
+        >>> from gpuad.ops.registry import REGISTRY
+        >>> sorted(REGISTRY["linear_tanh"].kernels)
+        ['cupy', 'triton']
+        """
+        self.kernels[provider] = Kernel(forward, backward)
 
     def plan(self, needs):
-        """Saved-item positions for one pattern of needed gradients.
+        """Saved-item sources for one pattern of needed gradients: an input
+        position, OUT, or UNUSED (an item no needed gradient reads)."""
+        return tuple(UNUSED if (c is not None and not needs[c]) else s
+                     for s, c in zip(self._sources, self._conditions))
 
-        An int >= 0 is an input, -1 the output, -2 an item nobody will read.
-        """
-        plan = self._plans.get(needs)
-        if plan is None:
-            plan = tuple(
-                _SKIP if (cond is not None and not needs[cond]) else (_OUT if item == "out" else item)
-                for item, cond in zip(self.save, self.save_if))
-            self._plans[needs] = plan
-        return plan
+    def saves(self, needs):
+        """The names of what a node with these needs keeps."""
+        return tuple(n for n, s in zip(self.retain, self.plan(needs)) if s != UNUSED)
 
     def saver(self, needs):
-        """A function (x, y, out) -> the saved tuple, for the unary and binary fast paths."""
+        """A function (arrays, out) -> the saved tuple, built once per needs pattern."""
         fn = self._savers.get(needs)
         if fn is None:
-            fn = self._make_saver(needs)
-            self._savers[needs] = fn
-            if needs == (True,):
-                self._saver1 = fn
+            fn = self._savers[needs] = _make_saver(self.plan(needs))
         return fn
 
-    def _make_saver(self, needs):
-        # src is (x, y, out, None): positions 0-1 are inputs, 2 the output, 3 nothing
-        ks = tuple(i if i >= 0 else (2 if i == _OUT else 3) for i in self.plan(needs))
-        if not ks:
-            return _save_nothing
-        if len(ks) == 1:
-            k = ks[0]
-            return (lambda src: (src[0],)) if k == 0 else (lambda src: (src[2],)) if k == 2 else \
-                (lambda src, k=k: (src[k],))
-        return itemgetter(*ks)
+    def abstract(self, *avals, **params):
+        """The shape-and-dtype rule: the forward on abstract arrays (see abstract.py).
+        Returns an AbstractArray, or (out, aux) for primitives with aux."""
+        from .abstract import abstract_ns
+        return self.fwd(abstract_ns, *avals, **params)
 
     def __call__(self, *args, **params):
+        from .dispatch import apply
         return apply(self, args, params)
 
     def __repr__(self):
         return f"<primitive {self.name}>"
 
 
-def _save_nothing(src):
-    return ()
+def _make_saver(plan):
+    # Specialised for the common one- and two-item plans: this runs on every recorded op.
+    if not plan:
+        return lambda arrays, out: ()
+    if len(plan) == 1:
+        k = plan[0]
+        if k == OUT:
+            return lambda arrays, out: (out,)
+        if k == UNUSED:
+            return lambda arrays, out: (None,)
+        return lambda arrays, out: (arrays[k],)
+    return lambda arrays, out: tuple([out if k == OUT else None if k == UNUSED else arrays[k] for k in plan])
 
 
-def primitive(name, nin=1, save=(), save_if=None, differentiable=True, has_aux=False):
-    """Register the decorated forward as primitive `name`."""
+def primitive(name, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
+              fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None):
+    """Declare the decorated forward as primitive `name` (see the module docstring)."""
     def deco(fwd):
-        return Primitive(name, fwd, nin, save, save_if, differentiable, has_aux)
+        return Primitive(name, fwd, inputs, kind, retain, differentiable, has_aux, fwd_temps, vjp_temps,
+                         method, operator, export, domain)
     return deco
-
-
-def apply(op, args, params):
-    """Run `op` on Tensors and constants; record a node if any input is BLACK.
-
-    The general path (any arity, with params). Tensor operators take the
-    unary and binary fast paths below, which do the same work inline.
-    """
-    arrays = []
-    parents = []
-    black = False
-    xp = None
-    for a in args:
-        if isinstance(a, Tensor):
-            data = a.data
-            arrays.append(data)
-            node = a._node
-            parents.append(node)
-            if node is not None:
-                black = True
-            if xp is None:
-                xp = numpy_ns if type(data) is _ndarray else namespace_of(data)
-        else:
-            arrays.append(a)
-            parents.append(None)
-    if xp is None:
-        xp = numpy_ns
-    elif xp is not numpy_ns:
-        _check_devices(op, args, arrays)
-    try:
-        out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise out_of_memory(e, op.name) from None
-        raise
-    if op.has_aux:
-        out, aux = out
-    if type(out) is not _ndarray and xp is numpy_ns:
-        out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
-    acct = _acct.active
-    if acct is not None:
-        account_forward(acct, op, arrays, out, aux if op.has_aux else ())
-    t = _new(Tensor)
-    t.data = out
-    t.grad = None
-    if not (black and op.differentiable and out.dtype.kind == "f"):
-        t._node = None
-        return t
-    if not _Mode.enabled:
-        if _Mode.special is None:
-            t._node = None
-            return t
-        parents = _special_parents(op, parents)
-        if parents is None:
-            t._node = None
-            return t
-    t._node = _record(op, parents, arrays, out, params or None, aux if op.has_aux else ())
-    return t
-
-
-def _record(op, parents, arrays, out, params, aux):
-    """The node of one recorded op: what it saves follows its plan for these needs."""
-    needs = tuple([p is not None for p in parents])
-    plan = op.plan(needs)
-    saved = tuple([arrays[i] if i >= 0 else (out if i == _OUT else None) for i in plan]) + tuple(aux)
-    return Node(op, tuple(parents), saved, params, needs, out.shape, out.dtype)
-
-
-_NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
-
-
-def apply1(op, x):
-    """apply() for one Tensor input and no params: the per-op hot path."""
-    xd = x.data
-    xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
-    try:
-        out = op.fwd(xp, xd)
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise out_of_memory(e, op.name) from None
-        raise
-    if type(out) is not _ndarray and xp is numpy_ns:
-        out = np.asarray(out)
-    if _acct.active is not None:
-        account_forward(_acct, op, (xd,), out, ())
-    t = _new(Tensor)
-    t.data = out
-    t.grad = None
-    xn = x._node
-    if xn is None or not op.differentiable:
-        t._node = None
-        return t
-    if not _Mode.enabled:
-        if _Mode.special is None:
-            t._node = None
-            return t
-        return _record_special(op, (x,), (xd,), out, t)
-    saver = op._saver1 or op.saver(_TRUE1)
-    # Node(...) inlined (as in apply2): the most frequent allocation in the library,
-    # and the constructor call alone costs 0.1 us of a 1 us op.
-    t._node = n = _new(Node)
-    n.op = op
-    n.parents = (xn,)
-    n.saved = saver((xd, None, out, None))
-    n.params = None
-    n.needs = _TRUE1
-    n.index = _next_index()
-    n.shape = out.shape
-    n.dtype = out.dtype
-    n.grad = n.extra = None          # (owned is set by backward together with grad)
-    return t
-
-
-_TRUE1 = (True,)
-
-
-def apply2(op, x, y):
-    """apply() for two inputs (Tensors or constants) and no params."""
-    if isinstance(x, Tensor):
-        xd, xn = x.data, x._node
-        first = xd
-    else:
-        xd, xn = x, None
-        first = None
-    if isinstance(y, Tensor):
-        yd, yn = y.data, y._node
-        if first is None:
-            first = yd
-    else:
-        yd, yn = y, None
-    if type(first) is _ndarray:
-        xp = numpy_ns
-    else:
-        xp = namespace_of(first) if first is not None else numpy_ns
-        if xp is not numpy_ns:
-            _check_devices(op, (x, y), (xd, yd))
-    try:
-        out = op.fwd(xp, xd, yd)
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise out_of_memory(e, op.name) from None
-        if not isinstance(e, (ValueError, TypeError)):
-            raise
-        _check_devices(op, (x, y), (xd, yd))        # a CPU and a GPU operand: say so
-        if isinstance(e, TypeError):
-            raise
-        raise _binary_error(op, xd, yd, e) from None
-    if type(out) is not _ndarray and xp is numpy_ns:
-        out = np.asarray(out)
-    if _acct.active is not None:
-        account_forward(_acct, op, (xd, yd), out, ())
-    t = _new(Tensor)
-    t.data = out
-    t.grad = None
-    # (A BLACK input is floating point, so a differentiable binary op's output is too.)
-    if (xn is None and yn is None) or not op.differentiable:
-        t._node = None
-        return t
-    if not _Mode.enabled:
-        if _Mode.special is None:
-            t._node = None
-            return t
-        return _record_special(op, (x, y), (xd, yd), out, t)
-    needs = _NEEDS2[(xn is not None) * 2 + (yn is not None)]
-    saver = op._savers.get(needs) or op.saver(needs)
-    t._node = n = _new(Node)
-    n.op = op
-    n.parents = (xn, yn)
-    n.saved = saver((xd, yd, out, None))
-    n.params = None
-    n.needs = needs
-    n.index = _next_index()
-    n.shape = out.shape
-    n.dtype = out.dtype
-    n.grad = n.extra = None          # (owned is set by backward together with grad)
-    return t
-
-
-def _special_parents(op, parents):
-    """Inside gpuad.checkpoint: capture the BLACK inputs (first run, returns None:
-    record nothing), or map outer nodes to local leaves (recompute)."""
-    sp = _Mode.special
-    mapped = [None if p is None else sp.map(p) for p in parents]
-    if sp.capture is not None:
-        for p in mapped:
-            if p is not None and p not in sp.capture:
-                sp.capture.append(p)
-        return None
-    if not sp.record:
-        return None
-    for p in mapped:
-        if p is not None and p.index < sp.start:
-            raise RuntimeError(
-                f"gpuad.checkpoint: while recomputing, {op.name} read a tensor that requires grad "
-                f"(node #{p.index}) which the first run did not read: the checkpointed function is not "
-                f"deterministic in which tensors it uses, so its gradients would be wrong")
-    return mapped
-
-
-def _record_special(op, args, arrays, out, t):
-    """The unary and binary fast paths hand off here inside gpuad.checkpoint."""
-    parents = _special_parents(op, [a._node if isinstance(a, Tensor) else None for a in args])
-    t._node = None if parents is None else _record(op, parents, arrays, out, None, ())
-    return t
-
-
-def _binary_error(op, xd, yd, err):
-    sx, sy = tuple(getattr(xd, "shape", ())), tuple(getattr(yd, "shape", ()))
-    if op.name == "matmul":
-        return ValueError(f"gpuad.matmul: shapes {sx} and {sy} are not aligned ({err})")
-    return ValueError(f"gpuad.{op.name}: shapes {sx} and {sy} do not broadcast "
-                      f"(trailing dimensions must match or be 1)")
-
-
-def account_forward(acct, op, arrays, out, aux):
-    """Traffic and allocations of one forward op (only while accounting is on).
-
-    A view of an input (reshape, transpose, basic indexing) moves no bytes
-    and allocates nothing.
-    """
-    read = 0
-    owners = set()
-    for a in arrays:
-        n = getattr(a, "nbytes", None)
-        if n is not None and hasattr(a, "base"):
-            read += n
-            owners.add(id(owner_of(a)))
-    if id(owner_of(out)) in owners and not aux:
-        acct.traffic(op.name, 0, 0)
-    else:
-        n_out = out.nbytes
-        extra = op.fwd_temps * n_out
-        acct.traffic(op.name, read + extra, n_out + sum(a.nbytes for a in aux) + extra)
-        for a in (out,) + tuple(aux):
-            if id(owner_of(a)) not in owners:
-                acct.alloc(a, op.name)
-    acct.mark(op.name)
-
-
-def _check_devices(op, args, arrays):
-    from ..backends import device_of
-    devices = {device_of(a) for a in arrays if hasattr(a, "shape") and not isinstance(a, np.generic)}
-    if len(devices) > 1:
-        shapes = ", ".join(f"{device_of(a)}:{tuple(a.shape)}" for a in arrays if hasattr(a, "shape"))
-        raise RuntimeError(f"gpuad.{op.name}: inputs live on different devices ({shapes}); "
-                           f"move them with .to('cuda') or .cpu() first")
 
 
 def call(op, xp, *args, **params):
@@ -397,13 +192,6 @@ def call(op, xp, *args, **params):
     differentiable under create_graph=True.
     """
     if xp.name == "tensor":
-        return apply(op, args, params)
+        return op(*args, **params)
     out = op.fwd(xp, *args, **params)
     return out[0] if op.has_aux else out
-
-
-from ..tensor import Tensor  # noqa: E402  (Tensor's methods call into ops)
-from ..memory.accounting import accountant as _acct, owner_of  # noqa: E402
-
-_new = object.__new__
-_next_index = graph._next_index

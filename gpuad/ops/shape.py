@@ -13,43 +13,43 @@ array([[10.,  0., 10.]], dtype=float32)
 """
 import numpy as np
 
-from .registry import primitive, call
+from .registry import primitive, call, SHAPE
 
 
-@primitive("reshape")
+@primitive("reshape", kind=SHAPE)
 def reshape(xp, x, shape):
     """x with a new shape of the same size (a view when possible)."""
     return xp.reshape(x, shape)
 
 
-@reshape.defvjp(grad_kinds=lambda node, donate: ("view",))
+@reshape.defvjp
 def _reshape_vjp(xp, g, saved, node, donate):
     return (xp.reshape(g, node.parents[0].shape),)
 
 
-@primitive("transpose")
+@primitive("transpose", kind=SHAPE)
 def transpose(xp, x, axes):
     """Permute the axes of x (`axes` is a full permutation)."""
     return xp.transpose(x, axes)
 
 
-@transpose.defvjp(grad_kinds=lambda node, donate: ("view",))
+@transpose.defvjp
 def _transpose_vjp(xp, g, saved, node, donate):
     return (xp.transpose(g, tuple(np.argsort(node.params["axes"]).tolist())),)
 
 
-@primitive("broadcast_to")
+@primitive("broadcast_to", kind=SHAPE)
 def broadcast_to(xp, x, shape):
     """A read-only broadcast view; the engine sums the gradient back."""
     return xp.broadcast_to(x, shape)
 
 
-@broadcast_to.defvjp(grad_kinds=lambda node, donate: ("g",))
+@broadcast_to.defvjp
 def _broadcast_to_vjp(xp, g, saved, node, donate):
     return (g,)  # the engine's unbroadcast reduces it to the input's shape
 
 
-@primitive("getitem")
+@primitive("getitem", kind=SHAPE)
 def getitem(xp, x, index, unique=True):
     """x[index]: ints, slices, None, Ellipsis, integer arrays, boolean masks."""
     return x[index]
@@ -62,24 +62,24 @@ def _getitem_vjp(xp, g, saved, node, donate):
                  unique=params["unique"]),)
 
 
-@primitive("scatter_add")
+@primitive("scatter_add", inputs=("g",), kind=SHAPE)
 def scatter_add(xp, g, shape, index, unique=True):
     """zeros(shape) with g added at index: the VJP of getitem, itself differentiable."""
     return xp.scatter_add(g, shape, index, unique)
 
 
-@scatter_add.defvjp(grad_kinds=lambda node, donate: ("view",) if _basic(node.params["index"]) else ("fresh",))
+@scatter_add.defvjp
 def _scatter_add_vjp(xp, gg, saved, node, donate):
     return (xp.getitem(gg, node.params["index"]),)
 
 
-@primitive("concatenate", nin=-1)
+@primitive("concatenate", inputs=("*",), kind=SHAPE)
 def concatenate(xp, *xs, axis=0, sizes=None):
     """Join tensors along an existing axis. `sizes` (per input, along axis) is for the VJP."""
     return xp.concatenate(xs, axis=axis)
 
 
-@concatenate.defvjp(grad_kinds=lambda node, donate: ("view",) * len(node.needs))
+@concatenate.defvjp
 def _concatenate_vjp(xp, g, saved, node, donate):
     axis, sizes = node.params["axis"], node.params["sizes"]
     grads, start = [], 0
@@ -90,22 +90,16 @@ def _concatenate_vjp(xp, g, saved, node, donate):
     return tuple(grads)
 
 
-@primitive("stack", nin=-1)
+@primitive("stack", inputs=("*",), kind=SHAPE)
 def stack(xp, *xs, axis=0):
     """Join tensors of one shape along a new axis."""
     return xp.stack(xs, axis=axis)
 
 
-@stack.defvjp(grad_kinds=lambda node, donate: ("view",) * len(node.needs))
+@stack.defvjp
 def _stack_vjp(xp, g, saved, node, donate):
     lead = (slice(None),) * node.params["axis"]
     return tuple(xp.getitem(g, lead + (i,)) if need else None for i, need in enumerate(node.needs))
-
-
-def _basic(index):
-    """Only ints, slices, None and Ellipsis: x[index] is a view."""
-    items = index if isinstance(index, tuple) else (index,)
-    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
 
 
 def selects_each_once(index):

@@ -1,4 +1,11 @@
-"""Fused primitives with their own backward: softmax and log_softmax.
+"""Fused primitives with their own backward: softmax, log_softmax, linear with
+an activation, softmax cross-entropy, dropout.
+
+Op bodies here are the generic xp code; GPU providers register their own
+kernels for these primitives (gpuad/backends/fused_kernels.py), chosen by
+apply() from the arrays' device.
+
+softmax and log_softmax
 
 Both save only their output (N elements) and subtract the row max first, so
 exp never overflows. Forward: read N, write N (plus one N temporary for the
@@ -11,20 +18,20 @@ array([[0.09  , 0.2447, 0.6652]], dtype=float32)
 """
 import sys
 
-from ..backends.kernels import provider_for
 from ..graph import FREED
-from .registry import primitive
+from .registry import primitive, FUSED
 from .elementwise import _tmp
+from .derivatives import _gelu, _gelu_d, _sigmoid
 
 
-@primitive("softmax", save=("out",))
+@primitive("softmax", kind=FUSED, retain={"out": None}, fwd_temps=2, vjp_temps=1)
 def softmax(xp, x, axis=-1):
     """exp(x) / sum(exp(x)) along `axis`."""
     e = xp.exp(xp.subtract(x, xp.max(x, axis=axis, keepdims=True)))
     return xp.divide(e, xp.sum(e, axis=axis, keepdims=True), out=e)
 
 
-@softmax.defvjp(grad_kinds=lambda node, donate: ("g",) if donate else ("fresh",), vjp_temps=1)
+@softmax.defvjp
 def _softmax_vjp(xp, g, saved, node, donate):
     (y,) = saved
     axis = node.params["axis"]
@@ -33,7 +40,7 @@ def _softmax_vjp(xp, g, saved, node, donate):
     return (xp.multiply(d, y, out=_tmp(d)),)
 
 
-@primitive("log_softmax", save=("out",))
+@primitive("log_softmax", kind=FUSED, retain={"out": None}, fwd_temps=2, vjp_temps=1)
 def log_softmax(xp, x, axis=-1):
     """x - log(sum(exp(x))) along `axis`, stable for large x."""
     shifted = xp.subtract(x, xp.max(x, axis=axis, keepdims=True))
@@ -41,7 +48,7 @@ def log_softmax(xp, x, axis=-1):
     return xp.subtract(shifted, lse, out=shifted)
 
 
-@log_softmax.defvjp(grad_kinds=lambda node, donate: ("g",) if donate else ("fresh",), vjp_temps=1)
+@log_softmax.defvjp
 def _log_softmax_vjp(xp, g, saved, node, donate):
     (y,) = saved
     axis = node.params["axis"]
@@ -100,41 +107,25 @@ def _linear_grads(xp, dz, x, w, needs):
     return gx, gw, gb
 
 
-def _fused_forward(xp, x, w, b, activation):
-    """(Y, Z or None) from the kernel provider for this device, or None for the generic code."""
-    k = provider_for(xp)
-    return k.linear_forward(xp, x, w, b, activation) if k is not None else None
+_LINEAR = dict(inputs=("x", "w", "b"), kind=FUSED)
+_KEEP_XW = {"x": "w", "w": "x"}
 
 
-def _fused_backward(xp, g, x, w, s, activation, node):
-    k = provider_for(xp)
-    if k is None:
-        return None
-    x_shape = node.parents[0].shape if node.needs[0] else None
-    w_shape = (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
-    return k.linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
-
-
-@primitive("linear", nin=3, save=(0, 1), save_if=(1, 0))
+@primitive("linear", retain=_KEEP_XW, fwd_temps=1, **_LINEAR)
 def linear(xp, x, w, b):
     """X W^T + b (b may be None)."""
-    fused = _fused_forward(xp, x, w, b, None)
-    return fused[0] if fused is not None else _affine(xp, x, w, b)
+    return _affine(xp, x, w, b)
 
 
 @linear.defvjp
 def _linear_vjp(xp, g, saved, node, donate):
     x, w = saved
-    fused = _fused_backward(xp, g, x, w, None, None, node)
-    return fused if fused is not None else _linear_grads(xp, g, x, w, node.needs)
+    return _linear_grads(xp, g, x, w, node.needs)
 
 
-@primitive("linear_tanh", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+@primitive("linear_tanh", retain=dict(_KEEP_XW, out=None), fwd_temps=2, vjp_temps=2, **_LINEAR)
 def linear_tanh(xp, x, w, b):
     """tanh(X W^T + b), computed in the GEMM's output buffer."""
-    fused = _fused_forward(xp, x, w, b, "tanh")
-    if fused is not None:
-        return fused[0]
     z = _affine(xp, x, w, b)
     return xp.tanh(z, out=z)
 
@@ -147,12 +138,9 @@ def dies_here(a, node, refs):
     return node.saved is FREED and type(a).__module__ == "numpy" and sys.getrefcount(a) - 2 <= refs
 
 
-@linear_tanh.defvjp(vjp_temps=2)
+@linear_tanh.defvjp
 def _linear_tanh_vjp(xp, g, saved, node, donate):
     x, w, y = saved
-    fused = _fused_backward(xp, g, x, w, y, "tanh", node)
-    if fused is not None:
-        return fused
     # 1 - y^2 needs an MN scratch buffer; when y dies here, y itself is that
     # buffer (2 in-place passes, no allocation, one activation less at the peak).
     # References to y: the saved tuple and the local name.
@@ -163,20 +151,15 @@ def _linear_tanh_vjp(xp, g, saved, node, donate):
     return _linear_grads(xp, dz, x, w, node.needs)
 
 
-@primitive("linear_sigmoid", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+@primitive("linear_sigmoid", retain=dict(_KEEP_XW, out=None), fwd_temps=7, vjp_temps=2, **_LINEAR)
 def linear_sigmoid(xp, x, w, b):
     """sigmoid(X W^T + b)."""
-    from .elementwise import _sigmoid
-    fused = _fused_forward(xp, x, w, b, "sigmoid")
-    return fused[0] if fused is not None else _sigmoid(xp, _affine(xp, x, w, b))
+    return _sigmoid(xp, _affine(xp, x, w, b))
 
 
-@linear_sigmoid.defvjp(vjp_temps=2)
+@linear_sigmoid.defvjp
 def _linear_sigmoid_vjp(xp, g, saved, node, donate):
     x, w, y = saved
-    fused = _fused_backward(xp, g, x, w, y, "sigmoid", node)
-    if fused is not None:
-        return fused
     if donate and dies_here(y, node, refs=2):      # g y (1 - y), in place in g and y
         dz = xp.multiply(g, y, out=g)
         return _linear_grads(xp, xp.multiply(dz, xp.subtract(1.0, y, out=y), out=dz), x, w, node.needs)
@@ -186,12 +169,9 @@ def _linear_sigmoid_vjp(xp, g, saved, node, donate):
     return _linear_grads(xp, dz, x, w, node.needs)
 
 
-@primitive("linear_relu", nin=3, save=(0, 1, "out"), save_if=(1, 0, None))
+@primitive("linear_relu", retain=dict(_KEEP_XW, out=None), fwd_temps=2, **_LINEAR)
 def linear_relu(xp, x, w, b):
     """max(X W^T + b, 0), in place on the GEMM's output."""
-    fused = _fused_forward(xp, x, w, b, "relu")
-    if fused is not None:
-        return fused[0]
     z = _affine(xp, x, w, b)
     return xp.maximum(z, 0, out=z)
 
@@ -199,9 +179,6 @@ def linear_relu(xp, x, w, b):
 @linear_relu.defvjp
 def _linear_relu_vjp(xp, g, saved, node, donate):
     x, w, y = saved
-    fused = _fused_backward(xp, g, x, w, y, "relu", node)
-    if fused is not None:
-        return fused
     if donate and dies_here(y, node, refs=2):      # sign(y) is the 0/1 mask, written into y
         dz = xp.multiply(g, xp.sign(y, out=y), out=g)
         return _linear_grads(xp, dz, x, w, node.needs)
@@ -209,39 +186,22 @@ def _linear_relu_vjp(xp, g, saved, node, donate):
     return _linear_grads(xp, dz, x, w, node.needs)
 
 
-@primitive("linear_gelu", nin=3, save=(0, 1, 2), has_aux=True)
+@primitive("linear_gelu", retain={"x": None, "w": None, "b": None}, has_aux=True, fwd_temps=7, vjp_temps=8,
+           **_LINEAR)
 def linear_gelu(xp, x, w, b):
     """gelu(X W^T + b) (exact, erf); saves the pre-activation Z as aux."""
-    from .elementwise import gelu
-    fused = _fused_forward(xp, x, w, b, "gelu")
-    if fused is not None:
-        return fused[0], (fused[1],)
     z = _affine(xp, x, w, b)
-    return gelu.fwd(xp, z), (z,)
+    return _gelu(xp, z), (z,)
 
 
-@linear_gelu.defvjp(vjp_temps=8)
+@linear_gelu.defvjp
 def _linear_gelu_vjp(xp, g, saved, node, donate):
-    from .elementwise import _gelu_vjp
     x, w, b, z = saved
-    fused = _fused_backward(xp, g, x, w, z, "gelu", node)
-    if fused is not None:
-        return fused
     if xp.name == "tensor":       # recompute Z from the wired inputs, so it is differentiable
         z = _affine(xp, x, w, b)
-    (dz,) = _gelu_vjp(xp, g, (z,), _NoParams, donate)
+    dz = xp.multiply(g, _gelu_d(xp, z), out=g if donate else None)
     return _linear_grads(xp, dz, x, w, node.needs)
 
-
-class _NoParams:
-    params = None
-
-
-# forward: bias add and activation each read and rewrite the MN output once
-linear.fwd_temps = 1
-linear_tanh.fwd_temps = linear_relu.fwd_temps = 2
-linear_sigmoid.fwd_temps, linear_gelu.fwd_temps = 7, 7
-softmax.fwd_temps = log_softmax.fwd_temps = 2
 
 LINEAR_PRIMITIVES = {None: linear, "tanh": linear_tanh, "sigmoid": linear_sigmoid,
                      "relu": linear_relu, "gelu": linear_gelu}
@@ -254,61 +214,51 @@ LINEAR_PRIMITIVES = {None: linear, "tanh": linear_tanh, "sigmoid": linear_sigmoi
 # targets and the per-row log-sum-exp (N floats), not the NC probabilities:
 # backward rebuilds them in its one pass, dlogits = (exp(logits - lse) - onehot) g.
 
-@primitive("cross_entropy", nin=2, save=(0, 1), has_aux=True)
-def cross_entropy(xp, logits, target, reduction="mean"):
-    """-log softmax(logits)[target] per row, then mean, sum or none."""
-    k = provider_for(xp)
-    fused = k.cross_entropy_forward(xp, logits, target) if k is not None else None
-    if fused is not None:
-        losses, lse = fused
-        losses = losses.astype(logits.dtype)
-        out = xp.divide(xp.sum(losses), logits.shape[0]) if reduction == "mean" else (
-            xp.sum(losses) if reduction == "sum" else losses)
-        return out, (xp.reshape(lse.astype(logits.dtype), (-1, 1)),)
+def cross_entropy_rows(xp, logits, target):
+    """Per-row losses and the row log-sum-exp (N, 1) of the generic code."""
     # Work on logits - max: the target's term is then exact where it is the max,
     # so a small loss keeps its relative precision (lse - x_t would cancel).
     m = xp.max(logits, axis=-1, keepdims=True)
     shifted = xp.subtract(logits, m)
     s = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-    picked = shifted[xp.arange(logits.shape[0]), target]
-    losses = xp.subtract(s[:, 0], picked)
-    lse = xp.add(s, m, out=s)
+    picked = xp.getitem(shifted, (xp.arange(logits.shape[0]), target))
+    losses = xp.subtract(xp.getitem(s, (slice(None), 0)), picked)
+    return losses, xp.add(s, m, out=s)
+
+
+def reduce_losses(xp, losses, reduction, n):
+    """mean, sum or none over per-row losses."""
     if reduction == "mean":
-        out = xp.divide(xp.sum(losses), logits.shape[0])
-    elif reduction == "sum":
-        out = xp.sum(losses)
-    else:
-        out = losses
-    return out, (lse,)
+        return xp.divide(xp.sum(losses), n)
+    return xp.sum(losses) if reduction == "sum" else losses
 
 
-cross_entropy.fwd_temps = 2
+def loss_scale(xp, g, reduction, n):
+    """How the upstream gradient scales each row: (N, 1) for none, a scalar otherwise."""
+    if reduction == "none":
+        return xp.reshape(g, (n, 1))
+    return xp.divide(g, n) if reduction == "mean" else g
 
 
-@cross_entropy.defvjp(vjp_temps=2)
+@primitive("cross_entropy", inputs=("logits", "target"), kind=FUSED, retain={"logits": None, "target": None},
+           has_aux=True, fwd_temps=2, vjp_temps=2)
+def cross_entropy(xp, logits, target, reduction="mean"):
+    """-log softmax(logits)[target] per row, then mean, sum or none."""
+    losses, lse = cross_entropy_rows(xp, logits, target)
+    return reduce_losses(xp, losses, reduction, logits.shape[0]), (lse,)
+
+
+@cross_entropy.defvjp
 def _cross_entropy_vjp(xp, g, saved, node, donate):
     logits, target, lse = saved
-    reduction = (node.params or {}).get("reduction", "mean")
     n, c = logits.shape
-    k = provider_for(xp)
-    if k is not None:
-        scale = xp.multiply(xp.ones((n,), logits.dtype), g if reduction != "mean" else xp.divide(g, n)) \
-            if reduction != "none" else g
-        fused = k.cross_entropy_backward(xp, logits, target, lse, scale)
-        if fused is not None:
-            return fused, None
-    onehot = _onehot(target, n, c, logits.dtype)
     if xp.name == "tensor":
-        p = xp.exp(xp.subtract(logits, _lse_tensor(xp, logits)))
-    else:
-        p = xp.exp(xp.subtract(logits, lse))
+        lse = _lse_tensor(xp, logits)
+    p = xp.exp(xp.subtract(logits, lse))
+    # p - onehot(target), the one-hot as a comparison (N C bytes, no scatter)
+    onehot = xp.equal(xp.reshape(xp.arange(c), (1, c)), xp.reshape(target, (n, 1)))
     d = xp.subtract(p, onehot, out=_tmp(p))
-    if reduction == "none":
-        scale = xp.reshape(g, (n, 1))
-    elif reduction == "mean":
-        scale = xp.divide(g, n)
-    else:
-        scale = g
+    scale = loss_scale(xp, g, (node.params or {}).get("reduction", "mean"), n)
     return xp.multiply(d, scale, out=_tmp(d)), None
 
 
@@ -318,28 +268,19 @@ def _lse_tensor(xp, logits):
     return xp.add(xp.log(xp.sum(xp.exp(xp.subtract(logits, m)), axis=-1, keepdims=True)), m)
 
 
-def _onehot(target, n, c, dtype):
-    t = getattr(target, "data", target)
-    module = type(t).__module__.split(".")[0]
-    mod = __import__(module) if module in ("cupy",) else __import__("numpy")
-    out = mod.zeros((n, c), dtype=dtype)
-    out[mod.arange(n), t] = 1
-    return out
-
-
 # --- dropout ---------------------------------------------------------------------
 #
 # The mask is drawn from the explicit generator and saved as aux (1 byte per
 # element), so backward, and a checkpoint's recompute after restoring the
 # generator state, see exactly the mask the forward used.
 
-@primitive("dropout", nin=2, save=(1,))
+@primitive("dropout", inputs=("x", "mask"), kind=FUSED, retain={"mask": None})
 def dropout(xp, x, mask, p):
     """x * mask / (1 - p). The mask (a GREY input) is drawn by the caller from gpuad's generator."""
     return xp.multiply(xp.multiply(x, mask), 1.0 / (1.0 - p))
 
 
-@dropout.defvjp(grad_kinds=lambda node, donate: ("g" if donate else "fresh", None))
+@dropout.defvjp
 def _dropout_vjp(xp, g, saved, node, donate):
     (mask,) = saved
     gx = xp.multiply(g, mask, out=g if donate else None)

@@ -1,4 +1,9 @@
-"""Which kernels run the fused ops: "triton", "cupy", or "numpy" (the generic xp code).
+"""Kernel providers: which kernels run the fused ops, "triton", "cupy", or "numpy" (the generic xp code).
+
+A provider registers its kernels per primitive
+(`primitive.register_kernel("triton", forward, backward)`, see
+gpuad/backends/fused_kernels.py); apply() picks them by the arrays' device
+and the provider chosen here, and op bodies hold only the generic xp code.
 
 On a CUDA array the default is Triton when it imports, else CuPy's own
 kernels. CPU arrays run the generic numpy code, unless Triton is selected
@@ -46,20 +51,19 @@ def triton_available():
         return False
 
 
-def provider_for(xp):
-    """The kernel provider for arrays of namespace xp, or None for the generic code."""
-    choice = get_kernels()
-    if xp.name == "numpy":
-        if choice == "triton" and _interpreting():
-            return _get("triton")
-        return None
-    if xp.name == "cupy":
+def provider_name(xp):
+    """The provider whose kernels run on arrays of namespace xp, or None for the generic code."""
+    name = xp.name
+    if name == "numpy":
+        return "triton" if get_kernels() == "triton" and _interpreting() else None
+    if name == "cupy":
+        choice = get_kernels()
         if choice == "numpy":
             return None
         if choice == "cupy" or (choice == "default" and not triton_available()):
-            return _get("cupy")
-        return _get("triton")
-    return None
+            return "cupy"
+        return "triton"
+    return None                      # tensor_ns (create_graph), abstract_ns: always the generic code
 
 
 def load_kernel_module(name):
@@ -83,14 +87,15 @@ def load_kernel_module(name):
     return importlib.import_module(f"gpuad.kernels.{name}")
 
 
-def _get(name):
+def get(name):
+    """The host side of provider `name`, built on first use (imports Triton or CuPy then)."""
     p = _providers.get(name)
     if p is None:
         if name == "triton":
-            from .triton_backend import TritonKernels
+            from .backends.triton_backend import TritonKernels
             p = TritonKernels(interpret=_interpreting())
         else:
-            from .cupy_backend import CupyKernels
+            from .backends.cupy_backend import CupyKernels
             p = CupyKernels()
         _providers[name] = p
     return p

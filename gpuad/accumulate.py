@@ -1,0 +1,116 @@
+"""How backward combines gradients: one policy, for the walk and for the planner.
+
+The reverse walk (autograd.py) asks this module what to do with each
+gradient; the memory planner (memory/planner.py) runs the same functions on
+abstract arrays and sizes to predict the peak. Nothing here is written twice.
+
+Ownership: the engine *owns* a gradient buffer when nothing outside backward
+can see it (not a view of another array, not the caller's, not a saved
+value), so it may write into it.
+
+- donate: a VJP may write its result into the incoming gradient g when the
+  engine owns g and g is large enough for out= to pay (INPLACE_MIN elements;
+  below that numpy's out= parsing costs more than the allocation it saves).
+- route: a VJP output is owned when it is a fresh buffer, or g itself donated
+  to exactly one input. Summing a broadcast gradient back, or casting it,
+  makes a fresh (owned) buffer.
+- combine: at fan-in, add in place into whichever of the two gradients the
+  engine owns (read 2N, write N, nothing allocated), else into a new buffer.
+- a leaf's .grad keeps an owned buffer as it is and copies one it does not own.
+
+>>> import numpy as np
+>>> from gpuad import accumulate as acc
+>>> acc.combine(1 << 20, existing_owned=False, incoming_owned=True)
+'into incoming'
+>>> acc.combine(10, existing_owned=True, incoming_owned=True)      # tiny: allocating is cheaper
+'fresh'
+"""
+import numpy as np
+
+from .memory.pool import INPLACE_MIN
+from .ops.abstract import AbstractArray
+from .ops.elementwise import unbroadcast
+
+FRESH, INTO_EXISTING, INTO_INCOMING = "fresh", "into existing", "into incoming"
+
+_ndarray = np.ndarray
+_ARRAY_TYPES = (np.ndarray, AbstractArray)
+
+
+def is_shared(grads):
+    """One buffer sent to two inputs (add's (g, g)): neither may own it."""
+    return len(grads) == 2 and grads[0] is grads[1]
+
+
+def may_donate(owned, g):
+    """Whether a VJP may overwrite its incoming gradient g."""
+    return owned and g.size >= INPLACE_MIN
+
+
+def route(xp, gi, g, donated, shared, parent, op, records):
+    """One VJP output on its way to `parent`: (gradient in the parent's shape and dtype, owned).
+
+    shared: g went to more than one input (add's (g, g)), so no input owns it.
+    records: the walk records itself (create_graph): gradients are Tensors, never owned.
+    """
+    if op.elementwise:                          # unary elementwise: shape and dtype already right
+        return gi, (not records) and (gi is not g or donated)
+    if records:
+        owned = False
+    elif gi is g:
+        owned = donated and not shared
+    elif isinstance(gi, _ARRAY_TYPES):
+        # fresh unless a view (a pooled buffer's base is the pool's holder, not an array)
+        owned = not isinstance(gi.base, _ARRAY_TYPES)
+    elif hasattr(gi, "shape") and not isinstance(gi, np.generic):
+        owned = not isinstance(gi.base, type(gi))   # a CuPy array: the same rule
+    else:
+        gi, owned = np.asarray(gi), True        # numpy returned a scalar for a 0-d result
+    if tuple(gi.shape) != parent.shape:
+        gi, owned = fit(xp, gi, parent, op), not records
+    if gi.dtype != parent.dtype:
+        gi, owned = xp.astype(gi, parent.dtype), not records
+    return gi, owned
+
+
+def fit(xp, gi, parent, op):
+    """Sum a broadcast gradient back to the input's shape."""
+    try:
+        out = unbroadcast(xp, gi, parent.shape)
+    except ValueError:
+        out = None
+    if out is None or tuple(out.shape) != tuple(parent.shape):
+        from .autograd import BackwardError
+        raise BackwardError(f"gpuad: the VJP of {op.name} returned a gradient of shape {tuple(gi.shape)} "
+                            f"for an input of shape {parent.shape}")
+    return out
+
+
+def combine(existing_elems, existing_owned, incoming_owned):
+    """Where a second gradient for the same node goes: FRESH, INTO_EXISTING or INTO_INCOMING."""
+    if existing_elems < INPLACE_MIN:
+        return FRESH
+    if existing_owned:
+        return INTO_EXISTING
+    if incoming_owned:
+        return INTO_INCOMING
+    return FRESH
+
+
+def accumulate(xp, existing, existing_owned, incoming, incoming_owned, records):
+    """existing + incoming as combine() says: (sum, owned)."""
+    if records:
+        return xp.add(existing, incoming), False
+    how = combine(existing.size, existing_owned, incoming_owned)
+    if how is INTO_EXISTING:
+        xp.add(existing, incoming, out=existing)       # read 2N, write N
+        return existing, True
+    if how is INTO_INCOMING:
+        return xp.add(incoming, existing, out=incoming), True
+    total = xp.add(existing, incoming)
+    return (np.asarray(total) if isinstance(total, np.generic) else total), True   # numpy: 0-d sums are scalars
+
+
+def leaf_keeps(owned):
+    """Whether a leaf's first .grad may be the gradient buffer itself (else a copy)."""
+    return owned

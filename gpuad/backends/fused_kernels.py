@@ -1,0 +1,63 @@
+"""The providers' kernels for the fused primitives, registered per (primitive, provider).
+
+Each registration adapts a provider's host method (backends/triton_backend.py,
+backends/cupy_backend.py) to the primitive's own forward and VJP signature.
+The host objects are built on first use, so registering imports neither
+Triton nor CuPy. A kernel that returns None declines (a dtype it does not
+handle, with one warning from the provider) and the generic xp code runs.
+
+Adding a kernel for another primitive is one register_kernel call here; no
+op body changes.
+
+>>> from gpuad.ops import fused
+>>> sorted(fused.cross_entropy.kernels)
+['triton']
+"""
+from .. import providers
+from ..ops import fused
+
+
+def _linear(provider, activation):
+    def forward(xp, x, w, b):
+        out = providers.get(provider).linear_forward(xp, x, w, b, activation)
+        if out is None:
+            return None
+        y, z = out
+        return (y, (z,)) if activation == "gelu" else y
+
+    def backward(xp, g, saved, node, donate):
+        # saved follows the declaration: x, w (linear); x, w, y; x, w, b, z (gelu)
+        x, w = saved[0], saved[1]
+        s = saved[3] if activation == "gelu" else (saved[2] if activation is not None else None)
+        x_shape = node.parents[0].shape if node.needs[0] else None
+        w_shape = (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
+        return providers.get(provider).linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
+    return forward, backward
+
+
+def _cross_entropy(provider):
+    def forward(xp, logits, target, reduction="mean"):
+        out = providers.get(provider).cross_entropy_forward(xp, logits, target)
+        if out is None:
+            return None
+        losses, lse = out
+        losses = losses.astype(logits.dtype)
+        return (fused.reduce_losses(xp, losses, reduction, logits.shape[0]),
+                (xp.reshape(lse.astype(logits.dtype), (-1, 1)),))
+
+    def backward(xp, g, saved, node, donate):
+        logits, target, lse = saved
+        n = logits.shape[0]
+        reduction = (node.params or {}).get("reduction", "mean")
+        # the kernel scales row i by scale[i]: the upstream gradient per row
+        scale = g if reduction == "none" else xp.multiply(xp.ones((n,), logits.dtype),
+                                                          fused.loss_scale(xp, g, reduction, n))
+        d = providers.get(provider).cross_entropy_backward(xp, logits, target, lse, scale)
+        return None if d is None else (d, None)
+    return forward, backward
+
+
+for _provider in ("triton", "cupy"):
+    for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
+        _prim.register_kernel(_provider, *_linear(_provider, _activation))
+fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))

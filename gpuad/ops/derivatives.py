@@ -1,0 +1,144 @@
+"""The derivative table: simple unary elementwise ops, one line each.
+
+Each line declares a primitive completely: its name (its forward is
+`xp.<name>` unless given), what its VJP keeps ("x", "out" or nothing), its
+derivative as an expression of that kept value, and how the incoming
+gradient meets it: dx = g * d ("multiply") or g / d ("divide"), written
+into g when the engine donates it (one pass: read 2N, write N). `domain` is
+where the op is smooth (the generated gradcheck case samples it; "away0"
+keeps 0.2 away from a kink at 0); `temps` counts the full-size temporaries
+the derivative writes and reads back (the traffic model).
+
+This is PyTorch's derivatives.yaml and HIPS autograd's defvjp lines in
+Python: adding such an op is one line here plus nothing else (the function
+gpuad.<name>, the Tensor method, the create_graph namespace entry and the
+gradcheck and peak-prediction tests follow from it; see CONTRIBUTING in the
+README).
+
+>>> import gpuad
+>>> x = gpuad.tensor([0.5, 1.0], dtype="float64", requires_grad=True)
+>>> gpuad.log(x).sum().backward()
+>>> x.grad.numpy()
+array([2., 1.])
+"""
+import math
+
+from .elementwise import _tmp
+from .registry import primitive, UNARY
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_K = math.sqrt(2.0 / math.pi)
+
+
+def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, fwd_temps=0, method=True,
+          operator=None, doc=None):
+    """Declare unary elementwise primitive `name` from its derivative `d(xp, kept, **params)`.
+
+    >>> from gpuad.ops.derivatives import unary
+    >>> cube = unary("_doc_cube", "x", lambda xp, x: xp.multiply(3.0, xp.multiply(x, x)),
+    ...              fwd=lambda xp, x: xp.multiply(x, xp.multiply(x, x)))
+    >>> import gpuad
+    >>> x = gpuad.tensor(2.0, dtype="float64", requires_grad=True)
+    >>> gpuad._doc_cube(x).backward(); x.grad.item()
+    12.0
+    >>> gpuad.ops.install.unregister("_doc_cube")
+    """
+    forward = fwd if fwd is not None else (lambda xp, x: getattr(xp, name)(x))
+    forward.__doc__ = doc or forward.__doc__ or f"{name}(x), elementwise."
+    op = primitive(name, inputs=("x",), kind=UNARY, retain={keep: None} if keep else None,
+                   vjp_temps=temps, fwd_temps=fwd_temps, method=method, operator=operator, export=True,
+                   domain=domain)(forward)
+    apply_d = via
+
+    def vjp(xp, g, saved, node, donate):
+        factor = d(xp, saved[0] if saved else None, **(node.params or {}))
+        return (getattr(xp, apply_d)(g, factor, out=g if donate else None),)
+    vjp.__name__ = f"{name}_vjp"
+    op.defvjp(vjp)
+    op.derivative = d
+    return op
+
+
+def _then(xp, fn, *args):
+    """fn(*args) written into the last argument, a temporary the derivative made
+    itself, when it is large enough for out= to pay: one scratch buffer, not two."""
+    return fn(*args, out=_tmp(args[-1]))
+
+
+def _tanh_d(xp, y):
+    return _then(xp, xp.subtract, 1.0, xp.multiply(y, y))          # 1 - y^2
+
+
+def _sigmoid_d(xp, y):
+    return _then(xp, xp.multiply, y, xp.subtract(1.0, y))          # y (1 - y)
+
+
+def _erf_d(xp, x):
+    t = xp.multiply(x, x)
+    t = _then(xp, xp.negative, t)
+    t = _then(xp, xp.exp, t)
+    return _then(xp, xp.multiply, 2.0 / math.sqrt(math.pi), t)      # 2/sqrt(pi) exp(-x^2)
+
+
+def _sigmoid(xp, x):
+    """1 / (1 + exp(-x)) without overflow: exp(-|x|) never overflows, and e/(1+e)
+    for x < 0 keeps the tiny values exact."""
+    e = xp.exp(xp.negative(xp.abs(x)))
+    d = xp.add(e, 1.0)
+    return xp.where(xp.greater_equal(x, 0), xp.divide(1.0, d), xp.divide(e, d))
+
+
+def _gelu(xp, x, approximate="none"):
+    """x * Phi(x), exact (erf) or with PyTorch's tanh approximation."""
+    if approximate == "tanh":
+        inner = xp.multiply(_GELU_K, xp.add(x, xp.multiply(0.044715, xp.multiply(x, xp.multiply(x, x)))))
+        return xp.multiply(xp.multiply(0.5, x), xp.add(1.0, xp.tanh(inner)))
+    return xp.multiply(xp.multiply(0.5, x), xp.add(1.0, xp.erf(xp.multiply(x, _SQRT1_2))))
+
+
+def _gelu_d(xp, x, approximate="none"):
+    if approximate == "tanh":
+        x2 = xp.multiply(x, x)
+        t = xp.tanh(xp.multiply(_GELU_K, xp.add(x, xp.multiply(0.044715, xp.multiply(x2, x)))))
+        dinner = xp.multiply(_GELU_K, xp.add(1.0, xp.multiply(3 * 0.044715, x2)))
+        return xp.add(xp.multiply(0.5, xp.add(1.0, t)),
+                      xp.multiply(xp.multiply(0.5, x), xp.multiply(xp.subtract(1.0, xp.multiply(t, t)), dinner)))
+    cdf = xp.multiply(0.5, xp.add(1.0, xp.erf(xp.multiply(x, _SQRT1_2))))
+    pdf = xp.multiply(_INV_SQRT_2PI, xp.exp(xp.multiply(-0.5, xp.multiply(x, x))))
+    return xp.add(cdf, xp.multiply(x, pdf))
+
+
+def _softplus(xp, x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as PyTorch)."""
+    bx = xp.multiply(x, beta) if beta != 1.0 else x
+    soft = xp.add(xp.log1p(xp.exp(xp.negative(xp.abs(bx)))), xp.maximum(bx, 0))
+    if beta != 1.0:
+        soft = xp.divide(soft, beta)
+    return xp.where(xp.greater(bx, threshold), x, soft)
+
+
+def _softplus_d(xp, x, beta=1.0, threshold=20.0):
+    bx = xp.multiply(x, beta) if beta != 1.0 else x
+    return xp.where(xp.greater(bx, threshold), 1.0, _sigmoid(xp, bx))
+
+
+# name        keep    derivative d(xp, kept)                                   via       domain        temps
+negative = unary("negative", None, lambda xp, _: -1.0, temps=0, operator="neg")
+exp = unary("exp", "out", lambda xp, y: y, temps=0)
+log = unary("log", "x", lambda xp, x: x, via="divide", domain=(0.5, 2.0), temps=0)
+log1p = unary("log1p", "x", lambda xp, x: xp.add(x, 1.0), via="divide", domain=(-0.5, 2.0))
+sqrt = unary("sqrt", "out", lambda xp, y: xp.multiply(y, 2.0), via="divide", domain=(0.5, 2.0))
+abs = unary("abs", "x", lambda xp, x: xp.sign(x), domain="away0", operator="abs")  # noqa: A001  (gpuad.abs, as numpy and torch)
+sin = unary("sin", "x", lambda xp, x: xp.cos(x))
+cos = unary("cos", "x", lambda xp, x: _then(xp, xp.negative, xp.sin(x)), temps=2)
+sinh = unary("sinh", "x", lambda xp, x: xp.cosh(x))
+cosh = unary("cosh", "x", lambda xp, x: xp.sinh(x))
+tanh = unary("tanh", "out", _tanh_d, temps=2)
+sigmoid = unary("sigmoid", "out", _sigmoid_d, domain=(-8, 8), temps=2,
+                fwd=_sigmoid, fwd_temps=6)
+relu = unary("relu", "out", lambda xp, y: xp.greater(y, 0), domain="away0",
+             fwd=lambda xp, x: xp.maximum(x, 0), doc="max(x, 0); the gradient at 0 is 0, as in PyTorch.")
+erf = unary("erf", "x", _erf_d, temps=4, doc="The error function; d/dx erf = 2/sqrt(pi) exp(-x^2).")
+gelu = unary("gelu", "x", _gelu_d, domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)
+softplus = unary("softplus", "x", _softplus_d, domain=(-5, 5), temps=6, fwd=_softplus, fwd_temps=7)
