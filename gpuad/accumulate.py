@@ -42,15 +42,19 @@ def is_shared(grads):
     return len(grads) == 2 and grads[0] is grads[1]
 
 
-def may_donate(owned, g):
-    """Whether a VJP may overwrite its incoming gradient g."""
-    return owned and g.size >= INPLACE_MIN
+DONATE_MIN = INPLACE_MIN
 
 
-def route(xp, gi, g, donated, shared, parent, op, records):
+def may_donate(g):
+    """Whether a VJP may overwrite its incoming gradient g, given that the engine owns it.
+    (The walk spells this out inline, on its hot path.)"""
+    return g.size >= DONATE_MIN
+
+
+def route(xp, gi, g, donated, grads, parent, op, records):
     """One VJP output on its way to `parent`: (gradient in the parent's shape and dtype, owned).
 
-    shared: g went to more than one input (add's (g, g)), so no input owns it.
+    grads: all the VJP's outputs (g sent to two inputs, as add's (g, g), is owned by neither).
     records: the walk records itself (create_graph): gradients are Tensors, never owned.
     """
     if op.elementwise:                          # unary elementwise: shape and dtype already right
@@ -58,7 +62,7 @@ def route(xp, gi, g, donated, shared, parent, op, records):
     if records:
         owned = False
     elif gi is g:
-        owned = donated and not shared
+        owned = donated and not is_shared(grads)
     elif isinstance(gi, _ARRAY_TYPES):
         # fresh unless a view (a pooled buffer's base is the pool's holder, not an array)
         owned = not isinstance(gi.base, _ARRAY_TYPES)

@@ -25,12 +25,13 @@ import sys
 
 import numpy as np
 
-from .accumulate import accumulate, is_shared, leaf_keeps, may_donate, route
+from .accumulate import DONATE_MIN, accumulate, leaf_keeps, route
 from .backends import namespace_of
 from .graph import FREED, _Mode, reachable
 from .memory.accounting import accountant, owner_of
 from .memory.planner import no_planner
-from .ops.dispatch import run_vjp
+from .backends.devices import is_out_of_memory, out_of_memory
+from .ops.dispatch import vjp_for
 from .tensor import Tensor
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
@@ -206,7 +207,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 g, owned, go_on = _visit_special(node, g, owned, create_graph, targets, found)
                 if not go_on:
                     continue
-            donate = may_donate(owned, g)
+            donate = owned and g.size >= DONATE_MIN       # accumulate.may_donate, inline: the hot path
             saved = node.saved
             if saved is FREED:
                 raise BackwardError(
@@ -219,14 +220,16 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 # Saved values die with this VJP; marking the node first tells the VJP
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
-            grads = run_vjp(op, xp, g, saved, node, donate)
+            grads = (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
             if watch is not None:
                 watch.vjp(node, g, saved, grads)
-            shared = is_shared(grads)
             for parent, raw in zip(node.parents, grads):
                 if parent is None or raw is None or (needed is not None and parent not in needed):
                     continue
-                gi, gi_owned = route(xp, raw, g, donate, shared, parent, op, create_graph)
+                if op.elementwise and not create_graph:      # route()'s first rule, inline: the hot path
+                    gi, gi_owned = raw, raw is not g or donate
+                else:
+                    gi, gi_owned = route(xp, raw, g, donate, grads, parent, op, create_graph)
                 if watch is not None and gi is not raw:
                     watch.allocated(gi, op.name + " (backward)")
                 pg = parent.grad
@@ -251,6 +254,10 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 watch.mark(op.name)
             # Hold nothing of this node into the next one's VJP (the planner assumes so).
             g = grads = raw = gi = None
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, op.name + " (backward)") from None
+        raise
     finally:
         _Mode.enabled = prev_mode
         for _, n in heap:                                     # after an error: release what is left

@@ -170,7 +170,7 @@ def plan_backward(loss, grad=None):
     gpuad/accumulate.py, the policy the walk itself follows.
     """
     # (imported here: gpuad.memory loads before the ops, which account through it)
-    from ..accumulate import INTO_EXISTING, INTO_INCOMING, combine, is_shared, leaf_keeps, may_donate, route
+    from ..accumulate import INTO_EXISTING, INTO_INCOMING, combine, leaf_keeps, may_donate, route
     from ..ops.abstract import AbstractArray, abstract_ns, root_of
     node = loss._node
     if node is None:
@@ -187,7 +187,7 @@ def plan_backward(loss, grad=None):
     for step_i, v in enumerate(order):
         st = Step(step_i, v.op.name if v.op is not None else "leaf", v)
         g, g_buf, owned = grads.pop(v)
-        donate = may_donate(owned, g)
+        donate = owned and may_donate(g)
         t = v.ref() if v.ref is not None else None
         if t is not None and t.grad is None:            # a leaf's or retain_grad's first .grad
             if leaf_keeps(owned):
@@ -204,7 +204,6 @@ def plan_backward(loss, grad=None):
             mem.peak = max(mem.peak, mem.live + v.op.inner_peak(v))
         vjp = v.op.plan_vjp or v.op.vjp
         raws = vjp(abstract_ns, g, tuple(_abstract(a) for a in v.saved), v, donate)
-        shared = is_shared(raws)
         raw_buf = {}                                    # id(root) -> buffer, for the VJP's fresh outputs
         for raw in raws:
             if raw is not None and raw is not g and root_of(raw) is not g and id(root_of(raw)) not in raw_buf:
@@ -212,7 +211,7 @@ def plan_backward(loss, grad=None):
         for parent, raw, need in zip(v.parents, raws, v.needs):
             if parent is None or raw is None or not need:
                 continue
-            gi, gi_owned = route(abstract_ns, raw, g, donate, shared, parent, v.op, False)
+            gi, gi_owned = route(abstract_ns, raw, g, donate, raws, parent, v.op, False)
             if gi is not raw:
                 b = mem.new(gi.nbytes)                  # summed back to the input's shape, or cast
             else:

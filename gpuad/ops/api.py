@@ -102,6 +102,8 @@ def astype(x, dtype):
     dtype = as_dtype(dtype)
     if x.dtype == dtype:
         return x
+    if dtype.kind != "f" and isinstance(x, Tensor):
+        x = x.detach()                 # an integer or bool result carries no gradient (as in torch)
     return apply(E.astype, (x,), {"dtype": dtype})
 
 

@@ -44,7 +44,7 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
     12.0
     >>> gpuad.ops.install.unregister("_doc_cube")
     """
-    forward = fwd if fwd is not None else (lambda xp, x: getattr(xp, name)(x))
+    forward = fwd if fwd is not None else _xp_function(name)
     forward.__doc__ = doc or forward.__doc__ or f"{name}(x), elementwise."
     op = primitive(name, inputs=("x",), kind=UNARY, retain={keep: None} if keep else None,
                    vjp_temps=temps, fwd_temps=fwd_temps, method=method, operator=operator, export=True,
@@ -52,7 +52,8 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
     apply_d = via
 
     def vjp(xp, g, saved, node, donate):
-        factor = d(xp, saved[0] if saved else None, **(node.params or {}))
+        params = node.params
+        factor = d(xp, saved[0] if saved else None, **params) if params else d(xp, saved[0] if saved else None)
         return (getattr(xp, apply_d)(g, factor, out=g if donate else None),)
     vjp.__name__ = f"{name}_vjp"
     op.defvjp(vjp)
@@ -60,25 +61,35 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
     return op
 
 
-def _then(xp, fn, *args):
-    """fn(*args) written into the last argument, a temporary the derivative made
-    itself, when it is large enough for out= to pay: one scratch buffer, not two."""
-    return fn(*args, out=_tmp(args[-1]))
-
+# Each derivative writes into a temporary it made itself, when that is large
+# enough for out= to pay (_tmp): one scratch buffer instead of two.
 
 def _tanh_d(xp, y):
-    return _then(xp, xp.subtract, 1.0, xp.multiply(y, y))          # 1 - y^2
+    t = xp.multiply(y, y)
+    return xp.subtract(1.0, t, out=_tmp(t))          # 1 - y^2
 
 
 def _sigmoid_d(xp, y):
-    return _then(xp, xp.multiply, y, xp.subtract(1.0, y))          # y (1 - y)
+    t = xp.subtract(1.0, y)
+    return xp.multiply(y, t, out=_tmp(t))            # y (1 - y)
+
+
+def _cos_d(xp, x):
+    t = xp.sin(x)
+    return xp.negative(t, out=_tmp(t))
 
 
 def _erf_d(xp, x):
     t = xp.multiply(x, x)
-    t = _then(xp, xp.negative, t)
-    t = _then(xp, xp.exp, t)
-    return _then(xp, xp.multiply, 2.0 / math.sqrt(math.pi), t)      # 2/sqrt(pi) exp(-x^2)
+    t = xp.negative(t, out=_tmp(t))
+    t = xp.exp(t, out=_tmp(t))
+    return xp.multiply(2.0 / math.sqrt(math.pi), t, out=_tmp(t))      # 2/sqrt(pi) exp(-x^2)
+
+
+def _xp_function(name):
+    """lambda xp, x: xp.<name>(x), with the attribute spelled out (no getattr per call:
+    forwards run on every op)."""
+    return eval(f"lambda xp, x: xp.{name}(x)", {})     # name is an identifier from this table
 
 
 def _sigmoid(xp, x):
@@ -131,7 +142,7 @@ log1p = unary("log1p", "x", lambda xp, x: xp.add(x, 1.0), via="divide", domain=(
 sqrt = unary("sqrt", "out", lambda xp, y: xp.multiply(y, 2.0), via="divide", domain=(0.5, 2.0))
 abs = unary("abs", "x", lambda xp, x: xp.sign(x), domain="away0", operator="abs")  # noqa: A001  (gpuad.abs, as numpy and torch)
 sin = unary("sin", "x", lambda xp, x: xp.cos(x))
-cos = unary("cos", "x", lambda xp, x: _then(xp, xp.negative, xp.sin(x)), temps=2)
+cos = unary("cos", "x", _cos_d, temps=2)
 sinh = unary("sinh", "x", lambda xp, x: xp.cosh(x))
 cosh = unary("cosh", "x", lambda xp, x: xp.sinh(x))
 tanh = unary("tanh", "out", _tanh_d, temps=2)

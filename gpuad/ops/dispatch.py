@@ -42,30 +42,63 @@ def apply(op, args, params):
         else:
             arrays.append(a)
             parents.append(None)
-    return _finish(op, _namespace(op, first, args, arrays), arrays, parents, params or None)
+    needs = tuple([p is not None for p in parents])
+    return _finish(op, _namespace(op, first, args, arrays), arrays, tuple(parents), params or None,
+                   needs if True in needs else None)
+
+
+def unary_entry(op):
+    """The function x -> op(x): unpack one Tensor (or make one) and run the core.
+    Generated functions, methods and operators are these closures (the hot path)."""
+    def entry(x):
+        if not isinstance(x, Tensor):
+            x = Tensor(x)
+        xd = x.data
+        xn = x._node
+        return _finish(op, numpy_ns if type(xd) is _ndarray else namespace_of(xd), (xd,), (xn,), None,
+                       None if xn is None else _NEEDS1)
+    entry.__name__ = entry.__qualname__ = op.name
+    return entry
+
+
+def binary_entry(op):
+    """The function (x, y) -> op(x, y) for Tensors and constants."""
+    def entry(x, y):
+        if isinstance(x, Tensor):
+            xd, xn = x.data, x._node
+            first = xd
+        else:
+            xd, xn, first = x, None, None
+        if isinstance(y, Tensor):
+            yd, yn = y.data, y._node
+            if first is None:
+                first = yd
+        else:
+            yd, yn = y, None
+        xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
+        return _finish(op, xp, (xd, yd), (xn, yn), None,
+                       None if xn is None and yn is None else _NEEDS2[(xn is not None) * 2 + (yn is not None)])
+    entry.__name__ = entry.__qualname__ = op.name
+    return entry
+
+
+_entries = {}
 
 
 def apply1(op, x):
-    """apply() for one Tensor input and no params."""
-    xd = x.data
-    return _finish(op, numpy_ns if type(xd) is _ndarray else namespace_of(xd), (xd,), (x._node,), None)
+    """op(x) for one Tensor input and no params."""
+    fn = _entries.get(op)
+    if fn is None:
+        fn = _entries[op] = unary_entry(op)
+    return fn(x)
 
 
 def apply2(op, x, y):
-    """apply() for two inputs (Tensors or constants) and no params."""
-    if isinstance(x, Tensor):
-        xd, xn = x.data, x._node
-        first = xd
-    else:
-        xd, xn, first = x, None, None
-    if isinstance(y, Tensor):
-        yd, yn = y.data, y._node
-        if first is None:
-            first = yd
-    else:
-        yd, yn = y, None
-    xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
-    return _finish(op, xp, (xd, yd), (xn, yn), None)
+    """op(x, y) for two inputs (Tensors or constants) and no params."""
+    fn = _entries.get(op)
+    if fn is None:
+        fn = _entries[op] = binary_entry(op)
+    return fn(x, y)
 
 
 def _namespace(op, first, args, arrays):
@@ -77,16 +110,30 @@ def _namespace(op, first, args, arrays):
     return xp
 
 
-def _finish(op, xp, arrays, parents, params):
-    """The one core: forward, accounting, the output Tensor, and its node when recorded."""
-    out, aux = run_forward(op, xp, arrays, params)
+def _finish(op, xp, arrays, parents, params, needs):
+    """The one core: forward, accounting, the output Tensor, and its node when recorded.
+    needs is None when no input is BLACK (nothing to record)."""
+    if op.kernels:
+        out = run_forward(op, xp, arrays, params)
+    else:                          # the generic xp code (run_forward inlined: the per-op hot path)
+        try:
+            out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
+        except Exception as e:
+            _raise_forward_error(op, arrays, e)
+    aux = ()
+    if op.has_aux:
+        out, aux = out
+    if type(out) is not _ndarray and xp is numpy_ns:
+        out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
     if _acct.active is not None:
         account_forward(_acct, op, arrays, out, aux)
     t = _new(Tensor)
     t.data = out
     t.grad = t._node = None
-    # GREY unless some input is BLACK, the op has a gradient and the output is floating point
-    if parents.count(None) == len(parents) or not op.differentiable or out.dtype.kind != "f":
+    # GREY unless some input is BLACK and the op has a gradient. (A differentiable op on
+    # a BLACK, hence floating-point, input gives a floating-point output; astype to an
+    # integer dtype detaches its input first.)
+    if needs is None or not op.differentiable:
         return t
     if not _Mode.enabled:
         if _Mode.checkpoint is None:
@@ -94,49 +141,52 @@ def _finish(op, xp, arrays, parents, params):
         parents = _Mode.checkpoint.parents(op, parents)
         if parents is None:
             return t
-    needs = tuple([p is not None for p in parents])
-    saved = op.saver(needs)(arrays, out)
-    t._node = Node(op, tuple(parents), saved + aux if aux else saved, params, needs, out.shape, out.dtype)
+        parents = tuple(parents)
+    saver = op._savers.get(needs) or op.saver(needs)
+    saved = saver(arrays, out)
+    t._node = Node(op, parents, saved + aux if aux else saved, params, needs, out.shape, out.dtype)
     return t
 
 
+# needs (one bool per input: does a gradient flow there), shared for one and two inputs
+_NEEDS1 = (True,)
+_NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
+
+
 def run_forward(op, xp, arrays, params):
-    """(out, aux) of op's forward: the provider's kernel where one is registered for
-    these arrays and accepts them, else the generic xp code."""
+    """What op's forward returns (out, or (out, aux)): the provider's kernel where one
+    is registered for these arrays and accepts them, else the generic xp code."""
     try:
-        out = None
         if op.kernels:
             kernel = op.kernels.get(provider_name(xp))
             if kernel is not None:
                 out = kernel.forward(xp, *arrays, **params) if params else kernel.forward(xp, *arrays)
-        if out is None:
-            out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
+                if out is not None:
+                    return out
+        return op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
     except Exception as e:
-        err = _forward_error(op, arrays, e)
-        if err is e:
-            raise
-        raise err from None
-    aux = ()
-    if op.has_aux:
-        out, aux = out
-    if type(out) is not _ndarray and xp is numpy_ns:
-        out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
-    return out, aux
+        _raise_forward_error(op, arrays, e)
 
 
-def run_vjp(op, xp, g, saved, node, donate):
-    """op's gradients: the provider's backward kernel where registered, else the VJP."""
-    try:
-        grads = None
-        if op.kernels:
-            kernel = op.kernels.get(provider_name(xp))
-            if kernel is not None and kernel.backward is not None:
-                grads = kernel.backward(xp, g, saved, node, donate)
+def _raise_forward_error(op, arrays, e):
+    err = _forward_error(op, arrays, e)
+    if err is e:
+        raise e
+    raise err from None
+
+
+def vjp_for(op, xp):
+    """The function that computes op's gradients on xp's arrays: the provider's
+    backward kernel where one is registered (falling back to the VJP when it
+    declines), else the VJP itself."""
+    kernel = op.kernels.get(provider_name(xp)) if op.kernels else None
+    if kernel is None or kernel.backward is None:
+        return op.vjp
+
+    def with_kernel(xp, g, saved, node, donate):
+        grads = kernel.backward(xp, g, saved, node, donate)
         return grads if grads is not None else op.vjp(xp, g, saved, node, donate)
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise out_of_memory(e, op.name + " (backward)") from None
-        raise
+    return with_kernel
 
 
 def _forward_error(op, arrays, e):

@@ -20,7 +20,7 @@ install_all() (gpuad/ops/__init__.py); later ones, a test fixture say, at once.
 """
 import sys
 
-from .dispatch import apply, apply1, apply2
+from .dispatch import apply, binary_entry, unary_entry
 from .registry import REGISTRY
 from ..tensor import Tensor
 
@@ -50,11 +50,9 @@ def function_of(op):
     if fn is not None and not isinstance(fn, type(api)):
         return fn
     if op.nin == 1 and not _takes_params(op):
-        def fn(x):
-            return apply1(op, x if isinstance(x, Tensor) else Tensor(x))
+        fn = unary_entry(op)
     elif op.nin == 2:
-        def fn(x, y):
-            return apply2(op, x, y)
+        fn = binary_entry(op)
     else:
         def fn(*args, **params):
             return apply(op, args, params)
