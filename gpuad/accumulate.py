@@ -14,16 +14,20 @@ value), so it may write into it.
 - route: a VJP output is owned when it is a fresh buffer, or g itself donated
   to exactly one input. Summing a broadcast gradient back, or casting it,
   makes a fresh (owned) buffer.
-- combine: at fan-in, add in place into whichever of the two gradients the
+- accumulate: at fan-in, add in place into whichever of the two gradients the
   engine owns (read 2N, write N, nothing allocated), else into a new buffer.
 - a leaf's .grad keeps an owned buffer as it is and copies one it does not own.
 
 >>> import numpy as np
->>> from gpuad import accumulate as acc
->>> acc.combine(1 << 20, existing_owned=False, incoming_owned=True)
-'into incoming'
->>> acc.combine(10, existing_owned=True, incoming_owned=True)      # tiny: allocating is cheaper
-'fresh'
+>>> from gpuad.accumulate import accumulate
+>>> from gpuad.backends import numpy_ns
+>>> a, b = np.ones(1 << 20), np.ones(1 << 20)
+>>> total, owned = accumulate(numpy_ns, a, False, b, True, records=False)
+>>> total is b, owned                       # into the one the engine owns
+(True, True)
+>>> a, b = np.ones(10), np.ones(10)
+>>> accumulate(numpy_ns, a, True, b, True, records=False)[0] is a    # tiny: allocating is cheaper
+False
 """
 import numpy as np
 
@@ -31,15 +35,8 @@ from .memory.pool import INPLACE_MIN
 from .ops.abstract import AbstractArray
 from .ops.elementwise import unbroadcast
 
-FRESH, INTO_EXISTING, INTO_INCOMING = "fresh", "into existing", "into incoming"
-
 _ndarray = np.ndarray
 _ARRAY_TYPES = (np.ndarray, AbstractArray)
-
-
-def is_shared(grads):
-    """One buffer sent to two inputs (add's (g, g)): neither may own it."""
-    return len(grads) == 2 and grads[0] is grads[1]
 
 
 DONATE_MIN = INPLACE_MIN
@@ -62,7 +59,7 @@ def route(xp, gi, g, donated, grads, parent, op, records):
     if records:
         owned = False
     elif gi is g:
-        owned = donated and not is_shared(grads)
+        owned = donated and not (len(grads) == 2 and grads[0] is grads[1])
     elif isinstance(gi, _ARRAY_TYPES):
         # fresh unless a view (a pooled buffer's base is the pool's holder, not an array)
         owned = not isinstance(gi.base, _ARRAY_TYPES)
@@ -70,9 +67,9 @@ def route(xp, gi, g, donated, grads, parent, op, records):
         owned = not isinstance(gi.base, type(gi))   # a CuPy array: the same rule
     else:
         gi, owned = np.asarray(gi), True        # numpy returned a scalar for a 0-d result
-    if tuple(gi.shape) != parent.shape:
+    if gi.shape != parent.shape:
         gi, owned = fit(xp, gi, parent, op), not records
-    if gi.dtype != parent.dtype:
+    if gi.dtype is not parent.dtype and gi.dtype != parent.dtype:
         gi, owned = xp.astype(gi, parent.dtype), not records
     return gi, owned
 
@@ -90,27 +87,21 @@ def fit(xp, gi, parent, op):
     return out
 
 
-def combine(existing_elems, existing_owned, incoming_owned):
-    """Where a second gradient for the same node goes: FRESH, INTO_EXISTING or INTO_INCOMING."""
-    if existing_elems < INPLACE_MIN:
-        return FRESH
-    if existing_owned:
-        return INTO_EXISTING
-    if incoming_owned:
-        return INTO_INCOMING
-    return FRESH
-
-
 def accumulate(xp, existing, existing_owned, incoming, incoming_owned, records):
-    """existing + incoming as combine() says: (sum, owned)."""
+    """existing + incoming: (sum, owned). The sum goes in place into whichever of the two
+    the engine owns (existing first), else, and for tiny arrays, into a new buffer.
+
+    The planner calls this same function on abstract arrays and reads where the sum
+    went from which object comes back.
+    """
     if records:
         return xp.add(existing, incoming), False
-    how = combine(existing.size, existing_owned, incoming_owned)
-    if how is INTO_EXISTING:
-        xp.add(existing, incoming, out=existing)       # read 2N, write N
-        return existing, True
-    if how is INTO_INCOMING:
-        return xp.add(incoming, existing, out=incoming), True
+    if existing.size >= INPLACE_MIN:
+        if existing_owned:
+            xp.add(existing, incoming, out=existing)       # read 2N, write N
+            return existing, True
+        if incoming_owned:
+            return xp.add(incoming, existing, out=incoming), True
     total = xp.add(existing, incoming)
     return (np.asarray(total) if isinstance(total, np.generic) else total), True   # numpy: 0-d sums are scalars
 

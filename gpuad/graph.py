@@ -53,19 +53,8 @@ class Node:
     __slots__ = ("op", "parents", "saved", "params", "needs", "index", "shape", "dtype",
                  "grad", "owned", "extra", "__weakref__")
 
-    def __init__(self, op, parents, saved, params, needs, shape, dtype):
-        # The one constructor: every node, leaf or op, recorded or recomputed, is made here.
-        self.op = op
-        self.parents = parents
-        self.saved = saved
-        self.params = params
-        self.needs = needs
-        self.index = _next_index()
-        self.shape = shape
-        self.dtype = dtype
-        self.grad = None      # the gradient arriving during backward, popped once consumed
-        self.owned = False    # True when backward may write into .grad in place (gpuad/accumulate.py)
-        self.extra = None     # Extra: tensor weakref and hooks; None on the hot path
+    def __new__(cls, *args):
+        return new_node(*args)
 
     @property
     def ref(self):
@@ -96,6 +85,27 @@ class Node:
     def __repr__(self):
         name = "leaf" if self.op is None else self.op.name
         return f"<Node #{self.index} {name} {self.shape} {self.dtype}>"
+
+
+def new_node(op, parents, saved, params, needs, shape, dtype):
+    """The one constructor: every node, leaf or op, recorded or recomputed, is made here.
+    (A plain function: calling a class with __init__ costs twice as much, on every op.)"""
+    n = _new(Node)
+    n.op = op
+    n.parents = parents
+    n.saved = saved
+    n.params = params
+    n.needs = needs
+    n.index = _next_index()
+    n.shape = shape
+    n.dtype = dtype
+    n.grad = None      # the gradient arriving during backward, popped once consumed
+    n.owned = False    # True when backward may write into .grad in place (gpuad/accumulate.py)
+    n.extra = None     # Extra: tensor weakref and hooks; None on the hot path
+    return n
+
+
+_new = object.__new__
 
 
 def reachable(roots):

@@ -166,7 +166,7 @@ def test_nondifferentiable_ops_are_grey(name):
 
 
 def test_gradcheck_reports_the_op_and_both_numbers():
-    wrong = gpuad.unary("_test_wrong_sin", "x", lambda xp, x: 2.0, fwd=lambda xp, x: xp.sin(x))
+    wrong = gpuad.unary("_test_wrong_sin", "x", "2.0", fwd=lambda xp, x: xp.sin(x))
     try:
         with pytest.raises(gpuad.GradcheckError, match=r"_test_wrong_sin w\.r\.t\. input 0.*VJP gives .* finite differences give"):
             gradcheck(lambda x: wrong(x), (r(3),))

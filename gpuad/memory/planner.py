@@ -170,7 +170,7 @@ def plan_backward(loss, grad=None):
     gpuad/accumulate.py, the policy the walk itself follows.
     """
     # (imported here: gpuad.memory loads before the ops, which account through it)
-    from ..accumulate import INTO_EXISTING, INTO_INCOMING, combine, leaf_keeps, may_donate, route
+    from ..accumulate import accumulate, leaf_keeps, may_donate, route
     from ..ops.abstract import AbstractArray, abstract_ns, root_of
     node = loss._node
     if node is None:
@@ -224,17 +224,17 @@ def plan_backward(loss, grad=None):
                 mem.drop(pg[1], held=True)
                 grads[parent] = (gi, b, gi_owned)
             else:
-                how = combine(pg[0].size, pg[2], gi_owned)
-                if how is INTO_EXISTING:
+                total, owned = accumulate(abstract_ns, pg[0], pg[2], gi, gi_owned, False)
+                if total is pg[0]:                      # added into the existing sum
                     mem.drop(b)
-                elif how is INTO_INCOMING:
+                elif total is gi:                       # added into the incoming gradient
                     mem.drop(pg[1], held=True)
-                    grads[parent] = (gi, b, True)
-                else:
-                    nb = mem.new(gi.nbytes)
+                    grads[parent] = (gi, b, owned)
+                else:                                   # a new buffer
+                    nb = mem.new(total.nbytes)
                     mem.drop(pg[1], held=True)
                     mem.drop(b)
-                    grads[parent] = (AbstractArray.like(gi), nb, True)
+                    grads[parent] = (total, nb, owned)
         for b in raw_buf.values():
             mem.drop(b)                                 # the VJP's tuple dies
         st.peak_during = mem.peak

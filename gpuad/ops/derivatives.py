@@ -33,10 +33,11 @@ _GELU_K = math.sqrt(2.0 / math.pi)
 
 def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, fwd_temps=0, method=True,
           operator=None, doc=None):
-    """Declare unary elementwise primitive `name` from its derivative `d(xp, kept, **params)`.
+    """Declare unary elementwise primitive `name` from its derivative `d`: an
+    expression of the kept value (named `x` or `out`), `xp` and `params`.
 
     >>> from gpuad.ops.derivatives import unary
-    >>> cube = unary("_doc_cube", "x", lambda xp, x: xp.multiply(3.0, xp.multiply(x, x)),
+    >>> cube = unary("_doc_cube", "x", "xp.multiply(3.0, xp.multiply(x, x))",
     ...              fwd=lambda xp, x: xp.multiply(x, xp.multiply(x, x)))
     >>> import gpuad
     >>> x = gpuad.tensor(2.0, dtype="float64", requires_grad=True)
@@ -49,37 +50,27 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
     op = primitive(name, inputs=("x",), kind=UNARY, retain={keep: None} if keep else None,
                    vjp_temps=temps, fwd_temps=fwd_temps, method=method, operator=operator, export=True,
                    domain=domain)(forward)
-    apply_d = via
-
-    def vjp(xp, g, saved, node, donate):
-        params = node.params
-        factor = d(xp, saved[0] if saved else None, **params) if params else d(xp, saved[0] if saved else None)
-        return (getattr(xp, apply_d)(g, factor, out=g if donate else None),)
-    vjp.__name__ = f"{name}_vjp"
-    op.defvjp(vjp)
+    op.defvjp(_vjp_from(name, keep, d, via))
     op.derivative = d
     return op
 
 
-# Each derivative writes into a temporary it made itself, when that is large
-# enough for out= to pay (_tmp): one scratch buffer instead of two.
-
-def _tanh_d(xp, y):
-    t = xp.multiply(y, y)
-    return xp.subtract(1.0, t, out=_tmp(t))          # 1 - y^2
-
-
-def _sigmoid_d(xp, y):
-    t = xp.subtract(1.0, y)
-    return xp.multiply(y, t, out=_tmp(t))            # y (1 - y)
-
-
-def _cos_d(xp, x):
-    t = xp.sin(x)
-    return xp.negative(t, out=_tmp(t))
+def _vjp_from(name, keep, d, via):
+    """The VJP g -> (g via d,), written into g when donated, compiled from the table's
+    expression: one function per op, as if written by hand (this runs on every node)."""
+    if via not in ("multiply", "divide"):
+        raise ValueError(f"gpuad.unary: {name}: via must be 'multiply' or 'divide', not {via!r}")
+    source = (f"def {name}_vjp(xp, g, saved, node, donate):\n"
+              + (f"    {keep} = saved[0]\n" if keep else "")
+              + ("    params = node.params or {}\n" if "params" in d else "")
+              + f"    return (xp.{via}(g, {d}, out=g if donate else None),)\n")
+    scope = dict(_DERIVATIVE_SCOPE)
+    exec(compile(source, f"<derivative of {name}>", "exec"), scope)
+    return scope[f"{name}_vjp"]
 
 
 def _erf_d(xp, x):
+    # each step writes into the temporary the one before made (_tmp): one scratch buffer
     t = xp.multiply(x, x)
     t = xp.negative(t, out=_tmp(t))
     t = xp.exp(t, out=_tmp(t))
@@ -134,22 +125,28 @@ def _softplus_d(xp, x, beta=1.0, threshold=20.0):
     return xp.where(xp.greater(bx, threshold), 1.0, _sigmoid(xp, bx))
 
 
-# name        keep    derivative d(xp, kept)                                   via       domain        temps
-negative = unary("negative", None, lambda xp, _: -1.0, temps=0, operator="neg")
-exp = unary("exp", "out", lambda xp, y: y, temps=0)
-log = unary("log", "x", lambda xp, x: x, via="divide", domain=(0.5, 2.0), temps=0)
-log1p = unary("log1p", "x", lambda xp, x: xp.add(x, 1.0), via="divide", domain=(-0.5, 2.0))
-sqrt = unary("sqrt", "out", lambda xp, y: xp.multiply(y, 2.0), via="divide", domain=(0.5, 2.0))
-abs = unary("abs", "x", lambda xp, x: xp.sign(x), domain="away0", operator="abs")  # noqa: A001  (gpuad.abs, as numpy and torch)
-sin = unary("sin", "x", lambda xp, x: xp.cos(x))
-cos = unary("cos", "x", _cos_d, temps=2)
-sinh = unary("sinh", "x", lambda xp, x: xp.cosh(x))
-cosh = unary("cosh", "x", lambda xp, x: xp.sinh(x))
-tanh = unary("tanh", "out", _tanh_d, temps=2)
-sigmoid = unary("sigmoid", "out", _sigmoid_d, domain=(-8, 8), temps=2,
-                fwd=_sigmoid, fwd_temps=6)
-relu = unary("relu", "out", lambda xp, y: xp.greater(y, 0), domain="away0",
+# What the derivative expressions may use besides xp, x, out and params. `(t := ...)`
+# names a temporary the expression made itself, which `out=_tmp(t)` may then
+# overwrite when it is large enough to pay: one scratch buffer instead of two.
+_DERIVATIVE_SCOPE = {"_tmp": _tmp, "_erf_d": _erf_d, "_gelu_d": _gelu_d, "_softplus_d": _softplus_d}
+
+# name                keep   derivative (an expression)                     via, domain, temporaries
+negative = unary("negative", None, "-1.0", temps=0, operator="neg")
+exp = unary("exp", "out", "out", temps=0)
+log = unary("log", "x", "x", via="divide", domain=(0.5, 2.0), temps=0)
+log1p = unary("log1p", "x", "xp.add(x, 1.0)", via="divide", domain=(-0.5, 2.0))
+sqrt = unary("sqrt", "out", "xp.multiply(out, 2.0)", via="divide", domain=(0.5, 2.0))
+abs = unary("abs", "x", "xp.sign(x)", domain="away0", operator="abs")  # noqa: A001  (gpuad.abs, as numpy and torch)
+sin = unary("sin", "x", "xp.cos(x)")
+cos = unary("cos", "x", "xp.negative(t := xp.sin(x), out=_tmp(t))", temps=2)
+sinh = unary("sinh", "x", "xp.cosh(x)")
+cosh = unary("cosh", "x", "xp.sinh(x)")
+tanh = unary("tanh", "out", "xp.subtract(1.0, t := xp.multiply(out, out), out=_tmp(t))", temps=2)
+sigmoid = unary("sigmoid", "out", "xp.multiply(out, t := xp.subtract(1.0, out), out=_tmp(t))", domain=(-8, 8),
+                temps=2, fwd=_sigmoid, fwd_temps=6)
+relu = unary("relu", "out", "xp.greater(out, 0)", domain="away0",
              fwd=lambda xp, x: xp.maximum(x, 0), doc="max(x, 0); the gradient at 0 is 0, as in PyTorch.")
-erf = unary("erf", "x", _erf_d, temps=4, doc="The error function; d/dx erf = 2/sqrt(pi) exp(-x^2).")
-gelu = unary("gelu", "x", _gelu_d, domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)
-softplus = unary("softplus", "x", _softplus_d, domain=(-5, 5), temps=6, fwd=_softplus, fwd_temps=7)
+erf = unary("erf", "x", "_erf_d(xp, x)", temps=4, doc="The error function; d/dx erf = 2/sqrt(pi) exp(-x^2).")
+gelu = unary("gelu", "x", "_gelu_d(xp, x, **params)", domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)
+softplus = unary("softplus", "x", "_softplus_d(xp, x, **params)", domain=(-5, 5), temps=6, fwd=_softplus,
+                 fwd_temps=7)

@@ -1,11 +1,19 @@
 """apply(): run a primitive on Tensors, record its node, account its bytes.
 
-One core, `_finish`, does the work for every op: choose the kernel (the
-provider's registered one for these arrays, else the generic xp code),
-turn backend errors into gpuad's, account, wrap the output, and record a
-node when an input is BLACK. `apply`, `apply1` and `apply2` differ only in
-how they unpack their arguments: the unary and binary forms are the
-Tensor operators' hot path (about 1 us per op on 1-element arrays).
+The core is written once (`_CORE` below): choose the kernel (the provider's
+registered one for these arrays, else the generic xp code), turn backend
+errors into gpuad's, account, wrap the output, and record a node when an
+input is BLACK. Three entry points differ only in how they unpack their
+arguments, and each is the core with its unpacking in front, compiled from
+the one source when this module loads:
+
+    apply(op, args, params)   any arity, with params
+    unary_entry(op)           x -> op(x): the generated function, method and operator
+    binary_entry(op)          (x, y) -> op(x, y), Tensors or constants
+
+Why not a core function the entries call: at 1-element sizes one Python
+call, with its argument tuples, costs about a fifth of a whole op
+(`python -m bench overhead`), and this is the path every op takes.
 
 >>> import gpuad
 >>> from gpuad.ops.dispatch import apply2
@@ -19,7 +27,7 @@ import numpy as np
 
 from ..backends import namespace_of, numpy_ns, device_of
 from ..backends.devices import is_out_of_memory, out_of_memory
-from ..graph import Node, _Mode
+from ..graph import _Mode, new_node
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor
@@ -28,9 +36,56 @@ from .registry import BINARY
 _ndarray = np.ndarray
 _new = object.__new__
 
+# needs, shared for one and two inputs
+_NEEDS1 = (True,)
+_NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
 
+# The core, after an entry has unpacked its arguments and chosen xp. The entry
+# fills in how it spells its arrays, its parents, the forward call for its
+# arity (a *args call costs more here), whether no input is BLACK, and the
+# needs (one bool per input: does a gradient flow there). Tuples are built only
+# where used: a no-grad op builds none.
+_CORE = """
+    try:
+        if op.kernels:
+            out = run_forward(op, xp, {arrays}, params)
+        else:
+            out = {call}
+    except Exception as e:
+        _raise_forward_error(op, {arrays}, e)
+    aux = ()
+    if op.has_aux:
+        out, aux = out
+    if type(out) is not _ndarray and xp is numpy_ns:
+        out = np.asarray(out)               # numpy returns scalars for 0-d results; keep arrays
+    if _acct.active is not None:
+        account_forward(_acct, op, {arrays}, out, aux)
+    t = _new(Tensor)
+    t.data = out
+    t.grad = t._node = None
+    # GREY unless some input is BLACK and the op has a gradient. (A differentiable op on
+    # a BLACK, hence floating-point, input gives a floating-point output; astype to an
+    # integer dtype detaches its input first.)
+    if {grey} or not op.differentiable:
+        return t
+    parents = {parents}
+    if not _Mode.enabled:
+        if _Mode.checkpoint is None:
+            return t
+        parents = _Mode.checkpoint.parents(op, parents)
+        if parents is None:
+            return t
+        parents = tuple(parents)
+    needs = {needs}
+    saver = op._savers.get(needs) or op.saver(needs)
+    saved = saver({arrays}, out)
+    t._node = new_node(op, parents, saved + aux if aux else saved, params, needs, out.shape, out.dtype)
+    return t
+"""
+
+_APPLY = """
 def apply(op, args, params):
-    """Run `op` on Tensors and constants (any arity, with params)."""
+    \"\"\"Run `op` on Tensors and constants (any arity, with params).\"\"\"
     arrays, parents, first = [], [], None
     for a in args:
         if isinstance(a, Tensor):
@@ -42,27 +97,40 @@ def apply(op, args, params):
         else:
             arrays.append(a)
             parents.append(None)
-    needs = tuple([p is not None for p in parents])
-    return _finish(op, _namespace(op, first, args, arrays), arrays, tuple(parents), params or None,
-                   needs if True in needs else None)
+    xp = _namespace(op, first, args, arrays)
+    parents = tuple(parents)
+    params = params or None
+""" + _CORE.format(arrays="arrays", call="op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)",
+                   grey="parents.count(None) == len(parents)", parents="parents",
+                   needs="tuple([p is not None for p in parents])")
 
 
+def _indented(core):
+    return core.replace("\n    ", "\n        ")
+
+
+_UNARY = """
 def unary_entry(op):
-    """The function x -> op(x): unpack one Tensor (or make one) and run the core.
-    Generated functions, methods and operators are these closures (the hot path)."""
+    \"\"\"The function x -> op(x): unpack one Tensor (or make one), then the core.\"\"\"
+    params = None
+
     def entry(x):
         if not isinstance(x, Tensor):
             x = Tensor(x)
         xd = x.data
         xn = x._node
-        return _finish(op, numpy_ns if type(xd) is _ndarray else namespace_of(xd), (xd,), (xn,), None,
-                       None if xn is None else _NEEDS1)
+        xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
+""" + _indented(_CORE).format(arrays="(xd,)", call="op.fwd(xp, xd)", grey="xn is None", parents="(xn,)",
+                              needs="_NEEDS1 if parents[0] is not None else (False,)") + """
     entry.__name__ = entry.__qualname__ = op.name
     return entry
+"""
 
-
+_BINARY = """
 def binary_entry(op):
-    """The function (x, y) -> op(x, y) for Tensors and constants."""
+    \"\"\"The function (x, y) -> op(x, y) for Tensors and constants, then the core.\"\"\"
+    params = None
+
     def entry(x, y):
         if isinstance(x, Tensor):
             xd, xn = x.data, x._node
@@ -76,10 +144,15 @@ def binary_entry(op):
         else:
             yd, yn = y, None
         xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
-        return _finish(op, xp, (xd, yd), (xn, yn), None,
-                       None if xn is None and yn is None else _NEEDS2[(xn is not None) * 2 + (yn is not None)])
+""" + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
+                              parents="(xn, yn)",
+                              needs="_NEEDS2[(parents[0] is not None) * 2 + (parents[1] is not None)]") + """
     entry.__name__ = entry.__qualname__ = op.name
     return entry
+"""
+
+for _source in (_APPLY, _UNARY, _BINARY):
+    exec(compile(_source, __file__ + " (_CORE)", "exec"), globals())
 
 
 _entries = {}
@@ -110,62 +183,16 @@ def _namespace(op, first, args, arrays):
     return xp
 
 
-def _finish(op, xp, arrays, parents, params, needs):
-    """The one core: forward, accounting, the output Tensor, and its node when recorded.
-    needs is None when no input is BLACK (nothing to record)."""
-    if op.kernels:
-        out = run_forward(op, xp, arrays, params)
-    else:                          # the generic xp code (run_forward inlined: the per-op hot path)
-        try:
-            out = op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
-        except Exception as e:
-            _raise_forward_error(op, arrays, e)
-    aux = ()
-    if op.has_aux:
-        out, aux = out
-    if type(out) is not _ndarray and xp is numpy_ns:
-        out = np.asarray(out)  # numpy returns scalars for 0-d results; keep arrays
-    if _acct.active is not None:
-        account_forward(_acct, op, arrays, out, aux)
-    t = _new(Tensor)
-    t.data = out
-    t.grad = t._node = None
-    # GREY unless some input is BLACK and the op has a gradient. (A differentiable op on
-    # a BLACK, hence floating-point, input gives a floating-point output; astype to an
-    # integer dtype detaches its input first.)
-    if needs is None or not op.differentiable:
-        return t
-    if not _Mode.enabled:
-        if _Mode.checkpoint is None:
-            return t
-        parents = _Mode.checkpoint.parents(op, parents)
-        if parents is None:
-            return t
-        parents = tuple(parents)
-    saver = op._savers.get(needs) or op.saver(needs)
-    saved = saver(arrays, out)
-    t._node = Node(op, parents, saved + aux if aux else saved, params, needs, out.shape, out.dtype)
-    return t
-
-
-# needs (one bool per input: does a gradient flow there), shared for one and two inputs
-_NEEDS1 = (True,)
-_NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
-
-
 def run_forward(op, xp, arrays, params):
     """What op's forward returns (out, or (out, aux)): the provider's kernel where one
-    is registered for these arrays and accepts them, else the generic xp code."""
-    try:
-        if op.kernels:
-            kernel = op.kernels.get(provider_name(xp))
-            if kernel is not None:
-                out = kernel.forward(xp, *arrays, **params) if params else kernel.forward(xp, *arrays)
-                if out is not None:
-                    return out
-        return op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
-    except Exception as e:
-        _raise_forward_error(op, arrays, e)
+    is registered for these arrays and accepts them, else the generic xp code.
+    (The core turns its errors into gpuad's.)"""
+    kernel = op.kernels.get(provider_name(xp))
+    if kernel is not None:
+        out = kernel.forward(xp, *arrays, **params) if params else kernel.forward(xp, *arrays)
+        if out is not None:
+            return out
+    return op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)
 
 
 def _raise_forward_error(op, arrays, e):

@@ -163,17 +163,10 @@ class Primitive:
 
 
 def _make_saver(plan):
-    # Specialised for the common one- and two-item plans: this runs on every recorded op.
-    if not plan:
-        return lambda arrays, out: ()
-    if len(plan) == 1:
-        k = plan[0]
-        if k == OUT:
-            return lambda arrays, out: (out,)
-        if k == UNUSED:
-            return lambda arrays, out: (None,)
-        return lambda arrays, out: (arrays[k],)
-    return lambda arrays, out: tuple([out if k == OUT else None if k == UNUSED else arrays[k] for k in plan])
+    """lambda arrays, out: (the saved items), spelled out for this plan: it runs on
+    every recorded op, where a loop or a comprehension would cost more than the op."""
+    items = ["out" if k == OUT else "None" if k == UNUSED else f"arrays[{k}]" for k in plan]
+    return eval(f"lambda arrays, out: ({', '.join(items)}{',' if len(items) == 1 else ''})", {})
 
 
 def primitive(name, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
