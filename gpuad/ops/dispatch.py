@@ -158,14 +158,6 @@ for _source in (_APPLY, _UNARY, _BINARY):
 _entries = {}
 
 
-def apply1(op, x):
-    """op(x) for one Tensor input and no params."""
-    fn = _entries.get(op)
-    if fn is None:
-        fn = _entries[op] = unary_entry(op)
-    return fn(x)
-
-
 def apply2(op, x, y):
     """op(x, y) for two inputs (Tensors or constants) and no params."""
     fn = _entries.get(op)
