@@ -186,6 +186,10 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     free_saved = not retain_graph and (watch is None or watch.held is None)
     prev_mode = _Mode.enabled
     _Mode.enabled = create_graph          # record the backward pass only when asked
+    # VJPs meet 0 * inf and x / 0 at points a selection then masks out (relu, power):
+    # like torch, backward computes through them silently.
+    errstate = np.errstate(divide="ignore", invalid="ignore", over="ignore")
+    errstate.__enter__()
     # The heap holds nodes whose gradient has started arriving, keyed by
     # -index. `nxt` is a one-slot fast lane in front of it: in a chain every
     # node hands exactly one new parent on, which then skips the heap.
@@ -259,6 +263,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             raise out_of_memory(e, op.name + " (backward)") from None
         raise
     finally:
+        errstate.__exit__(None, None, None)
         _Mode.enabled = prev_mode
         for _, n in heap:                                     # after an error: release what is left
             n.grad = None

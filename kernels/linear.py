@@ -65,7 +65,11 @@ def _activation_grad(s, ACT: tl.constexpr):
 def _dz_tile(dy_ptr, s_ptr, off, mask, ACT: tl.constexpr):
     """The backward prologue: dZ = dY * act'(S) for one tile, in fp32, never written out."""
     dz = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if ACT != 0:
+    if ACT == 1:
+        # relu selects: dY where Y > 0, else 0 (an inf dY times a 0 mask would be NaN)
+        s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        dz = tl.where(s > 0, dz, 0.0)
+    elif ACT != 0:
         s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
         dz = dz * _activation_grad(s, ACT)
     return dz

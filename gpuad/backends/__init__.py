@@ -68,6 +68,12 @@ class ArrayNamespace:
             return host_pool.empty(shape, dtype)
         return None
 
+    def zero_where(self, a, drop):
+        """a with zeros where `drop`, in place: a selection, so an inf in a never
+        meets a 0 of a mask (inf * 0 is NaN). Read and write N, plus the N-byte mask."""
+        self.module.copyto(a, 0, where=drop)
+        return a
+
     def astype(self, a, dtype):
         return a.astype(dtype, copy=False)
 

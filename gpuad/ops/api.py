@@ -121,9 +121,16 @@ def _axis_kw(name, axis, dim, keepdims, keepdim):
 
 def _reduce(op, x, axis, keepdims):
     x = x if isinstance(x, Tensor) else Tensor(x)
-    axis = R.normalize_axis(axis, x.ndim, op.name)
+    axis = _reduce_axes(x, axis, op.name)
     params = None if (axis is None and not keepdims) else {"axis": axis, "keepdims": keepdims}
     return apply(op, (x,), params)
+
+
+def _reduce_axes(x, axis, name):
+    """The axes a reduction runs over; a 0-d tensor's axis 0 (or -1) is the tensor itself,
+    as in torch: nothing to reduce."""
+    axes = R.normalize_axis(axis, x.ndim, name)
+    return None if x.ndim == 0 else axes
 
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
@@ -169,7 +176,7 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Mean over axis: sum then one scale (composite)."""
     axis, keepdims = _axis_kw("mean", axis, dim, keepdims, keepdim)
     x = x if isinstance(x, Tensor) else Tensor(x)
-    n = _count(x.shape, R.normalize_axis(axis, x.ndim, "mean"))
+    n = _count(x.shape, _reduce_axes(x, axis, "mean"))
     return multiply(_reduce(R.sum, x, axis, keepdims), 1.0 / n if n else float("nan"))
 
 
@@ -179,7 +186,7 @@ def var(x, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correct
     if correction is not None:
         ddof = correction
     x = x if isinstance(x, Tensor) else Tensor(x)
-    n = _count(x.shape, R.normalize_axis(axis, x.ndim, "var"))
+    n = _count(x.shape, _reduce_axes(x, axis, "var"))
     d = subtract(x, mean(x, axis, keepdims=True))
     return multiply(sum(multiply(d, d), axis, keepdims), 1.0 / builtins.max(n - ddof, 0) if n > ddof else float("nan"))
 
@@ -198,7 +205,7 @@ def logsumexp(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """
     axis, keepdims = _axis_kw("logsumexp", axis, dim, keepdims, keepdim)
     x = x if isinstance(x, Tensor) else Tensor(x)
-    axes = R.normalize_axis(axis, x.ndim, "logsumexp")
+    axes = _reduce_axes(x, axis, "logsumexp")
     xp = namespace_of(x.data)
     m = xp.max(x.data, axis=axes, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0).astype(x.dtype)
@@ -232,9 +239,7 @@ def reshape(x, *shape):
                          f"(size {size}) into {shape}")
     if -1 in shape:
         shape = tuple(size // known if s == -1 else s for s in shape)
-    if shape == tuple(x.shape):
-        return x
-    return apply(S.reshape, (x,), {"shape": shape})
+    return apply(S.reshape, (x,), {"shape": shape})      # a new Tensor even when nothing changes, as torch
 
 
 view = reshape
@@ -263,8 +268,6 @@ def transpose(x, *axes):
         if sorted(perm) != list(range(ndim)):
             raise ValueError(f"gpuad.transpose: {axes} is not a permutation of the {ndim} axes "
                              f"of a tensor of shape {tuple(x.shape)}")
-    if perm == tuple(range(ndim)):
-        return x
     return apply(S.transpose, (x,), {"axes": perm})
 
 
@@ -275,7 +278,7 @@ def permute(x, *dims):
 
 def swapaxes(x, axis1, axis2):
     """Exchange two axes (a view)."""
-    return transpose(x, axis1, axis2) if x.ndim != 1 else x
+    return transpose(x, axis1, axis2)
 
 
 def broadcast_to(x, shape):
@@ -287,8 +290,6 @@ def broadcast_to(x, shape):
             raise ValueError
     except ValueError:
         raise ValueError(f"gpuad.broadcast_to: cannot broadcast shape {tuple(x.shape)} to {shape}") from None
-    if shape == tuple(x.shape):
-        return x
     return apply(S.broadcast_to, (x,), {"shape": shape})
 
 

@@ -3,8 +3,10 @@
 Each line declares a primitive completely: its name (its forward is
 `xp.<name>` unless given), what its VJP keeps ("x", "out" or nothing), its
 derivative as an expression of that kept value, and how the incoming
-gradient meets it: dx = g * d ("multiply") or g / d ("divide"), written
-into g when the engine donates it (one pass: read 2N, write N). `domain` is
+gradient meets it: dx = g * d ("multiply"), g / d ("divide"), or 0 where
+the mask d holds and g elsewhere ("select": never g * mask, which turns an
+infinite g into NaN), written into g when the engine donates it (one pass:
+read 2N, write N). `domain` is
 where the op is smooth (the generated gradcheck case samples it; "away0"
 keeps 0.2 away from a kink at 0); `temps` counts the full-size temporaries
 the derivative writes and reads back (the traffic model).
@@ -24,7 +26,7 @@ array([2., 1.])
 import math
 
 from .elementwise import _tmp
-from .registry import primitive, UNARY
+from .registry import call, primitive, UNARY
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -58,12 +60,16 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
 def _vjp_from(name, keep, d, via):
     """The VJP g -> (g via d,), written into g when donated, compiled from the table's
     expression: one function per op, as if written by hand (this runs on every node)."""
-    if via not in ("multiply", "divide"):
-        raise ValueError(f"gpuad.unary: {name}: via must be 'multiply' or 'divide', not {via!r}")
+    if via not in ("multiply", "divide", "select"):
+        raise ValueError(f"gpuad.unary: {name}: via must be 'multiply', 'divide' or 'select', not {via!r}")
+    if via == "select":     # d is the mask of where the gradient is 0: chosen, never multiplied
+        result = f"xp.zero_where(g, {d}) if donate else xp.where({d}, 0.0, g)"
+    else:
+        result = f"xp.{via}(g, {d}, out=g if donate else None)"
     source = (f"def {name}_vjp(xp, g, saved, node, donate):\n"
               + (f"    {keep} = saved[0]\n" if keep else "")
               + ("    params = node.params or {}\n" if "params" in d else "")
-              + f"    return (xp.{via}(g, {d}, out=g if donate else None),)\n")
+              + f"    return ({result},)\n")
     scope = dict(_DERIVATIVE_SCOPE)
     exec(compile(source, f"<derivative of {name}>", "exec"), scope)
     return scope[f"{name}_vjp"]
@@ -122,7 +128,9 @@ def _softplus(xp, x, beta=1.0, threshold=20.0):
 
 def _softplus_d(xp, x, beta=1.0, threshold=20.0):
     bx = xp.multiply(x, beta) if beta != 1.0 else x
-    return xp.where(xp.greater(bx, threshold), 1.0, _sigmoid(xp, bx))
+    # the sigmoid primitive (call: recorded under create_graph), whose own VJP is right at 0:
+    # the overflow-safe formula goes through |x|, whose derivative at 0 is 0
+    return xp.where(xp.greater(bx, threshold), 1.0, call(sigmoid, xp, bx))
 
 
 # What the derivative expressions may use besides xp, x, out and params. `(t := ...)`
@@ -144,7 +152,7 @@ cosh = unary("cosh", "x", "xp.sinh(x)")
 tanh = unary("tanh", "out", "xp.subtract(1.0, t := xp.multiply(out, out), out=_tmp(t))", temps=2)
 sigmoid = unary("sigmoid", "out", "xp.multiply(out, t := xp.subtract(1.0, out), out=_tmp(t))", domain=(-8, 8),
                 temps=2, fwd=_sigmoid, fwd_temps=6)
-relu = unary("relu", "out", "xp.greater(out, 0)", domain="away0",
+relu = unary("relu", "out", "xp.less_equal(out, 0)", via="select", domain="away0",
              fwd=lambda xp, x: xp.maximum(x, 0), doc="max(x, 0); the gradient at 0 is 0, as in PyTorch.")
 erf = unary("erf", "x", "_erf_d(xp, x)", temps=4, doc="The error function; d/dx erf = 2/sqrt(pi) exp(-x^2).")
 gelu = unary("gelu", "x", "_gelu_d(xp, x, **params)", domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)

@@ -16,6 +16,8 @@ into its own temporaries, instead of allocating.
 >>> x.grad.numpy().round(4)
 array([1.2599, 0.212 ])
 """
+import math
+
 import numpy as np
 
 from .registry import primitive, BINARY, UNARY, OTHER
@@ -121,16 +123,35 @@ def power(xp, x, p):
 
 @power.defvjp
 def _power_vjp(xp, g, saved, node, donate):
+    # As torch: dx is 0 where p == 0 and dp is 0 where x == 0 and p >= 0 (the limits),
+    # not the 0 * inf = NaN the formulas give there.
     x, p, out = saved
     nx, np_ = node.needs
-    gx = None
-    if nx:
-        if isinstance(p, (int, float)) and p == 2:
-            gx = xp.multiply(xp.multiply(g, 2.0), x)
-        else:
-            gx = xp.multiply(xp.multiply(g, p), xp.power(x, p - 1))
-    gp = xp.multiply(xp.multiply(g, out), xp.log(x)) if np_ else None
+    gx = gp = None
+    with np.errstate(divide="ignore", invalid="ignore"):      # the masked-out points
+        if nx:
+            if _is_number(p):
+                gx = xp.multiply(xp.multiply(g, 2.0), x) if p == 2 else (
+                    xp.multiply(g, 0.0) if p == 0 else xp.multiply(xp.multiply(g, p), xp.power(x, p - 1)))
+            else:
+                gx = xp.multiply(g, xp.where(xp.equal(p, 0), 0.0, xp.multiply(p, xp.power(x, p - 1))))
+        if np_:
+            if _is_number(x):
+                # a constant base: log in full precision, taking the computation's dtype
+                log_x = math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+                d = xp.multiply(out, log_x)
+                zero = x == 0
+            else:
+                d = xp.multiply(out, xp.log(xp.astype(x, out.dtype)))   # never a float32 log in float64
+                zero = xp.equal(x, 0)
+            limit = xp.logical_and(zero, xp.greater_equal(p, 0)) if not isinstance(zero, bool) else \
+                (xp.greater_equal(p, 0) if zero else None)
+            gp = xp.multiply(g, d if limit is None else xp.where(limit, 0.0, d))
     return gx, gp
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.number))
 
 
 @primitive("maximum", inputs=("x", "y"), kind=BINARY, retain={"x": None, "y": None}, vjp_temps=3,

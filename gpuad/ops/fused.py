@@ -16,6 +16,7 @@ exponentials). Backward: read 2N, write N.
 >>> gpuad.softmax(x, axis=-1).numpy().round(4)
 array([[0.09  , 0.2447, 0.6652]], dtype=float32)
 """
+import math
 import sys
 
 from ..graph import FREED
@@ -27,6 +28,8 @@ from .derivatives import _gelu, _gelu_d, _sigmoid
 @primitive("softmax", kind=FUSED, retain={"out": None}, fwd_temps=2, vjp_temps=1)
 def softmax(xp, x, axis=-1):
     """exp(x) / sum(exp(x)) along `axis`."""
+    if x.shape[axis] == 0:
+        return xp.exp(x)                 # nothing to normalise (and no max of nothing)
     e = xp.exp(xp.subtract(x, xp.max(x, axis=axis, keepdims=True)))
     return xp.divide(e, xp.sum(e, axis=axis, keepdims=True), out=e)
 
@@ -43,6 +46,8 @@ def _softmax_vjp(xp, g, saved, node, donate):
 @primitive("log_softmax", kind=FUSED, retain={"out": None}, fwd_temps=2, vjp_temps=1)
 def log_softmax(xp, x, axis=-1):
     """x - log(sum(exp(x))) along `axis`, stable for large x."""
+    if x.shape[axis] == 0:
+        return xp.exp(x)                 # an empty result of x's shape and dtype
     shifted = xp.subtract(x, xp.max(x, axis=axis, keepdims=True))
     lse = xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
     return xp.subtract(shifted, lse, out=shifted)
@@ -98,9 +103,10 @@ def _linear_grads(xp, dz, x, w, needs):
         if nx else None
     gw = gb = None
     if nw or nb:
-        dz2 = xp.reshape(dz, (-1, n_out))
+        rows = math.prod(dz.shape[:-1])              # (not -1: ambiguous for empty arrays)
+        dz2 = xp.reshape(dz, (rows, n_out))
         if nw:
-            x2 = xp.reshape(x, (-1, x.shape[-1]))
+            x2 = xp.reshape(x, (rows, x.shape[-1]))
             gw = xp.matmul(xp.swapaxes(dz2, -1, -2), x2, out=xp.buffer((n_out, x.shape[-1]), _result_dtype(dz, x)))
         if nb:
             gb = xp.sum(dz2, axis=0)
@@ -179,10 +185,9 @@ def linear_relu(xp, x, w, b):
 @linear_relu.defvjp
 def _linear_relu_vjp(xp, g, saved, node, donate):
     x, w, y = saved
-    if donate and dies_here(y, node, refs=2):      # sign(y) is the 0/1 mask, written into y
-        dz = xp.multiply(g, xp.sign(y, out=y), out=g)
-        return _linear_grads(xp, dz, x, w, node.needs)
-    dz = xp.multiply(g, xp.greater(y, 0), out=g if donate else None)
+    # select, never multiply by the 0/1 mask: an infinite dY times 0 would be NaN (torch gives 0)
+    drop = xp.less_equal(y, 0)
+    dz = xp.zero_where(g, drop) if donate else xp.where(drop, 0.0, g)
     return _linear_grads(xp, dz, x, w, node.needs)
 
 

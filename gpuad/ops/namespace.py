@@ -14,6 +14,7 @@ True
 import numpy as np
 
 from . import api
+from ..backends import namespace_of
 from ..tensor import Tensor
 
 
@@ -54,6 +55,13 @@ class TensorNamespace:
 
     def stack(self, arrays, axis=0):
         return api.stack(arrays, axis)
+
+    def zero_where(self, a, drop):
+        return api.where(drop, 0.0, a)         # recorded: never in place
+
+    def logical_and(self, a, b):
+        a, b = (t.data if isinstance(t, Tensor) else t for t in (a, b))
+        return Tensor._from(namespace_of(a).logical_and(a, b))       # a mask: a constant (GREY)
 
     def arange(self, n):
         return Tensor._from(np.arange(n))     # a constant (GREY)

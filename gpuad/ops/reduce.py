@@ -24,7 +24,7 @@ def normalize_axis(axis, ndim, op):
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < builtins.max(ndim, 1):
+        if not isinstance(a, int) or not -builtins.max(ndim, 1) <= a < builtins.max(ndim, 1):
             raise ValueError(f"gpuad.{op}: axis {axis!r} is out of range for a tensor with {ndim} dims")
         out.append(a % ndim if ndim else 0)
     if len(set(out)) != len(out):
