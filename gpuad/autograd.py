@@ -32,6 +32,7 @@ from .memory.accounting import accountant, owner_of
 from .memory.planner import no_planner
 from .backends.devices import is_out_of_memory, out_of_memory
 from .ops.dispatch import vjp_for
+from .ops.inplace import _mutated, check_saved
 from .tensor import Tensor
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
@@ -194,6 +195,7 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     # -index. `nxt` is a one-slot fast lane in front of it: in a chain every
     # node hands exactly one new parent on, which then skips the heap.
     nxt = None
+    mutated = _mutated                       # non-empty once any in-place write happened
     try:
         while True:
             if nxt is not None and (not heap or nxt.index > -heap[0][0]):
@@ -213,6 +215,8 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                     continue
             donate = owned and g.size >= DONATE_MIN       # accumulate.may_donate, inline: the hot path
             saved = node.saved
+            if mutated and saved:
+                check_saved(node)                    # an in-place write happened somewhere: look
             if saved is FREED:
                 raise BackwardError(
                     f"gpuad: trying to backward through the graph a second time: node #{node.index} "

@@ -278,12 +278,6 @@ class Tensor:
         node.hooks.append(entry)
         return _HookHandle(node, entry)
 
-    def __setitem__(self, index, value):
-        if self._node is not None:
-            raise RuntimeError("gpuad: in-place assignment into a tensor that requires grad would "
-                               "corrupt its graph; build a new tensor (gpuad.where, concat) instead")
-        self.data[index] = value.data if isinstance(value, Tensor) else value
-
     # -- devices ------------------------------------------------------------------
 
     def _to_device(self, target):

@@ -162,3 +162,116 @@ def test_linear_with_an_empty_dimension(shape_x, shape_w):
     torch.nn.functional.linear(xt, wt, bt).sum().backward()
     for mine, theirs in ((x, xt), (w, wt), (b, bt)):
         np.testing.assert_array_equal(mine.grad.numpy(), theirs.grad.numpy())
+
+
+# --- 8. mutation: in-place ops are checked, recorded, or plain writes under no_grad ------
+
+def test_modifying_a_saved_tensor_in_place_raises_at_backward():
+    w = t64([1.0, 2.0, 3.0])
+    x = gpuad.tensor([2.0, 3.0, 4.0])
+    y = w * x                                   # saves x for w's gradient
+    x.mul_(50)
+    with pytest.raises(RuntimeError, match=r"multiply \(node #\d+\) saved its input 'y'.*mul_ modified it"):
+        y.sum().backward()
+
+
+def test_modifying_a_saved_output_in_place_raises():
+    x = t64([0.5, 1.0])
+    y = x.tanh()                                # saves its output
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"tanh .* saved its output"):
+        y.sum().backward()
+    xt = tt([0.5, 1.0])
+    yt = xt.tanh()
+    yt.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        yt.sum().backward()
+
+
+def test_modifying_before_the_op_or_an_unsaved_tensor_is_fine():
+    x = gpuad.tensor([2.0, 3.0], dtype="float64")
+    x.mul_(2.0)                                 # before: nothing saved it yet
+    w = t64([1.0, 1.0])
+    y = w * x
+    z = w + x                                   # add saves nothing
+    x.add_(100.0)
+    w2 = t64([1.0, 1.0])
+    (w2 + x).sum().backward()
+    z.sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0] and w2.grad.tolist() == [1.0, 1.0]
+    del y
+
+
+def test_setitem_into_a_no_grad_buffer_records_the_graph():
+    w, wt = t64([1.0, 2.0]), tt([1.0, 2.0])
+    buf, buft = gpuad.zeros(3, dtype="float64"), torch.zeros(3, dtype=torch.float64)
+    buf[1:] = w * 3
+    buft[1:] = wt * 3
+    (buf * 4 / 3).sum().backward()
+    (buft * 4 / 3).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), wt.grad.numpy())
+    assert w.grad.tolist() == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("index", [1, slice(0, 2), (Ellipsis, [0, 2]), (Ellipsis, 1)])
+def test_setitem_gradients_flow_to_both_sides(index):
+    vals = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    for lib, make in ((gpuad, t64), (torch, tt)):
+        x, v = make(vals), make(7.5)
+        y = x * 1.0
+        y[index] = v * 2
+        (y * make(vals, grad=False)).sum().backward()
+        if lib is gpuad:
+            mine = (x.grad.numpy(), v.grad.numpy())
+    np.testing.assert_allclose(mine[0], x.grad.numpy())
+    np.testing.assert_allclose(mine[1], v.grad.numpy())
+
+
+def test_no_grad_update_changes_the_parameter_itself():
+    p = t64([1.0, 2.0])
+    data = p.data
+    (p * p).sum().backward()
+    with gpuad.no_grad():
+        p -= 0.1 * p.grad
+        p *= 2.0
+        p.add_(1.0).clamp_(max=3.0)
+    assert p.data is data and p.requires_grad and p.is_leaf
+    np.testing.assert_allclose(p.numpy(), [2.6, 3.0])
+
+
+def test_in_place_on_a_leaf_that_requires_grad_is_refused():
+    p = t64([1.0])
+    for do in (lambda: p.add_(1), lambda: p.__iadd__(1), lambda: p.zero_(), lambda: p.__setitem__(0, 2.0)):
+        with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+            do()
+
+
+@pytest.mark.parametrize("name", ["add_", "sub_", "mul_", "div_", "clamp_", "fill_", "zero_", "copy_"])
+def test_recorded_in_place_ops_match_torch(name):
+    args = {"add_": (0.5,), "sub_": (0.5,), "mul_": (3.0,), "div_": (4.0,), "clamp_": (-0.2, 0.3),
+            "fill_": (2.0,), "zero_": (), "copy_": None}
+    out = []
+    for lib, make in ((gpuad, t64), (torch, tt)):
+        x, other = make([-1.0, 0.1, 2.0]), make([0.5, -0.5, 1.5])
+        y = x * other
+        a = (other,) if args[name] is None else args[name]
+        getattr(y, name)(*a)
+        (y * y).sum().backward()
+        out.append((y.detach().numpy().copy(), x.grad.numpy().copy(),
+                    None if other.grad is None else other.grad.numpy().copy()))
+    for mine, theirs in zip(*out):
+        if theirs is None:
+            assert mine is None or not mine.any()
+        else:
+            np.testing.assert_allclose(mine, theirs, rtol=1e-14)
+
+
+def test_in_place_op_that_saved_the_old_value_keeps_it():
+    a, at = t64([1.0, 2.0]), tt([1.0, 2.0])
+    b, bt = t64([3.0, 4.0]), tt([3.0, 4.0])
+    y, yt = a * 1.0, at * 1.0
+    y.mul_(b)
+    yt.mul_(bt)                                   # b's gradient needs y's old values
+    y.sum().backward(), yt.sum().backward()
+    np.testing.assert_array_equal(b.grad.numpy(), bt.grad.numpy())
+    np.testing.assert_array_equal(a.grad.numpy(), at.grad.numpy())

@@ -68,6 +68,12 @@ class ArrayNamespace:
             return host_pool.empty(shape, dtype)
         return None
 
+    def setitem(self, a, index, value):
+        """A copy of a with value written at index (read and write N, then the index)."""
+        out = a.copy()
+        out[index] = value
+        return out
+
     def zero_where(self, a, drop):
         """a with zeros where `drop`, in place: a selection, so an inf in a never
         meets a 0 of a mask (inf * 0 is NaN). Read and write N, plus the N-byte mask."""

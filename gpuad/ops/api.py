@@ -26,7 +26,7 @@ from ..tensor import Tensor
 __all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "max", "min", "amax", "amin",
            "mean", "var", "std", "logsumexp", "reshape", "view", "transpose", "permute", "swapaxes",
            "broadcast_to", "expand", "expand_dims", "unsqueeze", "squeeze", "flatten", "concatenate", "concat",
-           "cat", "stack", "getitem", "matmul", "dot", "softmax", "log_softmax"]
+           "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax"]
 
 
 def _shape_of(x):
@@ -382,6 +382,22 @@ def getitem(x, index):
         raise IndexError(f"gpuad.getitem: index {index!r} is invalid for a tensor of shape "
                          f"{tuple(x.shape)}: {e}") from None
     return out
+
+
+def setitem(x, index, value):
+    """A copy of x with value written at index: `x[index] = value` without the mutation
+    (Tensor.__setitem__ is this, then written back in place). Gradients flow to x
+    (zero where overwritten) and to value.
+
+    >>> import gpuad
+    >>> x = gpuad.zeros(3); v = gpuad.tensor(2.0, requires_grad=True)
+    >>> y = gpuad.setitem(x, slice(1, None), v); y.tolist()
+    [0.0, 2.0, 2.0]
+    >>> y.sum().backward(); v.grad.item()
+    2.0
+    """
+    index = tuple(_index_item(i) for i in index) if isinstance(index, tuple) else _index_item(index)
+    return apply(S.setitem, (x, value), {"index": index, "unique": S.selects_each_once(index)})
 
 
 def _index_item(i):

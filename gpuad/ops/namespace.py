@@ -56,6 +56,9 @@ class TensorNamespace:
     def stack(self, arrays, axis=0):
         return api.stack(arrays, axis)
 
+    def setitem(self, a, index, value):
+        return api.setitem(a, index, value)
+
     def zero_where(self, a, drop):
         return api.where(drop, 0.0, a)         # recorded: never in place
 

@@ -73,6 +73,21 @@ def _scatter_add_vjp(xp, gg, saved, node, donate):
     return (xp.getitem(gg, node.params["index"]),)
 
 
+@primitive("setitem", inputs=("x", "value"), kind=SHAPE)
+def setitem(xp, x, value, index, unique=True):
+    """A copy of x with value written at index (broadcast): x[index] = value, out of place."""
+    return xp.setitem(x, index, value)
+
+
+@setitem.defvjp
+def _setitem_vjp(xp, g, saved, node, donate):
+    index = node.params["index"]
+    nx, nv = node.needs
+    # x's gradient is g with the overwritten places zeroed; value's is g at those places
+    # (the engine sums it back over broadcasting)
+    return (xp.setitem(g, index, 0.0) if nx else None), (xp.getitem(g, index) if nv else None)
+
+
 @primitive("concatenate", inputs=("*",), kind=SHAPE)
 def concatenate(xp, *xs, axis=0, sizes=None):
     """Join tensors along an existing axis. `sizes` (per input, along axis) is for the VJP."""

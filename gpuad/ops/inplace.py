@@ -1,0 +1,134 @@
+"""In-place ops (add_, mul_, `+=`, `t[i] = v`, ...) and the check that keeps them honest.
+
+Under no_grad, or on tensors nothing requires grad from, an in-place op writes
+into the tensor's buffer and nothing else: `with gpuad.no_grad(): p -= lr * g`
+updates the parameter itself (no allocation, read 2N, write N).
+
+Recorded (an input requires grad, outside no_grad), it computes the op out of
+place through the primitive, writes the result into the tensor's buffer (so
+views of the buffer see it, as in torch), and moves the tensor onto the new
+node: the gradient flows through the op. A leaf that requires grad is refused,
+as torch refuses it.
+
+Every in-place write marks its buffer with the moment it happened. A node
+created before that moment which saved the buffer would compute a wrong
+gradient, so backward raises, naming the op, the saved value and the in-place
+op: never a silently wrong gradient (torch's version counters, kept per
+buffer, at no cost to ops that are not in place).
+
+>>> import gpuad
+>>> w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+>>> y = w * 2
+>>> y.add_(1)
+tensor([3., 5.], grad_fn=add)
+>>> y.sum().backward(); w.grad
+tensor([2., 2.])
+"""
+import weakref
+
+import numpy as np
+
+from ..backends import namespace_of
+from ..graph import FREED, _next_index, is_grad_enabled
+from ..memory.accounting import owner_of
+from ..tensor import Tensor
+
+_mutated = {}        # id(buffer owner) -> (moment of the last in-place write, what wrote it)
+
+
+def mark_mutated(t, what):
+    """Record an in-place write into t's buffer."""
+    owner = owner_of(t.data) if isinstance(t.data, np.ndarray) else _device_owner(t.data)
+    key = id(owner)
+    if key not in _mutated:
+        try:
+            weakref.finalize(owner, _mutated.pop, key, None)      # the entry dies with the buffer
+        except TypeError:
+            pass
+    _mutated[key] = (_next_index(), what)
+
+
+def _device_owner(a):
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
+
+
+def check_saved(node):
+    """Raise if a value `node` saved was written in place after the node was made.
+    Backward calls this for each node, only once some in-place write happened."""
+    saved = node.saved
+    if saved is FREED or not saved:
+        return
+    for k, a in enumerate(saved):
+        if not hasattr(a, "base") or isinstance(a, np.generic):
+            continue
+        owner = owner_of(a) if isinstance(a, np.ndarray) else _device_owner(a)
+        m = _mutated.get(id(owner))
+        if m is not None and m[0] > node.index:
+            names = list(node.op.retain)
+            what = names[k] if k < len(names) else "saved value"
+            label = "its output" if what == "out" else f"its input {what!r}"
+            raise RuntimeError(
+                f"gpuad: {node.op.name} (node #{node.index}) saved {label} (shape {tuple(a.shape)}, "
+                f"{a.dtype}) for its gradient, and {m[1]} modified it in place afterwards, so the "
+                f"gradient would be wrong. Modify a copy instead (t = t.clone(), or an out-of-place op).")
+
+
+def writes(t, name, other=None):
+    """Whether an in-place op on t must be recorded; refuses a leaf that requires grad."""
+    recording = is_grad_enabled() and (t._node is not None or (isinstance(other, Tensor) and other._node is not None))
+    if recording and t._node is not None and t._node.op is None:
+        raise RuntimeError(
+            f"gpuad.{name}: a leaf tensor that requires grad is used in an in-place operation, which would "
+            f"lose what its gradient is taken of. Update parameters inside `with gpuad.no_grad():`, as an "
+            f"optimizer step does, or work on a copy (t.clone()).")
+    return recording
+
+
+def write_back(t, result, name):
+    """Put a recorded out-of-place result into t: its values into t's buffer, t onto its node."""
+    if result.shape != t.shape:
+        raise RuntimeError(f"gpuad.{name}: the result has shape {result.shape}, which cannot be written "
+                           f"in place into a tensor of shape {t.shape}")
+    if result.dtype != t.dtype:
+        from . import api
+        result = api.astype(result, t.dtype)       # in place keeps t's dtype, as in torch
+    node = result._node
+    if node is not None and node.saved:
+        # the op may have saved t's old values (mul_ saves them for the other input's
+        # gradient): keep a copy of those, since the buffer is about to change
+        mine = id(owner_of(t.data)) if isinstance(t.data, np.ndarray) else None
+        node.saved = tuple(a.copy() if isinstance(a, np.ndarray) and id(owner_of(a)) == mine else a
+                           for a in node.saved)
+    mark_mutated(t, name)
+    namespace_of(t.data).copyto(t.data, result.data)
+    t._node = node
+    return t
+
+
+def binary_(t, op, other, name):
+    """t <op>= other, in place: `op` is the primitive (add, subtract, multiply, divide)."""
+    if not writes(t, name, other):
+        od = other.data if isinstance(other, Tensor) else other
+        getattr(namespace_of(t.data), op.name)(t.data, od, out=t.data)
+        mark_mutated(t, name)
+        return t
+    from .install import function_of
+    return write_back(t, function_of(op)(t, other), name)
+
+
+def assign_(t, value, name, index=None):
+    """t[index] = value (index None: all of t), recorded when anything requires grad."""
+    from . import api
+    if not writes(t, name, value):
+        vd = value.data if isinstance(value, Tensor) else value
+        if index is None:
+            namespace_of(t.data).copyto(t.data, vd, casting="unsafe")
+        else:
+            t.data[index] = vd
+        mark_mutated(t, name)
+        return t
+    if index is None:
+        index = Ellipsis
+    return write_back(t, api.setitem(t, index, value), name)
