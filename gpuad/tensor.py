@@ -278,6 +278,31 @@ class Tensor:
         node.hooks.append(entry)
         return _HookHandle(node, entry)
 
+    # -- copy and pickle (as torch) -------------------------------------------------
+
+    def __deepcopy__(self, memo):
+        """A leaf's copy is a new leaf (data, requires_grad and .grad copied): its
+        gradients never reach the original. Tensors made by ops cannot be deep-copied."""
+        if self._node is not None and self._node.op is not None:
+            raise RuntimeError("gpuad: only tensors created by the user (graph leaves) can be deep-copied, "
+                               "as in torch; detach() it first, or deep-copy the leaves it came from")
+        import copy
+        t = object.__new__(type(self))
+        t.data = _counted(self.data.copy(), "deepcopy")
+        t._node = None
+        t.grad = None
+        memo[id(self)] = t
+        if self._node is not None:
+            t.requires_grad_(True)
+        if self.grad is not None:
+            t.grad = copy.deepcopy(self.grad, memo)
+        return t
+
+    def __reduce_ex__(self, protocol):
+        """Pickles the data (host memory), the device, requires_grad and the class;
+        the graph never travels (a non-leaf arrives as a leaf, as in torch)."""
+        return (_rebuild, (type(self), self.numpy(), self.device, self._node is not None))
+
     # -- devices ------------------------------------------------------------------
 
     def _to_device(self, target):
@@ -296,6 +321,17 @@ class Tensor:
     # Operators and op methods (+, *, .sum(), .reshape(), ...) are installed by
     # gpuad.ops (install.py from the primitives' declarations, methods.py for
     # the hand-written functions), so this module imports no op.
+
+
+def _rebuild(cls, array, device, requires_grad):
+    t = object.__new__(cls)
+    t.data = array
+    t._node = t.grad = None
+    if device != "cpu":
+        t.data = t._to_device(device).data
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
 
 
 class _HookHandle:

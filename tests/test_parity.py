@@ -275,3 +275,45 @@ def test_in_place_op_that_saved_the_old_value_keeps_it():
     y.sum().backward(), yt.sum().backward()
     np.testing.assert_array_equal(b.grad.numpy(), bt.grad.numpy())
     np.testing.assert_array_equal(a.grad.numpy(), at.grad.numpy())
+
+
+# --- 9. deepcopy and pickle --------------------------------------------------------------
+
+def test_deepcopy_of_a_module_owns_its_parameters():
+    import copy
+    net = gpuad.nn.Linear(3, 2)
+    twin = copy.deepcopy(net)
+    assert twin.weight is not net.weight and twin.weight.requires_grad
+    twin(gpuad.ones(4, 3)).sum().backward()
+    assert net.weight.grad is None and twin.weight.grad is not None
+    np.testing.assert_array_equal(twin.weight.numpy(), net.weight.numpy())
+
+
+def test_deepcopy_copies_grad_and_refuses_non_leaves():
+    import copy
+    x = t64([1.0, 2.0])
+    (x * x).sum().backward()
+    c = copy.deepcopy(x)
+    assert c.grad.tolist() == [2.0, 4.0] and c.grad is not x.grad and c.requires_grad
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(x * 2)
+
+
+@pytest.mark.parametrize("make", [lambda: t64([1.0, 2.0]), lambda: t64([1.0, 2.0]) * 3,
+                                  lambda: gpuad.nn.Parameter(gpuad.ones(2)), lambda: gpuad.tensor([1, 2])])
+def test_pickle_round_trips_tensors(make):
+    import pickle
+    t = make()
+    u = pickle.loads(pickle.dumps(t))
+    assert type(u) is type(t) and u.requires_grad == t.requires_grad and u.is_leaf
+    assert u.dtype == t.dtype and u.tolist() == t.tolist()
+
+
+def test_pickle_round_trips_a_module():
+    import pickle
+    net = gpuad.nn.MLP([3, 4, 2], activation="tanh")
+    twin = pickle.loads(pickle.dumps(net))
+    x = gpuad.ones(5, 3)
+    np.testing.assert_array_equal(twin(x).numpy(), net(x).numpy())
+    twin(x).sum().backward()
+    assert all(p.grad is None for p in net.parameters())
