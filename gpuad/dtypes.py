@@ -40,3 +40,81 @@ def as_dtype(dtype):
 def is_floating(dtype):
     """True for dtypes that can carry a gradient."""
     return dtype.kind == "f" or dtype.kind == "c"
+
+
+# --- promotion, as PyTorch does it ---------------------------------------------------
+#
+# Categories bool < integer < floating. Between tensors of one category the wider
+# dtype wins (int32 + int64 -> int64, float16 + float32 -> float32); across
+# categories the higher category's dtype wins (int64 + float32 -> float32, where
+# numpy says float64). A 0-d tensor, a Python number or a numpy scalar only
+# decides the dtype when its category is higher than the tensors' (float32 *
+# np.float64(2) stays float32; int64 * 2.5 becomes the default float, float32).
+
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def _category(v):
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return 1
+    if isinstance(v, float):
+        return 2
+    if isinstance(v, complex):
+        return 3
+    return _CATEGORY[v.dtype.kind]
+
+
+def _scalar_dtype(v):
+    """The dtype a weak operand brings when its category wins."""
+    if isinstance(v, (bool, int, float, complex)) or isinstance(v, np.generic):
+        kind = 0 if isinstance(v, (bool, np.bool_)) else (1 if isinstance(v, (int, np.integer)) else 2)
+        return (bool_, int64, default_float)[kind] if kind < 3 else np.dtype("complex64")
+    return v.dtype                                      # a 0-d array keeps its own
+
+
+def result_type(a, b):
+    """torch.result_type for two operands (arrays, 0-d arrays, Python or numpy numbers).
+
+    >>> import numpy as np
+    >>> from gpuad.dtypes import result_type
+    >>> result_type(np.ones(2, np.int64), np.ones(2, np.float32)), result_type(np.ones(2, np.float32), np.float64(1))
+    (dtype('float32'), dtype('float32'))
+    >>> result_type(np.ones(2, np.int64), 2.5), result_type(np.ones(2, np.int64), np.array(1.5))
+    (dtype('float32'), dtype('float64'))
+    """
+    a_dim = getattr(a, "ndim", 0) > 0 and not isinstance(a, np.generic)
+    b_dim = getattr(b, "ndim", 0) > 0 and not isinstance(b, np.generic)
+    if a_dim != b_dim:                                  # one dimensioned tensor, one weak operand
+        strong, weak = (a, b) if a_dim else (b, a)
+        if _category(weak) > _category(strong):
+            return _scalar_dtype(weak)
+        return strong.dtype
+    ca, cb = _category(a), _category(b)
+    if ca != cb:
+        return _scalar_dtype(a) if ca > cb else _scalar_dtype(b)
+    if not hasattr(a, "dtype") and not hasattr(b, "dtype"):
+        return _scalar_dtype(a)
+    if not hasattr(a, "dtype") or not hasattr(b, "dtype"):
+        return (b if not hasattr(a, "dtype") else a).dtype
+    return np.promote_types(a.dtype, b.dtype)
+
+
+def promote(a, b, float_result=False):
+    """a and b cast to their torch result type (constants stay Python numbers when
+    that suffices); float_result: integer results become the default float (true division)."""
+    dt = result_type(a, b)
+    if float_result and dt.kind in "biu":
+        dt = default_float
+    return _cast(a, dt), _cast(b, dt)
+
+
+def _cast(v, dt):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (bool, int, float)):
+        return v if (dt.kind == "f" or (dt.kind in "iu" and not isinstance(v, float)) or dt.kind == "b") else dt.type(v)
+    if v.dtype != dt:
+        return v.astype(dt)
+    return v

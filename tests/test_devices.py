@@ -11,7 +11,7 @@ from gpuad import nn
 
 
 def test_import_gpuad_imports_no_gpu_stack_and_no_torch():
-    code = ("import sys, gpuad, numpy as np; x = gpuad.tensor(np.ones((3, 4)), requires_grad=True); "
+    code = ("import sys, gpuad, numpy as np; x = gpuad.tensor(np.ones((3, 4), np.float32), requires_grad=True); "
             "gpuad.nn.functional.linear(x, gpuad.ones((2, 4)), activation='tanh').sum().backward(); "
             "print(sorted(m for m in ('cupy', 'triton', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -137,8 +137,10 @@ def test_constant_base_power_second_order_in_float64():
 def test_float32_base_with_float64_exponent_takes_a_float64_log():
     """The result is float64, so is its log (torch takes a float32 log here: 4e-8 off)."""
     base = np.array([1.1, 2.7], np.float32)
-    p = t64(1.3)
-    (gpuad.tensor(base) ** p).sum().backward()
+    p = t64([1.3])                                # dimensioned: the result is float64 (torch's rule)
+    y = gpuad.tensor(base) ** p
+    assert y.dtype == np.float64
+    y.sum().backward()
     b64 = base.astype(np.float64)
     assert p.grad.item() == pytest.approx(float((b64 ** 1.3 * np.log(b64)).sum()), rel=1e-15)
 
@@ -168,7 +170,7 @@ def test_linear_with_an_empty_dimension(shape_x, shape_w):
 
 def test_modifying_a_saved_tensor_in_place_raises_at_backward():
     w = t64([1.0, 2.0, 3.0])
-    x = gpuad.tensor([2.0, 3.0, 4.0])
+    x = gpuad.tensor([2.0, 3.0, 4.0], dtype="float64")
     y = w * x                                   # saves x for w's gradient
     x.mul_(50)
     with pytest.raises(RuntimeError, match=r"multiply \(node #\d+\) saved its input 'y'.*mul_ modified it"):
@@ -317,3 +319,74 @@ def test_pickle_round_trips_a_module():
     np.testing.assert_array_equal(twin(x).numpy(), net(x).numpy())
     twin(x).sum().backward()
     assert all(p.grad is None for p in net.parameters())
+
+
+# --- dtype promotion as torch ------------------------------------------------------------
+
+_PROMO = {
+    "f32": (np.float32, 1), "f64": (np.float64, 1), "i64": (np.int64, 1), "i32": (np.int32, 1),
+    "b": (np.bool_, 1), "f16": (np.float16, 1), "z64": (np.float64, 0), "z32": (np.float32, 0), "zi": (np.int64, 0)}
+
+
+def _pair(name):
+    dt, dim = _PROMO[name]
+    v = np.ones(2, dt) * (1 if dt == np.bool_ else 3) if dim else np.array(3, dt)
+    return gpuad.tensor(v), torch.from_numpy(np.array(v))
+
+
+@pytest.mark.parametrize("a", list(_PROMO))
+@pytest.mark.parametrize("b", list(_PROMO))
+@pytest.mark.parametrize("op", ["add", "mul", "truediv", "maximum", "lt"])
+def test_binary_dtype_promotion_matches_torch(op, a, b):
+    (ga, ta), (gb, tb) = _pair(a), _pair(b)
+    fn = {"add": lambda m, x, y: x + y, "mul": lambda m, x, y: x * y, "truediv": lambda m, x, y: x / y,
+          "maximum": lambda m, x, y: m.maximum(x, y), "lt": lambda m, x, y: x < y}[op]
+    if op == "add" and a == b == "b":
+        pytest.skip("bool + bool is a logical or in torch")
+    try:
+        want = fn(torch, ta, tb)
+    except RuntimeError:
+        pytest.skip("torch refuses this pair")
+    got = fn(gpuad, ga, gb)
+    assert str(got.dtype) == str(want.dtype).replace("torch.", "")
+    np.testing.assert_allclose(got.numpy().astype(np.float64), want.numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("const", [2, 2.5, np.float64(2.5), np.float32(2.5), np.int64(3)])
+@pytest.mark.parametrize("dt", [np.float32, np.float16, np.int64, np.int32])
+def test_python_and_numpy_scalars_are_weak(const, dt):
+    g, t = gpuad.tensor(np.ones(2, dt)), torch.ones(2, dtype=getattr(torch, np.dtype(dt).name))
+    for fn in (lambda x: x * const, lambda x: const + x, lambda x: x - const):
+        assert str(fn(g).dtype) == str(fn(t).dtype).replace("torch.", "")
+
+
+@pytest.mark.parametrize("name", ["exp", "sqrt", "sin", "tanh", "sigmoid", "log1p", "abs", "negative", "relu"])
+def test_unary_ops_on_integers_give_torch_dtypes(name):
+    g = getattr(gpuad, name)(gpuad.tensor([1, 2]))
+    t = getattr(torch, name)(torch.tensor([1, 2]))
+    assert str(g.dtype) == str(t.dtype).replace("torch.", "")
+
+
+def test_mixing_float32_and_float64_in_matmul_or_linear_is_an_error():
+    a, b = gpuad.ones(2, 3), gpuad.ones(3, 2, dtype="float64")
+    with pytest.raises(TypeError, match="float32 and float64"):
+        a @ b
+    with pytest.raises(TypeError, match="float32, float64"):
+        F.linear(a, gpuad.ones(4, 3, dtype="float64"))
+    with pytest.raises(RuntimeError):
+        torch.ones(2, 3) @ torch.ones(3, 2, dtype=torch.float64)
+
+
+def test_float32_computation_stays_float32_with_float_constants():
+    x = gpuad.ones(3, requires_grad=True)
+    y = (x * np.float64(2.0) + gpuad.tensor(1.0, dtype="float64")) / 3
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_where_promotes_as_torch():
+    c = np.array([True, False])
+    g = gpuad.where(gpuad.tensor(c), gpuad.tensor([1, 2]), gpuad.ones(2))
+    t = torch.where(torch.tensor(c), torch.tensor([1, 2]), torch.ones(2))
+    assert str(g.dtype) == str(t.dtype).replace("torch.", "") == "float32"

@@ -50,6 +50,11 @@ def linear(x, weight, bias=None, activation=None, name="linear"):
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"gpuad.{name}: bias of shape {bias.shape} does not fit weight of shape "
                              f"{weight.shape} (expected ({weight.shape[0]},))")
+    dts = {t.dtype for t in (x, weight, bias) if t is not None}
+    if len(dts) > 1:
+        raise TypeError(f"gpuad.{name}: input, weight and bias need one dtype, got "
+                        f"{x.dtype}, {weight.dtype}" + (f" and {bias.dtype}" if bias is not None else "")
+                        + " (as torch: cast with .to() or .double()/.float())")
     return apply(prim, (x, weight, bias), None)
 
 

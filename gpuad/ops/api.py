@@ -20,6 +20,7 @@ import numpy as np
 from . import derivatives as D, elementwise as E, fused as N, linalg as L, reduce as R, shape as S
 from .dispatch import apply, apply2
 from ..backends import namespace_of
+from ..dtypes import result_type
 from ..tensor import Tensor
 
 # The public names; install.py appends the generated ones.
@@ -65,6 +66,8 @@ def where(cond, x, y):
     """
     if isinstance(cond, Tensor):
         cond = cond.data
+    dt = result_type(*(v.data if isinstance(v, Tensor) else v for v in (x, y)))     # torch's promotion
+    x, y = (astype(v, dt) if isinstance(v, Tensor) and v.dtype != dt else v for v in (x, y))
     return apply(E.where, (cond, x, y), None)
 
 

@@ -34,7 +34,7 @@ _GELU_K = math.sqrt(2.0 / math.pi)
 
 
 def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, fwd_temps=0, method=True,
-          operator=None, doc=None):
+          operator=None, doc=None, float_result=True):
     """Declare unary elementwise primitive `name` from its derivative `d`: an
     expression of the kept value (named `x` or `out`), `xp` and `params`.
 
@@ -51,7 +51,7 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
     forward.__doc__ = doc or forward.__doc__ or f"{name}(x), elementwise."
     op = primitive(name, inputs=("x",), kind=UNARY, retain={keep: None} if keep else None,
                    vjp_temps=temps, fwd_temps=fwd_temps, method=method, operator=operator, export=True,
-                   domain=domain)(forward)
+                   domain=domain, float_result=float_result)(forward)
     op.defvjp(_vjp_from(name, keep, d, via))
     op.derivative = d
     return op
@@ -139,12 +139,12 @@ def _softplus_d(xp, x, beta=1.0, threshold=20.0):
 _DERIVATIVE_SCOPE = {"_tmp": _tmp, "_erf_d": _erf_d, "_gelu_d": _gelu_d, "_softplus_d": _softplus_d}
 
 # name                keep   derivative (an expression)                     via, domain, temporaries
-negative = unary("negative", None, "-1.0", temps=0, operator="neg")
+negative = unary("negative", None, "-1.0", temps=0, operator="neg", float_result=False)
 exp = unary("exp", "out", "out", temps=0)
 log = unary("log", "x", "x", via="divide", domain=(0.5, 2.0), temps=0)
 log1p = unary("log1p", "x", "xp.add(x, 1.0)", via="divide", domain=(-0.5, 2.0))
 sqrt = unary("sqrt", "out", "xp.multiply(out, 2.0)", via="divide", domain=(0.5, 2.0))
-abs = unary("abs", "x", "xp.sign(x)", domain="away0", operator="abs")  # noqa: A001  (gpuad.abs, as numpy and torch)
+abs = unary("abs", "x", "xp.sign(x)", domain="away0", operator="abs", float_result=False)  # noqa: A001  (gpuad.abs, as numpy and torch)
 sin = unary("sin", "x", "xp.cos(x)")
 cos = unary("cos", "x", "xp.negative(t := xp.sin(x), out=_tmp(t))", temps=2)
 sinh = unary("sinh", "x", "xp.cosh(x)")
@@ -152,7 +152,7 @@ cosh = unary("cosh", "x", "xp.sinh(x)")
 tanh = unary("tanh", "out", "xp.subtract(1.0, t := xp.multiply(out, out), out=_tmp(t))", temps=2)
 sigmoid = unary("sigmoid", "out", "xp.multiply(out, t := xp.subtract(1.0, out), out=_tmp(t))", domain=(-8, 8),
                 temps=2, fwd=_sigmoid, fwd_temps=6)
-relu = unary("relu", "out", "xp.less_equal(out, 0)", via="select", domain="away0",
+relu = unary("relu", "out", "xp.less_equal(out, 0)", via="select", domain="away0", float_result=False,
              fwd=lambda xp, x: xp.maximum(x, 0), doc="max(x, 0); the gradient at 0 is 0, as in PyTorch.")
 erf = unary("erf", "x", "_erf_d(xp, x)", temps=4, doc="The error function; d/dx erf = 2/sqrt(pi) exp(-x^2).")
 gelu = unary("gelu", "x", "_gelu_d(xp, x, **params)", domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)

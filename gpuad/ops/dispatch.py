@@ -26,6 +26,7 @@ call, with its argument tuples, costs about a fifth of a whole op
 import numpy as np
 
 from ..backends import namespace_of, numpy_ns, device_of
+from ..dtypes import default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..graph import _Mode, new_node
 from ..memory.accounting import accountant as _acct, owner_of
@@ -35,6 +36,17 @@ from .registry import BINARY
 
 _ndarray = np.ndarray
 _new = object.__new__
+
+def _dtypes_of(op, a, b):
+    """The operands as op computes on them: torch's promotion, or the same-dtype rule."""
+    if op.dtypes == "same":
+        da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
+        if da is not None and db is not None and da != db:
+            raise TypeError(f"gpuad.{op.name}: both operands need one dtype, got {da} and {db} "
+                            f"(as torch; cast one with .to() or .double()/.float())")
+        return a, b
+    return promote(a, b, op.float_result)
+
 
 # needs, shared for one and two inputs
 _NEEDS1 = (True,)
@@ -119,6 +131,8 @@ def unary_entry(op):
             x = Tensor(x)
         xd = x.data
         xn = x._node
+        if op.float_result and xd.dtype.kind != "f":
+            xd = xd.astype(default_float)        # exp of an integer tensor is float32, as in torch
         xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
 """ + _indented(_CORE).format(arrays="(xd,)", call="op.fwd(xp, xd)", grey="xn is None", parents="(xn,)",
                               needs="_NEEDS1 if parents[0] is not None else (False,)") + """
@@ -143,6 +157,21 @@ def binary_entry(op):
                 first = yd
         else:
             yd, yn = y, None
+        # torch's promotion (gpuad/dtypes.py) where numpy's differs: mixed dtypes, numpy
+        # scalars, integers meeting a float constant or a true division. The common
+        # cases (one float dtype, or a float array and a Python number) skip it.
+        tx, ty = type(xd), type(yd)
+        if tx is _ndarray and ty is _ndarray:
+            if xd.dtype is not yd.dtype or (op.float_result and xd.dtype.kind != "f"):
+                xd, yd = _dtypes_of(op, xd, yd)
+        elif tx is _ndarray and (ty is float or ty is int):
+            if xd.dtype.kind != "f" and (ty is float or op.float_result):
+                xd, yd = _dtypes_of(op, xd, yd)
+        elif ty is _ndarray and (tx is float or tx is int):
+            if yd.dtype.kind != "f" and (tx is float or op.float_result):
+                xd, yd = _dtypes_of(op, xd, yd)
+        elif first is not None:
+            xd, yd = _dtypes_of(op, xd, yd)
         xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
 """ + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
                               parents="(xn, yn)",

@@ -97,7 +97,7 @@ def _multiply_vjp(xp, g, saved, node, donate):
 
 
 @primitive("divide", inputs=("x", "y"), kind=BINARY, retain={"y": None, "out": "y"}, vjp_temps=1,
-           method=True, operator="truediv", export=True)
+           method=True, operator="truediv", export=True, float_result=True)
 def divide(xp, x, y):
     """x / y with broadcasting. dx = g / y, dy = -(g / y) * out."""
     return xp.divide(x, y)

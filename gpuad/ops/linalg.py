@@ -15,7 +15,7 @@ array([[3., 4.]], dtype=float32)
 from .registry import primitive, OTHER
 
 
-@primitive("matmul", inputs=("a", "b"), kind=OTHER, retain={"a": "b", "b": "a"}, operator="matmul")
+@primitive("matmul", inputs=("a", "b"), kind=OTHER, retain={"a": "b", "b": "a"}, operator="matmul", dtypes="same")
 def matmul(xp, a, b):
     """Matrix product with batch broadcasting; 1-D operands as in numpy."""
     return xp.matmul(a, b)

@@ -22,6 +22,9 @@ What the declaration carries:
                 arrays (has_aux), with None where an item was not needed.
     fwd_temps, vjp_temps   full-size temporaries the forward and the VJP write
                 and read back: the traffic model's count
+    dtypes      two operands: "promote" (torch's rules, gpuad/dtypes.py) or "same"
+                (mixing dtypes is an error, as torch's matmul)
+    float_result   integer inputs give the default float (exp, true division)
     method, operator, export   what the installer generates (gpuad/ops/install.py):
                 a Tensor method, the operator dunders, a gpuad.<name> function
     domain      (lo, hi): where the op is smooth, for the generated gradcheck case
@@ -72,11 +75,13 @@ class Primitive:
 
     __slots__ = ("name", "fwd", "vjp", "inputs", "nin", "retain", "kind", "elementwise", "differentiable",
                  "has_aux", "fwd_temps", "vjp_temps", "method", "operator", "export", "domain", "kernels",
+                 "dtypes", "float_result",
                  "plan_vjp", "replaces_grads", "inner_peak", "_sources", "_conditions", "_savers",
                  "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
-                 fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None):
+                 fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None,
+                 dtypes="promote", float_result=False):
         if name in REGISTRY:
             raise ValueError(f"gpuad: primitive {name!r} is registered twice")
         if kind not in KINDS:
@@ -97,6 +102,8 @@ class Primitive:
         self.fwd_temps, self.vjp_temps = fwd_temps, vjp_temps
         self.method, self.operator, self.export, self.domain = method, operator, export, domain
         self.kernels = {}
+        self.dtypes = dtypes                # two operands: "promote" (torch's rules) or "same" (else an error)
+        self.float_result = float_result    # integer inputs give the default float (exp, true division)
         self.plan_vjp = None        # the planner's stand-in for a VJP it cannot run abstractly
         self.replaces_grads = False  # a VJP that continues its inputs' pending sums (checkpoint)
         self.inner_peak = None       # bytes the VJP itself holds at once (checkpoint), for the planner
@@ -170,11 +177,12 @@ def _make_saver(plan):
 
 
 def primitive(name, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
-              fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None):
+              fwd_temps=0, vjp_temps=0, method=False, operator=None, export=False, domain=None,
+              dtypes="promote", float_result=False):
     """Declare the decorated forward as primitive `name` (see the module docstring)."""
     def deco(fwd):
         return Primitive(name, fwd, inputs, kind, retain, differentiable, has_aux, fwd_temps, vjp_temps,
-                         method, operator, export, domain)
+                         method, operator, export, domain, dtypes, float_result)
     return deco
 
 
