@@ -163,6 +163,14 @@ class AbstractNamespace:
     def swapaxes(self, a, i, j):
         return _view(a, np.empty(a.shape, _EMPTY).swapaxes(i, j).shape)
 
+    def flip(self, a, axis=None):
+        return _view(a, a.shape)
+
+    def cumsum(self, a, axis=None):
+        return AbstractArray(a.shape if axis is not None else (a.size,), a.dtype)
+
+    cumprod = cumsum
+
     def broadcast_to(self, a, shape):
         return _view(a, np.broadcast_shapes(_shape(a), tuple(shape)))
 

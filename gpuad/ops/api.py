@@ -17,7 +17,8 @@ import builtins
 
 import numpy as np
 
-from . import derivatives as D, elementwise as E, fused as N, linalg as L, reduce as R, shape as S
+from . import derivatives as D, elementwise as E, fused as N, indexing as I, linalg as L, reduce as R, shape as S
+from .indexing import *  # noqa: F401,F403  (public: gather, sort, topk, cumsum, ...)
 from .dispatch import apply, apply2
 from ..backends import namespace_of
 from ..dtypes import result_type
@@ -27,7 +28,8 @@ from ..tensor import Tensor
 __all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "max", "min", "amax", "amin",
            "mean", "var", "std", "logsumexp", "reshape", "view", "transpose", "permute", "swapaxes",
            "broadcast_to", "expand", "expand_dims", "unsqueeze", "squeeze", "flatten", "concatenate", "concat",
-           "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax"]
+           "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax"] + [
+    n for n in I.__all__ if n not in ("max_along", "min_along")]
 
 
 def _shape_of(x):
@@ -147,21 +149,50 @@ def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
     return _reduce(R.sum, x, axis, keepdims)
 
 
-def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
-    """Maximum over axis (values only; ties share the gradient)."""
-    axis, keepdims = _axis_kw("max", axis, dim, keepdims, keepdim)
-    _nonempty("max", x, axis)
+def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Maximum over axis (values only; tied maxima share the gradient, as torch.amax)."""
+    axis, keepdims = _axis_kw("amax", axis, dim, keepdims, keepdim)
+    _nonempty("amax", x, axis)
     return _reduce(R.max, x, axis, keepdims)
 
 
-def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
-    """Minimum over axis (values only; ties share the gradient)."""
-    axis, keepdims = _axis_kw("min", axis, dim, keepdims, keepdim)
-    _nonempty("min", x, axis)
+def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Minimum over axis (values only; tied minima share the gradient, as torch.amin)."""
+    axis, keepdims = _axis_kw("amin", axis, dim, keepdims, keepdim)
+    _nonempty("amin", x, axis)
     return _reduce(R.min, x, axis, keepdims)
 
 
-amax, amin = max, min
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """As torch.max: the largest value of all; along a dim, (values, indices) with the
+    gradient to the first maximum; of two tensors, the elementwise maximum.
+
+    >>> import gpuad
+    >>> x = gpuad.tensor([[1.0, 4.0], [3.0, 2.0]])
+    >>> x.max().item(), x.max(dim=0).values.tolist(), x.max(1).indices.tolist()
+    (4.0, [3.0, 4.0], [1, 0])
+    """
+    if isinstance(dim, Tensor):
+        return maximum(x, dim)
+    dim = dim if axis is None else axis
+    keepdim = keepdim if keepdims is None else keepdims
+    if dim is None:
+        return amax(x)
+    _nonempty("max", x, dim)
+    return I.max_along(x, dim, keepdim)
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """As torch.min: the smallest value; along a dim, (values, indices); of two tensors,
+    the elementwise minimum."""
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
+    dim = dim if axis is None else axis
+    keepdim = keepdim if keepdims is None else keepdims
+    if dim is None:
+        return amin(x)
+    _nonempty("min", x, dim)
+    return I.min_along(x, dim, keepdim)
 
 
 def _nonempty(name, x, axis):
@@ -203,7 +234,7 @@ def logsumexp(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """log(sum(exp(x))): the max is subtracted first (as a constant), so exp never overflows.
 
     >>> import gpuad
-    >>> round(float(gpuad.logsumexp(gpuad.tensor([1000.0, 1000.0], dtype="float64"))), 4)
+    >>> print(f'{float(gpuad.logsumexp(gpuad.tensor([1000.0, 1000.0], dtype="float64"))):.4f}')
     1000.6931
     """
     axis, keepdims = _axis_kw("logsumexp", axis, dim, keepdims, keepdim)

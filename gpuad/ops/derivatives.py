@@ -136,7 +136,8 @@ def _softplus_d(xp, x, beta=1.0, threshold=20.0):
 # What the derivative expressions may use besides xp, x, out and params. `(t := ...)`
 # names a temporary the expression made itself, which `out=_tmp(t)` may then
 # overwrite when it is large enough to pay: one scratch buffer instead of two.
-_DERIVATIVE_SCOPE = {"_tmp": _tmp, "_erf_d": _erf_d, "_gelu_d": _gelu_d, "_softplus_d": _softplus_d}
+_DERIVATIVE_SCOPE = {"_tmp": _tmp, "_erf_d": _erf_d, "_gelu_d": _gelu_d, "_softplus_d": _softplus_d,
+                     "_LN2": math.log(2.0), "_LN10": math.log(10.0)}
 
 # name                keep   derivative (an expression)                     via, domain, temporaries
 negative = unary("negative", None, "-1.0", temps=0, operator="neg", float_result=False)
@@ -158,3 +159,23 @@ erf = unary("erf", "x", "_erf_d(xp, x)", temps=4, doc="The error function; d/dx 
 gelu = unary("gelu", "x", "_gelu_d(xp, x, **params)", domain=(-3, 3), temps=8, fwd=_gelu, fwd_temps=5)
 softplus = unary("softplus", "x", "_softplus_d(xp, x, **params)", domain=(-5, 5), temps=6, fwd=_softplus,
                  fwd_temps=7)
+tan = unary("tan", "out", "xp.add(1.0, t := xp.multiply(out, out), out=_tmp(t))", domain=(-1.2, 1.2))
+reciprocal = unary("reciprocal", "out", "xp.negative(t := xp.multiply(out, out), out=_tmp(t))",
+                   domain=(0.5, 2.0), fwd=lambda xp, x: xp.divide(1.0, x))
+rsqrt = unary("rsqrt", "out", "xp.multiply(-0.5, t := xp.multiply(out, xp.multiply(out, out)), out=_tmp(t))",
+              domain=(0.5, 2.0), temps=2, fwd=lambda xp, x: xp.divide(1.0, xp.sqrt(x)))
+expm1 = unary("expm1", "out", "xp.add(out, 1.0)")
+log2 = unary("log2", "x", "xp.multiply(x, _LN2)", via="divide", domain=(0.5, 2.0))
+log10 = unary("log10", "x", "xp.multiply(x, _LN10)", via="divide", domain=(0.5, 2.0))
+atan = unary("atan", "x", "xp.add(1.0, t := xp.multiply(x, x), out=_tmp(t))", via="divide")
+asin = unary("asin", "x", "xp.sqrt(xp.subtract(1.0, xp.multiply(x, x)))", via="divide", domain=(-0.9, 0.9),
+             fwd=lambda xp, x: xp.arcsin(x))
+acos = unary("acos", "x", "xp.negative(xp.sqrt(xp.subtract(1.0, xp.multiply(x, x))))", via="divide",
+             domain=(-0.9, 0.9), fwd=lambda xp, x: xp.arccos(x))
+# piecewise constant: the gradient is 0 everywhere (torch's zeros, selected: never 0 * inf)
+floor = unary("floor", None, "True", via="select", float_result=False, temps=0)
+ceil = unary("ceil", None, "True", via="select", float_result=False, temps=0)
+trunc = unary("trunc", None, "True", via="select", float_result=False, temps=0)
+sign = unary("sign", None, "True", via="select", float_result=False, temps=0)
+round_ = unary("round", None, "True", via="select", float_result=False, temps=0,  # noqa: A001
+              fwd=lambda xp, x, decimals=0: xp.round(x, decimals) if decimals else xp.rint(x))

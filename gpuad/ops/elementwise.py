@@ -229,4 +229,7 @@ greater = _comparison("greater", "gt")
 greater_equal = _comparison("greater_equal", "ge")
 equal = _comparison("equal", "eq")
 not_equal = _comparison("not_equal", "ne")
-sign = primitive("sign", kind=UNARY, differentiable=False, method=True, export=True)(lambda xp, x: xp.sign(x))
+isnan = primitive("isnan", kind=UNARY, differentiable=False, method=True, export=True)(lambda xp, x: xp.isnan(x))
+isfinite = primitive("isfinite", kind=UNARY, differentiable=False, method=True, export=True)(
+    lambda xp, x: xp.isfinite(x))
+isinf = primitive("isinf", kind=UNARY, differentiable=False, method=True, export=True)(lambda xp, x: xp.isinf(x))

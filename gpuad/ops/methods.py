@@ -18,7 +18,10 @@ from ..tensor import Tensor
 # Tensor.<name> is api.<name>: the first argument is the tensor itself.
 _SAME = ("sum", "mean", "max", "min", "amax", "amin", "var", "std", "logsumexp", "softmax", "log_softmax",
          "reshape", "view", "transpose", "permute", "swapaxes", "flatten", "squeeze", "unsqueeze", "expand_dims",
-         "matmul", "clamp", "clip", "square", "gelu", "softplus", "astype")
+         "matmul", "clamp", "clip", "square", "gelu", "softplus", "astype",
+         "argmax", "argmin", "sort", "argsort", "topk", "gather", "take_along_dim", "index_select", "masked_fill",
+         "tril", "triu", "flip", "roll", "split", "chunk", "repeat", "tile", "cumsum", "cumprod", "prod",
+         "scatter_add", "index_add")
 
 
 def _broadcast_to(self, *shape):

@@ -45,10 +45,10 @@ class TensorNamespace:
         return api.sum(a, axis, keepdims)
 
     def max(self, a, axis=None, keepdims=False):
-        return api.max(a, axis, keepdims)
+        return api.amax(a, axis, keepdims)
 
     def min(self, a, axis=None, keepdims=False):
-        return api.min(a, axis, keepdims)
+        return api.amin(a, axis, keepdims)
 
     def concatenate(self, arrays, axis=0):
         return api.concatenate(arrays, axis)
@@ -65,6 +65,15 @@ class TensorNamespace:
     def logical_and(self, a, b):
         a, b = (t.data if isinstance(t, Tensor) else t for t in (a, b))
         return Tensor._from(namespace_of(a).logical_and(a, b))       # a mask: a constant (GREY)
+
+    def flip(self, a, axis):
+        return api.flip(a, axis)
+
+    def cumsum(self, a, axis):
+        return api.cumsum(a, axis)
+
+    def cumprod(self, a, axis):
+        return api.cumprod(a, axis)
 
     def arange(self, n):
         return Tensor._from(np.arange(n))     # a constant (GREY)

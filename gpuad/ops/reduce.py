@@ -7,7 +7,7 @@ torch.amax and jax.numpy.max do).
 
 >>> import gpuad
 >>> x = gpuad.tensor([[1.0, 5.0], [3.0, 2.0]], requires_grad=True)
->>> x.max(axis=1).sum().backward()
+>>> x.amax(axis=1).sum().backward()
 >>> x.grad.numpy()
 array([[0., 1.],
        [1., 0.]], dtype=float32)

@@ -1,0 +1,93 @@
+"""The everyday torch ops: values and gradients against torch in float64, one table."""
+import numpy as np
+import pytest
+
+import gpuad
+
+torch = pytest.importorskip("torch")
+R = np.random.default_rng(11)
+
+
+def u(*shape, lo=-2.0, hi=2.0):
+    return R.uniform(lo, hi, size=shape)
+
+
+IDX = np.array([[2, 0, 1], [1, 1, 0]])
+
+# name: (function of the library module m and tensors, inputs)
+CASES = {
+    "max_dim": (lambda m, a: m.max(a, 1)[0] * 2 + m.max(a, dim=0, keepdim=True).values.sum(), [u(3, 4)]),
+    "min_dim": (lambda m, a: a.min(dim=1).values, [u(3, 4)]),
+    "max_two": (lambda m, a, b: m.max(a, b), [u(3, 4), u(3, 4)]),
+    "sort": (lambda m, a: a.sort(dim=1, descending=True)[0] * m.arange(4, dtype=a.dtype), [u(3, 4)]),
+    "topk": (lambda m, a: a.topk(2, dim=-1).values.exp(), [u(3, 5)]),
+    "topk_smallest": (lambda m, a: m.topk(a, 2, dim=0, largest=False)[0], [u(4, 3)]),
+    "cumsum": (lambda m, a: m.cumsum(a, dim=1) ** 2, [u(3, 4)]),
+    "cumprod": (lambda m, a: m.cumprod(a, 0), [u(5, 2)]),
+    "cumprod_zero": (lambda m, a: m.cumprod(a * m.tensor([1.0, 0.0, 1.0, 1.0], dtype=a.dtype), 0), [u(4)]),
+    "prod": (lambda m, a: a.prod() + m.prod(a, dim=1).sum(), [u(3, 4)]),
+    "prod_keep": (lambda m, a: a.prod(0, keepdim=True), [u(3, 2)]),
+    "flip": (lambda m, a: m.flip(a, (0, 1)) * m.arange(8, dtype=a.dtype).reshape(2, 4), [u(2, 4)]),
+    "roll": (lambda m, a: m.roll(a, 2, 1) * m.arange(12, dtype=a.dtype).reshape(3, 4), [u(3, 4)]),
+    "roll_flat": (lambda m, a: m.roll(a, -3) * m.arange(12, dtype=a.dtype).reshape(3, 4), [u(3, 4)]),
+    "tril": (lambda m, a: m.tril(a, -1) + m.triu(a, 1) * 2, [u(3, 4)]),
+    "masked_fill": (lambda m, a: a.masked_fill(a > 0.5, 0.25), [u(3, 4)]),
+    "gather": (lambda m, a: m.gather(a, 1, m.tensor(IDX)), [u(2, 4)]),
+    "gather_dim0": (lambda m, a: a.gather(0, m.tensor(IDX[:, :2])), [u(3, 3)]),
+    "take_along_dim": (lambda m, a: m.take_along_dim(a, m.tensor(IDX), 1), [u(2, 5)]),
+    "index_select": (lambda m, a: m.index_select(a, 0, m.tensor([2, 0, 2])), [u(3, 4)]),
+    "scatter_add": (lambda m, a, s: m.scatter_add(a, 1, m.tensor(IDX), s), [u(2, 4), u(2, 3)]),
+    "index_add": (lambda m, a, s: a.index_add(0, m.tensor([0, 2, 0]), s, alpha=2.0), [u(3, 4), u(3, 4)]),
+    "split": (lambda m, a: a.split(2, dim=1)[1] * 3 + a.split([1, 2], 0)[1].sum(), [u(3, 4)]),
+    "chunk": (lambda m, a: m.chunk(a, 3, dim=1)[2].sum() + a.chunk(2)[0].sum(), [u(3, 5)]),
+    "repeat": (lambda m, a: a.repeat(2, 1, 3) * m.arange(36, dtype=a.dtype).reshape(2, 3, 6), [u(3, 2)]),
+    "tile": (lambda m, a: m.tile(a, (2,)) * m.arange(6, dtype=a.dtype).reshape(3, 2), [u(3, 1)]),
+    "expand": (lambda m, a: a.expand(2, 3, 4).sum(0), [u(3, 1)]),
+    "tan": (lambda m, a: m.tan(a), [u(5, lo=-1.2, hi=1.2)]),
+    "reciprocal": (lambda m, a: m.reciprocal(a) + a.reciprocal(), [u(5, lo=0.5, hi=2)]),
+    "rsqrt": (lambda m, a: m.rsqrt(a), [u(5, lo=0.5, hi=2)]),
+    "expm1": (lambda m, a: m.expm1(a), [u(5)]),
+    "log2": (lambda m, a: m.log2(a) + m.log10(a), [u(5, lo=0.5, hi=2)]),
+    "atan": (lambda m, a: m.atan(a) + m.asin(a * 0.4) + m.acos(a * 0.4), [u(5)]),
+    "floor_ceil": (lambda m, a: m.floor(a) * a + m.ceil(a) + m.round(a) * a + m.trunc(a) + m.sign(a) * a,
+                   [u(6) + 0.05]),
+}
+
+
+def _run(lib, fn, arrays):
+    make = (lambda v: gpuad.tensor(v, requires_grad=True)) if lib is gpuad else \
+        (lambda v: torch.tensor(v, requires_grad=True))
+    ts = [make(a) for a in arrays]
+    out = fn(lib, *ts)
+    w = np.linspace(0.5, 1.5, int(np.prod(out.shape))).reshape(tuple(out.shape))
+    (out * (gpuad.tensor(w) if lib is gpuad else torch.tensor(w))).sum().backward()
+    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else None for t in ts]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_everyday_op_matches_torch(name):
+    fn, arrays = CASES[name]
+    got, got_grads = _run(gpuad, fn, arrays)
+    want, want_grads = _run(torch, fn, arrays)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+def test_argmax_argmin(name):
+    a = u(3, 4)
+    for kw in ({}, {"dim": 1}, {"dim": 0, "keepdim": True}):
+        got = getattr(gpuad.tensor(a), name)(**kw)
+        want = getattr(torch.tensor(a), name)(**kw)
+        assert got.tolist() == want.tolist() and str(got.dtype) == "int64"
+
+
+def test_sort_returns_indices_that_sort():
+    a = u(4, 6)
+    v, i = gpuad.sort(gpuad.tensor(a), dim=1)
+    vt, it = torch.sort(torch.tensor(a), dim=1)
+    assert i.tolist() == it.tolist() and v.tolist() == vt.tolist()
