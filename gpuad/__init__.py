@@ -20,7 +20,7 @@ from .transforms import grad, value_and_grad, vjp
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim
 from .checkpoint import checkpoint, checkpoint_sequential
-from . import schedule
+from . import schedule, linalg
 from .providers import set_kernels, get_kernels
 from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
 

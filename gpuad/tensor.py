@@ -104,9 +104,20 @@ class Tensor:
     def ndim(self):
         return self.data.ndim
 
-    @property
-    def size(self):
-        return int(self.data.size)
+    def size(self, dim=None):
+        """The shape (torch.Size is a tuple), or its length along dim."""
+        shape = tuple(self.data.shape)
+        if dim is None:
+            return shape
+        if not -len(shape) <= dim < len(shape):
+            raise IndexError(f"gpuad: dim {dim} is out of range for a tensor with {len(shape)} dims")
+        return shape[dim]
+
+    def __format__(self, spec):
+        """A one-element tensor formats as its number (f"{loss:.3f}"), as in torch."""
+        if self.data.ndim == 0 or (spec and self.data.size == 1):
+            return format(self.item(), spec)
+        return format(repr(self), spec)
 
     def numel(self):
         return int(self.data.size)

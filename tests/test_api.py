@@ -31,7 +31,7 @@ def test_tensor_copies_numpy_and_from_numpy_shares():
 
 def test_properties_and_conversions():
     t = gpuad.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
-    assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6 and t.dtype == np.float32
+    assert t.shape == (2, 3) and t.ndim == 2 and t.size() == (2, 3) and t.size(-1) == 3 and t.numel() == 6 and t.dtype == np.float32
     assert t.T.shape == (3, 2)
     assert t.numpy().shape == (2, 3)
     assert np.asarray(t).dtype == np.float32
@@ -122,7 +122,9 @@ TORCH_CASES = {
     "sum_axes": (lambda a: a.sum(axis=(0, 2)) * a.sum(dim=1, keepdim=True).sum(),
                  lambda a: a.sum(dim=(0, 2)) * a.sum(dim=1, keepdim=True).sum(), [_u(2, 3, 4)]),
     "mean": (lambda a: a.mean(axis=0), lambda a: a.mean(dim=0), [_u(3, 4)]),
-    "var_std": (lambda a: a.var(axis=1) + a.std(), lambda a: a.var(dim=1, unbiased=False) + a.std(unbiased=False), [_u(3, 4)]),
+    "var_std": (lambda a: a.var(axis=1, ddof=0) + a.std(unbiased=False), lambda a: a.var(dim=1, unbiased=False) + a.std(unbiased=False), [_u(3, 4)]),
+    "var_std_unbiased": (lambda a: a.var(1) + a.std() + a.var(0, keepdim=True).sum() + a.std(correction=2),
+                         lambda a: a.var(1) + a.std() + a.var(0, keepdim=True).sum() + a.std(correction=2), [_u(3, 4)]),
     "max_reduce_ties": (lambda a: a.max() + a.amax(axis=1).sum(),
                         lambda a: a.amax() + a.amax(dim=1).sum(), [np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]])]),
     "min_reduce": (lambda a: a.amin(axis=0), lambda a: a.amin(dim=0), [_u(3, 4)]),

@@ -49,6 +49,14 @@ CASES = {
     "expm1": (lambda m, a: m.expm1(a), [u(5)]),
     "log2": (lambda m, a: m.log2(a) + m.log10(a), [u(5, lo=0.5, hi=2)]),
     "atan": (lambda m, a: m.atan(a) + m.asin(a * 0.4) + m.acos(a * 0.4), [u(5)]),
+    "einsum": (lambda m, a, b, c: m.einsum("bij,bjk,k->bi", a, b, c), [u(2, 3, 4), u(2, 4, 5), u(5)]),
+    "einsum_list": (lambda m, a, b: m.einsum("ij,kj", [a, b]), [u(3, 4), u(2, 4)]),
+    "einsum_trace_out": (lambda m, a: m.einsum("ij->", a), [u(3, 4)]),
+    "norm": (lambda m, a: m.norm(a) + a.norm(p=3, dim=1).sum() + a.norm(dim=0, keepdim=True).sum(), [u(3, 4)]),
+    "norm_zero_row": (lambda m, a: m.norm(a * m.tensor([[0.0], [1.0]], dtype=a.dtype), dim=1), [u(2, 3)]),
+    "norm_inf": (lambda m, a: m.linalg.vector_norm(a, float("inf"), dim=1), [u(3, 4)]),
+    "atan2": (lambda m, a, b: m.atan2(a, b), [u(3, 4), u(4)]),
+    "var_std": (lambda m, a: a.var() + a.std(dim=0).sum() + m.var(a, 1, keepdim=True).sum(), [u(3, 4)]),
     "floor_ceil": (lambda m, a: m.floor(a) * a + m.ceil(a) + m.round(a) * a + m.trunc(a) + m.sign(a) * a,
                    [u(6) + 0.05]),
 }
@@ -91,3 +99,12 @@ def test_sort_returns_indices_that_sort():
     v, i = gpuad.sort(gpuad.tensor(a), dim=1)
     vt, it = torch.sort(torch.tensor(a), dim=1)
     assert i.tolist() == it.tolist() and v.tolist() == vt.tolist()
+
+
+def test_size_and_format_as_torch():
+    t = gpuad.zeros(2, 3)
+    assert t.size() == (2, 3) and t.size(1) == 3 and t.size(-2) == 2 and t.numel() == 6
+    loss = gpuad.tensor(0.123456)
+    assert f"{loss:.3f}" == f"{torch.tensor(0.123456):.3f}" == "0.123"
+    with pytest.raises(IndexError):
+        t.size(2)

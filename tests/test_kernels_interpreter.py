@@ -88,7 +88,7 @@ def test_fused_cross_entropy_matches_numpy(provider, dtype, reduction):
     def run():
         zt = gpuad.tensor(z, requires_grad=True)
         loss = F.cross_entropy(zt, gpuad.tensor(t), reduction=reduction)
-        w = gpuad.tensor(np.linspace(0.5, 1.5, loss.size).reshape(loss.shape).astype(dtype))
+        w = gpuad.tensor(np.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).astype(dtype))
         (loss * w).sum().backward()
         return np.asarray(loss.numpy(), np.float32), np.asarray(zt.grad.numpy(), np.float32)
     got = run()

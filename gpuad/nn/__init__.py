@@ -3,7 +3,7 @@
 >>> import gpuad
 >>> from gpuad import nn
 >>> net = nn.MLP([2, 8, 1])
->>> sum(p.size for p in net.parameters())
+>>> sum(p.numel() for p in net.parameters())
 33
 """
 from . import functional

@@ -212,6 +212,14 @@ class AbstractNamespace:
             return out
         return AbstractArray(shape, np.matmul.resolve_dtypes((_dtype_arg(a), _dtype_arg(b), None))[-1])
 
+    def einsum(self, equation, *operands, optimize=False):
+        from .linalg import parse_einsum
+        ins, out = parse_einsum(equation, [len(o.shape) for o in operands])
+        sizes = {}
+        for s, o in zip(ins, operands):
+            sizes.update(zip(s, o.shape))
+        return AbstractArray(tuple(sizes[c] for c in out), np.result_type(*(o.dtype for o in operands)))
+
     def scatter_add(self, g, shape, index, unique):
         return AbstractArray(shape, g.dtype)
 

@@ -28,7 +28,8 @@ from ..tensor import Tensor
 __all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "max", "min", "amax", "amin",
            "mean", "var", "std", "logsumexp", "reshape", "view", "transpose", "permute", "swapaxes",
            "broadcast_to", "expand", "expand_dims", "unsqueeze", "squeeze", "flatten", "concatenate", "concat",
-           "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax"] + [
+           "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax", "einsum", "norm",
+           "vector_norm"] + [
     n for n in I.__all__ if n not in ("max_along", "min_along")]
 
 
@@ -214,20 +215,31 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     return multiply(_reduce(R.sum, x, axis, keepdims), 1.0 / n if n else float("nan"))
 
 
-def var(x, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
-    """Variance (numpy's ddof=0 by default; PyTorch's `correction` also accepted)."""
-    axis, keepdims = _axis_kw("var", axis, dim, keepdims, keepdim)
-    if correction is not None:
-        ddof = correction
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None, ddof=None):
+    """Variance over dim, as torch: unbiased (correction=1) by default; `correction`,
+    `unbiased` (torch) and `ddof` (numpy) choose the divisor N - correction.
+
+    >>> import gpuad
+    >>> x = gpuad.tensor([1.0, 2.0, 3.0, 4.0])
+    >>> print(f"{x.var():.4f} {x.var(correction=0):.4f} {x.var(unbiased=False):.4f}")
+    1.6667 1.2500 1.2500
+    """
+    if isinstance(dim, bool) and unbiased is None:     # torch's old var(x, unbiased)
+        dim, unbiased = None, dim
+    axis, keepdims = _axis_kw("var", axis, dim, keepdim if keepdims is None else keepdims, None)
+    given = [c for c in (correction, ddof, None if unbiased is None else int(unbiased)) if c is not None]
+    if len(given) > 1:
+        raise TypeError("gpuad.var: give one of correction, unbiased and ddof")
+    ddof = given[0] if given else 1
     x = x if isinstance(x, Tensor) else Tensor(x)
     n = _count(x.shape, _reduce_axes(x, axis, "var"))
     d = subtract(x, mean(x, axis, keepdims=True))
     return multiply(sum(multiply(d, d), axis, keepdims), 1.0 / builtins.max(n - ddof, 0) if n > ddof else float("nan"))
 
 
-def std(x, axis=None, keepdims=False, *, dim=None, keepdim=None, ddof=0, correction=None):
-    """Standard deviation: sqrt of var (composite)."""
-    return sqrt(var(x, axis, keepdims, dim=dim, keepdim=keepdim, ddof=ddof, correction=correction))
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None, ddof=None):
+    """Standard deviation: sqrt of var, with var's arguments (unbiased by default, as torch)."""
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims, ddof=ddof))
 
 
 def logsumexp(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
@@ -468,6 +480,54 @@ def matmul(a, b):
             raise ValueError(f"gpuad.matmul: batch dimensions {tuple(sa[:-2])} and {tuple(sb[:-2])} "
                              f"do not broadcast") from None
     return apply2(L.matmul, a, b)
+
+
+def einsum(equation, *operands):
+    """Einstein summation, as torch.einsum (operands given one by one or as a list);
+    numpy picks the contraction order (pairwise, cheapest first).
+
+    >>> import gpuad
+    >>> a, b = gpuad.ones((2, 3)), gpuad.ones((3, 4))
+    >>> gpuad.einsum("ij,jk->ik", a, b).shape, gpuad.einsum("ij->", [a]).item()
+    ((2, 4), 6.0)
+    """
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ops = tuple(o if isinstance(o, Tensor) else Tensor(o) for o in operands)
+    L.parse_einsum(equation, [o.ndim for o in ops])           # clear errors before numpy's
+    dts = {o.dtype for o in ops if o.dtype.kind == "f"}
+    if len(dts) > 1:
+        raise TypeError(f"gpuad.einsum: operands need one floating dtype, got {sorted(map(str, dts))}")
+    return apply(L.einsum, ops, {"equation": equation})
+
+
+def norm(x, p="fro", dim=None, keepdim=False):
+    """torch.norm: the 2-norm ('fro', the default) or the p-norm, over dim (all when None).
+
+    >>> import gpuad
+    >>> gpuad.norm(gpuad.tensor([3.0, 4.0])).item()
+    5.0
+    """
+    if p in ("fro", None):
+        p = 2
+    if p == "nuc":
+        raise NotImplementedError("gpuad.norm: the nuclear norm is not implemented")
+    return vector_norm(x, p, dim, keepdim)
+
+
+def vector_norm(x, ord=2, dim=None, keepdim=False):  # noqa: A002
+    """torch.linalg.vector_norm: ord 2, 1, inf, -inf, 0 (the count of nonzeros) or any p > 0.
+    The gradient at a zero norm is 0 (the subgradient torch takes)."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if isinstance(dim, int):
+        dim = (dim,)
+    axes = _reduce_axes(x, dim, "vector_norm")
+    if ord == 0:
+        return Tensor._from(namespace_of(x.data).asarray(
+            (x.data != 0).sum(axis=axes, keepdims=keepdim), dtype=x.dtype))
+    if not (ord > 0 or ord == -float("inf")):
+        raise ValueError(f"gpuad.vector_norm: ord must be positive, 0, inf or -inf, not {ord}")
+    return apply(R.vector_norm, (x,), {"ord": float(ord), "axis": axes, "keepdims": bool(keepdim)})
 
 
 def dot(a, b):

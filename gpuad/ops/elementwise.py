@@ -50,7 +50,8 @@ def unbroadcast(xp, g, shape):
 def _tmp(t):
     """A temporary the VJP made itself may be overwritten: worth it when large,
     impossible when numpy turned a 0-d result into a scalar."""
-    return t if getattr(t, "size", 0) >= INPLACE_MIN and not isinstance(t, _generic) else None
+    size = getattr(t, "size", 0)          # (a Tensor's size is a method: recorded ops never write in place)
+    return t if type(size) is int and size >= INPLACE_MIN and not isinstance(t, _generic) else None
 
 
 # --- binary -------------------------------------------------------------------
@@ -152,6 +153,21 @@ def _power_vjp(xp, g, saved, node, donate):
 
 def _is_number(v):
     return isinstance(v, (int, float, np.number))
+
+
+@primitive("atan2", inputs=("y", "x"), kind=BINARY, retain={"y": None, "x": None}, vjp_temps=3, method=True,
+           export=True, float_result=True)
+def atan2(xp, y, x):
+    """The angle of (x, y), elementwise: d/dy = x / r^2, d/dx = -y / r^2."""
+    return xp.arctan2(y, x)
+
+
+@atan2.defvjp
+def _atan2_vjp(xp, g, saved, node, donate):
+    y, x = saved
+    s = xp.divide(g, xp.add(xp.multiply(x, x), xp.multiply(y, y)))
+    ny, nx = node.needs
+    return (xp.multiply(s, x) if ny else None), (xp.negative(xp.multiply(s, y)) if nx else None)
 
 
 @primitive("maximum", inputs=("x", "y"), kind=BINARY, retain={"x": None, "y": None}, vjp_temps=3,

@@ -48,3 +48,64 @@ def _matmul_vjp(xp, g, saved, node, donate):
         if b_ndim == 1:
             gb = xp.reshape(gb, gb.shape[:-1])
     return ga, gb
+
+
+# --- einsum ------------------------------------------------------------------------------
+#
+# numpy's einsum with optimize=True chooses the contraction order (pairwise, by
+# a greedy cost model, as opt_einsum does), so a chain like "ij,jk,kl->il" runs
+# as two GEMMs in the cheap order. Operand k's gradient is itself an einsum: the
+# output gradient contracted with the other operands, into k's subscripts; an
+# index only k has (summed out in the forward) is brought back by a ones vector.
+
+def parse_einsum(equation, ndims):
+    """(input subscripts, output subscripts) with the implicit output made explicit."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        raise NotImplementedError("gpuad.einsum: ellipsis ('...') subscripts are not supported; "
+                                  "name every dimension")
+    ins, _, out = eq.partition("->")
+    ins = ins.split(",")
+    if len(ins) != len(ndims):
+        raise ValueError(f"gpuad.einsum: {equation!r} names {len(ins)} operands, got {len(ndims)}")
+    for s, n in zip(ins, ndims):
+        if len(s) != n:
+            raise ValueError(f"gpuad.einsum: subscripts {s!r} for an operand with {n} dims")
+    if not _:
+        letters = "".join(ins)
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return ins, out
+
+
+@primitive("einsum", inputs=("*",), kind=OTHER, retain={"*": None}, vjp_temps=1)
+def einsum(xp, *operands, equation):
+    """The contraction `equation` of the operands (numpy's subscripts)."""
+    return xp.einsum(equation, *operands, optimize=True)
+
+
+@einsum.defvjp
+def _einsum_vjp(xp, g, saved, node, donate):
+    ops = saved
+    ins, out = parse_einsum(node.params["equation"], [len(o.shape) for o in ops])
+    sizes = {}
+    for s, o in zip(ins, ops):
+        sizes.update(zip(s, o.shape))
+    grads = []
+    for k, need in enumerate(node.needs):
+        if not need:
+            grads.append(None)
+            continue
+        mine = ins[k]
+        if len(set(mine)) != len(mine):
+            raise NotImplementedError(f"gpuad.einsum: the gradient of an operand with a repeated index "
+                                      f"({mine!r}, a diagonal) is not supported")
+        others = [(s, o) for i, (s, o) in enumerate(zip(ins, ops)) if i != k]
+        present = set(out).union(*[set(s) for s, _ in others])
+        extra = [c for c in mine if c not in present]
+        subs = [out] + [s for s, _ in others] + extra
+        arrays = [g] + [o for _, o in others] + [xp.ones((sizes[c],), dtype=g.dtype) for c in extra]
+        r = xp.einsum(",".join(subs) + "->" + mine, *arrays, optimize=True)
+        # numpy may hand back a transposed view of its result: make it a buffer of its own,
+        # which the engine may then own (and the planner, which sees a fresh one, predicts)
+        grads.append(r if xp.name != "numpy" or r.base is None else r.copy())
+    return tuple(grads)

@@ -21,7 +21,7 @@ _SAME = ("sum", "mean", "max", "min", "amax", "amin", "var", "std", "logsumexp",
          "matmul", "clamp", "clip", "square", "gelu", "softplus", "astype",
          "argmax", "argmin", "sort", "argsort", "topk", "gather", "take_along_dim", "index_select", "masked_fill",
          "tril", "triu", "flip", "roll", "split", "chunk", "repeat", "tile", "cumsum", "cumprod", "prod",
-         "scatter_add", "index_add")
+         "scatter_add", "index_add", "norm")
 
 
 def _broadcast_to(self, *shape):

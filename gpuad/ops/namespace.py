@@ -75,6 +75,12 @@ class TensorNamespace:
     def cumprod(self, a, axis):
         return api.cumprod(a, axis)
 
+    def ones(self, shape, dtype=None):
+        return Tensor._from(np.ones(shape, dtype=dtype))      # a constant (GREY)
+
+    def einsum(self, equation, *operands, optimize=True):
+        return api.einsum(equation, *operands)
+
     def arange(self, n):
         return Tensor._from(np.arange(n))     # a constant (GREY)
 

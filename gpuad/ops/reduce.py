@@ -87,3 +87,42 @@ def min(xp, x, axis=None, keepdims=False):  # noqa: A001
 
 
 min.defvjp(_extreme_vjp)
+
+
+@primitive("vector_norm", kind=REDUCTION, retain={"x": None, "out": None}, vjp_temps=3)
+def vector_norm(xp, x, ord=2.0, axis=None, keepdims=False):  # noqa: A002
+    """The ord-norm of x over axis: 2 (default), 1, inf, -inf, or any p > 0."""
+    a = xp.abs(x)
+    if ord == 2:
+        return xp.sqrt(xp.sum(xp.multiply(a, a), axis=axis, keepdims=keepdims))
+    if ord == 1:
+        return xp.sum(a, axis=axis, keepdims=keepdims)
+    if ord == float("inf"):
+        return xp.max(a, axis=axis, keepdims=keepdims)
+    if ord == -float("inf"):
+        return xp.min(a, axis=axis, keepdims=keepdims)
+    return xp.power(xp.sum(xp.power(a, ord), axis=axis, keepdims=keepdims), 1.0 / ord)
+
+
+@vector_norm.defvjp
+def _vector_norm_vjp(xp, g, saved, node, donate):
+    # d|x|_p / dx = sign(x) |x|^(p-1) / |x|_p^(p-1); 0 where the norm is 0 (as torch: the
+    # subgradient, not 0/0); ties of the inf-norms share the gradient evenly
+    x, out = saved
+    p = node.params or {}
+    ord_, axis, keepdims = p.get("ord", 2.0), p.get("axis"), p.get("keepdims", False)
+    n = _expand(xp, out, x.shape, axis, keepdims)
+    g = _expand(xp, g, x.shape, axis, keepdims)
+    if ord_ == 1:
+        return (xp.multiply(g, xp.sign(x)),)
+    if ord_ in (float("inf"), -float("inf")):
+        hit = xp.equal(xp.abs(x), n)
+        count = xp.sum(hit, axis=axis, keepdims=True)
+        return (xp.multiply(xp.where(hit, xp.divide(g, count), 0.0), xp.sign(x)),)
+    zero = xp.equal(n, 0)
+    safe = xp.where(zero, 1.0, n)
+    if ord_ == 2:
+        d = xp.divide(x, safe)
+    else:
+        d = xp.multiply(xp.sign(x), xp.divide(xp.power(xp.abs(x), ord_ - 1), xp.power(safe, ord_ - 1)))
+    return (xp.multiply(g, xp.where(zero, 0.0, d)),)

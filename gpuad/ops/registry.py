@@ -76,7 +76,7 @@ class Primitive:
     __slots__ = ("name", "fwd", "vjp", "inputs", "nin", "retain", "kind", "elementwise", "differentiable",
                  "has_aux", "fwd_temps", "vjp_temps", "method", "operator", "export", "domain", "kernels",
                  "dtypes", "float_result",
-                 "plan_vjp", "replaces_grads", "inner_peak", "_sources", "_conditions", "_savers",
+                 "plan_vjp", "replaces_grads", "inner_peak", "_sources", "_conditions", "_savers", "_all_inputs",
                  "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
@@ -108,12 +108,14 @@ class Primitive:
         self.replaces_grads = False  # a VJP that continues its inputs' pending sums (checkpoint)
         self.inner_peak = None       # bytes the VJP itself holds at once (checkpoint), for the planner
         position = {n: i for i, n in enumerate(self.inputs) if n != "*"}
-        for item, cond in self.retain.items():
+        self._all_inputs = self.retain == {"*": None}        # variadic: keep every input
+        for item, cond in ({} if self._all_inputs else self.retain).items():
             for n in (item, cond):
                 if n is not None and n != "out" and n not in position:
                     raise ValueError(f"gpuad: {name}: retain names {n!r}, which is not an input of {self.inputs}")
-        self._sources = tuple(OUT if item == "out" else position[item] for item in self.retain)
-        self._conditions = tuple(None if c is None else position[c] for c in self.retain.values())
+        items = {} if self._all_inputs else self.retain
+        self._sources = tuple(OUT if item == "out" else position[item] for item in items)
+        self._conditions = tuple(None if c is None else position[c] for c in items.values())
         self._savers = {}
         self.__doc__ = fwd.__doc__
         self.__name__ = name
@@ -141,11 +143,15 @@ class Primitive:
     def plan(self, needs):
         """Saved-item sources for one pattern of needed gradients: an input
         position, OUT, or UNUSED (an item no needed gradient reads)."""
+        if self._all_inputs:
+            return tuple(range(len(needs)))
         return tuple(UNUSED if (c is not None and not needs[c]) else s
                      for s, c in zip(self._sources, self._conditions))
 
     def saves(self, needs):
         """The names of what a node with these needs keeps."""
+        if self._all_inputs:
+            return tuple(f"operand {i}" for i in range(len(needs)))
         return tuple(n for n, s in zip(self.retain, self.plan(needs)) if s != UNUSED)
 
     def saver(self, needs):
