@@ -21,6 +21,7 @@ from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule, linalg
+from .serialization import save, load
 from .providers import set_kernels, get_kernels
 from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
 

@@ -257,10 +257,12 @@ def test_unknown_activation_lists_valid_ones():
 
 def test_cross_entropy_bad_targets():
     z = gpuad.zeros((3, 4), requires_grad=True)
-    with pytest.raises(ValueError, match=r"targets must lie in \[0, 4\), got values from 0 to 4"):
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 4\) \(or be ignore_index=-100\), got values from 0 to 4"):
         F.cross_entropy(z, gpuad.tensor([0, 4, 1]))
-    with pytest.raises(TypeError, match="targets must be integer class indices, got dtype float32"):
+    with pytest.raises(ValueError, match=r"probability targets of shape \(3,\) do not fit logits"):
         F.cross_entropy(z, gpuad.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer class indices or float probabilities, got dtype bool"):
+        F.cross_entropy(z, gpuad.tensor([True, False, True]))
     with pytest.raises(ValueError, match=r"targets of shape \(2,\)"):
         F.cross_entropy(z, gpuad.tensor([0, 1]))
 

@@ -8,4 +8,5 @@
 """
 from . import functional
 from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock, ResNet, RNN, Dropout,
-                      Tanh, ReLU, Sigmoid, GELU)
+                      Tanh, ReLU, Sigmoid, GELU, ModuleList, ModuleDict)
+from . import utils

@@ -67,6 +67,12 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"gpuad.mse_loss: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    si, st = tuple(getattr(input, "shape", ())), tuple(getattr(target, "shape", ()))
+    if si != st:
+        import warnings
+        warnings.warn(f"gpuad.mse_loss: using a target size {st} that is different to the input size {si}; "
+                      f"this will likely lead to incorrect results due to broadcasting (as torch warns)",
+                      UserWarning, stacklevel=2)
     d = api.subtract(input, target)
     sq = api.multiply(d, d)
     if reduction == "none":
@@ -74,30 +80,96 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     return api.mean(sq) if reduction == "mean" else api.sum(sq)
 
 
-def cross_entropy(logits, target, reduction="mean"):
-    """Softmax cross-entropy from logits (N, C) and integer class targets (N,), stable.
+def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy from logits, as torch: logits (N, C) or (N, C, d1, ...) (or (C,));
+    target class indices (N, d1, ...) or class probabilities of the logits' shape;
+    class `weight`s, `ignore_index`, `label_smoothing`.
+
+    The common case (N, C) logits, indices, no weight, smoothing or ignored
+    targets is one fused primitive that saves the logits and the row log-sum-exp;
+    the rest is composed from log_softmax, gather and sums.
 
     >>> import gpuad, gpuad.nn.functional as F
     >>> round(F.cross_entropy(gpuad.zeros((2, 4)), gpuad.tensor([0, 3])).item(), 4)
     1.3863
     """
     logits = _t(logits)
-    t = target.data if isinstance(target, Tensor) else np.asarray(target)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"gpuad.cross_entropy: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
-    if logits.ndim != 2:
-        raise ValueError(f"gpuad.cross_entropy: logits must be (N, C), got shape {logits.shape}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"gpuad.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if logits.ndim == 0:
+        raise ValueError("gpuad.cross_entropy: logits must have a class dimension")
+    t = target.data if isinstance(target, Tensor) else np.asarray(target)
+    probs = t.dtype.kind == "f"
+    if logits.ndim == 1:                                  # one unbatched sample: (C,)
+        logits = logits.reshape(1, -1)
+        target = (target if isinstance(target, Tensor) else Tensor(t)).reshape((1, -1) if probs else (1,))
+        out = cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
+        return out.reshape(()) if reduction == "none" else out
+    c = logits.shape[1]
+    if logits.ndim > 2:                                   # (N, C, d1...): the class dim last, rows flattened
+        perm = (0,) + tuple(range(2, logits.ndim)) + (1,)
+        spatial = (logits.shape[0],) + logits.shape[2:]
+        flat = logits.permute(*perm).reshape(-1, c)
+        if probs:
+            tt = (target if isinstance(target, Tensor) else Tensor(t)).permute(*perm).reshape(-1, c)
+        else:
+            tt = Tensor._from(t.reshape(-1))
+        out = cross_entropy(flat, tt, weight, ignore_index, reduction, label_smoothing)
+        return out.reshape(spatial) if reduction == "none" else out
+    if probs:
+        if t.shape != logits.shape:
+            raise ValueError(f"gpuad.cross_entropy: probability targets of shape {tuple(t.shape)} do not "
+                             f"fit logits of shape {logits.shape}")
+        return _soft_cross_entropy(logits, target, weight, reduction, label_smoothing)
     if t.dtype.kind not in "iu":
-        raise TypeError(f"gpuad.cross_entropy: targets must be integer class indices, got dtype {t.dtype} "
-                        f"(for probabilities, use -(p * log_softmax(logits)).sum(-1))")
+        raise TypeError(f"gpuad.cross_entropy: targets must be integer class indices or float "
+                        f"probabilities, got dtype {t.dtype}")
     if t.shape != (logits.shape[0],):
         raise ValueError(f"gpuad.cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
                          f"shape {logits.shape} (expected ({logits.shape[0]},))")
-    c = logits.shape[1]
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= c):
-        raise ValueError(f"gpuad.cross_entropy: targets must lie in [0, {c}), got values from "
-                         f"{int(t.min())} to {int(t.max())}")
-    return apply(N.cross_entropy, (logits, t), {"reduction": reduction} if reduction != "mean" else None)
+    ignored = t == ignore_index
+    valid = t[~ignored]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
+        raise ValueError(f"gpuad.cross_entropy: targets must lie in [0, {c}) (or be ignore_index="
+                         f"{ignore_index}), got values from {int(valid.min())} to {int(valid.max())}")
+    if weight is None and not label_smoothing and not ignored.any():
+        return apply(N.cross_entropy, (logits, t), {"reduction": reduction} if reduction != "mean" else None)
+    return _indexed_cross_entropy(logits, t, ignored, weight, reduction, label_smoothing)
+
+
+def _indexed_cross_entropy(logits, t, ignored, weight, reduction, eps):
+    """torch's loss with class weights, ignored targets and label smoothing, composed."""
+    n, c = logits.shape
+    logp = api.log_softmax(logits, dim=1)
+    safe = np.where(ignored, 0, t)
+    keep = Tensor._from((~ignored).astype(logits.dtype))
+    w = _t(weight).astype(logits.dtype) if weight is not None else None
+    w_rows = w[safe] * keep if w is not None else keep            # each row's weight, 0 when ignored
+    nll = -logp.gather(1, Tensor._from(safe.reshape(n, 1))).reshape(n) * w_rows
+    if eps:
+        smooth = -(logp * w).sum(dim=1) if w is not None else -logp.sum(dim=1)
+        nll = nll * (1 - eps) + smooth * keep * (eps / c)
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    return nll.sum() / w_rows.sum()
+
+
+def _soft_cross_entropy(logits, target, weight, reduction, eps):
+    """Cross-entropy against class probabilities: -sum_c w_c p_c log softmax(x)_c."""
+    n, c = logits.shape
+    p = _t(target).astype(logits.dtype)
+    if eps:
+        p = p * (1 - eps) + eps / c
+    logp = api.log_softmax(logits, dim=1)
+    terms = logp * p if weight is None else logp * p * _t(weight).astype(logits.dtype)
+    losses = -terms.sum(dim=1)
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.sum() / n
 
 
 def dropout(x, p=0.5, training=True, generator=None):

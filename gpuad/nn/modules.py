@@ -37,6 +37,11 @@ class Parameter(Tensor):
         return "Parameter(" + super().__repr__()[len("tensor("):]
 
 
+def _holds_modules(value):
+    items = value.values() if isinstance(value, dict) else value
+    return any(isinstance(v, (Module, Parameter)) for v in items)
+
+
 class Module:
     """Base class: assign Parameters and Modules as attributes; they are found by name.
 
@@ -66,6 +71,11 @@ class Module:
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
+        elif isinstance(value, (list, tuple, dict)) and _holds_modules(value):
+            import warnings
+            warnings.warn(f"gpuad.nn: {type(self).__name__}.{name} is a plain {type(value).__name__} of modules "
+                          f"or parameters, which registers none of them (parameters() will not see them); "
+                          f"use nn.ModuleList / nn.ModuleDict (or nn.ParameterList)", UserWarning, stacklevel=2)
         object.__setattr__(self, name, value)
 
     def forward(self, *args, **kwargs):
@@ -417,5 +427,104 @@ class Sigmoid(_Activation):
     fn = staticmethod(api.sigmoid)
 
 
-class GELU(_Activation):
-    fn = staticmethod(api.gelu)
+class GELU(Module):
+    """gelu(x), exact (approximate="none") or torch's tanh form (approximate="tanh")."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gpuad.nn.GELU: approximate must be 'none' or 'tanh', not {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return api.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class ModuleList(Module):
+    """A list of modules, registered (their parameters are found), as torch.nn.ModuleList.
+
+    >>> import gpuad
+    >>> layers = gpuad.nn.ModuleList([gpuad.nn.Linear(2, 2) for _ in range(3)])
+    >>> len(layers), len(list(layers.parameters()))
+    (3, 6)
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"gpuad.nn.ModuleList: {type(module).__name__} is not a Module")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        items = list(self._modules.values())
+        items.insert(index, module)
+        self._modules.clear()
+        for i, m in enumerate(items):
+            setattr(self, str(i), m)
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        return ModuleList(items[i]) if isinstance(i, slice) else items[i]
+
+    def __setitem__(self, i, module):
+        setattr(self, str(range(len(self))[i]), module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("gpuad.nn.ModuleList has no forward: iterate over it")
+
+
+class ModuleDict(Module):
+    """A dict of modules, registered, as torch.nn.ModuleDict."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for k, m in (dict(modules or {})).items():
+            self[k] = m
+
+    def __setitem__(self, key, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"gpuad.nn.ModuleDict: {type(module).__name__} is not a Module")
+        setattr(self, key, module)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("gpuad.nn.ModuleDict has no forward: index it")

@@ -1,0 +1,47 @@
+"""gpuad.nn.utils: gradient clipping, as torch.nn.utils.
+
+Both act on the .grad of the parameters in place, never recorded.
+
+>>> import gpuad
+>>> w = gpuad.tensor([3.0, 4.0], requires_grad=True)
+>>> (w * w).sum().backward()                      # grad [6, 8], norm 10
+>>> round(gpuad.nn.utils.clip_grad_norm_([w], 1.0).item(), 4), [round(v, 4) for v in w.grad.tolist()]
+(10.0, [0.6, 0.8])
+"""
+import math
+
+import numpy as np
+
+from ..tensor import Tensor
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+
+
+def _grads(parameters):
+    ps = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    return [p.grad for p in ps if p.grad is not None]
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale the gradients so their joint norm is at most max_norm; returns the norm
+    before clipping (as torch: scale = min(1, max_norm / (norm + 1e-6)))."""
+    grads = _grads(parameters)
+    if not grads:
+        return Tensor._from(np.zeros((), np.float32))
+    norm_type = float(norm_type)
+    if norm_type == math.inf:
+        total = max(float(np.abs(g.data).max()) if g.data.size else 0.0 for g in grads)
+    else:
+        total = sum(float((np.abs(g.data.astype(np.float64)) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"gpuad.nn.utils.clip_grad_norm_: the total norm of the gradients is {total}")
+    scale = min(1.0, max_norm / (total + 1e-6))
+    for g in grads:
+        g.data *= scale
+    return Tensor._from(np.asarray(total, dtype=grads[0].data.dtype))
+
+
+def clip_grad_value_(parameters, clip_value):
+    """Clamp every gradient element to [-clip_value, clip_value], in place."""
+    for g in _grads(parameters):
+        np.clip(g.data, -clip_value, clip_value, out=g.data)
