@@ -65,3 +65,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", type=int, default=0, help="run N extra random programs in tests/test_fuzz.py")
