@@ -13,7 +13,7 @@ from .tensor import Tensor, tensor
 from .ops.api import *  # noqa: F401,F403  (every public op: hand-written and generated from declarations)
 from .ops import unary  # noqa: F401
 from .creation import (zeros, ones, empty, full, zeros_like, ones_like, full_like, arange, linspace, eye,
-                       randn, rand, randint, from_numpy)
+                       randn, rand, randint, from_numpy, randn_like, rand_like, multinomial, from_dlpack)
 from .random import manual_seed, get_rng_state, set_rng_state, Generator
 from . import autograd
 from .transforms import grad, value_and_grad, vjp

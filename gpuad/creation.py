@@ -90,9 +90,72 @@ def rand(*shape, dtype=None, requires_grad=False, generator=None, device=None):
     return _make(arr, requires_grad, device)
 
 
-def randint(low, high, shape, generator=None):
+def randint(*args, size=None, generator=None, dtype=None, device=None, low=None, high=None):
+    """Integers in [low, high) (low 0 when omitted), as torch.randint(low, high, size) or
+    torch.randint(high, size).
+
+    >>> import gpuad
+    >>> _ = gpuad.manual_seed(0); x = gpuad.randint(3, 7, (2, 3))
+    >>> x.shape, x.dtype, bool(((x >= 3) & (x < 7)).all())
+    ((2, 3), dtype('int64'), True)
+    """
+    args = list(args)
+    if size is None and args and isinstance(args[-1], (tuple, list)):
+        size = args.pop()
+    if len(args) == 2:
+        low, high = args
+    elif len(args) == 1:
+        low, high = (0 if low is None else low), args[0]
+    elif high is None:
+        raise TypeError("gpuad.randint: give high (and low) and a size, as torch.randint(low, high, size)")
+    if low is None:
+        low = 0
+    if size is None:
+        raise TypeError("gpuad.randint: size is required")
     rng = (generator or default_generator).rng
-    return _make(rng.integers(low, high, size=tuple(shape), dtype=np.int64), False, None)
+    arr = rng.integers(low, high, size=tuple(size), dtype=np.int64)
+    return _make(arr.astype(as_dtype(dtype)) if dtype is not None else arr, False, device)
+
+
+def randn_like(t, dtype=None, generator=None):
+    return randn(t.shape, dtype=dtype or t.dtype, generator=generator)
+
+
+def rand_like(t, dtype=None, generator=None):
+    return rand(t.shape, dtype=dtype or t.dtype, generator=generator)
+
+
+def multinomial(input, num_samples, replacement=False, generator=None):  # noqa: A002
+    """Draw num_samples category indices per row of `input` (non-negative weights), with
+    or without replacement, from gpuad's generator (as torch.multinomial).
+
+    >>> import gpuad
+    >>> _ = gpuad.manual_seed(0)
+    >>> gpuad.multinomial(gpuad.tensor([0.0, 1.0, 0.0]), 2, replacement=True).tolist()
+    [1, 1]
+    """
+    w = np.asarray(input.numpy() if isinstance(input, Tensor) else input, dtype=np.float64)
+    rows = w.reshape(-1, w.shape[-1]) if w.ndim else None
+    if rows is None or w.ndim > 2:
+        raise ValueError(f"gpuad.multinomial: input must be 1-D or 2-D, got shape {w.shape}")
+    if (rows < 0).any() or not np.isfinite(rows).all() or (rows.sum(1) <= 0).any():
+        raise ValueError("gpuad.multinomial: weights must be finite, non-negative, with a positive sum per row")
+    if not replacement and num_samples > (rows > 0).sum(1).min():
+        raise ValueError(f"gpuad.multinomial: cannot draw {num_samples} samples without replacement from "
+                         f"rows with fewer nonzero weights")
+    rng = (generator or default_generator).rng
+    out = np.stack([rng.choice(len(r), size=num_samples, replace=replacement, p=r / r.sum()) for r in rows])
+    return _make(out.reshape(w.shape[:-1] + (num_samples,)).astype(np.int64), False, None)
+
+
+def from_dlpack(ext):
+    """A tensor sharing the memory of any DLPack exporter (a torch tensor, a numpy or CuPy
+    array), with no copy; CPU data becomes a numpy array, GPU data a CuPy array."""
+    device_type = ext.__dlpack_device__()[0] if hasattr(ext, "__dlpack_device__") else 1
+    if device_type == 1:                               # kDLCPU
+        return Tensor._from(np.from_dlpack(ext))
+    import cupy
+    return Tensor._from(cupy.from_dlpack(ext))
 
 
 def from_numpy(array):

@@ -289,6 +289,22 @@ class Tensor:
         node.hooks.append(entry)
         return _HookHandle(node, entry)
 
+    # -- interop: DLPack and numpy, zero-copy ------------------------------------------
+
+    def __dlpack__(self, stream=None, **kwargs):
+        """The data as a DLPack capsule, shared (torch.from_dlpack(t), np.from_dlpack(t))."""
+        return self.data.__dlpack__(**({"stream": stream} if stream is not None else {}), **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    @property
+    def __array_interface__(self):
+        """numpy's view of a CPU tensor's buffer (np.asarray(t), torch.as_tensor(t): no copy)."""
+        if type(self.data) is not np.ndarray:
+            raise AttributeError("__array_interface__: the tensor is not in host memory (use .cpu())")
+        return self.data.__array_interface__
+
     # -- copy and pickle (as torch) -------------------------------------------------
 
     def __deepcopy__(self, memo):
@@ -326,12 +342,21 @@ class Tensor:
     def cpu(self): return self.to("cpu")
     def cuda(self): return self.to("cuda")
 
-    def any(self): return bool(self.data.any())
-    def all(self): return bool(self.data.all())
+    def any(self, dim=None, keepdim=False):
+        """Whether any element (along dim) is true: a bool tensor, as torch."""
+        return Tensor._from(_as_array(self.data.any(axis=dim, keepdims=keepdim)))
+
+    def all(self, dim=None, keepdim=False):
+        """Whether every element (along dim) is true: a bool tensor, as torch."""
+        return Tensor._from(_as_array(self.data.all(axis=dim, keepdims=keepdim)))
 
     # Operators and op methods (+, *, .sum(), .reshape(), ...) are installed by
     # gpuad.ops (install.py from the primitives' declarations, methods.py for
     # the hand-written functions), so this module imports no op.
+
+
+def _as_array(v):
+    return np.asarray(v) if isinstance(v, (np.generic, bool)) else v
 
 
 def _rebuild(cls, array, device, requires_grad):

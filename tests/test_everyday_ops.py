@@ -108,3 +108,22 @@ def test_size_and_format_as_torch():
     assert f"{loss:.3f}" == f"{torch.tensor(0.123456):.3f}" == "0.123"
     with pytest.raises(IndexError):
         t.size(2)
+
+
+def test_masks_and_integer_operators_as_torch():
+    a = np.array([[1, -2, 3], [4, 0, -6]])
+    g, t = gpuad.tensor(a), torch.tensor(a)
+    for fn in (lambda x: (x > 0) & (x < 4), lambda x: (x > 0) | (x == -6), lambda x: (x > 0) ^ (x > 2),
+               lambda x: ~(x > 0), lambda x: x % 4, lambda x: x // 4, lambda x: (x > 0).any(dim=1),
+               lambda x: (x != 0).all(), lambda x: x.logical_not(), lambda x: x.logical_and(x > 1)):
+        mine, theirs = fn(g), fn(t)
+        assert mine.tolist() == theirs.tolist() and str(mine.dtype) == str(theirs.dtype).replace("torch.", "")
+
+
+def test_remainder_gradient_as_torch():
+    a, b = u(5) * 3, u(5) + 3.5
+    x, y, xt, yt = (gpuad.tensor(a, requires_grad=True), gpuad.tensor(b, requires_grad=True),
+                    torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True))
+    (x % y).sum().backward(), (xt % yt).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy())
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy())

@@ -83,6 +83,7 @@ CASES = {
     "vector_norm": [(lambda a: gpuad.norm(a), (r(3, 4),)), (lambda a: gpuad.norm(a, p=3, dim=1), (r(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, 1, dim=0, keepdim=True), (away0(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, float("inf"), dim=1), (r(3, 4),))],
+    "remainder": [(lambda a, b: a % b, (r(3, 4), pos(4) + 1.0)), (lambda a: a % 0.7, (r(5),))],
     "atan2": [(lambda a, b: gpuad.atan2(a, b), (r(3, 4), r(4)))],
     "concatenate": [(lambda a, b: gpuad.concat([a, b], axis=1), (r(2, 3), r(2, 2))),
                     (lambda a, b: gpuad.concat([a, b, a]), (r(2, 3), r(1, 3)))],
@@ -141,7 +142,9 @@ def _seeded_dropout(x):
 
 
 # Primitives with no gradient at all: checked to stay GREY instead.
-NONDIFF = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "isnan", "isfinite", "isinf"}
+NONDIFF = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "isnan", "isfinite", "isinf",
+           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "logical_not", "logical_and", "logical_or",
+           "logical_xor", "floor_divide"}
 
 
 def _cases(second_order=False):
@@ -174,6 +177,10 @@ def test_gradgradcheck(fn, inputs):
 def test_nondifferentiable_ops_are_grey(name):
     x = gpuad.tensor(r(3), requires_grad=True)
     prim = REGISTRY[name]
+    if name.startswith("bitwise"):                    # integers and bools only, as in torch
+        with pytest.raises(TypeError):
+            prim(x) if prim.nin == 1 else prim(x, x)
+        return
     out = prim(x) if prim.nin == 1 else prim(x, 0.5)
     assert not out.requires_grad
 

@@ -390,3 +390,34 @@ def test_where_promotes_as_torch():
     g = gpuad.where(gpuad.tensor(c), gpuad.tensor([1, 2]), gpuad.ones(2))
     t = torch.where(torch.tensor(c), torch.tensor([1, 2]), torch.ones(2))
     assert str(g.dtype) == str(t.dtype).replace("torch.", "") == "float32"
+
+
+# --- interop ------------------------------------------------------------------------------
+
+def test_dlpack_and_numpy_share_memory_both_ways():
+    t = gpuad.tensor([1.0, 2.0, 3.0])
+    for other in (torch.from_dlpack(t), torch.as_tensor(t), np.from_dlpack(t), np.asarray(t)):
+        assert np.shares_memory(np.asarray(other), t.data)
+    assert torch.tensor(t).tolist() == [1.0, 2.0, 3.0]
+    src = torch.arange(4, dtype=torch.float64)
+    g = gpuad.from_dlpack(src)
+    src[0] = 10.0
+    assert g.tolist() == [10.0, 1.0, 2.0, 3.0]
+    a = np.ones(3)
+    assert np.shares_memory(gpuad.from_dlpack(a).data, a)
+
+
+def test_random_api_as_torch():
+    gpuad.manual_seed(1)
+    a = gpuad.randint(5, (2, 3))
+    b = gpuad.randint(2, 4, size=(100,))
+    assert a.shape == (2, 3) and int(a.numpy().max()) < 5 and set(b.tolist()) <= {2, 3}
+    g1, g2 = gpuad.Generator(7), gpuad.Generator(7)
+    assert gpuad.randn(4, generator=g1).tolist() == gpuad.randn(4, generator=g2).tolist()
+    p = gpuad.tensor([[0.0, 0.3, 0.7], [0.5, 0.0, 0.5]])
+    s = gpuad.multinomial(p, 2)
+    assert s.shape == (2, 2) and sorted(s[0].tolist()) == [1, 2] and sorted(s[1].tolist()) == [0, 2]
+    counts = np.bincount(gpuad.multinomial(gpuad.tensor([0.2, 0.8]), 4000, replacement=True).numpy(), minlength=2)
+    assert 0.75 < counts[1] / 4000 < 0.85
+    with pytest.raises(ValueError, match="without replacement"):
+        gpuad.multinomial(gpuad.tensor([0.0, 1.0]), 2)

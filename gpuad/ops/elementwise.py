@@ -245,6 +245,48 @@ greater = _comparison("greater", "gt")
 greater_equal = _comparison("greater_equal", "ge")
 equal = _comparison("equal", "eq")
 not_equal = _comparison("not_equal", "ne")
+def _bitwise(name, operator):
+    fwd = lambda xp, x, y: getattr(xp, name)(x, y)  # noqa: E731
+    fwd.__doc__ = f"{name}(x, y) elementwise, on bool or integer tensors (no gradient)."
+    return primitive(name, inputs=("x", "y"), kind=BINARY, differentiable=False, method=True, operator=operator,
+                     export=True)(fwd)
+
+
+bitwise_and = _bitwise("bitwise_and", "and")
+bitwise_or = _bitwise("bitwise_or", "or")
+bitwise_xor = _bitwise("bitwise_xor", "xor")
+bitwise_not = primitive("bitwise_not", kind=UNARY, differentiable=False, method=True, operator="invert",
+                        export=True)(lambda xp, x: xp.invert(x))
+logical_not = primitive("logical_not", kind=UNARY, differentiable=False, method=True, export=True)(
+    lambda xp, x: xp.logical_not(x))
+
+
+def _logical(name):
+    fwd = lambda xp, x, y: getattr(xp, name)(x, y)  # noqa: E731
+    fwd.__doc__ = f"{name}(x, y): elementwise truth (bool; no gradient)."
+    return primitive(name, inputs=("x", "y"), kind=BINARY, differentiable=False, method=True, export=True)(fwd)
+
+
+logical_and, logical_or, logical_xor = _logical("logical_and"), _logical("logical_or"), _logical("logical_xor")
+floor_divide = primitive("floor_divide", inputs=("x", "y"), kind=BINARY, differentiable=False, method=True,
+                         operator="floordiv", export=True)(lambda xp, x, y: xp.floor_divide(x, y))
+
+
+@primitive("remainder", inputs=("x", "y"), kind=BINARY, retain={"x": "y", "y": "y"}, method=True, operator="mod",
+           export=True)
+def remainder(xp, x, y):
+    """x - floor(x / y) y, with the sign of y (Python's %, torch.remainder)."""
+    return xp.remainder(x, y)
+
+
+@remainder.defvjp
+def _remainder_vjp(xp, g, saved, node, donate):
+    x, y = saved
+    nx, ny = node.needs
+    gy = xp.multiply(g, xp.negative(xp.floor(xp.divide(x, y)))) if ny else None
+    return (g if nx else None), gy
+
+
 isnan = primitive("isnan", kind=UNARY, differentiable=False, method=True, export=True)(lambda xp, x: xp.isnan(x))
 isfinite = primitive("isfinite", kind=UNARY, differentiable=False, method=True, export=True)(
     lambda xp, x: xp.isfinite(x))

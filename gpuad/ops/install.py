@@ -25,8 +25,9 @@ from .registry import REGISTRY
 from ..tensor import Tensor
 
 _ready = False
-_REFLECTED = {"add", "sub", "mul", "truediv", "pow", "matmul"}
-_SPELLINGS = {"truediv": ("div", "true_divide"), "matmul": (), "abs": ()}
+_REFLECTED = {"add", "sub", "mul", "truediv", "pow", "matmul", "and", "or", "xor", "mod", "floordiv"}
+_SPELLINGS = {"truediv": ("div", "true_divide"), "matmul": (), "abs": (), "and": (), "or": (), "xor": (),
+              "invert": (), "mod": (), "floordiv": ()}
 _installed = {}          # primitive name -> the attributes set for it, so unregister can undo them
 
 
