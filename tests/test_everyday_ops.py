@@ -127,3 +127,19 @@ def test_remainder_gradient_as_torch():
     (x % y).sum().backward(), (xt % yt).sum().backward()
     np.testing.assert_allclose(y.grad.numpy(), yt.grad.numpy())
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_erf_matches_torch(dtype):
+    x = np.concatenate([np.linspace(-6, 6, 20001), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -3e-8]]).astype(dtype)
+    got = gpuad.erf(gpuad.tensor(x)).numpy()
+    want = torch.erf(torch.from_numpy(x.astype(np.float32 if dtype == np.float16 else dtype))).numpy()
+    assert got.dtype == dtype
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-300)
+    else:
+        finite = np.isfinite(x)
+        ulps = np.abs(got[finite].astype(np.float64) - want[finite].astype(dtype).astype(np.float64)) / \
+            np.spacing(np.abs(want[finite].astype(dtype))).astype(np.float64)
+        assert ulps.max() <= 2
+        assert np.isnan(got[-3]) and got[-5] == 1.0 and got[-4] == -1.0

@@ -84,12 +84,62 @@ class ArrayNamespace:
         return a.astype(dtype, copy=False)
 
     def erf(self, x):
-        # numpy has no erf; math.erf is exact to the last bit, at ~50 ns per
-        # element. Only gelu(approximate="none") reads it.
+        # numpy has no erf. float32 and float16 go through a table (within 2 float32 ulps
+        # of math.erf; 4M elements in ~75 ms here, math.erf per element ~500 ms, torch's
+        # SIMD kernel ~5 ms); other dtypes take math.erf per element, exact to the last bit.
+        if x.dtype == np.float32 or x.dtype == np.float16:
+            return _erf_table(x)
         return np.asarray(_np_erf(x), dtype=x.dtype)
 
 
 _np_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf_coefficients(step, xmax):
+    """Per-interval cubics (Horner in t in [0, 1)) of the Hermite interpolant of erf on a
+    grid of `step`, from math.erf and its derivative 2/sqrt(pi) exp(-x^2); a last row
+    for beyond xmax, where float32's erf is 1."""
+    n = int(xmax / step)
+    grid = np.arange(n + 2) * step
+    y = np.array([math.erf(v) for v in grid])
+    d = 2 / math.sqrt(math.pi) * np.exp(-grid * grid) * step
+    c = np.stack([y[:-1], d[:-1], 3 * (y[1:] - y[:-1]) - 2 * d[:-1] - d[1:], 2 * (y[:-1] - y[1:]) + d[:-1] + d[1:]], 1)
+    return np.vstack([c, [[1.0, 0.0, 0.0, 0.0]]]).astype(np.float32)
+
+
+_ERF_STEP = 1.0 / 64
+_ERF_C = tuple(np.ascontiguousarray(c) for c in _erf_coefficients(_ERF_STEP, 4.0).T)   # c0..c3, one table each
+_ERF_LAST = _ERF_C[0].shape[0] - 1
+_ERF_CHUNK = 1 << 14          # 16K elements: every pass below stays in the L2 cache
+
+
+def _erf_table(x):
+    # per chunk: 4 gathers (np.take on small tables, 3x faster than a 2-D fancy index) and
+    # a cubic in Horner form, in float32
+    c0, c1, c2, c3 = _ERF_C
+    out = np.empty(x.shape, x.dtype)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for s in range(0, xf.size, _ERF_CHUNK):
+        v = xf[s:s + _ERF_CHUNK].astype(np.float32)
+        sc = np.abs(v)
+        sc *= np.float32(1 / _ERF_STEP)
+        np.minimum(sc, np.float32(_ERF_LAST), out=sc)      # inf -> the last row (NaN stays NaN)
+        with np.errstate(invalid="ignore"):
+            k = sc.astype(np.int32)
+        np.maximum(k, 0, out=k)                            # (NaN casts to a negative index)
+        t = sc - k
+        y = np.take(c3, k)
+        y *= t
+        y += np.take(c2, k)
+        y *= t
+        y += np.take(c1, k)
+        y *= t
+        y += np.take(c0, k)
+        np.copysign(y, v, out=y)
+        y[v != v] = np.nan
+        of[s:s + _ERF_CHUNK] = y
+    return out
+
 
 numpy_ns = ArrayNamespace("numpy", np)
 
