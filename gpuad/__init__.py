@@ -7,7 +7,7 @@
 >>> x.grad.shape
 (2,)
 """
-from .dtypes import float16, float32, float64, int32, int64, bool_, as_dtype
+from .dtypes import float16, float32, float64, int32, int64, bool_, bfloat16, as_dtype
 from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled
 from .tensor import Tensor, tensor
 from .ops.api import *  # noqa: F401,F403  (every public op: hand-written and generated from declarations)

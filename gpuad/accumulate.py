@@ -31,6 +31,7 @@ False
 """
 import numpy as np
 
+from .dtypes import grad_dtype
 from .memory.pool import INPLACE_MIN
 from .ops.abstract import AbstractArray
 from .ops.elementwise import unbroadcast
@@ -69,8 +70,10 @@ def route(xp, gi, g, donated, grads, parent, op, records):
         gi, owned = np.asarray(gi), True        # numpy returned a scalar for a 0-d result
     if gi.shape != parent.shape:
         gi, owned = fit(xp, gi, parent, op), not records
-    if gi.dtype is not parent.dtype and gi.dtype != parent.dtype:
-        gi, owned = xp.astype(gi, parent.dtype), not records
+    if gi.dtype is not parent.dtype:
+        want = grad_dtype(parent.dtype)              # (bfloat16 values: float32 gradients)
+        if gi.dtype != want:
+            gi, owned = xp.astype(gi, want), not records
     return gi, owned
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .accumulate import DONATE_MIN, accumulate, leaf_keeps, route
 from .backends import namespace_of
+from .dtypes import grad_dtype
 from .graph import FREED, _Mode, reachable
 from .memory.accounting import accountant, owner_of
 from .memory.planner import no_planner
@@ -59,16 +60,17 @@ def _root_grads(tensors, grads, who):
                     f"gpuad.{who}: output {i} has shape {t.shape}; backward needs a grad argument "
                     f"of that shape (or reduce it first, e.g. y.sum().backward())")
             xp = namespace_of(t.data)
-            seeds.append((xp.ones(t.data.shape, dtype=t.data.dtype), True))
+            seeds.append((xp.ones(t.data.shape, dtype=grad_dtype(t.data.dtype)), True))
         else:
             gd = g.data if isinstance(g, Tensor) else g
+            want = grad_dtype(t.data.dtype)
             if not hasattr(gd, "shape"):
-                gd = np.asarray(gd, dtype=t.data.dtype)
+                gd = np.asarray(gd, dtype=want)
             if tuple(gd.shape) != t.shape:
                 raise BackwardError(f"gpuad.{who}: grad has shape {tuple(gd.shape)} but output {i} "
                                     f"has shape {t.shape}")
-            if gd.dtype != t.data.dtype and not isinstance(g, Tensor):
-                gd = gd.astype(t.data.dtype)
+            if gd.dtype != want and (not isinstance(g, Tensor) or want != t.data.dtype):
+                gd, g = gd.astype(want), None
             seeds.append((g if isinstance(g, Tensor) else gd, False))
         roots.append(t._node)
     return roots, seeds
@@ -438,6 +440,8 @@ def _accumulate_leaf(node, g, owned, create_graph):
     t = node.ref()
     if t is None:
         return
+    if not create_graph and g.dtype != t.data.dtype:
+        g, owned = g.astype(t.data.dtype), True               # bfloat16 leaves: float32 gradients, rounded
     if create_graph:
         t.grad = g if t.grad is None else t.grad + g
     elif t.grad is None:

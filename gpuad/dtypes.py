@@ -15,8 +15,19 @@ int32 = np.dtype("int32")
 int64 = np.dtype("int64")
 bool_ = np.dtype("bool")
 
+# bfloat16: the dtype numpy lacks, from ml_dtypes. gpuad stores it and computes in
+# float32 (every op upcasts its bfloat16 inputs and rounds its output back), so
+# matmul and reductions accumulate in float32, as torch's CPU kernels do.
+try:
+    import ml_dtypes as _ml_dtypes
+    bfloat16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:                      # pragma: no cover  (a dependency; kept optional for bare checkouts)
+    bfloat16 = None
+
 # Names PyTorch users type, on top of the ones numpy already understands.
 _ALIASES = {"float": float32, "double": float64, "half": float16, "long": int64, "int": int32, "bool": bool_}
+if bfloat16 is not None:
+    _ALIASES.update(bfloat16=bfloat16, bf16=bfloat16)
 
 default_float = float32
 
@@ -37,9 +48,15 @@ def as_dtype(dtype):
         raise TypeError(f"gpuad: {dtype!r} is not a dtype (try 'float32', 'float64' or gpuad.float32)") from None
 
 
+def grad_dtype(dtype):
+    """The dtype gradients of a `dtype` value travel in during backward: float32 for
+    bfloat16 (its values are computed in float32 too), the dtype itself otherwise."""
+    return float32 if dtype == bfloat16 and bfloat16 is not None else dtype
+
+
 def is_floating(dtype):
     """True for dtypes that can carry a gradient."""
-    return dtype.kind == "f" or dtype.kind == "c"
+    return dtype.kind == "f" or dtype.kind == "c" or dtype == bfloat16
 
 
 # --- promotion, as PyTorch does it ---------------------------------------------------
@@ -51,7 +68,7 @@ def is_floating(dtype):
 # decides the dtype when its category is higher than the tensors' (float32 *
 # np.float64(2) stays float32; int64 * 2.5 becomes the default float, float32).
 
-_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3, "V": 2}      # V: bfloat16
 
 
 def _category(v):
@@ -98,6 +115,9 @@ def result_type(a, b):
         return _scalar_dtype(a)
     if not hasattr(a, "dtype") or not hasattr(b, "dtype"):
         return (b if not hasattr(a, "dtype") else a).dtype
+    if bfloat16 is not None and bfloat16 in (a.dtype, b.dtype) and a.dtype != b.dtype:
+        other = b.dtype if a.dtype == bfloat16 else a.dtype
+        return float32 if other in (float16, float32) else other    # torch: bf16 + f16 -> f32
     return np.promote_types(a.dtype, b.dtype)
 
 
@@ -114,7 +134,8 @@ def _cast(v, dt):
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, (bool, int, float)):
-        return v if (dt.kind == "f" or (dt.kind in "iu" and not isinstance(v, float)) or dt.kind == "b") else dt.type(v)
+        return v if (dt.kind == "f" or (dt.kind in "iu" and not isinstance(v, float)) or dt.kind == "b") else \
+            np.asarray(v, dtype=dt)
     if v.dtype != dt:
         return v.astype(dt)
     return v

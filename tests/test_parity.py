@@ -421,3 +421,50 @@ def test_random_api_as_torch():
     assert 0.75 < counts[1] / 4000 < 0.85
     with pytest.raises(ValueError, match="without replacement"):
         gpuad.multinomial(gpuad.tensor([0.0, 1.0]), 2)
+
+
+# --- bfloat16 on the CPU -----------------------------------------------------------------
+
+def _bf(a):
+    return np.asarray(a, dtype=np.float32)
+
+
+def test_bfloat16_tensors_and_promotion_as_torch():
+    x = gpuad.tensor([1.0, 2.5], dtype="bfloat16")
+    assert x.dtype == gpuad.bfloat16 and gpuad.ones(2).bfloat16().dtype == gpuad.bfloat16
+    assert gpuad.ones(2).to("bfloat16").dtype == gpuad.bfloat16
+    for other, want in ((2.5, "bfloat16"), (gpuad.ones(2, dtype="float16"), "float32"),
+                        (gpuad.ones(2), "float32"), (gpuad.ones(2, dtype="float64"), "float64"),
+                        (gpuad.tensor([1, 2]), "bfloat16")):
+        assert str((x * other).dtype) == want
+    assert str((torch.ones(2, dtype=torch.bfloat16) * torch.ones(2, dtype=torch.float16)).dtype) == "torch.float32"
+
+
+def test_bfloat16_reductions_and_matmul_accumulate_in_float32():
+    a = gpuad.full((100000,), 0.01, dtype="bfloat16")
+    t = torch.full((100000,), 0.01, dtype=torch.bfloat16)
+    assert a.sum().dtype == gpuad.bfloat16 and a.sum().item() == t.sum().item()
+    rng = np.random.default_rng(0)
+    p, q = rng.standard_normal((16, 256)), rng.standard_normal((256, 8))
+    mine = (gpuad.tensor(p).bfloat16() @ gpuad.tensor(q).bfloat16()).float().numpy()
+    theirs = (torch.tensor(p).bfloat16() @ torch.tensor(q).bfloat16()).float().numpy()
+    np.testing.assert_allclose(mine, theirs, rtol=1e-2, atol=1e-2)
+
+
+def test_bfloat16_training_step_matches_torch():
+    rng = np.random.default_rng(1)
+    xv, wv, bv = rng.standard_normal((32, 8)), rng.standard_normal((4, 8)) * 0.3, rng.standard_normal(4) * 0.1
+    out = []
+    for lib, Fm in ((gpuad, F), (torch, torch.nn.functional)):
+        x = lib.tensor(xv).bfloat16()
+        w = lib.tensor(wv).bfloat16().detach().requires_grad_(True)
+        b = lib.tensor(bv).bfloat16().detach().requires_grad_(True)
+        y = Fm.linear(x, w, b).tanh()
+        loss = (y.float() ** 2).mean()
+        loss.backward()
+        assert w.grad.dtype == (gpuad.bfloat16 if lib is gpuad else torch.bfloat16)
+        out.append((loss.item(), w.grad.float().numpy(), b.grad.float().numpy()))
+    (l1, w1, b1), (l2, w2, b2) = out
+    assert l1 == pytest.approx(l2, rel=2e-2)
+    np.testing.assert_allclose(w1, w2, rtol=5e-2, atol=1e-2)
+    np.testing.assert_allclose(b1, b2, rtol=5e-2, atol=1e-2)

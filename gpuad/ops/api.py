@@ -21,7 +21,7 @@ from . import derivatives as D, elementwise as E, fused as N, indexing as I, lin
 from .indexing import *  # noqa: F401,F403  (public: gather, sort, topk, cumsum, ...)
 from .dispatch import apply, apply2
 from ..backends import namespace_of
-from ..dtypes import result_type
+from ..dtypes import is_floating, result_type
 from ..tensor import Tensor
 
 # The public names; install.py appends the generated ones.
@@ -108,7 +108,7 @@ def astype(x, dtype):
     dtype = as_dtype(dtype)
     if x.dtype == dtype:
         return x
-    if dtype.kind != "f" and isinstance(x, Tensor):
+    if not is_floating(dtype) and isinstance(x, Tensor):
         x = x.detach()                 # an integer or bool result carries no gradient (as in torch)
     return apply(E.astype, (x,), {"dtype": dtype})
 

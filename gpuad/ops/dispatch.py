@@ -26,7 +26,7 @@ call, with its argument tuples, costs about a fifth of a whole op
 import numpy as np
 
 from ..backends import namespace_of, numpy_ns, device_of
-from ..dtypes import default_float, promote
+from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..graph import _Mode, new_node
 from ..memory.accounting import accountant as _acct, owner_of
@@ -38,15 +38,39 @@ _ndarray = np.ndarray
 _new = object.__new__
 
 def _dtypes_of(op, a, b):
-    """The operands as op computes on them: torch's promotion, or the same-dtype rule."""
+    """(a, b, down): the operands as op computes on them (torch's promotion, or the
+    same-dtype rule), and bfloat16 when they were raised to float32 for it."""
     if op.dtypes == "same":
         da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
         if da is not None and db is not None and da != db:
             raise TypeError(f"gpuad.{op.name}: both operands need one dtype, got {da} and {db} "
                             f"(as torch; cast one with .to() or .double()/.float())")
-        return a, b
-    return promote(a, b, op.float_result)
+    else:
+        a, b = promote(a, b, op.float_result)
+    if _BF16 is not None and _BF16 in (getattr(a, "dtype", None), getattr(b, "dtype", None)):
+        return _up(a), _up(b), _BF16
+    return a, b, None
 
+
+def _unary_dtype(op, x):
+    """(x as op computes on it, down) for a non-float x: integers become float32 where op
+    gives floats; bfloat16 computes in float32 and rounds back."""
+    if x.dtype == _BF16:
+        return x.astype(np.float32), _BF16
+    return (x.astype(default_float) if op.float_result else x), None
+
+
+def _up(a):
+    return a.astype(np.float32) if getattr(a, "dtype", None) == _BF16 else a
+
+
+def _round_to(dtype, out, aux):
+    out = out.astype(dtype) if out.dtype.kind == "f" else out
+    return out, tuple(a.astype(dtype) if getattr(a, "dtype", None) is not None and a.dtype.kind == "f" else a
+                      for a in aux)
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)     # the common dtypes, tested by identity
 
 # needs, shared for one and two inputs
 _NEEDS1 = (True,)
@@ -70,6 +94,8 @@ _CORE = """
         out, aux = out
     if type(out) is not _ndarray and xp is numpy_ns:
         out = np.asarray(out)               # numpy returns scalars for 0-d results; keep arrays
+    if down is not None:                    # bfloat16 in: computed in float32, rounded back
+        out, aux = _round_to(down, out, aux)
     if _acct.active is not None:
         account_forward(_acct, op, {arrays}, out, aux)
     t = _new(Tensor)
@@ -112,6 +138,9 @@ def apply(op, args, params):
     xp = _namespace(op, first, args, arrays)
     parents = tuple(parents)
     params = params or None
+    down = None
+    if _BF16 is not None and any(getattr(a, "dtype", None) == _BF16 for a in arrays):
+        arrays, down = [_up(a) for a in arrays], _BF16
 """ + _CORE.format(arrays="arrays", call="op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)",
                    grey="parents.count(None) == len(parents)", parents="parents",
                    needs="tuple([p is not None for p in parents])")
@@ -131,8 +160,10 @@ def unary_entry(op):
             x = Tensor(x)
         xd = x.data
         xn = x._node
-        if op.float_result and xd.dtype.kind != "f":
-            xd = xd.astype(default_float)        # exp of an integer tensor is float32, as in torch
+        down = None
+        dt = xd.dtype
+        if dt is not _F32 and dt is not _F64 and dt.kind != "f":
+            xd, down = _unary_dtype(op, xd)    # exp of an integer is float32 (torch); bfloat16 runs in float32
         xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
 """ + _indented(_CORE).format(arrays="(xd,)", call="op.fwd(xp, xd)", grey="xn is None", parents="(xn,)",
                               needs="_NEEDS1 if parents[0] is not None else (False,)") + """
@@ -161,17 +192,22 @@ def binary_entry(op):
         # scalars, integers meeting a float constant or a true division. The common
         # cases (one float dtype, or a float array and a Python number) skip it.
         tx, ty = type(xd), type(yd)
+        down = None
         if tx is _ndarray and ty is _ndarray:
-            if xd.dtype is not yd.dtype or (op.float_result and xd.dtype.kind != "f"):
-                xd, yd = _dtypes_of(op, xd, yd)
+            dt = xd.dtype
+            if dt is not yd.dtype or (dt is not _F32 and dt is not _F64 and dt.kind != "f"
+                                      and (op.float_result or dt is _BF16)):
+                xd, yd, down = _dtypes_of(op, xd, yd)
         elif tx is _ndarray and (ty is float or ty is int):
-            if xd.dtype.kind != "f" and (ty is float or op.float_result):
-                xd, yd = _dtypes_of(op, xd, yd)
+            dt = xd.dtype
+            if dt is not _F32 and dt is not _F64 and dt.kind != "f" and (ty is float or op.float_result or dt is _BF16):
+                xd, yd, down = _dtypes_of(op, xd, yd)
         elif ty is _ndarray and (tx is float or tx is int):
-            if yd.dtype.kind != "f" and (tx is float or op.float_result):
-                xd, yd = _dtypes_of(op, xd, yd)
+            dt = yd.dtype
+            if dt is not _F32 and dt is not _F64 and dt.kind != "f" and (tx is float or op.float_result or dt is _BF16):
+                xd, yd, down = _dtypes_of(op, xd, yd)
         elif first is not None:
-            xd, yd = _dtypes_of(op, xd, yd)
+            xd, yd, down = _dtypes_of(op, xd, yd)
         xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
 """ + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
                               parents="(xn, yn)",

@@ -92,6 +92,7 @@ def install():
     Tensor.float = lambda self: api.astype(self, "float32")
     Tensor.double = lambda self: api.astype(self, "float64")
     Tensor.half = lambda self: api.astype(self, "float16")
+    Tensor.bfloat16 = lambda self: api.astype(self, "bfloat16")
     Tensor.clone = _clone
     for op, name in ((add, "add"), (subtract, "sub"), (multiply, "mul"), (divide, "div")):
         setattr(Tensor, name + "_", _binary_inplace(op, name + "_"))
