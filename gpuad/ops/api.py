@@ -173,27 +173,25 @@ def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
     >>> x.max().item(), x.max(dim=0).values.tolist(), x.max(1).indices.tolist()
     (4.0, [3.0, 4.0], [1, 0])
     """
-    if isinstance(dim, Tensor):
-        return maximum(x, dim)
-    dim = dim if axis is None else axis
-    keepdim = keepdim if keepdims is None else keepdims
-    if dim is None:
-        return amax(x)
-    _nonempty("max", x, dim)
-    return I.max_along(x, dim, keepdim)
+    return _extreme("max", x, dim, keepdim, axis, keepdims)
 
 
 def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
     """As torch.min: the smallest value; along a dim, (values, indices); of two tensors,
     the elementwise minimum."""
-    if isinstance(dim, Tensor):
-        return minimum(x, dim)
+    return _extreme("min", x, dim, keepdim, axis, keepdims)
+
+
+def _extreme(name, x, dim, keepdim, axis, keepdims):
+    largest = name == "max"
+    if isinstance(dim, Tensor):                       # torch.max(a, b): elementwise
+        return (maximum if largest else minimum)(x, dim)
     dim = dim if axis is None else axis
     keepdim = keepdim if keepdims is None else keepdims
     if dim is None:
-        return amin(x)
-    _nonempty("min", x, dim)
-    return I.min_along(x, dim, keepdim)
+        return (amax if largest else amin)(x)
+    _nonempty(name, x, dim)
+    return (I.max_along if largest else I.min_along)(x, dim, keepdim)
 
 
 def _nonempty(name, x, axis):
