@@ -13,6 +13,9 @@ Bytes through memory, in elements (M rows, K in, N out):
     db             read 2MN, write N
 dZ = dY * act'(saved) is formed in each backward kernel's prologue, tile by
 tile, and never written to memory.
+
+INT64 (constexpr): index arithmetic in 64 bits, chosen by the host when an
+operand has 2^31 or more elements (a 16k x 131k logits matrix fits on an H200).
 """
 import triton
 import triton.language as tl
@@ -62,6 +65,15 @@ def _activation_grad(s, ACT: tl.constexpr):
 
 
 @triton.jit
+def _index(i, INT64: tl.constexpr):
+    """Offsets in 64 bits when an operand has 2^31 elements or more: int32 index times
+    int32 stride would wrap around and address the wrong memory."""
+    if INT64:
+        return i.to(tl.int64)
+    return i
+
+
+@triton.jit
 def _dz_tile(dy_ptr, s_ptr, off, mask, ACT: tl.constexpr):
     """The backward prologue: dZ = dY * act'(S) for one tile, in fp32, never written out."""
     dz = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
@@ -80,15 +92,15 @@ def linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
                       M, N, K,
                       stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
                       HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_Z: tl.constexpr,
-                      PRECISION: tl.constexpr,
+                      PRECISION: tl.constexpr, INT64: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of Y: the GEMM accumulates in fp32, then bias and
     activation run in the epilogue on registers, and Y (and Z) are written once."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_k = _index(tl.arange(0, BLOCK_K), INT64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
@@ -112,14 +124,14 @@ def linear_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
 def linear_bwd_dx_kernel(dy_ptr, s_ptr, w_ptr, dx_ptr,
                          M, N, K,
                          stride_dym, stride_dyn, stride_wn, stride_wk, stride_dxm, stride_dxk,
-                         ACT: tl.constexpr, PRECISION: tl.constexpr,
+                         ACT: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dX = dZ W for one (BLOCK_M, BLOCK_K) tile; dZ = dY * act'(S) formed in the prologue."""
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_k = _index(pid_k * BLOCK_K + tl.arange(0, BLOCK_K), INT64)
+    offs_n = _index(tl.arange(0, BLOCK_N), INT64)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + offs_n
@@ -137,14 +149,14 @@ def linear_bwd_dx_kernel(dy_ptr, s_ptr, w_ptr, dx_ptr,
 def linear_bwd_dw_kernel(dy_ptr, s_ptr, x_ptr, dw_ptr,
                          M, N, K,
                          stride_dym, stride_dyn, stride_xm, stride_xk, stride_dwn, stride_dwk,
-                         ACT: tl.constexpr, PRECISION: tl.constexpr,
+                         ACT: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dW = dZ^T X for one (BLOCK_N, BLOCK_K) tile, reducing over the M rows."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_k = _index(pid_k * BLOCK_K + tl.arange(0, BLOCK_K), INT64)
+    offs_m = _index(tl.arange(0, BLOCK_M), INT64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         mm = m0 + offs_m
@@ -162,11 +174,11 @@ def linear_bwd_dw_kernel(dy_ptr, s_ptr, x_ptr, dw_ptr,
 def linear_bwd_db_kernel(dy_ptr, s_ptr, db_ptr,
                          M, N,
                          stride_dym, stride_dyn,
-                         ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         ACT: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """db = sum over rows of dZ, for BLOCK_N columns (read 2MN, write N)."""
     pid_n = tl.program_id(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_m = _index(tl.arange(0, BLOCK_M), INT64)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         mm = m0 + offs_m

@@ -13,8 +13,10 @@ import triton.language as tl
 def xent_fwd_kernel(logits_ptr, target_ptr, loss_ptr, lse_ptr,
                     C,
                     stride_n, stride_c,
-                    BLOCK_C: tl.constexpr):
+                    INT64: tl.constexpr, BLOCK_C: tl.constexpr):
     row = tl.program_id(0)
+    if INT64:                        # N C >= 2^31: row * stride_n in 64 bits
+        row = row.to(tl.int64)
     base = logits_ptr + row * stride_n
     offs = tl.arange(0, BLOCK_C)
     m = tl.full((BLOCK_C,), float("-inf"), tl.float32)
@@ -40,8 +42,10 @@ def xent_fwd_kernel(logits_ptr, target_ptr, loss_ptr, lse_ptr,
 def xent_bwd_kernel(logits_ptr, target_ptr, lse_ptr, scale_ptr, dlogits_ptr,
                     C,
                     stride_n, stride_c, stride_dn, stride_dc,
-                    BLOCK_C: tl.constexpr):
+                    INT64: tl.constexpr, BLOCK_C: tl.constexpr):
     row = tl.program_id(0)
+    if INT64:
+        row = row.to(tl.int64)
     lse = tl.load(lse_ptr + row)
     scale = tl.load(scale_ptr + row)
     t = tl.load(target_ptr + row)

@@ -121,3 +121,79 @@ def test_kernel_traffic_is_recorded(provider):
     ops = m.by_op()
     assert ops["linear (triton)"]["bytes_read"] == (M * K + N * K) * 4
     assert ops["linear (triton)"]["bytes_written"] == M * N * 4
+
+
+def test_fused_linear_reads_views_of_every_argument(provider):
+    """Transposed x and w, a strided bias, a non-contiguous upstream gradient."""
+    rng = np.random.default_rng(21)
+    M, K, N = 13, 11, 17
+    xb = rng.standard_normal((K, M)).astype(np.float32)          # x = xb.T: strides (4, 4M)
+    wb = rng.standard_normal((K, N)).astype(np.float32)          # w = wb.T
+    bb = rng.standard_normal(2 * N).astype(np.float32)           # b = bb[::2]: stride 2
+    gb = rng.standard_normal((N, M)).astype(np.float32)          # g = gb.T
+
+    def run():
+        x = gpuad.from_numpy(xb.T).requires_grad_()
+        w = gpuad.from_numpy(wb.T).requires_grad_()
+        b = gpuad.from_numpy(bb[::2]).requires_grad_()
+        y = F.linear(x, w, b, "tanh")
+        y.backward(gpuad.from_numpy(gb.T))
+        return [a.numpy().copy() for a in (y, x.grad, w.grad, b.grad)]
+    got = run()
+    assert "linear_forward" in provider and "linear_backward" in provider
+    gpuad.set_kernels("numpy")
+    for name, a, r in zip(("y", "dx", "dw", "db"), got, run()):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_fused_cross_entropy_reads_strided_targets(provider):
+    rng = np.random.default_rng(22)
+    z = (rng.standard_normal((6, 9)) * 2).astype(np.float32)
+    labels = np.stack([rng.integers(0, 9, 6), rng.integers(0, 9, 6)], 1)     # labels[:, 0]: stride 2
+
+    def run():
+        zt = gpuad.tensor(z, requires_grad=True)
+        loss = F.cross_entropy(zt, gpuad.from_numpy(labels[:, 0]), reduction="none")
+        loss.sum().backward()
+        return loss.numpy().copy(), zt.grad.numpy().copy()
+    got = run()
+    assert "cross_entropy_forward" in provider
+    gpuad.set_kernels("numpy")
+    for a, r in zip(got, run()):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_64_bit_offsets_give_the_same_results(provider, monkeypatch):
+    """The int64 index path (taken for operands of 2^31 elements or more) on a small case."""
+    from gpuad.backends import triton_backend
+    rng = np.random.default_rng(23)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((9, 7), (5, 7), (5,)))
+    g = rng.standard_normal((9, 5)).astype(np.float32)
+    z, t = rng.standard_normal((4, 6)).astype(np.float32), rng.integers(0, 6, 4)
+
+    def run():
+        out = _run_linear(x, w, b, g, "gelu")
+        zt = gpuad.tensor(z, requires_grad=True)
+        F.cross_entropy(zt, gpuad.tensor(t)).backward()
+        return out + [zt.grad.numpy().copy()]
+    narrow = run()
+    monkeypatch.setattr(triton_backend, "FORCE_INT64", True)
+    wide = run()
+    for a, r in zip(wide, narrow):
+        np.testing.assert_array_equal(a, r)
+    assert not triton_backend.needs_int64(np.zeros(3)) or triton_backend.FORCE_INT64
+
+
+def test_int64_decision():
+    from gpuad.backends.triton_backend import needs_int64
+
+    class Big:
+        size = 2 ** 31
+    assert needs_int64(Big()) and not needs_int64(np.zeros(10), None)
+
+
+def test_cross_entropy_keeps_the_log_sum_exp_in_float32_for_float16_logits(provider):
+    z = gpuad.tensor((np.random.default_rng(24).standard_normal((5, 7)) * 20).astype(np.float16),
+                     requires_grad=True)
+    loss = F.cross_entropy(z, gpuad.tensor([0, 1, 2, 3, 4]))
+    assert loss._node.saved[-1].dtype == np.float32

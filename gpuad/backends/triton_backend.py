@@ -32,6 +32,14 @@ class _CupyArg:
         return self._ptr
 
 
+FORCE_INT64 = False      # tests: take the 64-bit index path at any size
+
+
+def needs_int64(*arrays):
+    """Whether index arithmetic must be 64-bit: an operand with 2^31 elements or more."""
+    return FORCE_INT64 or any(a is not None and a.size >= 2 ** 31 for a in arrays)
+
+
 class TritonKernels:
     name = "triton"
 
@@ -91,6 +99,8 @@ class TritonKernels:
         x2 = self._rows(x)
         M, Kd = x2.shape
         N = w.shape[0]
+        if b is not None:
+            b = xp.ascontiguousarray(b)        # the kernel reads b[n] at b_ptr + n (N elements)
         save_z = activation == "gelu"
         y = xp.empty((M, N), x.dtype)
         z = xp.empty((M, N), x.dtype) if save_z else None
@@ -101,7 +111,8 @@ class TritonKernels:
                        x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize,
                        w.strides[0] // w.itemsize, w.strides[1] // w.itemsize,
                        N, 1,
-                       HAS_BIAS=b is not None, ACT=_ACT[activation], SAVE_Z=save_z, PRECISION=self.precision)
+                       HAS_BIAS=b is not None, ACT=_ACT[activation], SAVE_Z=save_z, PRECISION=self.precision,
+                       INT64=needs_int64(x2, w, y))
         isz = x.itemsize
         self._traffic("linear (triton)", (M * Kd + N * Kd + (N if b is not None else 0)) * isz,
                       M * N * isz * (2 if save_z else 1))
@@ -134,7 +145,7 @@ class TritonKernels:
             self.bwd_dx[grid](tg, ts, self._arg(w), self._arg(dx), M, N, Kd,
                               g2.strides[0] // isz, g2.strides[1] // isz,
                               w.strides[0] // w.itemsize, w.strides[1] // w.itemsize, Kd, 1,
-                              ACT=act, PRECISION=self.precision)
+                              ACT=act, PRECISION=self.precision, INT64=needs_int64(g2, w, dx))
             read += (2 * M * N + N * Kd) * isz
             written += M * Kd * isz
             dx = dx.reshape(x_shape)
@@ -145,7 +156,7 @@ class TritonKernels:
             self.bwd_dw[grid](tg, ts, self._arg(x2), self._arg(dw), M, N, Kd,
                               g2.strides[0] // isz, g2.strides[1] // isz,
                               x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize, Kd, 1,
-                              ACT=act, PRECISION=self.precision)
+                              ACT=act, PRECISION=self.precision, INT64=needs_int64(g2, x2, dw))
             read += (2 * M * N + M * Kd) * isz
             written += N * Kd * isz
         if nb:
@@ -153,7 +164,8 @@ class TritonKernels:
             block_n = 16 if self.interpret else 128
             self.L.linear_bwd_db_kernel[(cdiv(N, block_n),)](tg, ts, self._arg(db), M, N,
                                                              g2.strides[0] // isz, g2.strides[1] // isz,
-                                                             ACT=act, BLOCK_M=16 if self.interpret else 64,
+                                                             ACT=act, INT64=needs_int64(g2),
+                                                             BLOCK_M=16 if self.interpret else 64,
                                                              BLOCK_N=block_n)
             read += 2 * M * N * isz
             written += N * isz
@@ -172,10 +184,10 @@ class TritonKernels:
         n, C = logits.shape
         loss = xp.empty((n,), np.float32)
         lse = xp.empty((n,), np.float32)
-        t = target.astype(np.int64) if target.dtype != np.int64 else target
+        t = xp.ascontiguousarray(target, dtype=np.int64)   # the kernel reads target[row] at target_ptr + row
         self.X.xent_fwd_kernel[(n,)](self._arg(logits), self._arg(t), self._arg(loss), self._arg(lse), C,
                                      logits.strides[0] // logits.itemsize, logits.strides[1] // logits.itemsize,
-                                     BLOCK_C=self._block_c(C))
+                                     INT64=needs_int64(logits), BLOCK_C=self._block_c(C))
         self._traffic("cross_entropy (triton)", n * C * logits.itemsize + n * 8, 2 * n * 4)
         return loss, lse
 
@@ -184,13 +196,13 @@ class TritonKernels:
             return None
         n, C = logits.shape
         d = xp.empty((n, C), logits.dtype)
-        t = target.astype(np.int64) if target.dtype != np.int64 else target
-        lse = lse.reshape(n).astype(np.float32)
-        scale = scale.astype(np.float32)
+        t = xp.ascontiguousarray(target, dtype=np.int64)   # the kernel reads target[row] at target_ptr + row
+        lse = xp.ascontiguousarray(lse.reshape(n), dtype=np.float32)
+        scale = xp.ascontiguousarray(xp.broadcast_to(scale, (n,)), dtype=np.float32)
         self.X.xent_bwd_kernel[(n,)](self._arg(logits), self._arg(t), self._arg(lse), self._arg(scale),
                                      self._arg(d), C,
                                      logits.strides[0] // logits.itemsize, logits.strides[1] // logits.itemsize,
-                                     C, 1, BLOCK_C=self._block_c(C))
+                                     C, 1, INT64=needs_int64(logits, d), BLOCK_C=self._block_c(C))
         self._traffic("cross_entropy backward (triton)", n * C * logits.itemsize + n * 16,
                       n * C * logits.itemsize)
         return d
