@@ -26,7 +26,7 @@ bench-full: $(STAMP)
 # On a CUDA machine: uses that machine's python3 as it is (no venv, no install).
 GPU_OUT ?= gpu-report
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(PYTHON) -m bench.gpu_check --out $(GPU_OUT)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) bench/gpu_check.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench/results

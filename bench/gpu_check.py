@@ -14,9 +14,14 @@ on its own (the report says which did):
   6. bandwidth: CuPy's device copy against gpuad's elementwise kernels
   7. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
      kernel against the traffic model
-Total under 8 minutes on an H200.
+The report (report.md, report.json) is rewritten after every step, so a run
+stopped from outside still leaves what it measured; a global deadline (7.5
+minutes by default) skips the steps that would not finish; the exit status
+is nonzero when any step failed or was skipped for time. --dry-run walks the
+steps without touching a device and writes the report's skeleton (CI does
+this on the CPU).
 
-    python3 -m bench.gpu_check --out gpu-report
+    python3 bench/gpu_check.py --out gpu-report       # what `make gpu-check` runs
 """
 import argparse
 import json
@@ -30,27 +35,42 @@ import traceback
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:                # run as a script: the checkout is the package root
+    sys.path.insert(0, ROOT)
 
 
 class Report:
-    def __init__(self, out):
+    def __init__(self, out, deadline_s=450, dry_run=False):
         self.out = out
         self.sections = []
-        self.data = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.data = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": {}}
+        self.deadline = time.time() + deadline_s
+        self.dry_run = dry_run
+        self.failed = []
 
-    def step(self, name, fn, *args):
+    def step(self, name, fn, *args, budget_s=60):
+        """Run one step (unless dry or out of time), record it, and rewrite the report."""
         t0 = time.time()
         print(f"== {name}", flush=True)
-        try:
-            md, data = fn(*args)
-            status = "ok"
-        except Exception as e:                       # one failed step must not hide the others
-            md, data, status = f"failed: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc()[-3000:]}\n```\n", \
-                {"error": repr(e)}, "failed"
+        if self.dry_run:
+            md, data, status = "dry run: not run (no device work)\n", {}, "dry run"
+        elif time.time() + budget_s > self.deadline:
+            md, data, status = f"skipped: fewer than {budget_s} s left before the deadline\n", {}, "skipped"
+            self.failed.append(name)
+        else:
+            try:
+                md, data = fn(*args)
+                status = "ok"
+            except Exception as e:                   # one failed step must not hide the others
+                md, data, status = f"failed: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc()[-3000:]}\n```\n", \
+                    {"error": repr(e)}, "failed"
+                self.failed.append(name)
         dt = time.time() - t0
         self.sections.append(f"## {name} ({status}, {dt:.0f} s)\n\n{md}\n")
         self.data[name] = data
+        self.data["steps"][name] = status
         print(md, flush=True)
+        self.write()
 
     def write(self):
         os.makedirs(self.out, exist_ok=True)
@@ -288,13 +308,18 @@ def bandwidth():
 
 
 NCU_SCRIPT = """
-import numpy as np, gpuad, gpuad.nn.functional as F
+import numpy as np, cupy, gpuad, gpuad.nn.functional as F
 gpuad.set_kernels("triton")
 x = gpuad.tensor(np.random.rand(256, 1024).astype(np.float32), device="cuda")
 w = gpuad.tensor(np.random.rand(1024, 1024).astype(np.float32), device="cuda")
 b = gpuad.tensor(np.random.rand(1024).astype(np.float32), device="cuda")
-for _ in range(2):
+for _ in range(3):                     # warm up: the autotuner launches every config on the first call
     F.linear(x, w, b, "tanh")
+cupy.cuda.Device().synchronize()
+cupy.cuda.profiler.start()             # ncu runs with --profile-from-start off: only this launch counts
+F.linear(x, w, b, "tanh")
+cupy.cuda.Device().synchronize()
+cupy.cuda.profiler.stop()
 """
 
 
@@ -305,7 +330,7 @@ def ncu():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)
     cmd = [exe, "--clock-control", "none", "--csv", "--metrics", "dram__bytes_read.sum,dram__bytes_write.sum",
-           "--kernel-name", "regex:linear_fwd", "--launch-skip", "1", "--launch-count", "1",
+           "--profile-from-start", "off", "--kernel-name", "regex:linear_fwd", "--launch-count", "1",
            sys.executable, "-c", NCU_SCRIPT]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     got = {}
@@ -330,30 +355,35 @@ def ncu():
         {"model": [model_read, model_write], "ncu": got}
 
 
+STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "bandwidth", "ncu traffic check")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python3 -m bench.gpu_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python3 bench/gpu_check.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="gpu-report")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--deadline", type=float, default=450, help="seconds for the whole run (default 450)")
+    p.add_argument("--dry-run", action="store_true", help="walk the steps without a device; write the skeleton")
     args = p.parse_args(argv)
-    report = Report(args.out)
+    report = Report(args.out, args.deadline, args.dry_run)
     from gpuad.backends.devices import cuda_available
     ok, why = cuda_available()
-    if not ok:
+    report.data["cuda"] = "available" if ok else why
+    if not ok and not args.dry_run:
         report.sections.append(f"No CUDA device: {why}\n")
-        report.data["cuda"] = why
         report.write()
         print(f"gpu-check: no CUDA device here ({why}); wrote {args.out}/report.md")
         return 1
-    report.step("machine", machine)
-    report.step("GPU tests", gpu_tests)
-    report.step("mlp", mlp, args.rounds)
-    report.step("memory", memory_depths)
-    report.step("checkpoint", checkpoint_step, max(3, args.rounds // 2))
-    report.step("bandwidth", bandwidth)
-    report.step("ncu traffic check", ncu)
-    report.write()
-    print(f"wrote {args.out}/report.md and report.json")
-    return 0
+    runs = {"machine": (machine,), "GPU tests": (gpu_tests,), "mlp": (mlp, args.rounds),
+            "memory": (memory_depths,), "checkpoint": (checkpoint_step, max(3, args.rounds // 2)),
+            "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}
+    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90}
+    for name in STEPS:
+        fn, *rest = runs[name]
+        report.step(name, fn, *rest, budget_s=budgets.get(name, 60))
+    print(f"wrote {args.out}/report.md and report.json"
+          + (f"; failed or skipped: {', '.join(report.failed)}" if report.failed else ""))
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

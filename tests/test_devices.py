@@ -86,3 +86,29 @@ def test_device_memory_is_counted_by_the_allocator_hook():
         net(x).sum().backward()
         s = gpuad.memory.stats()
     assert s["device_peak_bytes"] >= 128 * 256 * 4
+
+
+def test_gpu_check_dry_run_walks_every_step(tmp_path):
+    """`python3 bench/gpu_check.py --dry-run` on a CPU machine: every step listed, exit 0."""
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--dry-run", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    md = (tmp_path / "report.md").read_text()
+    data = json.loads((tmp_path / "report.json").read_text())
+    from bench.gpu_check import STEPS
+    for name in STEPS:
+        assert f"## {name} (dry run" in md and data["steps"][name] == "dry run"
+
+
+def test_gpu_check_without_a_device_says_so_and_fails(tmp_path):
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from gpuad.backends.devices import cuda_available
+    if cuda_available()[0]:
+        pytest.skip("a CUDA device is present")
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 1 and "No CUDA device" in (tmp_path / "report.md").read_text()

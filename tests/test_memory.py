@@ -364,3 +364,16 @@ def test_host_pool_reuses_blocks():
     del b
     c = pool.empty((256, 256), np.float32)
     assert c.ctypes.data != v.ctypes.data - 1024    # a live view keeps its block out of the pool
+
+
+def test_device_ledger_ignores_failed_allocations_and_untracked_frees():
+    from gpuad.memory.accounting import Accountant
+    a = Accountant()
+    a.device_free(0xbeef)                      # allocated before counting started
+    a.device_alloc(0, 1 << 30)                 # CuPy reports a failed allocation with ptr 0
+    assert a.device_live_bytes == 0 and a.device_peak_bytes == 0
+    a.device_alloc(0x1000, 512)
+    a.device_alloc(0x2000, 256)
+    a.device_free(0x1000)
+    a.device_free(0x1000)                      # twice: counted once
+    assert a.device_live_bytes == 256 and a.device_peak_bytes == 768

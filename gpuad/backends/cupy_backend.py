@@ -49,11 +49,10 @@ class _AccountingHook(cupy.cuda.MemoryHook):
 
     def malloc_postprocess(self, **kw):
         if accountant.active is not None:
-            accountant.device_alloc(kw["mem_size"])
+            accountant.device_alloc(kw.get("mem_ptr", 0), kw["mem_size"])
 
     def free_postprocess(self, **kw):
-        if accountant.active is not None:
-            accountant.device_free(kw["mem_size"])
+        accountant.device_free(kw.get("mem_ptr", 0))
 
 
 _hook = None

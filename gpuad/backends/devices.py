@@ -21,7 +21,7 @@ def cuda_available():
             import cupy
         except Exception as e:   # ImportError, or a broken CUDA install
             _status = (False, f"CuPy is not installed or failed to import ({type(e).__name__}: {e}); "
-                              f"install gpuad[gpu] on a CUDA machine")
+                              f"install gpuad[gpu-cuda12] or gpuad[gpu-cuda13] (whichever CUDA the machine has) on a CUDA machine")
         else:
             try:
                 ok = bool(cupy.is_available())

@@ -74,6 +74,7 @@ class Accountant:
         self.kernel_traffic = None
         self.phase = "forward"
         self._refs = {}               # id(owner) -> (weakref, nbytes)
+        self._device = {}             # device pointer -> bytes, for blocks allocated while counting
         self._depth = 0               # enable() calls and open track() regions
         if os.environ.get("GPUAD_ACCOUNTING") == "1":
             self.enable()
@@ -91,13 +92,22 @@ class Accountant:
 
     # -- events ----------------------------------------------------------------
 
-    def device_alloc(self, n):
+    def device_alloc(self, ptr, n):
+        """CuPy's pool handed out n bytes at ptr. ptr 0 is a failed allocation (CuPy
+        reports those too, before raising out of memory): nothing was allocated."""
+        if not ptr:
+            return
+        self._device[ptr] = n
         self.device_live_bytes += n
         if self.device_live_bytes > self.device_peak_bytes:
             self.device_peak_bytes = self.device_live_bytes
 
-    def device_free(self, n):
-        self.device_live_bytes -= n
+    def device_free(self, ptr):
+        """The block at ptr went back to the pool; one allocated before accounting
+        started was never counted, so it is not subtracted either."""
+        n = self._device.pop(ptr, None)
+        if n is not None:
+            self.device_live_bytes -= n
 
     def alloc(self, arr, op, activation=None):
         """Count arr's buffer if it is new; returns the bytes added (0 for a view).
