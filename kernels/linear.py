@@ -188,11 +188,60 @@ def linear_bwd_db_kernel(dy_ptr, s_ptr, db_ptr,
     tl.store(db_ptr + offs_n, acc.to(db_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def configs(interpret=False):
-    """Autotuning candidates for the three GEMM kernels (one small tile in the interpreter,
-    where every program runs in Python)."""
+# Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) before pruning.
+CANDIDATES = ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
+              (128, 256, 32, 8, 3), (64, 64, 64, 4, 3), (32, 64, 32, 4, 4), (64, 32, 32, 4, 4))
+
+SMEM_LIMIT = 232448          # shared memory per block on sm_90 (H100, H200), bytes
+
+
+def smem_bytes(kernel, bm, bn, bk, stages, itemsize):
+    """Upper estimate of the pipelined tiles in shared memory: each stage holds the
+    operand tiles of one loop step (the backward kernels also load the saved tile
+    beside dY). Checked against ptxas by tests/test_kernels_aot.py."""
+    if kernel == "fwd":
+        per_stage = bm * bk + bk * bn
+    elif kernel == "dx":
+        per_stage = 2 * bm * bn + bn * bk
+    else:                                        # dw: dY and saved tiles (N x M) and X (M x K)
+        per_stage = 2 * bm * bn + bm * bk
+    return stages * per_stage * itemsize
+
+
+def fits(kernel, cfg, itemsize):
+    """Whether a tile fits the H200 without spilling: shared memory within the block limit,
+    and (from ptxas on these kernels) the fp32 accumulator and each step's operand tiles at
+    most 32 registers per thread each; larger tiles spill with the gelu epilogue."""
+    bm, bn, bk, warps, stages = cfg
+    threads = 32 * warps
+    acc = {"fwd": bm * bn, "dx": bm * bk, "dw": bn * bk}[kernel] / threads       # the fp32 accumulator
+    operands = bk * (bm + bn) / threads                                          # one step's loaded tiles
+    dz = bm * bn / threads if kernel != "fwd" else 0                             # backward: the dZ tile
+    return (smem_bytes(kernel, bm, bn, bk, stages, itemsize) <= SMEM_LIMIT
+            and acc <= 32 and operands <= 32 and dz <= 32)
+
+
+def kept(kernel, itemsize):
+    """The candidate tiles that fit, for a kernel ("fwd", "dx", "dw") and an element size."""
+    return [c for c in CANDIDATES if fits(kernel, c, itemsize)]
+
+
+def configs(interpret=False, kernel="fwd"):
+    """Autotuning candidates for one GEMM kernel: every tile that fits for the smallest
+    element size (prune() drops the rest for the launch's dtype); in the interpreter,
+    where every program runs in Python, one small tile."""
     if interpret:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-                                     (64, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 64, 64, 4, 3))]
+            for bm, bn, bk, w, s in kept(kernel, 2)]
+
+
+def pruner(kernel):
+    """early_config_prune for triton.autotune: keep the tiles that fit this launch's dtype,
+    so no config that cannot compile cleanly costs a compile."""
+    def prune(configs, named_args, **kwargs):
+        itemsize = named_args["dy_ptr" if kernel != "fwd" else "x_ptr"].element_size()
+        keep = [c for c in configs if fits(kernel, (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"],
+                                                    c.num_warps, c.num_stages), itemsize)]
+        return keep or configs[:1]
+    return prune

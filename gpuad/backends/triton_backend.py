@@ -49,10 +49,13 @@ class TritonKernels:
         self.interpret = interpret
         self.triton = triton
         self.L, self.X = L, X
-        tune = dict(configs=L.configs(interpret), key=["M", "N", "K"])
-        self.fwd = triton.autotune(**tune)(L.linear_fwd_kernel)
-        self.bwd_dx = triton.autotune(**tune)(L.linear_bwd_dx_kernel)
-        self.bwd_dw = triton.autotune(**tune)(L.linear_bwd_dw_kernel)
+        def tuned(kernel, fn):
+            prune = None if interpret else {"early_config_prune": L.pruner(kernel)}
+            return triton.autotune(configs=L.configs(interpret, kernel), key=["M", "N", "K"],
+                                   prune_configs_by=prune)(fn)
+        self.fwd = tuned("fwd", L.linear_fwd_kernel)
+        self.bwd_dx = tuned("dx", L.linear_bwd_dx_kernel)
+        self.bwd_dw = tuned("dw", L.linear_bwd_dw_kernel)
         self.precision = "ieee"
 
     # -- helpers ---------------------------------------------------------------

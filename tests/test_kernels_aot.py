@@ -1,0 +1,96 @@
+"""Every Triton kernel compiled ahead of time for the H200 (sm_90) on the CPU, and
+ptxas' resource report checked: shared memory within the block limit, no register
+spills, for the tiles the autotuner may pick (kernels/linear.py prunes the rest).
+
+Each GEMM kernel: every kept tile in fp32, fp16 and bf16 with the gelu
+activation (the most registers: erf in the epilogue and prologue), and every
+activation on the first kept tile; the bias-gradient and cross-entropy kernels
+in every dtype. The compiles run in one subprocess (this one interprets Triton
+kernels, TRITON_INTERPRET=1), two at a time. Skips where the Triton wheel lacks
+the CUDA backend tools.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+if not any(os.path.exists(os.path.join(BIN, n)) for n in ("ptxas-blackwell", "ptxas")):
+    pytest.skip("this Triton wheel has no CUDA backend tools (ptxas)", allow_module_level=True)
+
+sys.path.insert(0, ROOT)
+from kernels import linear as L  # noqa: E402  (the tile lists only: nothing compiles in this process)
+
+DTYPES = {"float32": ("fp32", 4), "float16": ("fp16", 2), "bfloat16": ("bf16", 2)}
+GEMMS = {"fwd": "linear_fwd_kernel", "dx": "linear_bwd_dx_kernel", "dw": "linear_bwd_dw_kernel"}
+
+
+def _gemm_case(kind, dtype, cfg, act):
+    ty, _ = DTYPES[dtype]
+    const = {"ACT": act, "PRECISION": "ieee" if dtype == "float32" else "tf32", "INT64": False,
+             "BLOCK_M": cfg[0], "BLOCK_N": cfg[1], "BLOCK_K": cfg[2]}
+    if kind == "fwd":
+        const.update(HAS_BIAS=True, SAVE_Z=act == 4)
+    return {"module": "linear", "kernel": GEMMS[kind], "ptrs": {"*": "*" + ty}, "constexprs": const,
+            "warps": cfg[3], "stages": cfg[4], "gemm": kind, "itemsize": DTYPES[dtype][1]}
+
+
+def _cases():
+    cases = {}
+    for kind in GEMMS:
+        for dtype, (_, itemsize) in DTYPES.items():
+            for cfg in L.kept(kind, itemsize):
+                cases[f"{kind}-{dtype}-{'x'.join(map(str, cfg))}-gelu"] = _gemm_case(kind, dtype, cfg, 4)
+        for act in (0, 1, 2, 3):
+            cases[f"{kind}-float32-act{act}"] = _gemm_case(kind, "float32", L.kept(kind, 4)[0], act)
+    for dtype, (ty, _) in DTYPES.items():
+        cases[f"db-{dtype}"] = {"module": "linear", "kernel": "linear_bwd_db_kernel", "ptrs": {"*": "*" + ty},
+                                "constexprs": {"ACT": 4, "INT64": False, "BLOCK_M": 64, "BLOCK_N": 128},
+                                "warps": 4, "stages": 3}
+        for direction in ("fwd", "bwd"):
+            cases[f"xent-{direction}-{dtype}"] = {
+                "module": "softmax_xent", "kernel": f"xent_{direction}_kernel",
+                "ptrs": {"*": "*" + ty, "target_ptr": "*i64", "loss_ptr": "*fp32", "lse_ptr": "*fp32",
+                         "scale_ptr": "*fp32"},
+                "constexprs": {"INT64": True, "BLOCK_C": 4096}, "warps": 4, "stages": 1}
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(CASES),
+                       capture_output=True, text=True, env=env, timeout=1200)
+    if r.returncode != 0:
+        pytest.fail(f"tests/aot_compile.py failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_every_gemm_kernel_keeps_a_tile():
+    for kind in GEMMS:
+        for _, itemsize in DTYPES.values():
+            assert L.kept(kind, itemsize), (kind, itemsize)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_fits_the_h200(case, compiled):
+    """Shared memory within the block limit (and within the pruning model's estimate for
+    the GEMM tiles), at most 255 registers, nothing spilled."""
+    res, c = compiled[case], CASES[case]
+    if "skip" in res:
+        pytest.skip(res["skip"])
+    assert res["shared"] <= L.SMEM_LIMIT, f"{res['shared']} bytes of shared memory"
+    assert res["spills"] == 0 and res["regs"] <= 255, f"{res['regs']} registers, {res['spills']} bytes spilled"
+    if "gemm" in c:
+        k = c["constexprs"]
+        assert res["shared"] <= L.smem_bytes(c["gemm"], k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], c["stages"],
+                                             c["itemsize"]), "the pruning model underestimates"
