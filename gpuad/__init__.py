@@ -22,7 +22,7 @@ from . import nn, optim
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule, linalg
 from .serialization import save, load
-from .providers import set_kernels, get_kernels
+from .providers import set_kernels, get_kernels, set_float32_matmul_precision, get_float32_matmul_precision
 from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
 
 __version__ = "0.1.0"

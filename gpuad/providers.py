@@ -43,6 +43,37 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "tf32"}
+_precision = "highest"
+
+
+def set_float32_matmul_precision(precision):
+    """As torch.set_float32_matmul_precision: "highest" (IEEE fp32 FMAs, the default),
+    "high" or "medium" (TF32 tensor cores: 10-bit mantissa inputs, fp32 accumulation).
+    Both GPU providers follow it: the Triton kernels' input precision, cuBLAS's math mode
+    for CuPy's GEMMs. The numpy backend always computes in fp32.
+
+    >>> import gpuad
+    >>> gpuad.set_float32_matmul_precision("high"); gpuad.get_float32_matmul_precision()
+    'high'
+    >>> gpuad.set_float32_matmul_precision("highest")
+    """
+    global _precision
+    if precision not in _PRECISIONS:
+        raise ValueError(f"gpuad.set_float32_matmul_precision: precision must be one of "
+                         f"{sorted(_PRECISIONS)}, not {precision!r}")
+    _precision = precision
+
+
+def get_float32_matmul_precision():
+    return _precision
+
+
+def triton_input_precision():
+    """The input_precision the Triton kernels' fp32 dots use now."""
+    return _PRECISIONS[_precision]
+
+
 def triton_available():
     try:
         import triton  # noqa: F401
@@ -60,10 +91,43 @@ def provider_name(xp):
         choice = get_kernels()
         if choice == "numpy":
             return None
-        if choice == "cupy" or (choice == "default" and not triton_available()):
+        if choice == "cupy" or (choice == "default" and not triton_available()) or not triton_usable():
             return "cupy"
         return "triton"
     return None                      # tensor_ns (create_graph), abstract_ns: always the generic code
+
+
+_usable = None
+
+
+def triton_usable():
+    """Whether Triton can launch on CuPy's arrays here. Triton's CUDA driver takes its
+    stream and device from torch; gpuad points them at CuPy's current stream and
+    device instead (so a `with cupy.cuda.Stream():` block is honoured). Where the
+    driver cannot be brought up (no torch with CUDA, say), the CuPy kernels run,
+    after one warning."""
+    global _usable
+    if _usable is None:
+        try:
+            import triton
+            import cupy
+            follow_cupy(triton.runtime.driver.active, cupy)
+            _usable = True
+        except Exception as e:                    # noqa: BLE001  (any failure means: not usable)
+            warnings.warn(f"gpuad: the Triton driver is not usable here ({type(e).__name__}: {e}); "
+                          f"the CuPy kernels run instead", RuntimeWarning, stacklevel=3)
+            _usable = False
+    return _usable
+
+
+def follow_cupy(driver, cupy):
+    """Make Triton's driver launch on CuPy's current stream and device."""
+    driver.get_current_stream = lambda device=None: cupy.cuda.get_current_stream().ptr
+    driver.get_current_device = lambda: cupy.cuda.Device().id
+    driver.set_current_device = lambda device: cupy.cuda.Device(device).use()
+    driver.get_device_capability = lambda device=None: tuple(
+        int(c) for c in str(cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id)
+                           .compute_capability))
 
 
 def load_kernel_module(name):

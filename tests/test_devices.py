@@ -112,3 +112,49 @@ def test_gpu_check_without_a_device_says_so_and_fails(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert r.returncode == 1 and "No CUDA device" in (tmp_path / "report.md").read_text()
+
+
+def test_triton_driver_follows_cupys_stream_and_device():
+    """follow_cupy points Triton's driver at CuPy's current stream and device (checked with
+    stand-ins: no GPU here)."""
+    from types import SimpleNamespace
+    from gpuad.providers import follow_cupy
+    state = {"stream": 0x7000, "device": 1, "used": None}
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = state["device"] if i is None else i
+            self.compute_capability = "90"
+
+        def use(self):
+            state["used"] = self.id
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(
+        get_current_stream=lambda: SimpleNamespace(ptr=state["stream"]), Device=Device))
+    driver = SimpleNamespace()
+    follow_cupy(driver, fake_cupy)
+    assert driver.get_current_stream(0) == 0x7000 and driver.get_current_device() == 1
+    state["stream"] = 0x8000                       # inside `with cupy.cuda.Stream():`
+    assert driver.get_current_stream(1) == 0x8000
+    driver.set_current_device(0)
+    assert state["used"] == 0 and driver.get_device_capability() == (9, 0)
+
+
+def test_an_unusable_triton_driver_falls_back_to_cupy_with_one_warning(monkeypatch):
+    import warnings
+    from types import SimpleNamespace
+    from gpuad import providers
+
+    class Broken:
+        @property
+        def active(self):
+            raise RuntimeError("no torch with CUDA")
+    monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(runtime=SimpleNamespace(driver=Broken())))
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace())
+    monkeypatch.setattr(providers, "_usable", None)
+    cupy_ns = SimpleNamespace(name="cupy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert providers.provider_name(cupy_ns) == "cupy"
+        assert providers.provider_name(cupy_ns) == "cupy"
+    assert len([c for c in caught if "Triton driver is not usable" in str(c.message)]) == 1
+    monkeypatch.setattr(providers, "_usable", None)

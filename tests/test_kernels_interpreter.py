@@ -13,8 +13,27 @@ triton = pytest.importorskip("triton")
 pytest.importorskip("torch")
 pytestmark = pytest.mark.interpreter
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("a GPU is present: the kernels run for real in the gpu tests", allow_module_level=True)
+# Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest sets
+# TRITON_INTERPRET=1); with one, the same tests run the compiled kernels on the device.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+if not INTERPRETED:
+    from gpuad.backends.devices import cuda_available
+    if not cuda_available()[0]:
+        pytest.skip("neither Triton's interpreter nor a CUDA device", allow_module_level=True)
+
+
+def T(a, **kw):
+    """A tensor on the device under test."""
+    return gpuad.tensor(a, device=DEVICE, **kw)
+
+
+def V(base, view=lambda a: a):
+    """A view of `base` on the device under test, strides kept (no copy into a new layout)."""
+    if INTERPRETED:
+        return gpuad.from_numpy(view(base))
+    import cupy
+    return gpuad.Tensor._from(view(cupy.asarray(base)))
 
 ACTIVATIONS = [None, "relu", "tanh", "sigmoid", "gelu"]
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float16": dict(rtol=1e-2, atol=1e-2)}
@@ -39,9 +58,9 @@ def provider(monkeypatch):
 
 
 def _run_linear(x, w, b, g, activation):
-    xt, wt, bt = (gpuad.tensor(a, requires_grad=True) for a in (x, w, b))
+    xt, wt, bt = (T(a, requires_grad=True) for a in (x, w, b))
     y = F.linear(xt, wt, bt, activation)
-    y.backward(gpuad.tensor(g))
+    y.backward(T(g))
     return [np.asarray(a, dtype=np.float32) for a in (y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy())]
 
 
@@ -66,12 +85,12 @@ def test_fused_linear_batched_input_and_grey_input(provider):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 5, 29)).astype(np.float32)
     w = rng.standard_normal((19, 29)).astype(np.float32)
-    wt = gpuad.tensor(w, requires_grad=True)
-    y = F.linear(gpuad.tensor(x), wt, None, "tanh")        # GREY input: only dW is asked for
+    wt = T(w, requires_grad=True)
+    y = F.linear(T(x), wt, None, "tanh")        # GREY input: only dW is asked for
     y.sum().backward()
     gpuad.set_kernels("numpy")
-    wr = gpuad.tensor(w, requires_grad=True)
-    yr = F.linear(gpuad.tensor(x), wr, None, "tanh")
+    wr = T(w, requires_grad=True)
+    yr = F.linear(T(x), wr, None, "tanh")
     yr.sum().backward()
     np.testing.assert_allclose(y.numpy(), yr.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(wt.grad.numpy(), wr.grad.numpy(), rtol=1e-5, atol=1e-5)
@@ -86,9 +105,9 @@ def test_fused_cross_entropy_matches_numpy(provider, dtype, reduction):
     t = rng.integers(0, 53, size=37)
 
     def run():
-        zt = gpuad.tensor(z, requires_grad=True)
-        loss = F.cross_entropy(zt, gpuad.tensor(t), reduction=reduction)
-        w = gpuad.tensor(np.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).astype(dtype))
+        zt = T(z, requires_grad=True)
+        loss = F.cross_entropy(zt, T(t), reduction=reduction)
+        w = T(np.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).astype(dtype))
         (loss * w).sum().backward()
         return np.asarray(loss.numpy(), np.float32), np.asarray(zt.grad.numpy(), np.float32)
     got = run()
@@ -100,8 +119,8 @@ def test_fused_cross_entropy_matches_numpy(provider, dtype, reduction):
 
 
 def test_unsupported_dtype_falls_back_with_one_warning(provider):
-    x = gpuad.tensor(np.ones((3, 4)), requires_grad=True)           # float64
-    w = gpuad.tensor(np.ones((2, 4)), requires_grad=True)
+    x = T(np.ones((3, 4)), requires_grad=True)           # float64
+    w = T(np.ones((2, 4)), requires_grad=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         y = F.linear(x, w, None, "relu")
@@ -114,8 +133,8 @@ def test_unsupported_dtype_falls_back_with_one_warning(provider):
 def test_kernel_traffic_is_recorded(provider):
     rng = np.random.default_rng(4)
     M, K, N = 37, 29, 53
-    x = gpuad.tensor(rng.standard_normal((M, K)).astype(np.float32))
-    w = gpuad.tensor(rng.standard_normal((N, K)).astype(np.float32), requires_grad=True)
+    x = T(rng.standard_normal((M, K)).astype(np.float32))
+    w = T(rng.standard_normal((N, K)).astype(np.float32), requires_grad=True)
     with gpuad.memory.track() as m:
         F.linear(x, w, None, "tanh")
     ops = m.by_op()
@@ -133,11 +152,11 @@ def test_fused_linear_reads_views_of_every_argument(provider):
     gb = rng.standard_normal((N, M)).astype(np.float32)          # g = gb.T
 
     def run():
-        x = gpuad.from_numpy(xb.T).requires_grad_()
-        w = gpuad.from_numpy(wb.T).requires_grad_()
-        b = gpuad.from_numpy(bb[::2]).requires_grad_()
+        x = V(xb, lambda a: a.T).requires_grad_()
+        w = V(wb, lambda a: a.T).requires_grad_()
+        b = V(bb, lambda a: a[::2]).requires_grad_()
         y = F.linear(x, w, b, "tanh")
-        y.backward(gpuad.from_numpy(gb.T))
+        y.backward(V(gb, lambda a: a.T))
         return [a.numpy().copy() for a in (y, x.grad, w.grad, b.grad)]
     got = run()
     assert "linear_forward" in provider and "linear_backward" in provider
@@ -152,8 +171,8 @@ def test_fused_cross_entropy_reads_strided_targets(provider):
     labels = np.stack([rng.integers(0, 9, 6), rng.integers(0, 9, 6)], 1)     # labels[:, 0]: stride 2
 
     def run():
-        zt = gpuad.tensor(z, requires_grad=True)
-        loss = F.cross_entropy(zt, gpuad.from_numpy(labels[:, 0]), reduction="none")
+        zt = T(z, requires_grad=True)
+        loss = F.cross_entropy(zt, V(labels, lambda a: a[:, 0]), reduction="none")
         loss.sum().backward()
         return loss.numpy().copy(), zt.grad.numpy().copy()
     got = run()
@@ -173,8 +192,8 @@ def test_64_bit_offsets_give_the_same_results(provider, monkeypatch):
 
     def run():
         out = _run_linear(x, w, b, g, "gelu")
-        zt = gpuad.tensor(z, requires_grad=True)
-        F.cross_entropy(zt, gpuad.tensor(t)).backward()
+        zt = T(z, requires_grad=True)
+        F.cross_entropy(zt, T(t)).backward()
         return out + [zt.grad.numpy().copy()]
     narrow = run()
     monkeypatch.setattr(triton_backend, "FORCE_INT64", True)
@@ -193,7 +212,33 @@ def test_int64_decision():
 
 
 def test_cross_entropy_keeps_the_log_sum_exp_in_float32_for_float16_logits(provider):
-    z = gpuad.tensor((np.random.default_rng(24).standard_normal((5, 7)) * 20).astype(np.float16),
+    z = T((np.random.default_rng(24).standard_normal((5, 7)) * 20).astype(np.float16),
                      requires_grad=True)
-    loss = F.cross_entropy(z, gpuad.tensor([0, 1, 2, 3, 4]))
+    loss = F.cross_entropy(z, T([0, 1, 2, 3, 4]))
     assert loss._node.saved[-1].dtype == np.float32
+
+
+def test_float32_matmul_precision_reaches_the_triton_kernels(provider, monkeypatch):
+    from gpuad.backends import triton_backend
+    seen = []
+    tk = gpuad.providers.get("triton")
+    orig = tk.fwd
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append(kw["PRECISION"])
+                return orig[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(tk, "fwd", Spy())
+    x, w = gpuad.ones((3, 4)), gpuad.ones((2, 4), requires_grad=True)
+    try:
+        for p in ("highest", "high", "medium"):
+            gpuad.set_float32_matmul_precision(p)
+            F.linear(x, w)
+    finally:
+        gpuad.set_float32_matmul_precision("highest")
+    assert seen == ["ieee", "tf32", "tf32"]
+    with pytest.raises(ValueError, match="must be one of"):
+        gpuad.set_float32_matmul_precision("fast")
+    assert triton_backend is not None

@@ -71,6 +71,7 @@ class CupyKernels:
 
     def __init__(self):
         self._cache = {}
+        self._mode = None
 
     def _kernel(self, kind, activation, save_z=False):
         from ..providers import load_kernel_module
@@ -86,7 +87,18 @@ class CupyKernels:
             self._cache[key] = k
         return k
 
+    def _math_mode(self):
+        """cuBLAS follows gpuad.set_float32_matmul_precision: TF32 tensor cores or not."""
+        from ..providers import get_float32_matmul_precision
+        from cupy_backends.cuda.libs import cublas
+        mode = cublas.CUBLAS_DEFAULT_MATH if get_float32_matmul_precision() == "highest" else \
+            cublas.CUBLAS_TF32_TENSOR_OP_MATH
+        if mode != self._mode:
+            cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
+            self._mode = mode
+
     def linear_forward(self, xp, x, w, b, activation):
+        self._math_mode()
         z = cupy.matmul(x, w.T)                                   # cuBLAS: read MK + NK, write MN
         bias = b if b is not None else cupy.zeros((w.shape[0],), x.dtype)
         if activation == "gelu":
@@ -100,6 +112,7 @@ class CupyKernels:
         return y, None
 
     def linear_backward(self, xp, g, x, w, s, activation, needs, x_shape, w_shape):
+        self._math_mode()
         nx, nw, nb = needs
         dz = self._kernel("bwd", activation)(g, s if s is not None else g) if activation else g
         n_out = dz.shape[-1]

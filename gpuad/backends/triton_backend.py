@@ -1,13 +1,16 @@
 """Host side of the Triton kernels: check, allocate, launch; and record the bytes moved.
 
 Arrays reach Triton as objects with data_ptr() and dtype: CuPy arrays through
-a small shim. With TRITON_INTERPRET=1 the interpreter needs torch CPU tensors,
-so numpy arrays are wrapped zero-copy with torch.from_numpy; torch is imported
-there and only there (the CPU verification mode, never in normal use).
+a small shim, launched on CuPy's current stream and device (gpuad.providers.
+follow_cupy). torch is imported in two places, both Triton's: its CUDA driver
+imports it when it starts (gpuad then points the driver's stream and device at
+CuPy's; without a usable driver the CuPy kernels run), and with
+TRITON_INTERPRET=1 the interpreter needs torch CPU tensors, so numpy arrays are
+wrapped zero-copy with torch.from_numpy (the CPU verification mode).
 
-dtypes: float32 (fp32 GEMM with fp32 accumulation, IEEE precision) and
-float16 (fp32 accumulation); anything else falls back to the generic code
-with one warning.
+dtypes: float32 (fp32 accumulation; IEEE FMAs, or TF32 tensor cores after
+gpuad.set_float32_matmul_precision("high")) and float16 (fp32 accumulation);
+anything else falls back to the generic code with one warning.
 """
 import warnings
 
@@ -56,7 +59,6 @@ class TritonKernels:
         self.fwd = tuned("fwd", L.linear_fwd_kernel)
         self.bwd_dx = tuned("dx", L.linear_bwd_dx_kernel)
         self.bwd_dw = tuned("dw", L.linear_bwd_dw_kernel)
-        self.precision = "ieee"
 
     # -- helpers ---------------------------------------------------------------
 
@@ -114,7 +116,7 @@ class TritonKernels:
                        x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize,
                        w.strides[0] // w.itemsize, w.strides[1] // w.itemsize,
                        N, 1,
-                       HAS_BIAS=b is not None, ACT=_ACT[activation], SAVE_Z=save_z, PRECISION=self.precision,
+                       HAS_BIAS=b is not None, ACT=_ACT[activation], SAVE_Z=save_z, PRECISION=K.triton_input_precision(),
                        INT64=needs_int64(x2, w, y))
         isz = x.itemsize
         self._traffic("linear (triton)", (M * Kd + N * Kd + (N if b is not None else 0)) * isz,
@@ -148,7 +150,7 @@ class TritonKernels:
             self.bwd_dx[grid](tg, ts, self._arg(w), self._arg(dx), M, N, Kd,
                               g2.strides[0] // isz, g2.strides[1] // isz,
                               w.strides[0] // w.itemsize, w.strides[1] // w.itemsize, Kd, 1,
-                              ACT=act, PRECISION=self.precision, INT64=needs_int64(g2, w, dx))
+                              ACT=act, PRECISION=K.triton_input_precision(), INT64=needs_int64(g2, w, dx))
             read += (2 * M * N + N * Kd) * isz
             written += M * Kd * isz
             dx = dx.reshape(x_shape)
@@ -159,7 +161,7 @@ class TritonKernels:
             self.bwd_dw[grid](tg, ts, self._arg(x2), self._arg(dw), M, N, Kd,
                               g2.strides[0] // isz, g2.strides[1] // isz,
                               x2.strides[0] // x2.itemsize, x2.strides[1] // x2.itemsize, Kd, 1,
-                              ACT=act, PRECISION=self.precision, INT64=needs_int64(g2, x2, dw))
+                              ACT=act, PRECISION=K.triton_input_precision(), INT64=needs_int64(g2, x2, dw))
             read += (2 * M * N + M * Kd) * isz
             written += N * Kd * isz
         if nb:
