@@ -56,11 +56,14 @@ def run(full=False):
                   f"{r['act_vs_formula']:.3f}" if r["act_vs_formula"] else "-",
                   f"{r['time_ratio']:.3f}x", r["recomputed"] if r["recomputed"] is not None else "-")
     table.print()
-    notes = _check_targets(rows)
+    targets = harness.Targets()
+    notes = _check_targets(rows, targets)
+    targets.table("checkpoint").print()
     for n in notes:
         print("  " + n)
     plots = _plot(rows)
-    return harness.write_report("checkpoint", {"rows": rows, "plots": plots}, [table], notes)
+    return harness.write_report("checkpoint", {"rows": rows, "plots": plots}, [table, targets.table("checkpoint")],
+                                notes)
 
 
 def _one_depth(depth, width, batch, rounds, gpuad, F, memory, nn, schedule_for, have_torch):
@@ -158,26 +161,26 @@ def _torch_step(net, x, y, segments):
     return go
 
 
-def _check_targets(rows):
+def _check_targets(rows, targets):
     notes = []
     by = {(r["depth"], r["policy"]): r for r in rows}
     for depth in sorted({r["depth"] for r in rows}):
         sq = by[(depth, "sqrt(L)")]
-        notes.append(f"L={depth}: sqrt(L) activations {sq['act_vs_formula']:.3f} x 2 sqrt(L) a (target <= 1.1), "
-                     f"time {sq['time_ratio']:.3f}x (target <= 1.40)")
+        notes.append(targets.check(f"L={depth}: sqrt(L) activations, in units of 2 sqrt(L) a", sq["act_vs_formula"], 1.1))
+        notes.append(targets.check(f"L={depth}: sqrt(L) time vs no checkpointing", sq["time_ratio"], 1.40, "x"))
         b1 = by[(depth, "budget = sqrt peak")]
         notes.append(f"L={depth}: scheduler at the sqrt peak recomputes {b1['recomputed']} layers vs "
                      f"sqrt(L)'s {sq['recomputed']}, time {b1['time_ratio']:.3f}x")
         b2 = by[(depth, "budget = sqrt peak / 2")]
-        notes.append(f"L={depth}: scheduler at half the sqrt peak: time {b2['time_ratio']:.3f}x"
-                     + (" (target <= 2x at L=64)" if depth == 64 else ""))
+        notes.append(targets.check(f"L={depth}: scheduler at half the sqrt peak, time", b2["time_ratio"], 2, "x")
+                     if depth == 64 else f"L={depth}: scheduler at half the sqrt peak: time {b2['time_ratio']:.3f}x")
         over = [r["policy"] for r in rows if r["depth"] == depth and r["budget"] is not None
                 and r["activations"] - r["activation_bytes_per_layer"] > r["budget"]]
         notes.append(f"L={depth}: measured activation peak within its budget: " + ("yes" if not over else f"NO {over}"))
         t = by.get((depth, "torch checkpoint_sequential sqrt(L)"))
         if t:
-            notes.append(f"L={depth}: gpuad sqrt(L) step vs torch checkpoint_sequential (same segments): "
-                         f"{t['gpuad_sqrt_vs_this']:.3f}x (target <= 1)")
+            notes.append(targets.check(f"L={depth}: gpuad sqrt(L) step vs torch checkpoint_sequential",
+                                       t["gpuad_sqrt_vs_this"], 1, "x"))
     return notes
 
 

@@ -144,6 +144,31 @@ def _fmt(v):
     return str(v)
 
 
+class Targets:
+    """Each figure against its target, marked met or missed: a table for the terminal and
+    the markdown report, and the note sentence for each.
+
+    >>> t = Targets()
+    >>> t.check("per-op time vs torch", 0.68, 0.6, "x")
+    'per-op time vs torch: 0.680x (target <= 0.6x: missed)'
+    """
+
+    def __init__(self):
+        self.rows = []
+
+    def check(self, what, value, limit, unit="", fmt="{:.3f}"):
+        """value <= limit is met; returns the note sentence."""
+        met = value <= limit
+        self.rows.append((what, fmt.format(value) + unit, f"<= {limit}{unit}", "met" if met else "MISSED"))
+        return f"{what}: {fmt.format(value)}{unit} (target <= {limit}{unit}: {'met' if met else 'missed'})"
+
+    def table(self, suite):
+        t = Table(f"{suite}: targets", ["figure", "value", "target", ""])
+        for r in self.rows:
+            t.add(*r)
+        return t
+
+
 def write_report(suite, data, tables, notes=()):
     """Write bench/results/<suite>.json and <suite>.md; return the markdown."""
     os.makedirs(RESULTS_DIR, exist_ok=True)

@@ -113,24 +113,26 @@ def run(full=False):
     samples = harness.measure({"planner": step_on, "no planner": step_off}, rounds=31 if full else 21,
                               warmup=2, label="planner cost")
     cost = harness.ratio(samples, "planner", "no planner")
+    targets = harness.Targets()
     notes = ["columns: peak MiB with the planner and without (GPUAD_NO_PLANNER=1), how much the planner saves, "
              "the peak predicted before backward ran, the floor as issue 4 defines it (parameters + their "
              "gradients + every saved activation + 2 activations), and the traffic model's MiB moved per step",
              "the peak sits below that floor: the floor assumes every activation coexists with every gradient, "
              "while the planner frees each activation as soon as its layer's backward has run",
-             f"planner on vs GPUAD_NO_PLANNER=1, 8-layer step time: {cost:.3f}x (target: bookkeeping <= 3%)"]
+             targets.check("planner on vs GPUAD_NO_PLANNER=1, 8-layer step time", cost, 1.03, "x")]
     worst_pred = max(abs(r["predicted"] / r["peak_planner"] - 1) for r in rows)
-    notes.append(f"predicted vs measured peak: worst {worst_pred * 100:.3f}% off (target <= 2%)")
+    notes.append(targets.check("predicted vs measured peak, worst % off", worst_pred * 100, 2, "%"))
     within = all(r["peak_planner"] <= r["bound"] for r in rows)
     notes.append("backward peak <= end-of-forward live + parameter grads + 2 activations at every depth: "
                  + ("yes" if within else "NO"))
     notes.append("peak lower with the planner at every depth: "
                  + ("yes" if all(r["peak_planner"] < r["peak_no_planner"] for r in rows) else "NO"))
+    targets.table("memory").print()
     for n in notes:
         print("  " + n)
     plots = _plots(rows, net, x, y, F, memory)
     return harness.write_report("memory", {"rows": rows, "planner_step_ratio": cost, "plots": plots},
-                                [table], notes)
+                                [table, targets.table("memory")], notes)
 
 
 def timelines(net, x, y, F, memory, extra=None):

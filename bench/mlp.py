@@ -106,16 +106,18 @@ def run(full=False, batch=256, width=1024, depth=8):
             ratios[name] = harness.ratio(samples, "gpuad", name)
         table.add(name, med[name], f"{ratios[name]:.3f}x" if name in ratios else "")
     table.print()
+    targets = harness.Targets()
     notes = [f"GEMM rate measured here: {gflops:.0f} GFLOP/s (numpy float32, {flops / 1e9:.1f} GFLOP per step)",
-             f"gpuad vs numpy loop: {ratios['numpy loop']:.3f}x (target <= 1.05x)",
-             f"gpuad vs GEMM floor: {ratios['GEMM floor']:.3f}x (target <= 1.25x)"]
+             targets.check("gpuad vs numpy loop", ratios["numpy loop"], 1.05, "x"),
+             targets.check("gpuad vs GEMM floor", ratios["GEMM floor"], 1.25, "x")]
     if "torch eager" in ratios:
-        notes.append(f"gpuad vs torch eager: {ratios['torch eager']:.3f}x (target <= 0.95x)")
+        notes.append(targets.check("gpuad vs torch eager", ratios["torch eager"], 0.95, "x"))
+    targets.table("mlp").print()
     for n in notes:
         print("  " + n)
     data = {"ms": med, "ratios": ratios, "gemm_gflops": gflops, "step_gflop": flops / 1e9,
             "config": dict(batch=batch, width=width, depth=depth, rounds=rounds)}
-    return harness.write_report("mlp", data, [table], notes)
+    return harness.write_report("mlp", data, [table, targets.table("mlp")], notes)
 
 
 def _check_same_gradients(net, Ws, bs, x, y, xg, yg, F):

@@ -72,13 +72,14 @@ def run(full=False):
         table.add(name, per_op[name], r)
     data["ratios_vs_torch"] = ratios
     table.print()
-    notes = []
+    notes, targets = [], harness.Targets()
     if "gpuad fwd+bwd" in ratios:
-        notes.append(f"forward+backward: {ratios['gpuad fwd+bwd']:.2f}x PyTorch per op (target <= 0.6x)")
-    notes.append(f"no-grad forward: {per_op['gpuad no-grad fwd']:.2f} us per op (target <= 3 us)")
+        notes.append(targets.check("forward+backward vs PyTorch per op", ratios["gpuad fwd+bwd"], 0.6, "x", "{:.2f}"))
+    notes.append(targets.check("no-grad forward per op", per_op["gpuad no-grad fwd"], 3, " us", "{:.2f}"))
     extra = per_op["gpuad fwd+bwd, accounting on"] - per_op["gpuad fwd+bwd"]
     notes.append(f"memory accounting (gpuad.memory.track) adds {extra:.2f} us per op, about two arrays "
                  f"(an output and a gradient) per op")
+    targets.table("overhead").print()
     for n in notes:
         print("  " + n)
-    return harness.write_report("overhead", data, [table], notes)
+    return harness.write_report("overhead", data, [table, targets.table("overhead")], notes)
