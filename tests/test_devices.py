@@ -158,3 +158,24 @@ def test_an_unusable_triton_driver_falls_back_to_cupy_with_one_warning(monkeypat
         assert providers.provider_name(cupy_ns) == "cupy"
     assert len([c for c in caught if "Triton driver is not usable" in str(c.message)]) == 1
     monkeypatch.setattr(providers, "_usable", None)
+
+
+@pytest.mark.gpu
+def test_triton_kernels_honour_a_cupy_stream():
+    """Inside `with cupy.cuda.Stream():`, Triton's driver reports that stream, and the
+    fused kernels' results are right once it is synchronised."""
+    import cupy
+    import triton
+    gpuad.set_kernels("triton")
+    try:
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((16, 32)).astype(np.float32)
+        xt, wt = gpuad.tensor(x, device="cuda"), gpuad.tensor(w, device="cuda")
+        F.linear(xt, wt, activation="tanh")                     # the provider starts and hooks the driver
+        with cupy.cuda.Stream(non_blocking=True) as s:
+            assert triton.runtime.driver.active.get_current_stream(0) == s.ptr
+            y = F.linear(xt, wt, activation="tanh")
+            s.synchronize()
+        np.testing.assert_allclose(y.numpy(), np.tanh(x @ w.T), rtol=1e-4, atol=1e-5)
+    finally:
+        gpuad.set_kernels(None)
