@@ -35,6 +35,7 @@ def away0(*shape):
 
 MASK = R.random((3, 4)) < 0.5
 X3 = r(3)
+ADDITIVE = r(1, 4)
 
 CASES = {
     "add": [(lambda a, b: a + b, (r(3, 4), r(4))), (lambda a, b: a + b, (r(3, 1), r(1, 4))),
@@ -83,6 +84,12 @@ CASES = {
     "vector_norm": [(lambda a: gpuad.norm(a), (r(3, 4),)), (lambda a: gpuad.norm(a, p=3, dim=1), (r(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, 1, dim=0, keepdim=True), (away0(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, float("inf"), dim=1), (r(3, 4),))],
+    "scaled_dot_product_attention": [
+        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (r(2, 3, 4), r(2, 5, 4), r(2, 5, 3))),
+        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.7), (r(4, 3), r(5, 3), r(5, 2))),
+        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=MASK[:3, :4]), (r(3, 2), r(4, 2), r(4, 2))),
+        (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=ADDITIVE), (r(3, 2), r(4, 2), r(4, 2))),
+        (lambda q, k, v: _seeded_attention_dropout(q, k, v), (r(3, 2), r(4, 2), r(4, 2)))],
     "remainder": [(lambda a, b: a % b, (r(3, 4), pos(4) + 1.0)), (lambda a: a % 0.7, (r(5),))],
     "atan2": [(lambda a, b: gpuad.atan2(a, b), (r(3, 4), r(4)))],
     "concatenate": [(lambda a, b: gpuad.concat([a, b], axis=1), (r(2, 3), r(2, 2))),
@@ -134,6 +141,11 @@ def all_cases():
 
 # Second order through these is not supported (and says so).
 NO_SECOND_ORDER = {"checkpoint"}
+
+
+def _seeded_attention_dropout(q, k, v):
+    gpuad.manual_seed(6)            # the same attention mask at every probe
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
 
 
 def _seeded_dropout(x):

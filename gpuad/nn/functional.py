@@ -172,6 +172,52 @@ def _soft_cross_entropy(logits, target, weight, reduction, eps):
     return losses.sum() if reduction == "sum" else losses.sum() / n
 
 
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """torch's scaled_dot_product_attention: softmax(q k^T scale + mask) v for q (..., L, E),
+    k (..., S, E), v (..., S, Ev); attn_mask boolean (True = attend) or additive, broadcast
+    to (..., L, S); is_causal: key j attends query i when j <= i. One fused primitive
+    (gpuad/ops/attention.py): tiled over keys with an online softmax, saving the row
+    log-sum-exp instead of the L x S probabilities.
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> q = gpuad.ones((1, 4, 8)); F.scaled_dot_product_attention(q, q, q, is_causal=True).shape
+    (1, 4, 8)
+    """
+    from ..ops import attention as A
+    q, k, v = _t(query), _t(key), _t(value)
+    if enable_gqa:
+        raise NotImplementedError("gpuad.scaled_dot_product_attention: enable_gqa is not supported yet")
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        raise ValueError(f"gpuad.scaled_dot_product_attention: query, key and value need (..., L, E), (..., S, E), "
+                         f"(..., S, Ev); got {q.shape}, {k.shape}, {v.shape}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"gpuad.scaled_dot_product_attention: query {q.shape} and key {k.shape} need one E, "
+                         f"key and value {v.shape} one S")
+    dts = {q.dtype, k.dtype, v.dtype}
+    if len(dts) > 1:
+        raise TypeError(f"gpuad.scaled_dot_product_attention: query, key and value need one dtype, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}")
+    L, S = q.shape[-2], k.shape[-2]
+    mask = None
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError("gpuad.scaled_dot_product_attention: give attn_mask or is_causal, not both (as torch)")
+        if isinstance(attn_mask, Tensor) and attn_mask.requires_grad:
+            raise NotImplementedError("gpuad.scaled_dot_product_attention: gradients to attn_mask are not supported")
+        mask = np.asarray(attn_mask.numpy() if isinstance(attn_mask, Tensor) else attn_mask)
+        if mask.ndim < 2 or mask.shape[-1] not in (1, S) or mask.shape[-2] not in (1, L):
+            raise ValueError(f"gpuad.scaled_dot_product_attention: attn_mask of shape {mask.shape} does not "
+                             f"broadcast to (..., {L}, {S})")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"gpuad.scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    params = {"mask": mask, "causal": bool(is_causal),
+              "scale": float(scale) if scale is not None else A.default_scale(q.shape[-1])}
+    if dropout_p:
+        params.update(dropout_p=float(dropout_p), seed=int(default_generator.rng.integers(2 ** 63)))
+    return apply(A.scaled_dot_product_attention, (q, k, v), params)
+
+
 def dropout(x, p=0.5, training=True, generator=None):
     """Zero each element with probability p and scale the rest by 1/(1-p).
 
