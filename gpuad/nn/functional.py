@@ -218,6 +218,66 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     return apply(A.scaled_dot_product_attention, (q, k, v), params)
 
 
+def _normalized(name, x, normalized_shape, *params):
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[x.ndim - len(shape):]) != shape or len(shape) > x.ndim:
+        raise ValueError(f"gpuad.{name}: normalized_shape {shape} is not the trailing shape of input {x.shape}")
+    for label, p in params:
+        if p is not None and tuple(p.shape) != shape:
+            raise ValueError(f"gpuad.{name}: {label} of shape {tuple(p.shape)} does not match normalized_shape {shape}")
+    return len(shape)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """torch's layer_norm over the trailing normalized_shape dims: one primitive that
+    saves the input and, per row, its mean and reciprocal std.
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> F.layer_norm(gpuad.tensor([[1.0, 3.0]]), (2,)).numpy().round(4).tolist()
+    [[-1.0, 1.0]]
+    """
+    from ..ops import norms
+    x = _t(input)
+    weight = _t(weight) if weight is not None else None
+    bias = _t(bias) if bias is not None else None
+    n = _normalized("layer_norm", x, normalized_shape, ("weight", weight), ("bias", bias))
+    return apply(norms.layer_norm, (x, weight, bias), {"ndims": n, "eps": float(eps)})
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):  # noqa: A002
+    """torch's rms_norm: x / sqrt(mean(x^2) + eps) * weight over the trailing dims; eps
+    defaults to the dtype's machine epsilon, as in torch."""
+    from ..ops import norms
+    x = _t(input)
+    weight = _t(weight) if weight is not None else None
+    n = _normalized("rms_norm", x, normalized_shape, ("weight", weight))
+    eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
+    return apply(norms.rms_norm, (x, weight), {"ndims": n, "eps": eps})
+
+
+def embedding(input, weight, padding_idx=None):  # noqa: A002
+    """Rows of weight at the integer ids in input (any shape): a gather, whose gradient
+    adds into weight's rows, repeated ids accumulating; the padding_idx row gets none.
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> w = gpuad.tensor([[0.0, 0.0], [1.0, 2.0]], requires_grad=True)
+    >>> F.embedding(gpuad.tensor([1, 1, 0]), w).sum().backward(); w.grad.tolist()
+    [[1.0, 1.0], [2.0, 2.0]]
+    """
+    ids = input.data if isinstance(input, Tensor) else np.asarray(input)
+    weight = _t(weight)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"gpuad.embedding: ids must be integers, got {ids.dtype}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+        raise IndexError(f"gpuad.embedding: ids must lie in [0, {weight.shape[0]}), got {int(ids.min())} to "
+                         f"{int(ids.max())}")
+    out = weight[ids]
+    if padding_idx is not None:
+        pad = padding_idx % weight.shape[0]
+        out = api.where(np.expand_dims(ids == pad, -1), out.detach(), out)     # no gradient to that row
+    return out
+
+
 def dropout(x, p=0.5, training=True, generator=None):
     """Zero each element with probability p and scale the rest by 1/(1-p).
 

@@ -146,6 +146,9 @@ class AbstractNamespace:
         dt = np.add.reduce(np.zeros(1, a.dtype)).dtype if dtype is None else dtype   # bool -> int64
         return AbstractArray(_reduced(a.shape, axis, keepdims), dt)
 
+    def mean(self, a, axis=None, keepdims=False, dtype=None, out=None):
+        return AbstractArray(_reduced(a.shape, axis, keepdims), a.dtype if a.dtype.kind == "f" else np.float64)
+
     def max(self, a, axis=None, keepdims=False, out=None):
         return AbstractArray(_reduced(a.shape, axis, keepdims), a.dtype)
 

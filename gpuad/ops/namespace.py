@@ -44,6 +44,9 @@ class TensorNamespace:
     def sum(self, a, axis=None, keepdims=False):
         return api.sum(a, axis, keepdims)
 
+    def mean(self, a, axis=None, keepdims=False):
+        return api.mean(a, axis, keepdims)
+
     def max(self, a, axis=None, keepdims=False):
         return api.amax(a, axis, keepdims)
 
