@@ -104,3 +104,37 @@ def test_multihead_attention_matches_torch(name, batch_first):
         assert w is None
     else:
         np.testing.assert_allclose(w.numpy(), w_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _gpt_grads(checkpoint):
+    gpuad.manual_seed(1)
+    gpt = nn.GPT(13, 16, d_model=16, n_layers=4, n_heads=2, checkpoint=checkpoint)
+    ids = np.random.default_rng(2).integers(0, 13, (3, 16))
+    loss = F.cross_entropy(gpt(gpuad.tensor(ids)).reshape(-1, 13), gpuad.tensor(np.roll(ids, -1, 1)).reshape(-1))
+    loss.backward()
+    return [p.grad.numpy().copy() for p in gpt.parameters()]
+
+
+def test_gpt_checkpointing_gives_bitwise_equal_gradients():
+    plain = _gpt_grads(None)
+    for option in ("sqrt", 2):
+        for a, b in zip(plain, _gpt_grads(option)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_gpt_step_peak_is_predicted():
+    gpuad.manual_seed(1)
+    gpt = nn.GPT(13, 32, d_model=32, n_layers=2, n_heads=4)
+    ids = np.random.default_rng(3).integers(0, 13, (4, 32))
+    with gpuad.memory.track() as m:
+        loss = F.cross_entropy(gpt(gpuad.tensor(ids)).reshape(-1, 13), gpuad.tensor(ids).reshape(-1))
+        predicted = gpuad.memory.predict_backward_peak(loss)
+        gpuad.memory.reset_peak()
+        loss.backward()
+    assert predicted == pytest.approx(m.peak_bytes_absolute, rel=0.02)
+
+
+def test_gpt_demo_learns():
+    from gpuad.demo import train_gpt
+    losses = train_gpt(verbose=False, steps=80)
+    assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:5])

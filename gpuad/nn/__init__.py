@@ -9,5 +9,6 @@
 from . import functional
 from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock, ResNet, RNN, Dropout,
                       Tanh, ReLU, Sigmoid, GELU, ModuleList, ModuleDict)
-from .transformer import Embedding, LayerNorm, RMSNorm, MultiheadAttention
+from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, CausalSelfAttention, TransformerBlock,
+                          GPT)
 from . import utils

@@ -166,3 +166,74 @@ class MultiheadAttention(Module):
 
     def extra_repr(self):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention: one (d, 3d) projection, the fused attention, out_proj."""
+
+    def __init__(self, d_model, n_heads, dropout=0.0, dtype=None):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"gpuad.nn.CausalSelfAttention: d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = Linear(d_model, 3 * d_model, dtype=dtype)
+        self.out_proj = Linear(d_model, d_model, dtype=dtype)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.n_heads
+        qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)      # (3, B, H, T, D)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.permute(0, 2, 1, 3).reshape(b, t, d))
+
+
+class TransformerBlock(Module):
+    """A pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)), the MLP
+    d -> 4d (gelu, fused into the first linear) -> d."""
+
+    def __init__(self, d_model, n_heads, d_ff=None, dropout=0.0, dtype=None):
+        super().__init__()
+        self.ln1, self.ln2 = LayerNorm(d_model, dtype=dtype), LayerNorm(d_model, dtype=dtype)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout, dtype)
+        self.fc = Linear(d_model, d_ff or 4 * d_model, activation="gelu", dtype=dtype)
+        self.proj = Linear(d_ff or 4 * d_model, d_model, dtype=dtype)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.proj(self.fc(self.ln2(x)))
+
+
+class GPT(Module):
+    """A small GPT: token and position embeddings, n_layers pre-norm blocks (checkpointed
+    as nn.Sequential's `checkpoint` option says: None, "sqrt", a segment count or a budget),
+    a final layer norm and a head tied to the token embedding (or its own, tie=False).
+
+    >>> import gpuad
+    >>> gpt = gpuad.nn.GPT(vocab_size=11, block_size=8, d_model=16, n_layers=2, n_heads=2)
+    >>> gpt(gpuad.tensor([[1, 2, 3]])).shape
+    (1, 3, 11)
+    """
+
+    def __init__(self, vocab_size, block_size, d_model=64, n_layers=2, n_heads=4, dropout=0.0, tie=True,
+                 checkpoint=None, dtype=None):
+        super().__init__()
+        from .modules import Sequential
+        self.block_size = block_size
+        self.tok = Embedding(vocab_size, d_model, dtype=dtype)
+        self.pos = Embedding(block_size, d_model, dtype=dtype)
+        self.tok.weight.data *= 0.02                       # GPT-2's embedding scale
+        self.pos.weight.data *= 0.02
+        self.blocks = Sequential(*[TransformerBlock(d_model, n_heads, dropout=dropout, dtype=dtype)
+                                   for _ in range(n_layers)], checkpoint=checkpoint)
+        self.ln_f = LayerNorm(d_model, dtype=dtype)
+        self.head = None if tie else Linear(d_model, vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, ids):
+        ids = ids if isinstance(ids, Tensor) else Tensor(np.asarray(ids))
+        b, t = ids.shape
+        if t > self.block_size:
+            raise ValueError(f"gpuad.nn.GPT: sequence of {t} tokens, longer than block_size {self.block_size}")
+        x = self.tok(ids) + self.pos(np.arange(t))
+        x = self.ln_f(self.blocks(x))
+        return F.linear(x, self.tok.weight) if self.head is None else self.head(x)
