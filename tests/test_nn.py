@@ -178,8 +178,11 @@ def _train(model, loss_fn, opt, steps):
 
 
 def test_training_reduces_loss_10x():
+    """The lecture's three architectures (the GPT demo has its own test)."""
     from gpuad import demo
     for name, run in demo.TASKS.items():
+        if name == "gpt":
+            continue
         losses = run(verbose=False)
         assert losses[-1] * 10 <= losses[0], f"{name}: loss went {losses[0]:.4g} -> {losses[-1]:.4g}"
 
