@@ -28,9 +28,10 @@ import math
 
 import numpy as np
 
+from .elementwise import _tmp
 from .registry import primitive, FUSED
 
-TILE = 256       # key columns per tile: an L x 256 float32 tile of 1,024 rows is 1 MiB (fits the L2 here)
+TILE = 128       # key columns per tile (`python -m bench attention`: 128 ran fastest of 32 to 1024 here)
 
 
 def _tiles(s):
@@ -69,13 +70,15 @@ def scaled_dot_product_attention(xp, q, k, v, mask=None, causal=False, scale=1.0
     drops = _dropout_masks(seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
         if dropout_p and xp.name != "abstract" else [None] * len(tiles)
     m = row_sum = acc = None
+    qs = xp.multiply(q, scale)                       # the scale folded into q once (L E), not into each tile (L S)
     for (s0, s1), drop in zip(tiles, drops):
-        sc = xp.multiply(xp.matmul(q, xp.swapaxes(_keys(xp, k, s0, s1), -1, -2)), scale)
+        sc = xp.matmul(qs, xp.swapaxes(_keys(xp, k, s0, s1), -1, -2))
         sc = _masked(xp, sc, mask, causal, s0, s1, length, keys)
         tile_max = xp.max(sc, axis=-1, keepdims=True)
         m_new = tile_max if m is None else xp.maximum(m, tile_max)
         safe = xp.where(xp.isfinite(m_new), m_new, 0.0)                  # a row masked so far: nothing to shift
-        p = xp.exp(xp.subtract(sc, safe))
+        p = xp.subtract(sc, safe, out=_tmp(sc))                           # the tile's scratch, reused in place
+        p = xp.exp(p, out=_tmp(p))
         pv = p if drop is None else xp.multiply(p, drop.astype(p.dtype))
         if m is None:
             row_sum, acc = xp.sum(p, axis=-1, keepdims=True), xp.matmul(pv, _keys(xp, v, s0, s1))
@@ -111,25 +114,28 @@ def _attention_vjp(xp, g, saved, node, donate):
     big_d = xp.sum(xp.multiply(g, out), axis=-1, keepdims=True)          # D = rowsum(dO * O), once
     nq, nk, nv = node.needs
     dq, dks, dvs = None, [], []
+    qs = xp.multiply(q, scale)
     for (s0, s1), drop in zip(tiles, drops):
         kt, vt = _keys(xp, k, s0, s1), _keys(xp, v, s0, s1)
-        sc = xp.multiply(xp.matmul(q, xp.swapaxes(kt, -1, -2)), scale)
+        sc = xp.matmul(qs, xp.swapaxes(kt, -1, -2))
         sc = _masked(xp, sc, mask, causal, s0, s1, length, keys)
-        p = xp.exp(xp.subtract(sc, lse))                                  # the tile's probabilities, recomputed
+        p = xp.subtract(sc, lse, out=_tmp(sc))                            # the tile's probabilities, recomputed
+        p = xp.exp(p, out=_tmp(p))
         pd = p if drop is None else xp.multiply(p, drop.astype(p.dtype))
         if nv:
             dvs.append(xp.matmul(xp.swapaxes(pd, -1, -2), g))
         dp = xp.matmul(g, xp.swapaxes(vt, -1, -2))
         if drop is not None:
-            dp = xp.multiply(dp, drop.astype(dp.dtype))
-        ds = xp.multiply(p, xp.subtract(dp, big_d))
+            dp = xp.multiply(dp, drop.astype(dp.dtype), out=_tmp(dp))
+        ds = xp.subtract(dp, big_d, out=_tmp(dp))
+        ds = xp.multiply(ds, p, out=_tmp(ds))                             # dS = P (dP - D), in dP's buffer
         if nq:
             t = xp.matmul(ds, kt)
-            dq = t if dq is None else xp.add(dq, t)
+            dq = t if dq is None else xp.add(dq, t, out=_tmp(dq))
         if nk:
-            dks.append(xp.matmul(xp.swapaxes(ds, -1, -2), q))
-    dq = xp.multiply(dq, scale) if nq else None
-    dk = xp.multiply(xp.concatenate(dks, axis=-2), scale) if nk else None
+            dks.append(xp.matmul(xp.swapaxes(ds, -1, -2), qs))          # dS^T Q scale, with the scale in qs
+    dq = xp.multiply(dq, scale, out=_tmp(dq)) if nq else None
+    dk = xp.concatenate(dks, axis=-2) if nk else None
     dv = xp.concatenate(dvs, axis=-2) if nv else None
     return dq, dk, dv
 
