@@ -9,7 +9,8 @@ import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-CONSTEXPRS = {"HAS_BIAS", "ACT", "SAVE_Z", "PRECISION", "INT64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C"}
+CONSTEXPRS = {"HAS_BIAS", "ACT", "SAVE_Z", "PRECISION", "INT64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C",
+              "HAS_W", "HAS_B"}
 
 
 def compile_case(case):
@@ -27,6 +28,8 @@ def compile_case(case):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = case["ptrs"].get(name, case["ptrs"]["*"])
+        elif name == "eps":
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     with warnings.catch_warnings():

@@ -58,6 +58,14 @@ def _cases():
                 "ptrs": {"*": "*" + ty, "target_ptr": "*i64", "loss_ptr": "*fp32", "lse_ptr": "*fp32",
                          "scale_ptr": "*fp32"},
                 "constexprs": {"INT64": True, "BLOCK_C": 4096}, "warps": 4, "stages": 1}
+        for direction in ("fwd", "bwd"):
+            for block in (1024, 8192):
+                cases[f"layer_norm-{direction}-{dtype}-{block}"] = {
+                    "module": "layer_norm", "kernel": f"layer_norm_{direction}_kernel",
+                    "ptrs": {"*": "*" + ty, "mean_ptr": "*fp32", "rstd_ptr": "*fp32"},
+                    "constexprs": {"HAS_W": True, "INT64": False, "BLOCK_N": block} | (
+                        {"HAS_B": True} if direction == "fwd" else {}),
+                    "warps": 8 if block >= 2048 else 4, "stages": 1}
     return cases
 
 

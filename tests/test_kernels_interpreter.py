@@ -242,3 +242,28 @@ def test_float32_matmul_precision_reaches_the_triton_kernels(provider, monkeypat
     with pytest.raises(ValueError, match="must be one of"):
         gpuad.set_float32_matmul_precision("fast")
     assert triton_backend is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine):
+    rng = np.random.default_rng(25)
+    x = (rng.standard_normal((3, 5, 37)) * 2 + 1).astype(dtype)
+    w, b = (rng.standard_normal(37).astype(dtype) for _ in range(2))
+    g = rng.standard_normal((3, 5, 37)).astype(dtype)
+    calls = []
+    tk = gpuad.providers.get("triton")
+    for name in ("layer_norm_forward", "layer_norm_backward"):
+        orig = getattr(tk, name)
+        monkeypatch.setattr(tk, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+
+    def run():
+        ts = [T(a, requires_grad=True) for a in ((x, w, b) if affine else (x,))]
+        y = F.layer_norm(ts[0], (37,), *ts[1:])
+        y.backward(T(g))
+        return [y.numpy().astype(np.float32)] + [t.grad.numpy().astype(np.float32) for t in ts]
+    got = run()
+    assert calls == ["layer_norm_forward", "layer_norm_backward"]
+    gpuad.set_kernels("numpy")
+    for a, r in zip(got, run()):
+        np.testing.assert_allclose(a, r, **TOL[dtype])

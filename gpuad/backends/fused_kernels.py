@@ -16,7 +16,7 @@ op body changes.
 import numpy as np
 
 from .. import providers
-from ..ops import fused
+from ..ops import fused, norms
 
 
 def _linear(provider, activation):
@@ -61,7 +61,33 @@ def _cross_entropy(provider):
     return forward, backward
 
 
+def _layer_norm(provider):
+    """The kernels normalize the last dimension; other layouts run the generic code."""
+    def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
+        if ndims != 1:
+            return None
+        out = providers.get(provider).layer_norm_forward(xp, x, weight, bias, eps)
+        return None if out is None else (out[0], (out[1], out[2]))
+
+    def backward(xp, g, saved, node, donate):
+        x, w, mean, rstd = saved
+        p = node.params or {}
+        if p.get("ndims", 1) != 1:
+            return None
+        nx, nw, nb = node.needs
+        dx = providers.get(provider).layer_norm_backward(xp, g, x, w, mean, rstd) if nx else None
+        if nx and dx is None:
+            return None
+        rows = tuple(range(x.ndim - 1))
+        xhat = xp.multiply(xp.subtract(x, mean), rstd) if nw else None     # dW: one more pass over x and g
+        dw = xp.sum(xp.multiply(g, xhat), axis=rows).astype(w.dtype) if nw else None
+        db = xp.sum(g, axis=rows) if nb else None
+        return dx, dw, db
+    return forward, backward
+
+
 for _provider in ("triton", "cupy"):
     for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
         _prim.register_kernel(_provider, *_linear(_provider, _activation))
 fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))
+norms.layer_norm.register_kernel("triton", *_layer_norm("triton"))

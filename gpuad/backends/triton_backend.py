@@ -49,6 +49,7 @@ class TritonKernels:
     def __init__(self, interpret):
         import triton
         L, X = K.load_kernel_module("linear"), K.load_kernel_module("softmax_xent")
+        self.N = K.load_kernel_module("layer_norm")
         self.interpret = interpret
         self.triton = triton
         self.L, self.X = L, X
@@ -176,6 +177,52 @@ class TritonKernels:
             written += N * isz
         self._traffic("linear backward (triton)", read, written)
         return dx, dw, db
+
+    # -- layer norm (last dimension) ---------------------------------------------------
+
+    MAX_ROW = 8192             # longer rows fall back to the generic code (tests/test_kernels_aot.py compiles 8192)
+
+    @staticmethod
+    def _row_warps(block_n):
+        return 8 if block_n >= 2048 else 4
+
+    def layer_norm_forward(self, xp, x, w, b, eps):
+        """(Y, mean, rstd) with mean and rstd (..., 1) in float32, or None to decline."""
+        if not self._ok("layer_norm", x, w, b) or x.shape[-1] > self.MAX_ROW or x.size == 0:
+            return None
+        x2 = xp.ascontiguousarray(self._rows(x))
+        M, N = x2.shape
+        y = xp.empty((M, N), x.dtype)
+        mean, rstd = xp.empty((M,), np.float32), xp.empty((M,), np.float32)
+        w = xp.ascontiguousarray(w) if w is not None else None
+        b = xp.ascontiguousarray(b) if b is not None else None
+        self.N.layer_norm_fwd_kernel[(M,)](self._arg(x2), self._arg(w if w is not None else x2),
+                                           self._arg(b if b is not None else x2), self._arg(y), self._arg(mean),
+                                           self._arg(rstd), N, N, N, float(eps),
+                                           HAS_W=w is not None, HAS_B=b is not None, INT64=needs_int64(x2),
+                                           BLOCK_N=self.triton.next_power_of_2(N),
+                                           num_warps=self._row_warps(self.triton.next_power_of_2(N)))
+        self._traffic("layer_norm (triton)", M * N * x.itemsize, M * N * x.itemsize + 8 * M)
+        lead = tuple(x.shape[:-1]) + (1,)
+        return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+    def layer_norm_backward(self, xp, g, x, w, mean, rstd):
+        """dX (dW and dB are summed by the caller), or None to decline."""
+        if not self._ok("layer_norm backward", g, x, w) or x.shape[-1] > self.MAX_ROW or x.size == 0:
+            return None
+        x2, g2 = xp.ascontiguousarray(self._rows(x)), xp.ascontiguousarray(self._rows(g))
+        M, N = x2.shape
+        dx = xp.empty((M, N), x.dtype)
+        m = xp.ascontiguousarray(mean.reshape(M), dtype=np.float32)
+        r = xp.ascontiguousarray(rstd.reshape(M), dtype=np.float32)
+        w = xp.ascontiguousarray(w) if w is not None else None
+        self.N.layer_norm_bwd_kernel[(M,)](self._arg(x2), self._arg(g2), self._arg(w if w is not None else x2),
+                                           self._arg(m), self._arg(r), self._arg(dx), N, N, N, N,
+                                           HAS_W=w is not None, INT64=needs_int64(x2),
+                                           BLOCK_N=self.triton.next_power_of_2(N),
+                                           num_warps=self._row_warps(self.triton.next_power_of_2(N)))
+        self._traffic("layer_norm backward (triton)", 2 * M * N * x.itemsize + 8 * M, M * N * x.itemsize)
+        return dx.reshape(x.shape)
 
     # -- softmax cross-entropy -------------------------------------------------------
 
