@@ -10,7 +10,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 CONSTEXPRS = {"HAS_BIAS", "ACT", "SAVE_Z", "PRECISION", "INT64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C",
-              "HAS_W", "HAS_B"}
+              "HAS_W", "HAS_B", "CAUSAL", "BLOCK_D", "BLOCK_DV"}
 
 
 def compile_case(case):
@@ -28,7 +28,7 @@ def compile_case(case):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = case["ptrs"].get(name, case["ptrs"]["*"])
-        elif name == "eps":
+        elif name in ("eps", "scale"):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"

@@ -66,6 +66,13 @@ def _cases():
                     "constexprs": {"HAS_W": True, "INT64": False, "BLOCK_N": block} | (
                         {"HAS_B": True} if direction == "fwd" else {}),
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
+        for d in (16, 64, 128):
+            for causal in (False, True):
+                cases[f"attention-fwd-{dtype}-d{d}-{'causal' if causal else 'full'}"] = {
+                    "module": "attention", "kernel": "attention_fwd_kernel",
+                    "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32"},
+                    "constexprs": {"CAUSAL": causal, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": d, "BLOCK_DV": d},
+                    "warps": 4, "stages": 2}
     return cases
 
 

@@ -16,7 +16,7 @@ op body changes.
 import numpy as np
 
 from .. import providers
-from ..ops import fused, norms
+from ..ops import attention, fused, norms
 
 
 def _linear(provider, activation):
@@ -86,8 +86,20 @@ def _layer_norm(provider):
     return forward, backward
 
 
+def _attention(provider):
+    """The forward kernel for unmasked or causal attention without dropout; the backward
+    is the generic one, which recomputes each tile from q, k and the kernel's log-sum-exp."""
+    def forward(xp, q, k, v, mask=None, causal=False, scale=1.0, dropout_p=0.0, seed=None):
+        if mask is not None or dropout_p:
+            return None
+        out = providers.get(provider).attention_forward(xp, q, k, v, causal, scale)
+        return None if out is None else (out[0], (out[1].astype(q.dtype) if q.dtype == np.float64 else out[1],))
+    return forward, None
+
+
 for _provider in ("triton", "cupy"):
     for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
         _prim.register_kernel(_provider, *_linear(_provider, _activation))
 fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))
 norms.layer_norm.register_kernel("triton", *_layer_norm("triton"))
+attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))

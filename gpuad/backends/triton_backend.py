@@ -50,6 +50,7 @@ class TritonKernels:
         import triton
         L, X = K.load_kernel_module("linear"), K.load_kernel_module("softmax_xent")
         self.N = K.load_kernel_module("layer_norm")
+        self.A = K.load_kernel_module("attention")
         self.interpret = interpret
         self.triton = triton
         self.L, self.X = L, X
@@ -223,6 +224,31 @@ class TritonKernels:
                                            num_warps=self._row_warps(self.triton.next_power_of_2(N)))
         self._traffic("layer_norm backward (triton)", 2 * M * N * x.itemsize + 8 * M, M * N * x.itemsize)
         return dx.reshape(x.shape)
+
+    # -- attention forward ---------------------------------------------------------------
+
+    def attention_forward(self, xp, q, k, v, causal, scale):
+        """(out, lse (..., L, 1) fp32) for q, k, v of one batch shape, or None to decline."""
+        if not self._ok("attention", q, k, v) or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2] \
+                or q.shape[-1] > 256 or v.shape[-1] > 256 or q.size == 0 or k.shape[-2] == 0:
+            return None
+        L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+        q3, k3, v3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v))
+        bh = q3.shape[0]
+        o = xp.empty((bh, L, EV), q.dtype)
+        lse = xp.empty((bh, L), np.float32)
+        block_m = 16 if self.interpret else 64
+        block_n = 16 if self.interpret else 64
+        nxt = self.triton.next_power_of_2
+        self.A.attention_fwd_kernel[(self.triton.cdiv(L, block_m), bh)](
+            self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), L, S, E, EV,
+            L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale),
+            CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(nxt(E), 16),
+            BLOCK_DV=max(nxt(EV), 16))
+        isz = q.itemsize
+        self._traffic("scaled_dot_product_attention (triton)", bh * (L * E + S * E + S * EV) * isz,
+                      bh * (L * EV * isz + 4 * L))
+        return o.reshape(q.shape[:-1] + (EV,)), lse.reshape(q.shape[:-1] + (1,))
 
     # -- softmax cross-entropy -------------------------------------------------------
 
