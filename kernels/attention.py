@@ -1,15 +1,46 @@
-"""Triton kernel for attention's forward, FlashAttention-style.
+"""Triton kernels for attention, FlashAttention-2 style: forward and backward.
 
-Kernel code only; the host side is in gpuad/backends/triton_backend.py. One
-program per (BLOCK_M query rows, batch x head): the keys stream through in
-BLOCK_N blocks with an online softmax (running max m, running sum l), so the
-L x S scores never leave registers.
-    reads  L E (q) + S E (k) + S Ev (v) per program row block, writes L Ev (out) + L (lse)
-The log-sum-exp it writes (fp32) is what the backward (gpuad/ops/attention.py,
-recomputing each tile) needs. Causal masking is top-left (key j <= query i).
+Kernel code only; the host side is in gpuad/backends/triton_backend.py.
+Forward: one program per (BLOCK_M query rows, batch x head); the keys stream
+through in BLOCK_N blocks with an online softmax (running max m, running sum l),
+so the L x S scores never leave registers.
+    reads  L E (q) + S E (k) + S Ev (v), writes L Ev (out) + L fp32 (lse)
+Backward: two kernels, no atomics. One program per BLOCK_N keys walks every
+query block for dK and dV; one per BLOCK_M queries walks every key block for
+dQ. Each recomputes P = exp(q k^T scale - lse) from the saved log-sum-exp, so
+nothing L x S is stored; the price is the q k^T product twice more.
+    reads  2 (L E + S E + S Ev + L Ev) + 2 L fp32, writes L E + S E + S Ev
+D = rowsum(dO * O) is computed once by the host. Causal masking is top-left
+(key j <= query i), as in torch's is_causal.
 """
 import triton
 import triton.language as tl
+
+# Launch settings shared by the host (gpuad/backends/triton_backend.py) and the
+# ahead-of-time compile test (tests/test_kernels_aot.py), so what is checked for
+# shared memory and registers is what runs.
+MAX_HEAD_DIM = 256
+
+
+def attention_launch(e, ev, backward=False, interpret=False):
+    """Tiles and launch options for head dims e (q, k) and ev (v).
+
+    Chosen from ptxas' reports for sm_90 (tests/test_kernels_aot.py fails on any
+    spill). Forward: 64-row tiles up to head dim 128, 32 above (a 64 x 256 fp32
+    accumulator alone is 64 KiB of registers), 4 warps. Backward keeps two fp32
+    accumulators (dK and dV) per program: 64 x 64 tiles with 4 warps spilled
+    280-1700 bytes at head dim 64-128, so 8 warps, and 32 x 32 tiles above head
+    dim 64. The interpreter runs 16 x 16 tiles (it is slow, not small on memory).
+    """
+    d, dv = max(triton.next_power_of_2(e), 16), max(triton.next_power_of_2(ev), 16)
+    if interpret:
+        block = 16
+    elif backward:
+        block = 64 if max(d, dv) <= 64 else 32
+    else:
+        block = 64 if max(d, dv) <= 128 else 32
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=d, BLOCK_DV=dv,
+                num_warps=8 if backward else 4, num_stages=2)
 
 
 @triton.jit
@@ -53,3 +84,86 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     tl.store(o_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
              out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV))
     tl.store(lse_ptr + bh * L + offs_m, lse, mask=offs_m < L)
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
+                              L, S, E, EV,
+                              stride_qb, stride_ql, stride_kb, stride_ks, stride_vb, stride_vs,
+                              stride_ob, stride_ol,
+                              scale,
+                              CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dK and dV for BLOCK_N keys, walking every query block (FlashAttention-2):
+    P = exp(q k^T scale - lse), dV += P^T dO, dS = P (dO v^T - D), dK += dS^T q scale."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
+                mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+    v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
+                mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
+    for m0 in range(0, L, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        q = tl.load(q_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
+                    mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
+        do = tl.load(do_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
+                     mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
+        lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=float("inf"))
+        dd = tl.load(d_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do).to(tl.float32)
+        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        ds = p * (dp - dd[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q).to(tl.float32) * scale
+    tl.store(dk_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
+             dk.to(dk_ptr.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
+    tl.store(dv_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV))
+
+
+@triton.jit
+def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
+                            L, S, E, EV,
+                            stride_qb, stride_ql, stride_kb, stride_ks, stride_vb, stride_vs,
+                            stride_ob, stride_ol,
+                            scale,
+                            CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dQ for BLOCK_M queries, walking every key block: dQ += dS k scale."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(q_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
+    do = tl.load(do_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
+                 mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
+    lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=float("inf"))
+    dd = tl.load(d_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for n0 in range(0, S, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
+                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
+        v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
+                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+        ds = p * (dp - dd[:, None])
+        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * scale
+    tl.store(dq_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
+             dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_d[None, :] < E))

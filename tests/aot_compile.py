@@ -38,6 +38,8 @@ def compile_case(case):
             k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=case["constexprs"]),
                                target=GPUTarget("cuda", 90, 32),
                                options={"num_warps": case["warps"], "num_stages": case["stages"]})
+        except triton.runtime.errors.PTXASError as e:    # e.g. register allocation failed: a real finding
+            return {"error": str(e)[-400:]}
         except RuntimeError as e:
             return {"skip": f"cannot compile for sm_90 here: {str(e)[:200]}"}
     r = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull], input=k.asm["ptx"],

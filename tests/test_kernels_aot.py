@@ -4,8 +4,10 @@ spills, for the tiles the autotuner may pick (kernels/linear.py prunes the rest)
 
 Each GEMM kernel: every kept tile in fp32, fp16 and bf16 with the gelu
 activation (the most registers: erf in the epilogue and prologue), and every
-activation on the first kept tile; the bias-gradient and cross-entropy kernels
-in every dtype. The compiles run in one subprocess (this one interprets Triton
+activation on the first kept tile; the bias-gradient, cross-entropy and
+layer-norm kernels in every dtype; the three attention kernels at head dims
+16-256 with the launch options the host uses (kernels/attention.py).
+A kernel that ptxas cannot allocate registers for fails here too. The compiles run in one subprocess (this one interprets Triton
 kernels, TRITON_INTERPRET=1), two at a time. Skips where the Triton wheel lacks
 the CUDA backend tools.
 """
@@ -24,7 +26,8 @@ if not any(os.path.exists(os.path.join(BIN, n)) for n in ("ptxas-blackwell", "pt
     pytest.skip("this Triton wheel has no CUDA backend tools (ptxas)", allow_module_level=True)
 
 sys.path.insert(0, ROOT)
-from kernels import linear as L  # noqa: E402  (the tile lists only: nothing compiles in this process)
+from kernels import attention as T  # noqa: E402  (the tile choices only: nothing compiles in this process)
+from kernels import linear as L  # noqa: E402
 
 DTYPES = {"float32": ("fp32", 4), "float16": ("fp16", 2), "bfloat16": ("bf16", 2)}
 GEMMS = {"fwd": "linear_fwd_kernel", "dx": "linear_bwd_dx_kernel", "dw": "linear_bwd_dw_kernel"}
@@ -66,13 +69,16 @@ def _cases():
                     "constexprs": {"HAS_W": True, "INT64": False, "BLOCK_N": block} | (
                         {"HAS_B": True} if direction == "fwd" else {}),
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
-        for d in (16, 64, 128):
-            for causal in (False, True):
-                cases[f"attention-fwd-{dtype}-d{d}-{'causal' if causal else 'full'}"] = {
-                    "module": "attention", "kernel": "attention_fwd_kernel",
-                    "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32"},
-                    "constexprs": {"CAUSAL": causal, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": d, "BLOCK_DV": d},
-                    "warps": 4, "stages": 2}
+        # the tiles and launch options of TritonBackend.attention_forward / attention_backward
+        for d in (16, 64, 128, 256):
+            for causal in ((False, True) if dtype == "float16" else (True,)):
+                for name in ("fwd", "bwd_dkdv", "bwd_dq"):
+                    launch = T.attention_launch(d, d, backward=name != "fwd")
+                    cases[f"attention-{name}-{dtype}-d{d}-{'causal' if causal else 'full'}"] = {
+                        "module": "attention", "kernel": f"attention_{name}_kernel",
+                        "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32"},
+                        "constexprs": {"CAUSAL": causal} | {k: v for k, v in launch.items() if k.startswith("BLOCK")},
+                        "warps": launch["num_warps"], "stages": launch["num_stages"]}
     return cases
 
 
@@ -103,6 +109,7 @@ def test_kernel_fits_the_h200(case, compiled):
     res, c = compiled[case], CASES[case]
     if "skip" in res:
         pytest.skip(res["skip"])
+    assert "error" not in res, res.get("error")
     assert res["shared"] <= L.SMEM_LIMIT, f"{res['shared']} bytes of shared memory"
     assert res["spills"] == 0 and res["regs"] <= 255, f"{res['regs']} registers, {res['spills']} bytes spilled"
     if "gemm" in c:

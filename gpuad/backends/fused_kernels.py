@@ -87,14 +87,22 @@ def _layer_norm(provider):
 
 
 def _attention(provider):
-    """The forward kernel for unmasked or causal attention without dropout; the backward
-    is the generic one, which recomputes each tile from q, k and the kernel's log-sum-exp."""
+    """The FlashAttention kernels for unmasked or causal attention without dropout (masked
+    or dropout attention runs the generic tiled code)."""
     def forward(xp, q, k, v, mask=None, causal=False, scale=1.0, dropout_p=0.0, seed=None):
         if mask is not None or dropout_p:
             return None
         out = providers.get(provider).attention_forward(xp, q, k, v, causal, scale)
         return None if out is None else (out[0], (out[1].astype(q.dtype) if q.dtype == np.float64 else out[1],))
-    return forward, None
+
+    def backward(xp, g, saved, node, donate):
+        p = node.params or {}
+        if p.get("mask") is not None or p.get("dropout_p"):
+            return None
+        q, k, v, out, lse = saved
+        return providers.get(provider).attention_backward(xp, g, q, k, v, out, lse, p.get("causal", False),
+                                                          p.get("scale", 1.0), node.needs)
+    return forward, backward
 
 
 for _provider in ("triton", "cupy"):

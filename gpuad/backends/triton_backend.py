@@ -230,25 +230,50 @@ class TritonKernels:
     def attention_forward(self, xp, q, k, v, causal, scale):
         """(out, lse (..., L, 1) fp32) for q, k, v of one batch shape, or None to decline."""
         if not self._ok("attention", q, k, v) or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2] \
-                or q.shape[-1] > 256 or v.shape[-1] > 256 or q.size == 0 or k.shape[-2] == 0:
+                or max(q.shape[-1], v.shape[-1]) > self.A.MAX_HEAD_DIM or q.size == 0 or k.shape[-2] == 0:
             return None
         L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         q3, k3, v3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v))
         bh = q3.shape[0]
         o = xp.empty((bh, L, EV), q.dtype)
         lse = xp.empty((bh, L), np.float32)
-        block_m = 16 if self.interpret else 64
-        block_n = 16 if self.interpret else 64
-        nxt = self.triton.next_power_of_2
-        self.A.attention_fwd_kernel[(self.triton.cdiv(L, block_m), bh)](
+        meta = self._attention_meta(E, EV, causal)
+        self.A.attention_fwd_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](
             self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), L, S, E, EV,
-            L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale),
-            CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(nxt(E), 16),
-            BLOCK_DV=max(nxt(EV), 16))
+            L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale), **meta)
         isz = q.itemsize
         self._traffic("scaled_dot_product_attention (triton)", bh * (L * E + S * E + S * EV) * isz,
                       bh * (L * EV * isz + 4 * L))
         return o.reshape(q.shape[:-1] + (EV,)), lse.reshape(q.shape[:-1] + (1,))
+
+    def _attention_meta(self, E, EV, causal, backward=False):
+        return dict(CAUSAL=bool(causal), **self.A.attention_launch(E, EV, backward, self.interpret))
+
+    def attention_backward(self, xp, g, q, k, v, out, lse, causal, scale, needs):
+        """(dQ, dK, dV) from the two FlashAttention-2 kernels, or None to decline."""
+        if not self._ok("attention backward", g, q, k, v) or q.shape[:-2] != k.shape[:-2] \
+                or k.shape[:-2] != v.shape[:-2] or max(q.shape[-1], v.shape[-1]) > self.A.MAX_HEAD_DIM or q.size == 0:
+            return None
+        L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+        q3, k3, v3, g3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v, g))
+        bh = q3.shape[0]
+        lse2 = xp.ascontiguousarray(lse.reshape(bh, L), dtype=np.float32)
+        # D = rowsum(dO * O), once (read 2 L Ev, write L)
+        dd = xp.ascontiguousarray(xp.sum(xp.multiply(g3.astype(np.float32), out.reshape(bh, L, EV).astype(np.float32)),
+                                         axis=-1), dtype=np.float32)
+        dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
+        args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale))
+        meta = self._attention_meta(E, EV, causal, backward=True)
+        a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd)]
+        self.A.attention_bwd_dkdv_kernel[(self.triton.cdiv(S, meta["BLOCK_N"]), bh)](
+            *a, self._arg(dk), self._arg(dv), *args, **meta)
+        if needs[0]:
+            self.A.attention_bwd_dq_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](*a, self._arg(dq), *args, **meta)
+        isz = q.itemsize
+        self._traffic("scaled_dot_product_attention backward (triton)",
+                      bh * (2 * (L * E + S * E + S * EV) + 2 * L * EV) * isz, bh * (L * E + S * E + S * EV) * isz)
+        return (dq.reshape(q.shape) if needs[0] else None, dk.reshape(k.shape) if needs[1] else None,
+                dv.reshape(v.shape) if needs[2] else None)
 
     # -- softmax cross-entropy -------------------------------------------------------
 
