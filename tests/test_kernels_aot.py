@@ -62,11 +62,11 @@ def _cases():
                          "scale_ptr": "*fp32"},
                 "constexprs": {"INT64": True, "BLOCK_C": 4096}, "warps": 4, "stages": 1}
         for direction in ("fwd", "bwd"):
-            for block in (1024, 8192):
-                cases[f"layer_norm-{direction}-{dtype}-{block}"] = {
+            for block, rms in ((1024, False), (8192, False), (8192, True)):
+                cases[f"{'rms' if rms else 'layer'}_norm-{direction}-{dtype}-{block}"] = {
                     "module": "layer_norm", "kernel": f"layer_norm_{direction}_kernel",
                     "ptrs": {"*": "*" + ty, "mean_ptr": "*fp32", "rstd_ptr": "*fp32"},
-                    "constexprs": {"HAS_W": True, "INT64": False, "BLOCK_N": block} | (
+                    "constexprs": {"HAS_W": True, "RMS": rms, "INT64": False, "BLOCK_N": block} | (
                         {"HAS_B": True} if direction == "fwd" else {}),
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
         # the tiles and launch options of TritonBackend.attention_forward / attention_backward

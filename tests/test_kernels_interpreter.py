@@ -249,7 +249,9 @@ def test_float32_matmul_precision_reaches_the_triton_kernels(provider, monkeypat
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine):
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine, norm):
+    """layer_norm and rms_norm share one kernel pair (RMS a constexpr)."""
     rng = np.random.default_rng(25)
     x = (rng.standard_normal((3, 5, 37)) * 2 + 1).astype(dtype)
     w, b = (rng.standard_normal(37).astype(dtype) for _ in range(2))
@@ -259,10 +261,11 @@ def test_layer_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine):
     for name in ("layer_norm_forward", "layer_norm_backward"):
         orig = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    params = (w, b) if norm == "layer_norm" else (w,)
 
     def run():
-        ts = [T(a, requires_grad=True) for a in ((x, w, b) if affine else (x,))]
-        y = F.layer_norm(ts[0], (37,), *ts[1:])
+        ts = [T(a, requires_grad=True) for a in ((x,) + params if affine else (x,))]
+        y = getattr(F, norm)(ts[0], (37,), *ts[1:])
         y.backward(T(g))
         return [y.numpy().astype(np.float32)] + [t.grad.numpy().astype(np.float32) for t in ts]
     got = run()

@@ -61,28 +61,41 @@ def _cross_entropy(provider):
     return forward, backward
 
 
-def _layer_norm(provider):
-    """The kernels normalize the last dimension; other layouts run the generic code."""
-    def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
+def _norm(provider, rms):
+    """layer_norm (rms=False) or rms_norm through one pair of kernels. They normalize the
+    last dimension; other layouts run the generic code. layer_norm saves (x, w, mean,
+    rstd) and returns (dX, dW, dB); rms_norm saves (x, w, rstd) and returns (dX, dW)."""
+    def run(xp, x, weight, bias, ndims, eps):
         if ndims != 1:
             return None
-        out = providers.get(provider).layer_norm_forward(xp, x, weight, bias, eps)
-        return None if out is None else (out[0], (out[1], out[2]))
+        out = providers.get(provider).layer_norm_forward(xp, x, weight, bias, eps, rms=rms)
+        if out is None:
+            return None
+        y, mean, rstd = out
+        return y, ((rstd,) if rms else (mean, rstd))
+
+    if rms:
+        def forward(xp, x, weight, ndims=1, eps=1e-6):
+            return run(xp, x, weight, None, ndims, eps)
+    else:
+        def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
+            return run(xp, x, weight, bias, ndims, eps)
 
     def backward(xp, g, saved, node, donate):
-        x, w, mean, rstd = saved
-        p = node.params or {}
-        if p.get("ndims", 1) != 1:
+        if (node.params or {}).get("ndims", 1) != 1:
             return None
-        nx, nw, nb = node.needs
+        x, w, *stats = saved
+        mean, rstd = (None, stats[0]) if rms else stats
+        nx, nw, nb = tuple(node.needs) + ((False,) if rms else ())
         dx = providers.get(provider).layer_norm_backward(xp, g, x, w, mean, rstd) if nx else None
         if nx and dx is None:
             return None
         rows = tuple(range(x.ndim - 1))
-        xhat = xp.multiply(xp.subtract(x, mean), rstd) if nw else None     # dW: one more pass over x and g
-        dw = xp.sum(xp.multiply(g, xhat), axis=rows).astype(w.dtype) if nw else None
-        db = xp.sum(g, axis=rows) if nb else None
-        return dx, dw, db
+        xhat = (xp.multiply(x, rstd) if rms else xp.multiply(xp.subtract(x, mean), rstd)) if nw else None
+        dw = xp.sum(xp.multiply(g, xhat), axis=rows).astype(w.dtype) if nw else None   # one more pass over x, g
+        if rms:
+            return dx, dw
+        return dx, dw, (xp.sum(g, axis=rows) if nb else None)
     return forward, backward
 
 
@@ -109,5 +122,6 @@ for _provider in ("triton", "cupy"):
     for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
         _prim.register_kernel(_provider, *_linear(_provider, _activation))
 fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))
-norms.layer_norm.register_kernel("triton", *_layer_norm("triton"))
+norms.layer_norm.register_kernel("triton", *_norm("triton", rms=False))
+norms.rms_norm.register_kernel("triton", *_norm("triton", rms=True))
 attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))

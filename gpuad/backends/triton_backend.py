@@ -187,42 +187,45 @@ class TritonKernels:
     def _row_warps(block_n):
         return 8 if block_n >= 2048 else 4
 
-    def layer_norm_forward(self, xp, x, w, b, eps):
-        """(Y, mean, rstd) with mean and rstd (..., 1) in float32, or None to decline."""
+    def layer_norm_forward(self, xp, x, w, b, eps, rms=False):
+        """(Y, mean, rstd) with mean and rstd (..., 1) in float32, or None to decline.
+        rms=True: rms_norm (b must be None), and mean comes back None."""
         if not self._ok("layer_norm", x, w, b) or x.shape[-1] > self.MAX_ROW or x.size == 0:
             return None
         x2 = xp.ascontiguousarray(self._rows(x))
         M, N = x2.shape
         y = xp.empty((M, N), x.dtype)
-        mean, rstd = xp.empty((M,), np.float32), xp.empty((M,), np.float32)
+        mean, rstd = (None if rms else xp.empty((M,), np.float32)), xp.empty((M,), np.float32)
         w = xp.ascontiguousarray(w) if w is not None else None
         b = xp.ascontiguousarray(b) if b is not None else None
         self.N.layer_norm_fwd_kernel[(M,)](self._arg(x2), self._arg(w if w is not None else x2),
-                                           self._arg(b if b is not None else x2), self._arg(y), self._arg(mean),
-                                           self._arg(rstd), N, N, N, float(eps),
-                                           HAS_W=w is not None, HAS_B=b is not None, INT64=needs_int64(x2),
+                                           self._arg(b if b is not None else x2), self._arg(y),
+                                           self._arg(rstd if rms else mean), self._arg(rstd), N, N, N, float(eps),
+                                           HAS_W=w is not None, HAS_B=b is not None, RMS=rms, INT64=needs_int64(x2),
                                            BLOCK_N=self.triton.next_power_of_2(N),
                                            num_warps=self._row_warps(self.triton.next_power_of_2(N)))
-        self._traffic("layer_norm (triton)", M * N * x.itemsize, M * N * x.itemsize + 8 * M)
+        self._traffic("rms_norm (triton)" if rms else "layer_norm (triton)", M * N * x.itemsize,
+                      M * N * x.itemsize + (4 if rms else 8) * M)
         lead = tuple(x.shape[:-1]) + (1,)
-        return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+        return y.reshape(x.shape), (None if rms else mean.reshape(lead)), rstd.reshape(lead)
 
     def layer_norm_backward(self, xp, g, x, w, mean, rstd):
-        """dX (dW and dB are summed by the caller), or None to decline."""
+        """dX (dW and dB are summed by the caller), or None to decline. mean None: rms_norm."""
         if not self._ok("layer_norm backward", g, x, w) or x.shape[-1] > self.MAX_ROW or x.size == 0:
             return None
         x2, g2 = xp.ascontiguousarray(self._rows(x)), xp.ascontiguousarray(self._rows(g))
         M, N = x2.shape
         dx = xp.empty((M, N), x.dtype)
-        m = xp.ascontiguousarray(mean.reshape(M), dtype=np.float32)
         r = xp.ascontiguousarray(rstd.reshape(M), dtype=np.float32)
+        m = r if mean is None else xp.ascontiguousarray(mean.reshape(M), dtype=np.float32)
         w = xp.ascontiguousarray(w) if w is not None else None
         self.N.layer_norm_bwd_kernel[(M,)](self._arg(x2), self._arg(g2), self._arg(w if w is not None else x2),
                                            self._arg(m), self._arg(r), self._arg(dx), N, N, N, N,
-                                           HAS_W=w is not None, INT64=needs_int64(x2),
+                                           HAS_W=w is not None, RMS=mean is None, INT64=needs_int64(x2),
                                            BLOCK_N=self.triton.next_power_of_2(N),
                                            num_warps=self._row_warps(self.triton.next_power_of_2(N)))
-        self._traffic("layer_norm backward (triton)", 2 * M * N * x.itemsize + 8 * M, M * N * x.itemsize)
+        self._traffic("rms_norm backward (triton)" if mean is None else "layer_norm backward (triton)",
+                      2 * M * N * x.itemsize + (4 if mean is None else 8) * M, M * N * x.itemsize)
         return dx.reshape(x.shape)
 
     # -- attention forward ---------------------------------------------------------------
