@@ -11,7 +11,10 @@ dQ. Each recomputes P = exp(q k^T scale - lse) from the saved log-sum-exp, so
 nothing L x S is stored; the price is the q k^T product twice more.
     reads  2 (L E + S E + S Ev + L Ev) + 2 L fp32, writes L E + S E + S Ev
 D = rowsum(dO * O) is computed once by the host. Causal masking is top-left
-(key j <= query i), as in torch's is_causal.
+(key j <= query i), as in torch's is_causal; an attn_mask arrives additive in
+fp32 (the host converts a boolean one), read tile by tile: L S floats more per
+pass. A row every key is masked from gets 0 and lse = +inf, so its
+recomputed probabilities are 0 in the backward.
 """
 import triton
 import triton.language as tl
@@ -20,9 +23,10 @@ import triton.language as tl
 # ahead-of-time compile test (tests/test_kernels_aot.py), so what is checked for
 # shared memory and registers is what runs.
 MAX_HEAD_DIM = 256
+MAX_HEAD_DIM_MASKED = 128      # with an attn_mask: above this the generic code runs
 
 
-def attention_launch(e, ev, backward=False, interpret=False):
+def attention_launch(e, ev, backward=False, interpret=False, masked=False):
     """Tiles and launch options for head dims e (q, k) and ev (v).
 
     Chosen from ptxas' reports for sm_90 (tests/test_kernels_aot.py fails on any
@@ -30,25 +34,32 @@ def attention_launch(e, ev, backward=False, interpret=False):
     accumulator alone is 64 KiB of registers), 4 warps. Backward keeps two fp32
     accumulators (dK and dV) per program: 64 x 64 tiles with 4 warps spilled
     280-1700 bytes at head dim 64-128, so 8 warps, and 32 x 32 tiles above head
-    dim 64. The interpreter runs 16 x 16 tiles (it is slow, not small on memory).
+    dim 64. A mask tile costs registers too (20-200 bytes spilled at forward head
+    dim 128 and backward 64 with the unmasked tiles): masked, each threshold
+    halves. The interpreter runs 16 x 16 tiles (it is slow, not small on memory).
     """
     d, dv = max(triton.next_power_of_2(e), 16), max(triton.next_power_of_2(ev), 16)
-    if interpret:
-        block = 16
-    elif backward:
-        block = 64 if max(d, dv) <= 64 else 32
-    else:
-        block = 64 if max(d, dv) <= 128 else 32
+    big = (64 if backward else 128) // (2 if masked else 1)      # the largest head dim for 64-row tiles
+    block = 16 if interpret else (64 if max(d, dv) <= big else 32)
     return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=d, BLOCK_DV=dv,
                 num_warps=8 if backward else 4, num_stages=2)
 
 
 @triton.jit
-def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+def _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml):
+    """The additive fp32 mask's BLOCK_M x BLOCK_N tile (-inf: masked; the host turns a
+    boolean mask into one). stride_mb is 0 for a mask shared by every batch and head:
+    one L x S read per program row block, from L2 after the first."""
+    return tl.load(mask_ptr + bh * stride_mb + offs_m[:, None] * stride_ml + offs_n[None, :],
+                   mask=(offs_m[:, None] < L) & (offs_n[None, :] < S), other=0.0)
+
+
+@triton.jit
+def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
                          L, S, E, EV,
                          stride_qb, stride_ql, stride_kb, stride_ks, stride_vb, stride_vs, stride_ob, stride_ol,
-                         scale,
-                         CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         stride_mb, stride_ml, scale,
+                         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -65,6 +76,8 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
         k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
                     mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        if HAS_MASK:
+            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
         keep = offs_n[None, :] < S
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])
@@ -87,12 +100,12 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
 
 
 @triton.jit
-def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_ptr, dv_ptr,
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, mask_ptr, dk_ptr, dv_ptr,
                               L, S, E, EV,
                               stride_qb, stride_ql, stride_kb, stride_ks, stride_vb, stride_vs,
-                              stride_ob, stride_ol,
+                              stride_ob, stride_ol, stride_mb, stride_ml,
                               scale,
-                              CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dK and dV for BLOCK_N keys, walking every query block (FlashAttention-2):
     P = exp(q k^T scale - lse), dV += P^T dO, dS = P (dO v^T - D), dK += dS^T q scale."""
@@ -116,6 +129,8 @@ def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_pt
         lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=float("inf"))
         dd = tl.load(d_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        if HAS_MASK:
+            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
         keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])
@@ -131,12 +146,12 @@ def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dk_pt
 
 
 @triton.jit
-def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
+def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, mask_ptr, dq_ptr,
                             L, S, E, EV,
                             stride_qb, stride_ql, stride_kb, stride_ks, stride_vb, stride_vs,
-                            stride_ob, stride_ol,
+                            stride_ob, stride_ol, stride_mb, stride_ml,
                             scale,
-                            CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dQ for BLOCK_M queries, walking every key block: dQ += dS k scale."""
     pid_m = tl.program_id(0)
@@ -158,6 +173,8 @@ def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, dq_ptr,
         v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
                     mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+        if HAS_MASK:
+            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
         keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= offs_m[:, None])

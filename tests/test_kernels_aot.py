@@ -71,13 +71,14 @@ def _cases():
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
         # the tiles and launch options of TritonBackend.attention_forward / attention_backward
         for d in (16, 64, 128, 256):
-            for causal in ((False, True) if dtype == "float16" else (True,)):
+            for causal in (True, False)[:2 if d <= T.MAX_HEAD_DIM_MASKED else 1]:   # causal, or masked
                 for name in ("fwd", "bwd_dkdv", "bwd_dq"):
-                    launch = T.attention_launch(d, d, backward=name != "fwd")
-                    cases[f"attention-{name}-{dtype}-d{d}-{'causal' if causal else 'full'}"] = {
+                    launch = T.attention_launch(d, d, backward=name != "fwd", masked=not causal)
+                    cases[f"attention-{name}-{dtype}-d{d}-{'causal' if causal else 'mask'}"] = {
                         "module": "attention", "kernel": f"attention_{name}_kernel",
-                        "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32"},
-                        "constexprs": {"CAUSAL": causal} | {k: v for k, v in launch.items() if k.startswith("BLOCK")},
+                        "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32", "mask_ptr": "*fp32"},
+                        "constexprs": {"CAUSAL": causal, "HAS_MASK": not causal} | {
+                            k: v for k, v in launch.items() if k.startswith("BLOCK")},
                         "warps": launch["num_warps"], "stages": launch["num_stages"]}
     return cases
 

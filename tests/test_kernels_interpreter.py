@@ -275,14 +275,28 @@ def test_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine, norm):
         np.testing.assert_allclose(a, r, **TOL[dtype])
 
 
+def _attention_mask(kind, rng):
+    """None, or an attn_mask for batch 2 x L 19 x S 23: a boolean one shared by the batch
+    (row 3 masked from every key), or an additive one per batch entry."""
+    if kind == "bool":
+        m = rng.random((19, 23)) > 0.3
+        m[3] = False
+        return m
+    if kind == "additive":
+        return (rng.standard_normal((2, 19, 23)) * 2).astype(np.float32)
+    return None
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, causal):
-    """The FlashAttention forward and backward kernels against the generic tiled code."""
+@pytest.mark.parametrize("kind", ["full", "causal", "bool", "additive"])
+def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, kind):
+    """The FlashAttention forward and backward kernels against the generic tiled code,
+    unmasked, causal, and with boolean (one row fully masked) or additive masks."""
     rng = np.random.default_rng(26)
     q = rng.standard_normal((2, 19, 24)).astype(dtype)
     k, v = rng.standard_normal((2, 23, 24)).astype(dtype), rng.standard_normal((2, 23, 20)).astype(dtype)
     g = rng.standard_normal((2, 19, 20)).astype(dtype)
+    mask = _attention_mask(kind, rng)
     calls = []
     tk = gpuad.providers.get("triton")
     for name in ("attention_forward", "attention_backward"):
@@ -291,12 +305,25 @@ def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, causal):
 
     def run():
         ts = [T(a, requires_grad=True) for a in (q, k, v)]
-        out = F.scaled_dot_product_attention(*ts, is_causal=causal)
+        out = F.scaled_dot_product_attention(*ts, attn_mask=mask, is_causal=kind == "causal")
         out.backward(T(g))
         return [out.numpy().astype(np.float32)] + [t.grad.numpy().astype(np.float32) for t in ts]
     got = run()
     assert calls == ["attention_forward", "attention_backward"]
+    assert all(np.isfinite(a).all() for a in got)
+    if kind == "bool":
+        assert not got[0][:, 3].any() and not got[1][:, 3].any()      # the fully masked row: 0, as torch
     gpuad.set_kernels("numpy")
     tol = TOL[dtype] if dtype == "float32" else dict(rtol=2e-2, atol=2e-2)
     for a, r in zip(got, run()):
         np.testing.assert_allclose(a, r, **tol)
+
+
+def test_masked_attention_above_head_dim_128_runs_the_generic_code(provider):
+    """Masked tiles spill above head dim 128 on sm_90 (tests/test_kernels_aot.py), so the
+    kernels decline them; unmasked ones run up to 256."""
+    tk = gpuad.providers.get("triton")
+    q, v = np.zeros((1, 4, 160), np.float32), np.zeros((1, 4, 16), np.float32)
+    assert tk._attention_declines(q, q, v, np.ones((4, 4), bool))
+    assert not tk._attention_declines(q, q, v, None)
+    assert not tk._attention_declines(q[..., :128], q[..., :128], v, np.ones((4, 4), bool))

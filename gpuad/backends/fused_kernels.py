@@ -100,21 +100,21 @@ def _norm(provider, rms):
 
 
 def _attention(provider):
-    """The FlashAttention kernels for unmasked or causal attention without dropout (masked
-    or dropout attention runs the generic tiled code)."""
+    """The FlashAttention kernels, unmasked, causal or with an attn_mask; attention with
+    dropout runs the generic tiled code (its masks come from numpy's generator)."""
     def forward(xp, q, k, v, mask=None, causal=False, scale=1.0, dropout_p=0.0, seed=None):
-        if mask is not None or dropout_p:
+        if dropout_p:
             return None
-        out = providers.get(provider).attention_forward(xp, q, k, v, causal, scale)
+        out = providers.get(provider).attention_forward(xp, q, k, v, causal, scale, mask=mask)
         return None if out is None else (out[0], (out[1].astype(q.dtype) if q.dtype == np.float64 else out[1],))
 
     def backward(xp, g, saved, node, donate):
         p = node.params or {}
-        if p.get("mask") is not None or p.get("dropout_p"):
+        if p.get("dropout_p"):
             return None
         q, k, v, out, lse = saved
         return providers.get(provider).attention_backward(xp, g, q, k, v, out, lse, p.get("causal", False),
-                                                          p.get("scale", 1.0), node.needs)
+                                                          p.get("scale", 1.0), node.needs, mask=p.get("mask"))
     return forward, backward
 
 

@@ -230,32 +230,52 @@ class TritonKernels:
 
     # -- attention forward ---------------------------------------------------------------
 
-    def attention_forward(self, xp, q, k, v, causal, scale):
+    def _attention_mask(self, xp, mask, batch, L, S):
+        """(additive fp32 mask, its batch x head stride) for the kernels, from a boolean
+        (True = attend) or additive mask broadcastable to batch + (L, S). A mask shared
+        by every batch and head stays one L x S array (stride 0); any other is
+        materialized at (batch, L, S): 4 B L S per batch x head, written once."""
+        m = xp.asarray(mask)
+        m = xp.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == np.bool_ else m.astype(np.float32)
+        lead = m.shape[:-2]
+        if all(n == 1 for n in lead):
+            return xp.ascontiguousarray(xp.broadcast_to(m.reshape(m.shape[-2:]), (L, S))), 0
+        return xp.ascontiguousarray(xp.broadcast_to(m, tuple(batch) + (L, S))).reshape(-1, L, S), L * S
+
+    def attention_forward(self, xp, q, k, v, causal, scale, mask=None):
         """(out, lse (..., L, 1) fp32) for q, k, v of one batch shape, or None to decline."""
-        if not self._ok("attention", q, k, v) or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2] \
-                or max(q.shape[-1], v.shape[-1]) > self.A.MAX_HEAD_DIM or q.size == 0 or k.shape[-2] == 0:
+        if not self._ok("attention", q, k, v) or self._attention_declines(q, k, v, mask):
             return None
         L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         q3, k3, v3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v))
         bh = q3.shape[0]
         o = xp.empty((bh, L, EV), q.dtype)
         lse = xp.empty((bh, L), np.float32)
-        meta = self._attention_meta(E, EV, causal)
+        meta = self._attention_meta(E, EV, causal, mask is not None)
+        m, stride_mb = self._attention_mask(xp, mask, q.shape[:-2], L, S) if mask is not None else (q3, 0)
         self.A.attention_fwd_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](
-            self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), L, S, E, EV,
-            L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale), **meta)
+            self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), self._arg(m), L, S, E, EV,
+            L * E, E, S * E, E, S * EV, EV, L * EV, EV, stride_mb, S, float(scale), **meta)
         isz = q.itemsize
-        self._traffic("scaled_dot_product_attention (triton)", bh * (L * E + S * E + S * EV) * isz,
+        self._traffic("scaled_dot_product_attention (triton)",
+                      bh * ((L * E + S * E + S * EV) * isz + (4 * L * S if mask is not None else 0)),
                       bh * (L * EV * isz + 4 * L))
         return o.reshape(q.shape[:-1] + (EV,)), lse.reshape(q.shape[:-1] + (1,))
 
-    def _attention_meta(self, E, EV, causal, backward=False):
-        return dict(CAUSAL=bool(causal), **self.A.attention_launch(E, EV, backward, self.interpret))
+    def _attention_meta(self, E, EV, causal, has_mask, backward=False):
+        return dict(CAUSAL=bool(causal), HAS_MASK=has_mask,
+                    **self.A.attention_launch(E, EV, backward, self.interpret, masked=has_mask))
 
-    def attention_backward(self, xp, g, q, k, v, out, lse, causal, scale, needs):
+    def _attention_declines(self, q, k, v, mask):
+        """Shapes the kernels do not take: batch shapes that differ (the generic code
+        broadcasts them), head dims above the compiled range, empty inputs."""
+        limit = self.A.MAX_HEAD_DIM if mask is None else self.A.MAX_HEAD_DIM_MASKED
+        return q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2] or \
+            max(q.shape[-1], v.shape[-1]) > limit or q.size == 0 or k.shape[-2] == 0
+
+    def attention_backward(self, xp, g, q, k, v, out, lse, causal, scale, needs, mask=None):
         """(dQ, dK, dV) from the two FlashAttention-2 kernels, or None to decline."""
-        if not self._ok("attention backward", g, q, k, v) or q.shape[:-2] != k.shape[:-2] \
-                or k.shape[:-2] != v.shape[:-2] or max(q.shape[-1], v.shape[-1]) > self.A.MAX_HEAD_DIM or q.size == 0:
+        if not self._ok("attention backward", g, q, k, v) or self._attention_declines(q, k, v, mask):
             return None
         L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         q3, k3, v3, g3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v, g))
@@ -265,16 +285,18 @@ class TritonKernels:
         dd = xp.ascontiguousarray(xp.sum(xp.multiply(g3.astype(np.float32), out.reshape(bh, L, EV).astype(np.float32)),
                                          axis=-1), dtype=np.float32)
         dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
-        args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, float(scale))
-        meta = self._attention_meta(E, EV, causal, backward=True)
-        a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd)]
+        m, stride_mb = self._attention_mask(xp, mask, q.shape[:-2], L, S) if mask is not None else (q3, 0)
+        args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, stride_mb, S, float(scale))
+        meta = self._attention_meta(E, EV, causal, mask is not None, backward=True)
+        a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd, m)]
         self.A.attention_bwd_dkdv_kernel[(self.triton.cdiv(S, meta["BLOCK_N"]), bh)](
             *a, self._arg(dk), self._arg(dv), *args, **meta)
         if needs[0]:
             self.A.attention_bwd_dq_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](*a, self._arg(dq), *args, **meta)
         isz = q.itemsize
         self._traffic("scaled_dot_product_attention backward (triton)",
-                      bh * (2 * (L * E + S * E + S * EV) + 2 * L * EV) * isz, bh * (L * E + S * E + S * EV) * isz)
+                      bh * ((2 * (L * E + S * E + S * EV) + 2 * L * EV) * isz + (8 * L * S if mask is not None else 0)),
+                      bh * (L * E + S * E + S * EV) * isz)
         return (dq.reshape(q.shape) if needs[0] else None, dk.reshape(k.shape) if needs[1] else None,
                 dv.reshape(v.shape) if needs[2] else None)
 
