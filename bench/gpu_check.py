@@ -13,8 +13,11 @@ on its own (the report says which did):
      (torch also in bf16): time, peak device memory, traffic (model)
   4. memory: peak device bytes of that step at depths 4, 8, 16, planner on and off
   5. checkpoint: the 64-layer step with sqrt(L) segments vs none, gpuad and torch
-  6. bandwidth: CuPy's device copy against gpuad's elementwise kernels
-  7. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
+  6. attention: causal scaled_dot_product_attention forward+backward (fp16, 4 x 8
+     heads, E = 64, L = 1024 and 4096) with gpuad's Triton FlashAttention kernels
+     against torch's: time, peak device bytes, and the largest dQ difference
+  7. bandwidth: CuPy's device copy against gpuad's elementwise kernels
+  8. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
      kernel against the traffic model
 The report (report.md, report.json) is rewritten after every step, so a run
 stopped from outside still leaves what it measured; a global deadline (7.5
@@ -247,6 +250,73 @@ def memory_depths():
     return _table(["depth", "peak MiB, planner", "peak MiB, no planner", "saved"], rows), {"rows": rows}
 
 
+def attention(rounds):
+    """Causal SDPA forward+backward: gpuad (triton provider) against torch, fp16."""
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import memory
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    rows, data = [], {}
+    gpuad.set_kernels("triton")
+    try:
+        for L in (1024, 4096):
+            arrays = [rng.standard_normal((4, 8, L, 64)).astype(np.float16) for _ in range(4)]
+            qkv = [gpuad.tensor(a, device="cuda", requires_grad=True) for a in arrays[:3]]
+            w = gpuad.tensor(arrays[3], device="cuda")
+
+            def step():
+                for t in qkv:
+                    t.grad = None
+                (F.scaled_dot_product_attention(*qkv, is_causal=True) * w).sum().backward()
+            variants, peaks = {"gpuad triton": step}, {}
+            step()
+            _sync()
+            base = memory.accountant.device_live_bytes
+            memory.accountant.device_peak_bytes = base
+            step()
+            _sync()
+            peaks["gpuad triton"] = memory.accountant.device_peak_bytes - base
+            dq = qkv[0].grad.numpy().astype(np.float32)
+            diff = "-"
+            if torch is not None:
+                qt = [torch.as_tensor(a, device="cuda").requires_grad_() for a in arrays[:3]]
+                wt = torch.as_tensor(arrays[3], device="cuda")
+
+                def tstep(qt=qt, wt=wt):
+                    for t in qt:
+                        t.grad = None
+                    (torch.nn.functional.scaled_dot_product_attention(*qt, is_causal=True) * wt).sum().backward()
+                tstep()
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                tstep()
+                torch.cuda.synchronize()
+                peaks["torch"] = torch.cuda.max_memory_allocated() - base
+                variants["torch"] = tstep
+                diff = float(np.abs(dq - qt[0].grad.float().cpu().numpy()).max())
+
+            def sync():
+                _sync()
+                if torch is not None:
+                    torch.cuda.synchronize()
+            times = _time(variants, rounds, sync)
+            ratio = times["gpuad triton"] / times["torch"] if "torch" in times else None
+            rows.append((L, f"{times['gpuad triton'] * 1e3:.3f}",
+                         f"{times['torch'] * 1e3:.3f}" if "torch" in times else "-",
+                         f"{ratio:.2f}x" if ratio else "-", f"{peaks['gpuad triton'] / 2 ** 20:.1f}",
+                         f"{peaks['torch'] / 2 ** 20:.1f}" if "torch" in peaks else "-", diff))
+            data[L] = {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "max_dq_diff": diff}
+    finally:
+        gpuad.set_kernels(None)
+    return _table(["L = S", "gpuad ms", "torch ms", "gpuad / torch", "gpuad peak MiB", "torch peak MiB",
+                   "max |dQ - torch dQ|"], rows), data
+
+
 def checkpoint_step(rounds):
     import gpuad
     import gpuad.nn.functional as F
@@ -357,7 +427,7 @@ def ncu():
         {"model": [model_read, model_write], "ncu": got}
 
 
-STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "bandwidth", "ncu traffic check")
+STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "attention", "bandwidth", "ncu traffic check")
 
 
 def main(argv=None):
@@ -378,8 +448,9 @@ def main(argv=None):
         return 1
     runs = {"machine": (machine,), "GPU tests": (gpu_tests,), "mlp": (mlp, args.rounds),
             "memory": (memory_depths,), "checkpoint": (checkpoint_step, max(3, args.rounds // 2)),
+            "attention": (attention, max(3, args.rounds // 2)),
             "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}
-    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90}
+    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60}
     for name in STEPS:
         fn, *rest = runs[name]
         report.step(name, fn, *rest, budget_s=budgets.get(name, 60))
