@@ -48,8 +48,9 @@ def attention_launch(e, ev, backward=False, interpret=False, masked=False):
 @triton.jit
 def _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml):
     """The additive fp32 mask's BLOCK_M x BLOCK_N tile (-inf: masked; the host turns a
-    boolean mask into one). stride_mb is 0 for a mask shared by every batch and head:
-    one L x S read per program row block, from L2 after the first."""
+    boolean mask into one). stride_mb is 0 for a mask shared by every batch and head
+    (read from L2 after the first program), stride_ml 0 for a key-padding mask (1 x S
+    per batch): the host never copies a mask out to L x S per head."""
     return tl.load(mask_ptr + bh * stride_mb + offs_m[:, None] * stride_ml + offs_n[None, :],
                    mask=(offs_m[:, None] < L) & (offs_n[None, :] < S), other=0.0)
 

@@ -277,18 +277,22 @@ def test_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine, norm):
 
 def _attention_mask(kind, rng):
     """None, or an attn_mask for batch 2 x L 19 x S 23: a boolean one shared by the batch
-    (row 3 masked from every key), or an additive one per batch entry."""
+    (row 3 masked from every key), an additive one per batch entry, or key padding."""
     if kind == "bool":
         m = rng.random((19, 23)) > 0.3
         m[3] = False
         return m
     if kind == "additive":
         return (rng.standard_normal((2, 19, 23)) * 2).astype(np.float32)
+    if kind == "padding":                  # key padding per batch entry: (2, 1, S), row stride 0 in the kernels
+        m = np.ones((2, 1, 23), bool)
+        m[0, :, 17:] = m[1, :, 9:] = False
+        return m
     return None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("kind", ["full", "causal", "bool", "additive"])
+@pytest.mark.parametrize("kind", ["full", "causal", "bool", "additive", "padding"])
 def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, kind):
     """The FlashAttention forward and backward kernels against the generic tiled code,
     unmasked, causal, and with boolean (one row fully masked) or additive masks."""
@@ -300,8 +304,12 @@ def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, kind):
     calls = []
     tk = gpuad.providers.get("triton")
     for name in ("attention_forward", "attention_backward"):
-        orig = getattr(tk, name)
-        monkeypatch.setattr(tk, name, lambda *a, _o=orig, _n=name, **kw: (calls.append(_n), _o(*a, **kw))[1])
+        def ran(*a, _o=getattr(tk, name), _n=name, **kw):     # counted only when the kernels ran (not declined)
+            r = _o(*a, **kw)
+            if r is not None:
+                calls.append(_n)
+            return r
+        monkeypatch.setattr(tk, name, ran)
 
     def run():
         ts = [T(a, requires_grad=True) for a in (q, k, v)]
@@ -327,3 +335,14 @@ def test_masked_attention_above_head_dim_128_runs_the_generic_code(provider):
     assert tk._attention_declines(q, q, v, np.ones((4, 4), bool))
     assert not tk._attention_declines(q, q, v, None)
     assert not tk._attention_declines(q[..., :128], q[..., :128], v, np.ones((4, 4), bool))
+
+
+def test_attention_masks_that_would_need_a_larger_copy_run_the_generic_code(provider):
+    """The kernels index a mask by batch x head and row; a mask broadcast over some
+    batch dims but not others would have to be copied per head, so they decline it."""
+    tk = gpuad.providers.get("triton")
+    m, batch_stride, row_stride = tk._attention_mask(np, np.ones((1, 1, 1, 5), bool), (2, 3), 4, 5)
+    assert m.shape == (1, 5) and batch_stride == 0 and row_stride == 0
+    m, batch_stride, row_stride = tk._attention_mask(np, np.zeros((2, 3, 4, 5), np.float32), (2, 3), 4, 5)
+    assert m.shape == (6, 4, 5) and batch_stride == 20 and row_stride == 5
+    assert tk._attention_mask(np, np.ones((2, 1, 4, 5), bool), (2, 3), 4, 5) is None

@@ -228,23 +228,30 @@ class TritonKernels:
                       2 * M * N * x.itemsize + (4 if mean is None else 8) * M, M * N * x.itemsize)
         return dx.reshape(x.shape)
 
-    # -- attention forward ---------------------------------------------------------------
+    # -- attention (FlashAttention-2) ----------------------------------------------------
 
     def _attention_mask(self, xp, mask, batch, L, S):
-        """(additive fp32 mask, its batch x head stride) for the kernels, from a boolean
-        (True = attend) or additive mask broadcastable to batch + (L, S). A mask shared
-        by every batch and head stays one L x S array (stride 0); any other is
-        materialized at (batch, L, S): 4 B L S per batch x head, written once."""
+        """(additive fp32 mask, batch x head stride, row stride) for the kernels, from a
+        boolean (True = attend) or additive mask broadcastable to batch + (L, S); None
+        (decline: the generic code broadcasts) where the kernels would need a copy
+        larger than the mask. A mask shared by every batch and head has batch stride 0,
+        a key-padding mask (..., 1, S) row stride 0: no L x S copy is made for either."""
         m = xp.asarray(mask)
         m = xp.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == np.bool_ else m.astype(np.float32)
-        lead = m.shape[:-2]
+        m = m.reshape((1,) * max(0, 2 - m.ndim) + tuple(m.shape))
+        rows, lead = m.shape[-2], tuple(m.shape[:-2])
         if all(n == 1 for n in lead):
-            return xp.ascontiguousarray(xp.broadcast_to(m.reshape(m.shape[-2:]), (L, S))), 0
-        return xp.ascontiguousarray(xp.broadcast_to(m, tuple(batch) + (L, S))).reshape(-1, L, S), L * S
+            return xp.ascontiguousarray(xp.broadcast_to(m.reshape(rows, -1), (rows, S))), 0, (0 if rows == 1 else S)
+        if lead != tuple(batch) or m.shape[-1] != S:
+            return None
+        return xp.ascontiguousarray(m).reshape(-1, rows, S), rows * S, (0 if rows == 1 else S)
 
     def attention_forward(self, xp, q, k, v, causal, scale, mask=None):
         """(out, lse (..., L, 1) fp32) for q, k, v of one batch shape, or None to decline."""
         if not self._ok("attention", q, k, v) or self._attention_declines(q, k, v, mask):
+            return None
+        mk = (q, 0, 0) if mask is None else self._attention_mask(xp, mask, q.shape[:-2], q.shape[-2], k.shape[-2])
+        if mk is None:
             return None
         L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         q3, k3, v3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v))
@@ -252,10 +259,9 @@ class TritonKernels:
         o = xp.empty((bh, L, EV), q.dtype)
         lse = xp.empty((bh, L), np.float32)
         meta = self._attention_meta(E, EV, causal, mask is not None)
-        m, stride_mb = self._attention_mask(xp, mask, q.shape[:-2], L, S) if mask is not None else (q3, 0)
         self.A.attention_fwd_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](
-            self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), self._arg(m), L, S, E, EV,
-            L * E, E, S * E, E, S * EV, EV, L * EV, EV, stride_mb, S, float(scale), **meta)
+            self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), self._arg(mk[0]), L, S, E, EV,
+            L * E, E, S * E, E, S * EV, EV, L * EV, EV, mk[1], mk[2], float(scale), **meta)
         isz = q.itemsize
         self._traffic("scaled_dot_product_attention (triton)",
                       bh * ((L * E + S * E + S * EV) * isz + (4 * L * S if mask is not None else 0)),
@@ -277,6 +283,9 @@ class TritonKernels:
         """(dQ, dK, dV) from the two FlashAttention-2 kernels, or None to decline."""
         if not self._ok("attention backward", g, q, k, v) or self._attention_declines(q, k, v, mask):
             return None
+        mk = (q, 0, 0) if mask is None else self._attention_mask(xp, mask, q.shape[:-2], q.shape[-2], k.shape[-2])
+        if mk is None:
+            return None
         L, E, S, EV = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
         q3, k3, v3, g3 = (xp.ascontiguousarray(a.reshape((-1,) + a.shape[-2:])) for a in (q, k, v, g))
         bh = q3.shape[0]
@@ -285,10 +294,9 @@ class TritonKernels:
         dd = xp.ascontiguousarray(xp.sum(xp.multiply(g3.astype(np.float32), out.reshape(bh, L, EV).astype(np.float32)),
                                          axis=-1), dtype=np.float32)
         dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
-        m, stride_mb = self._attention_mask(xp, mask, q.shape[:-2], L, S) if mask is not None else (q3, 0)
-        args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, stride_mb, S, float(scale))
+        args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, mk[1], mk[2], float(scale))
         meta = self._attention_meta(E, EV, causal, mask is not None, backward=True)
-        a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd, m)]
+        a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd, mk[0])]
         self.A.attention_bwd_dkdv_kernel[(self.triton.cdiv(S, meta["BLOCK_N"]), bh)](
             *a, self._arg(dk), self._arg(dv), *args, **meta)
         if needs[0]:
