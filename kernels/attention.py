@@ -46,13 +46,35 @@ def attention_launch(e, ev, backward=False, interpret=False, masked=False):
 
 
 @triton.jit
-def _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml):
-    """The additive fp32 mask's BLOCK_M x BLOCK_N tile (-inf: masked; the host turns a
-    boolean mask into one). stride_mb is 0 for a mask shared by every batch and head
-    (read from L2 after the first program), stride_ml 0 for a key-padding mask (1 x S
-    per batch): the host never copies a mask out to L x S per head."""
-    return tl.load(mask_ptr + bh * stride_mb + offs_m[:, None] * stride_ml + offs_n[None, :],
-                   mask=(offs_m[:, None] < L) & (offs_n[None, :] < S), other=0.0)
+def _load_tile(base, rows, n_rows, stride, cols, n_cols):
+    """The rows x cols tile of a row-major block (row stride `stride`, unit column
+    stride), zero outside n_rows x n_cols."""
+    return tl.load(base + rows[:, None] * stride + cols[None, :],
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
+def _store_tile(base, rows, n_rows, stride, cols, n_cols, value):
+    tl.store(base + rows[:, None] * stride + cols[None, :], value.to(base.dtype.element_ty),
+             mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+
+
+@triton.jit
+def _scores(q, k, scale, mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
+    """q k^T scale (+ the mask tile), -inf outside L x S and above the causal diagonal.
+
+    The mask is additive fp32 (-inf: masked; the host turns a boolean mask into one).
+    stride_mb is 0 for a mask shared by every batch and head (read from L2 after the
+    first program), stride_ml 0 for a key-padding mask (1 x S per batch): the host
+    never copies a mask out to L x S per head."""
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+    if HAS_MASK:
+        s += _load_tile(mask_ptr + bh * stride_mb, offs_m, L, stride_ml, offs_n, S)
+    keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= offs_m[:, None])
+    return tl.where(keep, s, float("-inf"))
 
 
 @triton.jit
@@ -67,36 +89,26 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
+    q = _load_tile(q_ptr + bh * stride_qb, offs_m, L, stride_ql, offs_d, E)
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     for s0 in range(0, S, BLOCK_N):
         offs_n = s0 + tl.arange(0, BLOCK_N)
-        k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        if HAS_MASK:
-            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
-        keep = offs_n[None, :] < S
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        s = tl.where(keep, s, float("-inf"))
+        k = _load_tile(k_ptr + bh * stride_kb, offs_n, S, stride_ks, offs_d, E)
+        s = _scores(q, k, scale, mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml, CAUSAL, HAS_MASK)
         m_new = tl.maximum(m, tl.max(s, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row with nothing seen yet
         p = tl.exp(s - shift[:, None])
         corr = tl.where(m == float("-inf"), 0.0, tl.exp(m - shift))
         l = l * corr + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+        v = _load_tile(v_ptr + bh * stride_vb, offs_n, S, stride_vs, offs_dv, EV)
         acc = acc * corr[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         m = m_new
     seen = m > float("-inf")
     out = tl.where(seen[:, None], acc / tl.where(seen, l, 1.0)[:, None], 0.0)
     lse = tl.where(seen, m + tl.log(tl.where(seen, l, 1.0)), float("inf"))
-    tl.store(o_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV))
+    _store_tile(o_ptr + bh * stride_ob, offs_m, L, stride_ol, offs_dv, EV, out)
     tl.store(lse_ptr + bh * L + offs_m, lse, mask=offs_m < L)
 
 
@@ -115,35 +127,26 @@ def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, mask_
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
-                mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-    v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
-                mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
+    k = _load_tile(k_ptr + bh * stride_kb, offs_n, S, stride_ks, offs_d, E)
+    v = _load_tile(v_ptr + bh * stride_vb, offs_n, S, stride_vs, offs_dv, EV)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
     for m0 in range(0, L, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q = tl.load(q_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
-                    mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
-        do = tl.load(do_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
-                     mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
+        q = _load_tile(q_ptr + bh * stride_qb, offs_m, L, stride_ql, offs_d, E)
+        do = _load_tile(do_ptr + bh * stride_ob, offs_m, L, stride_ol, offs_dv, EV)
         lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=float("inf"))
         dd = tl.load(d_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        if HAS_MASK:
-            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
-        keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        # the tile's probabilities, recomputed: exp(-inf - lse) = 0 where masked, and
+        # lse = +inf (rows past L, rows masked from every key) gives 0 across its row
+        p = tl.exp(_scores(q, k, scale, mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml, CAUSAL, HAS_MASK)
+                   - lse[:, None])
         dv += tl.dot(tl.trans(p).to(do.dtype), do).to(tl.float32)
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
         ds = p * (dp - dd[:, None])
         dk += tl.dot(tl.trans(ds).to(q.dtype), q).to(tl.float32) * scale
-    tl.store(dk_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
-             dk.to(dk_ptr.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_d[None, :] < E))
-    tl.store(dv_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
-             dv.to(dv_ptr.dtype.element_ty), mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV))
+    _store_tile(dk_ptr + bh * stride_kb, offs_n, S, stride_ks, offs_d, E, dk)
+    _store_tile(dv_ptr + bh * stride_vb, offs_n, S, stride_vs, offs_dv, EV, dv)
 
 
 @triton.jit
@@ -160,28 +163,20 @@ def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, d_ptr, mask_pt
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)
-    do = tl.load(do_ptr + bh * stride_ob + offs_m[:, None] * stride_ol + offs_dv[None, :],
-                 mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)
+    q = _load_tile(q_ptr + bh * stride_qb, offs_m, L, stride_ql, offs_d, E)
+    do = _load_tile(do_ptr + bh * stride_ob, offs_m, L, stride_ol, offs_dv, EV)
     lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=float("inf"))
     dd = tl.load(d_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for n0 in range(0, S, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = tl.load(k_ptr + bh * stride_kb + offs_n[:, None] * stride_ks + offs_d[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_d[None, :] < E), other=0.0)
-        v = tl.load(v_ptr + bh * stride_vb + offs_n[:, None] * stride_vs + offs_dv[None, :],
-                    mask=(offs_n[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        if HAS_MASK:
-            s += _mask_tile(mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml)
-        keep = (offs_m[:, None] < L) & (offs_n[None, :] < S)
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= offs_m[:, None])
-        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        k = _load_tile(k_ptr + bh * stride_kb, offs_n, S, stride_ks, offs_d, E)
+        v = _load_tile(v_ptr + bh * stride_vb, offs_n, S, stride_vs, offs_dv, EV)
+        # the tile's probabilities, recomputed: exp(-inf - lse) = 0 where masked, and
+        # lse = +inf (rows past L, rows masked from every key) gives 0 across its row
+        p = tl.exp(_scores(q, k, scale, mask_ptr, bh, offs_m, offs_n, L, S, stride_mb, stride_ml, CAUSAL, HAS_MASK)
+                   - lse[:, None])
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
         ds = p * (dp - dd[:, None])
         dq += tl.dot(ds.to(k.dtype), k).to(tl.float32) * scale
-    tl.store(dq_ptr + bh * stride_qb + offs_m[:, None] * stride_ql + offs_d[None, :],
-             dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_d[None, :] < E))
+    _store_tile(dq_ptr + bh * stride_qb, offs_m, L, stride_ql, offs_d, E, dq)
