@@ -237,7 +237,7 @@ class TritonKernels:
         larger than the mask. A mask shared by every batch and head has batch stride 0,
         a key-padding mask (..., 1, S) row stride 0: no L x S copy is made for either."""
         m = xp.asarray(mask)
-        m = xp.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == np.bool_ else m.astype(np.float32)
+        m = xp.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == np.bool_ else m.astype(np.float32, copy=False)
         m = m.reshape((1,) * max(0, 2 - m.ndim) + tuple(m.shape))
         rows, lead = m.shape[-2], tuple(m.shape[:-2])
         if all(n == 1 for n in lead):
@@ -291,7 +291,8 @@ class TritonKernels:
         bh = q3.shape[0]
         lse2 = xp.ascontiguousarray(lse.reshape(bh, L), dtype=np.float32)
         # D = rowsum(dO * O), once (read 2 L Ev, write L)
-        dd = xp.ascontiguousarray(xp.sum(xp.multiply(g3.astype(np.float32), out.reshape(bh, L, EV).astype(np.float32)),
+        dd = xp.ascontiguousarray(xp.sum(xp.multiply(g3.astype(np.float32, copy=False),
+                                                     out.reshape(bh, L, EV).astype(np.float32, copy=False)),
                                          axis=-1), dtype=np.float32)
         dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
         args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, mk[1], mk[2], float(scale))
