@@ -24,5 +24,6 @@ from . import schedule, linalg
 from .serialization import save, load
 from .providers import set_kernels, get_kernels, set_float32_matmul_precision, get_float32_matmul_precision
 from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
+from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
 
 __version__ = "0.1.0"

@@ -161,9 +161,11 @@ def namespace_of(a):
     module = type(a).__module__
     if module.startswith("cupy"):
         return _cupy_namespace()
-    return numpy_ns
+    xp = getattr(a, "_xp", None)        # a Tracer of gpuad.compile records into its trace
+    return numpy_ns if xp is None else xp
 
 
 def device_of(a):
     """'cpu' for numpy arrays, 'cuda' for cupy arrays."""
-    return "cpu" if namespace_of(a) is numpy_ns else "cuda"
+    xp = namespace_of(a)
+    return "cpu" if xp is numpy_ns else getattr(xp, "device", "cuda")

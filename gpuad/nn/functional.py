@@ -130,13 +130,27 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         raise ValueError(f"gpuad.cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
                          f"shape {logits.shape} (expected ({logits.shape[0]},))")
     ignored = t == ignore_index
-    valid = t[~ignored]
-    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
-        raise ValueError(f"gpuad.cross_entropy: targets must lie in [0, {c}) (or be ignore_index="
-                         f"{ignore_index}), got values from {int(valid.min())} to {int(valid.max())}")
-    if weight is None and not label_smoothing and not ignored.any():
+    if _traced(t):          # gpuad.compile: the values are unknown; the replay checks what this assumes
+        none_ignored = weight is None and not label_smoothing and _assume_none(ignored, "a target equals ignore_index")
+    else:
+        valid = t[~ignored]
+        if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
+            raise ValueError(f"gpuad.cross_entropy: targets must lie in [0, {c}) (or be ignore_index="
+                             f"{ignore_index}), got values from {int(valid.min())} to {int(valid.max())}")
+        none_ignored = not ignored.any()
+    if weight is None and not label_smoothing and none_ignored:
         return apply(N.cross_entropy, (logits, t), {"reduction": reduction} if reduction != "mean" else None)
     return _indexed_cross_entropy(logits, t, ignored, weight, reduction, label_smoothing)
+
+
+def _traced(a):
+    return getattr(a, "_xp", None) is not None
+
+
+def _assume_none(mask, what):
+    """While tracing: take the branch for an all-False mask, and have the replay check it."""
+    from ..compiler.trace import assume_none
+    return assume_none(mask, what)
 
 
 def _indexed_cross_entropy(logits, t, ignored, weight, reduction, eps):

@@ -122,7 +122,8 @@ class Optimizer:
         self.state = {}
         for i, st in state_dict["state"].items():
             p = params[int(i)]
-            self.state[p] = {k: (np.array(v.data if isinstance(v, Tensor) else v, dtype=p.data.dtype)
+            self.state[p] = {k: (np.array(v.data if isinstance(v, Tensor) else v,
+                                          dtype=np.float64 if k == "step" else p.data.dtype)
                                  if hasattr(v, "shape") else v) for k, v in st.items()}
         for mine, theirs in zip(self.param_groups, groups):
             for k, v in theirs.items():
@@ -160,7 +161,7 @@ class SGD(Optimizer):
         if momentum:
             buf = st.get("momentum_buffer")
             if buf is None:
-                buf = st["momentum_buffer"] = np.array(d, copy=True)
+                buf = st["momentum_buffer"] = d.copy()
             else:
                 buf *= momentum
                 buf += (1.0 - group["dampening"]) * d
@@ -192,9 +193,13 @@ class Adam(Optimizer):
     def _adam(w, g, group, st):
         b1, b2 = group["betas"]
         if not st:
-            st.update(step=0, exp_avg=np.zeros_like(w), exp_avg_sq=np.zeros_like(w))
+            # the step count is a 0-d float64 array (torch keeps a tensor too), updated in
+            # place, so a compiled step reads it at each replay instead of baking it in
+            st.update(step=np.zeros_like(w, np.float64, shape=()), exp_avg=np.zeros_like(w), exp_avg_sq=np.zeros_like(w))
             if group["amsgrad"]:
                 st["max_exp_avg_sq"] = np.zeros_like(w)
+        elif not hasattr(st["step"], "shape"):
+            st["step"] = np.array(st["step"], np.float64)     # a state saved with a Python int
         st["step"] += 1
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
         m *= b1
@@ -204,8 +209,9 @@ class Adam(Optimizer):
         if group["amsgrad"]:
             np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
             v = st["max_exp_avg_sq"]
-        step_size = group["lr"] / (1 - b1 ** t)
-        denom = (v ** 0.5) / math.sqrt(1 - b2 ** t) + group["eps"]
+        # the bias corrections in float64, then to w's dtype: what a Python float does
+        step_size = (group["lr"] / (1 - b1 ** t)).astype(w.dtype)
+        denom = (v ** 0.5) / np.sqrt(1 - b2 ** t).astype(w.dtype) + group["eps"]
         w -= step_size * (m / denom)
 
 

@@ -1,0 +1,11 @@
+"""gpuad.compile: a tracing compiler for whole training steps.
+
+The flow, one module each: trace (record a step's array ops on shapes) ->
+capture (what the step reads and writes) -> ir (the SSA graph) -> passes
+(dce, cse, fold, fuse, remat, buffers) -> codegen (straight-line Python over
+a preallocated arena) -> pipeline (run it and put results back) -> api.
+"""
+from .api import Compiled, CompileWarning, compile
+from .trace import TraceError
+
+__all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]

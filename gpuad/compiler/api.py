@@ -1,0 +1,145 @@
+"""gpuad.compile: trace a step once, optimize its graph, plan its buffers, replay.
+
+>>> import gpuad
+>>> w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+>>> opt = gpuad.optim.SGD([w], lr=0.1)
+>>> @gpuad.compile
+... def step(x):
+...     opt.zero_grad()
+...     loss = (w * x).sum()
+...     loss.backward()
+...     opt.step()
+...     return loss
+>>> float(step(gpuad.tensor([1.0, 1.0]))), w.tolist()
+(3.0, [0.8999999761581543, 1.899999976158142])
+>>> float(step(gpuad.tensor([1.0, 1.0]))), w.tolist()     # a replay
+(2.799999952316284, [0.7999999523162842, 1.7999999523162842])
+"""
+import functools
+import time
+import warnings
+
+import numpy as np
+
+from ..tensor import Tensor
+from .capture import capture
+from .state import describe_change, discover, guard_key
+from .trace import TraceError
+from . import pipeline
+
+RETRACE_WARN = 8         # warn when one function has traced this many times
+
+
+class CompileWarning(UserWarning):
+    """gpuad.compile retraced often, or fell back to eager."""
+
+
+class Compiled:
+    """A step compiled by gpuad.compile: call it as the function; .graph(*args) prints
+    what it runs, .plan(*args) its buffers."""
+
+    def __init__(self, fn, budget_bytes=None, fallback="error", passes=None):
+        if fallback not in ("error", "eager"):
+            raise ValueError(f"gpuad.compile: fallback must be 'error' or 'eager', got {fallback!r}")
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.budget_bytes = budget_bytes
+        self.fallback = fallback
+        self.passes = passes
+        self.cache = {}
+        self.traces = 0
+        self._last_key = None
+        self.eager_keys = set()
+
+    def _entry(self, args, kwargs):
+        found = discover(self.fn, ())
+        key = guard_key(found, args, kwargs)
+        entry = self.cache.get(key)
+        if entry is None and key not in self.eager_keys:
+            entry = self._trace(key, found, args, kwargs)
+        return entry
+
+    def _trace(self, key, found, args, kwargs):
+        if self._last_key is not None:
+            self.traces += 1
+            if self.traces >= RETRACE_WARN:
+                warnings.warn(f"gpuad.compile: {self.fn.__name__} traced {self.traces + 1} times; the last "
+                              f"change: {describe_change(self._last_key, key)}", CompileWarning, stacklevel=4)
+        self._last_key = key
+        t0 = time.perf_counter()
+        try:
+            cap = capture(self.fn, args, kwargs, found)
+        except TraceError as e:
+            if self.fallback == "error":
+                raise
+            warnings.warn(f"{e}\ngpuad.compile: running {self.fn.__name__} eagerly", CompileWarning, stacklevel=4)
+            self.eager_keys.add(key)
+            return None
+        entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes)
+        entry.compile_seconds = time.perf_counter() - t0
+        self.cache[key] = entry
+        return entry
+
+    def __call__(self, *args, **kwargs):
+        entry = self._entry(args, kwargs)
+        if entry is None:
+            return self.fn(*args, **kwargs)
+        return entry.run(args, kwargs)
+
+    def compiled(self, *args, **kwargs):
+        """The compiled entry these arguments would run (traced if needed)."""
+        entry = self._entry(args, kwargs)
+        if entry is None:
+            raise TraceError(f"gpuad.compile: {self.fn.__name__} runs eagerly for these arguments")
+        return entry
+
+    def graph(self, *args, **kwargs):
+        """The optimized graph these arguments run, as text (one line per op), with its
+        planned peak."""
+        return self.compiled(*args, **kwargs).describe()
+
+    def source(self, *args, **kwargs):
+        """The generated Python of the replay."""
+        return self.compiled(*args, **kwargs).source
+
+
+def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
+    """Compile a training step (or any function of Tensors) into one traced,
+    optimized, buffer-planned replay; usable as a decorator, with or without
+    arguments.
+
+    fn: a PyTorch-style step (forward, loss.backward(), opt.step() in place) or a
+    JAX-style function such as gpuad.value_and_grad(loss_fn). The first call
+    traces it on shapes; later calls with the same shapes, dtypes, parameters and
+    settings replay. budget_bytes: the most bytes the replay may hold at once;
+    values are recomputed to fit. fallback: "error" raises on value-dependent
+    Python (`.item()`, `if t:`), "eager" runs such a step eagerly, with a warning.
+
+    >>> import gpuad
+    >>> f = gpuad.compile(gpuad.value_and_grad(lambda x: (x * x).sum()))
+    >>> v, g = f(gpuad.tensor([1.0, 2.0], requires_grad=True))
+    >>> float(v), g.tolist()
+    (5.0, [2.0, 4.0])
+    """
+    if fn is None:
+        return lambda f: Compiled(f, budget_bytes, fallback, passes)
+    return Compiled(fn, budget_bytes, fallback, passes)
+
+
+def rebuild(result, values):
+    """The step's return value at replay: Tensors around the computed arrays."""
+    kind = result[0]
+    if kind == "T":
+        return Tensor._from(values[result[1].id])
+    if kind == "A":
+        return values[result[1].id]
+    if kind == "py":
+        return result[1]
+    typ, items = result
+    if typ is dict:
+        return {k: rebuild(v, values) for k, v in items.items()}
+    seq = [rebuild(v, values) for v in items]
+    return typ(seq) if typ in (list, tuple) else typ(*seq)
+
+
+__all__ = ["compile", "Compiled", "CompileWarning", "TraceError", "np"]

@@ -1,0 +1,232 @@
+"""Capture: trace one call of a step into a Graph, with how each graph input is
+read at replay and where each output goes.
+
+Before the step runs, every reachable array (the arguments' and parameters'
+.data, gradients, optimizer state) is swapped for a Tracer input; the step
+runs; what the slots hold afterwards are the outputs (an updated parameter,
+a new gradient, new optimizer state); then everything is put back as it was,
+so tracing changes nothing: the first replay computes the first call.
+
+>>> import gpuad
+>>> from gpuad.compiler.capture import capture
+>>> w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+>>> def step(x):
+...     loss = (w * x).sum()
+...     loss.backward()
+...     return loss
+>>> cap = capture(step, (gpuad.tensor([3.0, 4.0]),), {})
+>>> [str(v) for v in cap.graph.inputs], len(cap.writes)
+(['x0', 'p0'], 1)
+"""
+import numpy as np
+
+from ..memory.accounting import accountant
+from ..random import default_generator
+from ..tensor import Tensor
+from .state import DataSlot, GradSlot, ItemSlot, discover
+from .trace import DrawingRNG, Trace, TraceError, Tracer, tracing
+
+
+class Capture:
+    """A traced step: the graph; `reads` (one per graph input: a Slot, an arg path, or a
+    captured array); `result` (the return value with Vars for arrays); `writes`
+    ((slot, Var or None, in_place) per changed slot); `ext_writes` ((array, Var)
+    for captured arrays written in place)."""
+
+    def __init__(self, graph, reads, result, writes, ext_writes):
+        self.graph, self.reads, self.result = graph, reads, result
+        self.writes, self.ext_writes = writes, ext_writes
+
+
+def _arg_tensors(args, path=()):
+    """(path, Tensor) for every Tensor in the arguments (nested lists, tuples, dicts)."""
+    if isinstance(args, Tensor):
+        yield path, args
+    elif isinstance(args, (list, tuple)):
+        for i, a in enumerate(args):
+            yield from _arg_tensors(a, path + (i,))
+    elif isinstance(args, dict):
+        for k, a in args.items():
+            yield from _arg_tensors(a, path + (k,))
+
+
+class ArgSlot(DataSlot):
+    """A Tensor inside the arguments, by its path."""
+
+    def owner(self, args):
+        for k in self.arg:
+            args = args[k]
+        return args
+
+    def __repr__(self):
+        return "arg" + "".join(f"[{k!r}]" for k in self.arg)
+
+
+class ArgGradSlot(ArgSlot, GradSlot):
+    def get(self, args):
+        return GradSlot.get(self, args)
+
+    def set(self, args, value):
+        GradSlot.set(self, args, value)
+
+
+def capture(fn, args, kwargs, found=None):
+    found = discover(fn) if found is None else found
+    tr = Trace()
+    g = tr.graph
+    reads, swapped = [], []
+    tensors = []
+    seen = set()
+    for path, t in _arg_tensors((list(args), dict(kwargs))):
+        seen.add(id(t))
+        tensors.append((ArgSlot(t, path), ArgGradSlot(t, path), t, "x"))
+    for t in found.tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            tensors.append((DataSlot(t), GradSlot(t), t, "p"))
+    snapshot = _snapshot(tensors, found)
+    counters = {}
+
+    def swap_in(slot, arr, prefix):
+        if not isinstance(arr, np.ndarray):
+            if isinstance(arr, Tracer) or hasattr(arr, "shape"):
+                raise TraceError(f"gpuad.compile: {slot} holds a {type(arr).__name__}; compile runs on "
+                                 f"CPU arrays")
+            return None
+        n = counters.get(prefix, 0)
+        counters[prefix] = n + 1
+        tracer = tr.new_input(arr.shape, arr.dtype, f"{prefix}{n}")
+        reads.append(slot)
+        swapped.append((slot, tracer, tracer.var))
+        return tracer
+
+    call_args = (list(args), dict(kwargs))
+    old_acct, accountant.active = accountant.active, None
+    generators = {id(x): (x, x.rng) for x in [default_generator] + found.generators}
+    try:
+        for data_slot, grad_slot, t, prefix in tensors:
+            tracer = swap_in(data_slot, t.data, prefix)
+            if tracer is not None:
+                t.data = tracer
+            if t.grad is not None:
+                gt = swap_in(grad_slot, t.grad.data, "g")
+                if gt is not None:
+                    t.grad = Tensor._from(gt)
+        for st in found.state_dicts:
+            for k, v in list(st.items()):
+                tracer = swap_in(ItemSlot(st, k), v, "s")
+                if tracer is not None:
+                    st[k] = tracer
+        for gen, _ in generators.values():
+            gen.rng = DrawingRNG(tr, gen)
+        with tracing(tr):
+            out = fn(*args, **kwargs)
+        result = _result_tree(tr, out)
+        writes = _writes(tr, swapped, tensors, found, call_args, snapshot)
+    finally:
+        accountant.active = old_acct
+        _restore(snapshot, generators)
+    for arr, v in tr.ext_inputs:
+        reads.append(arr)
+    ext_writes = [(arr, var) for arr, var in tr.external.values() if var is not _input_var(tr, arr)]
+    return Capture(g, reads, result, writes, ext_writes)
+
+
+def _input_var(tr, arr):
+    for a, v in tr.ext_inputs:
+        if a is arr:
+            return v
+    return None
+
+
+def _result_tree(tr, out):
+    """The return value with Tracers (and Tensors holding them) as Vars."""
+    if isinstance(out, Tensor):
+        if not isinstance(out.data, Tracer):
+            raise TraceError("gpuad.compile: the step returned a Tensor it did not compute from "
+                             "its inputs or state; return it from outside the compiled function")
+        return ("T", out.data.var)
+    if isinstance(out, Tracer):
+        return ("A", out.var)
+    if isinstance(out, (list, tuple)):
+        return (type(out), [_result_tree(tr, o) for o in out])
+    if isinstance(out, dict):
+        return (dict, {k: _result_tree(tr, v) for k, v in out.items()})
+    if isinstance(out, (int, float, bool, str, type(None))):
+        return ("py", out)
+    raise TraceError(f"gpuad.compile: the step returned a {type(out).__name__}; return Tensors, "
+                     f"numbers, or lists, tuples and dicts of them")
+
+
+def _writes(tr, swapped, tensors, found, call_args, snapshot):
+    writes = []
+    inputs = {id(s) for s, _, _ in swapped}
+    for slot, tracer, first in swapped:
+        cur = slot.get(call_args)
+        if cur is tracer:
+            if tracer.var is not first:
+                writes.append((slot, tracer.var, True))
+        elif cur is None:
+            writes.append((slot, None, False))
+        elif isinstance(cur, Tracer):
+            writes.append((slot, cur.var, False))
+        else:
+            raise TraceError(f"gpuad.compile: the step stored a {type(cur).__name__} in {slot}")
+    # slots that were empty and now hold a value: new gradients, new optimizer state
+    for data_slot, grad_slot, t, _ in tensors:
+        if id(grad_slot) not in inputs and isinstance(getattr(t.grad, "data", None), Tracer):
+            writes.append((grad_slot, t.grad.data.var, False))
+    old_state = snapshot["state"]
+    for opt in found.optimizers:
+        for p, st in opt.state.items():
+            before = old_state[id(opt)].get(p, (None, {}))[1]
+            for k, v in st.items():
+                if isinstance(v, Tracer):
+                    if k not in before:
+                        writes.append((ItemSlot(_StateEntry(opt, p), k), v.var, False))
+                elif k not in before or (before[k] is not v and not isinstance(v, np.ndarray) and v != before[k]):
+                    raise TraceError(f"gpuad.compile: the optimizer's state {k!r} is a Python value "
+                                     f"that the step changes; a replay cannot follow it")
+    return writes
+
+
+class _StateEntry(dict):
+    """The state dict of parameter p in optimizer opt, created by the first step:
+    at replay, the optimizer's own dict for p (made if missing)."""
+
+    def __init__(self, opt, p):
+        super().__init__()
+        self.opt, self.p = opt, p
+
+    def get(self, key, default=None):
+        return self.opt.state.get(self.p, {}).get(key, default)
+
+    def __setitem__(self, key, value):
+        self.opt.state.setdefault(self.p, {})[key] = value
+
+    def pop(self, key, default=None):
+        return self.opt.state.get(self.p, {}).pop(key, default)
+
+
+def _snapshot(tensors, found):
+    return {"tensors": [(t, t.data, t.grad, t._node) for _, _, t, _ in tensors],
+            "state": {id(opt): {p: (st, dict(st)) for p, st in opt.state.items()} for opt in found.optimizers},
+            "optimizers": found.optimizers,
+            "modes": [(m, m.training) for m in found.modules]}
+
+
+def _restore(snapshot, generators):
+    for t, data, grad, node in snapshot["tensors"]:
+        t.data, t.grad, t._node = data, grad, node
+    for opt in snapshot["optimizers"]:
+        saved = snapshot["state"][id(opt)]
+        opt.state = {p: st for p, (st, _) in saved.items()}
+        for st, items in saved.values():
+            st.clear()
+            st.update(items)
+    for gen, rng in generators.values():
+        gen.rng = rng
+    for m, mode in snapshot["modes"]:
+        object.__setattr__(m, "training", mode)
+
+

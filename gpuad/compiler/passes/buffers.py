@@ -1,0 +1,221 @@
+"""Static buffer assignment: lifetimes, then offsets in one arena per dtype.
+
+A value computed by an op that can write into a given buffer (`out=`: ufuncs,
+matmul, reductions, fused groups) gets a place in its dtype's arena, fixed
+before anything runs: best fit among the free blocks, or the same place as an
+input of the same size that dies at this op when the op is elementwise (in
+place). Views (reshape, transpose, slices) live in their base's buffer and
+keep it alive. The rest (graph outputs, which outlive the replay, and ops
+without out=) are allocated by numpy when computed and freed at their last
+use: the plan counts them too, so the peak of a replay is known before it runs:
+
+    peak = arena bytes + fused groups' scratch + the most dynamic bytes live at once
+
+>>> import numpy as np
+>>> from gpuad.compiler.ir import Graph
+>>> from gpuad.compiler.passes import buffers
+>>> g = Graph(); x = g.input((1000,), np.float32, "x")
+>>> a = g.add_eqn("exp", (x,), {}, (1000,), np.float32)
+>>> b = g.add_eqn("sin", (a,), {}, (1000,), np.float32)      # a dies here: b takes its place
+>>> g.outputs = [g.add_eqn("sum", (b,), {}, (), np.float32)]
+>>> p = buffers.plan(g)
+>>> p.arena_bytes, p.offsets[a.id] == p.offsets[b.id], p.peak_bytes
+(4000, True, 4004)
+"""
+import numpy as np
+
+from ..ir import iter_vars
+
+ALIGN = 64              # bytes: every buffer starts on a cache line
+_REDUCE = {"sum", "max", "min", "amax", "amin", "mean"}
+
+
+def _ufunc(prim):
+    f = getattr(np, prim, None)
+    return isinstance(f, np.ufunc) and f.nout == 1
+
+
+def writes_out(e):
+    """Can this equation compute into a buffer it is given?"""
+    if e.view or len(e.outs) != 1 and e.prim != "fused":
+        return False
+    if e.prim == "fused":
+        return True
+    if e.prim in _REDUCE:
+        return "dtype" not in e.params
+    return _ufunc(e.prim) and e.prim != "matmul" or (e.prim == "matmul" and len(e.out.shape) >= 1)
+
+
+def elementwise(e):
+    return e.prim == "fused" or (_ufunc(e.prim) and e.prim != "matmul")
+
+
+def roots(graph):
+    """var id -> the var whose buffer it uses (itself, or what it views)."""
+    root = {}
+    for e in graph.eqns:
+        if e.view:
+            src = next(iter(v for v in iter_vars(e.args)), None)
+            for o in e.outs:
+                root[o.id] = root.get(src.id, src) if src is not None else o
+    return root
+
+
+def lifetimes(graph):
+    """(first, last): eqn indices where each buffer-owning var is made and last read
+    (through any view of it); graph outputs and what they view live to the end."""
+    root = roots(graph)
+    end = len(graph.eqns)
+    first, last = {}, {}
+    for i, e in enumerate(graph.eqns):
+        for o in e.outs:
+            if o.id not in root:
+                first[o.id] = i
+                last[o.id] = i
+        for v in e.invars():
+            r = root.get(v.id, v)
+            last[r.id] = max(last.get(r.id, i), i)
+    for v in iter_vars(graph.outputs):
+        r = root.get(v.id, v)
+        last[r.id] = end
+    return first, last, root
+
+
+class Plan:
+    """Offsets (per dtype, in bytes) for planned values; sizes and lifetimes for the rest."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.offsets = {}           # var id -> byte offset in its dtype's arena
+        self.arenas = {}            # dtype str -> bytes
+        self.planned = {}           # var id -> Var
+        self.dynamic_peak = 0
+        self.scratch_bytes = 0
+        self.inplace = 0
+        self.views = {}
+
+    @property
+    def arena_bytes(self):
+        return sum(self.arenas.values())
+
+    @property
+    def peak_bytes(self):
+        return self.arena_bytes + self.scratch_bytes + self.dynamic_peak
+
+    def allocate(self):
+        """The arenas (allocated once, here) and each planned value's view of them."""
+        arenas = {dt: np.empty(n, np.uint8) for dt, n in self.arenas.items()}
+        for vid, v in self.planned.items():
+            off = self.offsets[vid]
+            self.views[vid] = arenas[v.dtype.str][off:off + v.nbytes].view(v.dtype).reshape(v.shape)
+        return arenas
+
+    def emits(self, e):
+        return any(o.id in self.views for o in e.outs)
+
+    def emit(self, e, names):
+        from ..codegen import call_src
+        if e.prim == "fused":
+            outs = "(" + "".join((names.const(self.views[o.id], "b") if o.id in self.views else "None") + ", "
+                                 for o in e.outs) + ")"
+            return [f"{', '.join(o.name for o in e.outs)}, = {call_src(e, names, outs)}"]
+        return [f"{e.out.name} = {call_src(e, names, names.const(self.views[e.out.id], 'b'))}"]
+
+    def summary(self):
+        arenas = ", ".join(f"{np.dtype(dt).name} {n:,} B" for dt, n in self.arenas.items()) or "none"
+        return (f"# planned peak {self.peak_bytes:,} B = arenas ({arenas}) + scratch {self.scratch_bytes:,} B "
+                f"+ dynamic peak {self.dynamic_peak:,} B; {len(self.planned)} values planned, "
+                f"{self.inplace} in place")
+
+
+class _Free:
+    """Free blocks of one arena: best fit, coalescing, grows at the end."""
+
+    def __init__(self):
+        self.blocks = []            # (offset, size), sorted by offset
+        self.top = 0
+
+    def take(self, n):
+        best = None
+        for i, (off, size) in enumerate(self.blocks):
+            if size >= n and (best is None or size < self.blocks[best][1]):
+                best = i
+        if best is None:
+            if self.blocks and self.blocks[-1][0] + self.blocks[-1][1] == self.top:
+                off, size = self.blocks.pop()       # extend the last free block
+                self.top = off + n
+                return off
+            off, self.top = self.top, self.top + n
+            return off
+        off, size = self.blocks[best]
+        if size == n:
+            self.blocks.pop(best)
+        else:
+            self.blocks[best] = (off + n, size - n)
+        return off
+
+    def give(self, off, n):
+        self.blocks.append((off, n))
+        self.blocks.sort()
+        merged = []
+        for o, s in self.blocks:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.blocks = merged
+
+
+def _aligned(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def plan(graph):
+    """The static plan of `graph` (see the module's docstring)."""
+    p = Plan(graph)
+    first, last, root = lifetimes(graph)
+    outputs = {v.id for v in iter_vars(graph.outputs)}
+    inputs = {v.id for v in graph.inputs}
+    free = {}
+    size = {}
+    dying_at = {}
+    for vid, i in last.items():
+        dying_at.setdefault(i, []).append(vid)
+    dynamic = {}
+    live_dynamic = 0
+    for i, e in enumerate(graph.eqns):
+        dead_here = [vid for vid in dying_at.get(i, ()) if vid not in inputs]
+        for o in e.outs:
+            if o.id in root:
+                continue
+            if writes_out(e) and o.id not in outputs and o.nbytes > 0:
+                arena = free.setdefault(o.dtype.str, _Free())
+                n = _aligned(o.nbytes)
+                reuse = None
+                if elementwise(e) and len(e.outs) == 1:
+                    for v in e.invars():
+                        if (v.id in dead_here and v.id in p.offsets and size[v.id] == n
+                                and p.planned[v.id].dtype == o.dtype and p.planned[v.id].shape == o.shape):
+                            reuse = v.id
+                            break
+                if reuse is not None:
+                    p.offsets[o.id] = p.offsets[reuse]
+                    dead_here.remove(reuse)
+                    p.inplace += 1
+                else:
+                    p.offsets[o.id] = arena.take(n)
+                size[o.id] = n
+                p.planned[o.id] = o
+            else:
+                dynamic[o.id] = o.nbytes
+                live_dynamic += o.nbytes
+        if e.prim == "fused":
+            p.scratch_bytes += e.params["kernel"].value.scratch_bytes
+        p.dynamic_peak = max(p.dynamic_peak, live_dynamic)
+        for vid in dead_here:
+            if vid in p.offsets:
+                free[p.planned[vid].dtype.str].give(p.offsets[vid], size[vid])
+            elif vid in dynamic:
+                live_dynamic -= dynamic.pop(vid)
+    p.arenas = {dt: f.top for dt, f in free.items() if f.top}
+    return p

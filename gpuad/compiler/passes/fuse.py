@@ -1,0 +1,5 @@
+"""Elementwise fusion (filled in below)."""
+
+
+def run(graph):
+    return graph

@@ -1,0 +1,107 @@
+"""From a captured step to something to run: the passes in order, the buffer
+plan, the generated replay, and how its results go back where the step put them.
+
+    capture -> dce -> cse -> fold -> dce -> fuse -> [remat] -> buffers -> codegen
+
+>>> import gpuad
+>>> from gpuad.compiler.capture import capture
+>>> from gpuad.compiler.pipeline import build
+>>> x = gpuad.tensor([1.0, 2.0])
+>>> entry = build(capture(lambda x: (x * 2 + 0 * x).sum(), (x,), {}))
+>>> float(entry.run((x,), {}))
+6.0
+"""
+import numpy as np
+
+from .ir import iter_vars
+from .state import Slot
+from . import codegen
+from .passes import buffers, cse, dce, fold, fuse, remat
+
+DEFAULT_PASSES = ("dce", "cse", "fold", "dce", "fuse")
+PASSES = {"dce": dce.run, "cse": cse.run, "fold": fold.run, "fuse": fuse.run}
+
+
+class Entry:
+    """One compiled trace: reads its inputs from the call, runs the generated
+    replay, puts results back (in place into arrays the step updated in place)."""
+
+    def __init__(self, cap, graph, plan, fn, source):
+        self.cap, self.graph, self.plan, self.fn, self.source = cap, graph, plan, fn, source
+        self.arena = plan.arenas_allocated if plan is not None else None
+        self.compile_seconds = 0.0
+
+    def run(self, args, kwargs):
+        from .api import rebuild
+        call = (list(args), dict(kwargs))
+        inputs = [r.get(call) if isinstance(r, Slot) else r for r in self.cap.reads]
+        for v, a in zip(self.graph.inputs, inputs):
+            if a is None or tuple(a.shape) != v.shape:
+                raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
+        outs = self.fn(inputs)
+        values = dict(zip(self.out_ids, outs))
+        for slot, var, in_place in self.cap.writes:
+            if var is None:
+                slot.set(call, None)
+            elif in_place:
+                target = slot.get(call)
+                value = values[var.id]
+                if value is not target:
+                    np.copyto(target, value)
+            else:
+                slot.set(call, _own(values[var.id], self.arena))
+        for arr, var in self.cap.ext_writes:
+            if values[var.id] is not arr:
+                np.copyto(arr, values[var.id])
+        return rebuild(self.cap.result, {k: _own(v, self.arena) for k, v in values.items()})
+
+    def describe(self):
+        text = str(self.graph)
+        if self.plan is not None:
+            text += "\n" + self.plan.summary()
+        return text
+
+
+def _own(a, arena):
+    """A result that lives in the arena is copied out: the next replay reuses it."""
+    if arena is not None and isinstance(a, np.ndarray) and any(np.shares_memory(a, b) for b in arena.values()):
+        return a.copy()
+    return np.asarray(a) if not isinstance(a, np.ndarray) else a
+
+
+def outputs_of(cap):
+    """Every Var the replay must hand back: the return value's, then the writes'."""
+    outs = []
+    seen = set()
+    for v in iter_vars(_result_vars(cap.result)) + [v for _, v, _ in cap.writes if v is not None] + \
+            [v for _, v in cap.ext_writes]:
+        if v.id not in seen:
+            seen.add(v.id)
+            outs.append(v)
+    return outs
+
+
+def _result_vars(result):
+    kind = result[0]
+    if kind in ("T", "A"):
+        return [result[1]]
+    if kind == "py":
+        return []
+    items = result[1]
+    return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
+
+
+def build(cap, budget_bytes=None, passes=None):
+    graph = cap.graph.copy()
+    graph.outputs = outputs_of(cap)
+    out_ids = [v.id for v in graph.outputs]
+    for name in (DEFAULT_PASSES if passes is None else passes):
+        graph = PASSES[name](graph)
+    if budget_bytes is not None:
+        graph = remat.run(graph, budget_bytes)
+    plan = buffers.plan(graph)
+    plan.arenas_allocated = plan.allocate()
+    fn, source = codegen.generate(graph, plan)
+    entry = Entry(cap, graph, plan, fn, source)
+    entry.out_ids = out_ids
+    return entry

@@ -1,0 +1,225 @@
+"""What a step reads and writes besides its arguments: parameters, their
+gradients, optimizer state, modules' training flags.
+
+A PyTorch-style step closes over its model and optimizer, so the compiler
+finds them the way the step would: from the function's closure, its defaults
+and the globals it names (and, through gpuad's own wrappers such as
+value_and_grad, the function they wrap). Every array found is a Slot: where it
+lives (a Tensor's .data, a Tensor's .grad, an entry of an optimizer's state)
+and so how the replay reads it and writes it back. Their identities, shapes
+and settings are the cache key: a change retraces.
+
+>>> import gpuad
+>>> from gpuad.compiler.state import discover
+>>> lin = gpuad.nn.Linear(3, 2)
+>>> step = lambda x: lin(x).sum()
+>>> found = discover(step)
+>>> sorted(t.shape for t in found.tensors)
+[(2,), (2, 3)]
+"""
+import types
+
+import numpy as np
+
+from ..tensor import Tensor
+
+
+class Found:
+    """Tensors, modules, optimizers and optimizer-state dicts reachable from a step."""
+
+    def __init__(self):
+        self.tensors = []
+        self.modules = []
+        self.optimizers = []
+        self.state_dicts = []       # the per-parameter dicts of optimizer state
+        self.generators = []
+        self._seen = set()
+
+
+def discover(fn, extra=()):
+    """Everything the step `fn` can reach that holds arrays or settings."""
+    from ..nn.modules import Module
+    from ..optim import Optimizer
+    from ..random import Generator
+    found = Found()
+    stack = [fn, *extra]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in found._seen or obj is None or isinstance(obj, (int, float, str, bool, bytes, type,
+                                                                        types.ModuleType, np.ndarray)):
+            continue
+        found._seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            found.tensors.append(obj)
+            if obj.grad is not None:
+                stack.append(obj.grad)
+        elif isinstance(obj, Module):
+            found.modules.append(obj)
+            stack.extend(reversed(list(vars(obj).values())))
+        elif isinstance(obj, Optimizer):
+            found.optimizers.append(obj)
+            for group in obj.param_groups:
+                stack.extend(group["params"])
+            for st in obj.state.values():
+                found.state_dicts.append(st)
+        elif isinstance(obj, Generator):
+            found.generators.append(obj)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (types.FunctionType, types.MethodType)) or hasattr(obj, "__wrapped__"):
+            _function_refs(obj, stack)
+        elif hasattr(obj, "__dict__") and not callable(obj):
+            stack.extend(vars(obj).values())           # a plain object holding a model
+        elif callable(obj) and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return found
+
+
+def _function_refs(fn, stack):
+    if isinstance(fn, types.MethodType):
+        stack.append(fn.__self__)
+        fn = fn.__func__
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None:
+        stack.append(wrapped)
+    if not isinstance(fn, types.FunctionType):
+        return
+    for cell in fn.__closure__ or ():
+        try:
+            stack.append(cell.cell_contents)
+        except ValueError:          # an empty cell
+            pass
+    stack.extend(fn.__defaults__ or ())
+    stack.extend((fn.__kwdefaults__ or {}).values())
+    if (fn.__module__ or "").startswith("gpuad."):
+        return                      # gpuad's own wrappers: their closure holds the user's function
+    g = fn.__globals__
+    for name in _names(fn.__code__):
+        if name in g:
+            stack.append(g[name])
+
+
+def _names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names(c)
+    return names
+
+
+# -- slots: where an array lives, how the replay reads and writes it ------------
+
+class Slot:
+    """An array the step reads or writes, outside its arguments."""
+
+    def get(self, args):
+        raise NotImplementedError
+
+    def set(self, args, value):
+        raise NotImplementedError
+
+
+class DataSlot(Slot):
+    """A Tensor's .data; `arg` is the argument's position when the Tensor was passed in."""
+
+    def __init__(self, tensor, arg=None):
+        self.tensor, self.arg = tensor, arg
+
+    def owner(self, args):
+        return self.tensor if self.arg is None else args[self.arg]
+
+    def get(self, args):
+        return self.owner(args).data
+
+    def set(self, args, value):
+        self.owner(args).data = value
+
+    def __repr__(self):
+        return f"data{tuple(self.tensor.shape)}" if self.arg is None else f"arg{self.arg}"
+
+
+class GradSlot(DataSlot):
+    """A Tensor's .grad (None or a Tensor)."""
+
+    def get(self, args):
+        g = self.owner(args).grad
+        return None if g is None else g.data
+
+    def set(self, args, value):
+        self.owner(args).grad = None if value is None else Tensor._from(value)
+
+    def __repr__(self):
+        return "grad" + DataSlot.__repr__(self)
+
+
+class ItemSlot(Slot):
+    """An entry of a dict: an optimizer's state for one parameter."""
+
+    def __init__(self, d, key):
+        self.d, self.key = d, key
+
+    def get(self, args):
+        return self.d.get(self.key)
+
+    def set(self, args, value):
+        if value is None:
+            self.d.pop(self.key, None)
+        else:
+            self.d[self.key] = value
+
+    def __repr__(self):
+        return f"state[{self.key!r}]"
+
+
+def _abstract_key(a):
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray) or hasattr(a, "shape"):
+        return (tuple(a.shape), str(a.dtype))
+    return ("py", a)
+
+
+def guard_key(found, args, kwargs):
+    """What a replay assumes: each argument's shape, dtype and requires_grad (Python
+    values by value), the identity, shape and gradient of each reachable Tensor,
+    modules' training flags, optimizers' settings and the shape of their state."""
+    from .trace import Tracer
+    key = [tuple(_arg_key(a) for a in args), tuple(sorted((k, _arg_key(v)) for k, v in kwargs.items()))]
+    key.append(tuple((id(t), _abstract_key(t.data), t.requires_grad, _abstract_key(t.grad.data)
+                      if t.grad is not None else None) for t in found.tensors))
+    key.append(tuple(m.training for m in found.modules))
+    for opt in found.optimizers:
+        key.append(tuple(tuple(sorted((k, _setting(v)) for k, v in g.items() if k != "params"))
+                         for g in opt.param_groups))
+        key.append(tuple((id(p), tuple(sorted((k, _abstract_key(v)) for k, v in st.items())))
+                         for p, st in opt.state.items()))
+    assert not any(isinstance(t.data, Tracer) for t in found.tensors)
+    return tuple(key)
+
+
+def _setting(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _arg_key(a):
+    if isinstance(a, Tensor):
+        return ("T", tuple(a.shape), str(a.dtype), a.requires_grad)
+    if isinstance(a, np.ndarray):
+        return ("A", a.shape, str(a.dtype))
+    if isinstance(a, (list, tuple)):
+        return (type(a).__name__,) + tuple(_arg_key(x) for x in a)
+    if isinstance(a, dict):
+        return ("dict",) + tuple(sorted((k, _arg_key(v)) for k, v in a.items()))
+    return ("py", type(a).__name__, a)
+
+
+def describe_change(old, new):
+    """Which part of the guard key changed, in words (for the retrace warning)."""
+    parts = ("argument shapes or dtypes", "keyword arguments", "tensors' identity, shape or gradient",
+             "a module's training mode", "an optimizer's settings", "an optimizer's state")
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            return parts[min(i, 4) if i < 4 else 4 + (i - 4) % 2]
+    return "the set of reachable tensors" if len(old) != len(new) else "nothing"

@@ -1,0 +1,464 @@
+"""Tracing: run a step once on Tracers (shapes and dtypes only) and record every
+array operation it performs into a Graph.
+
+The whole engine already speaks one vocabulary, `xp` (numpy's names plus a few
+extras), in every forward, every VJP, the gradient accumulation and the
+optimizers. So tracing needs no second copy of any op: a Tracer is an
+AbstractArray (gpuad.ops.abstract, the declarations' shape-and-dtype rules)
+whose namespace records each call before computing its shape. What the step
+does with Tensors, autograd and in-place updates all arrives here as `xp`
+calls, numpy ufuncs on Tracers (`__array_ufunc__`) or numpy functions
+(`__array_function__`).
+
+In-place writes (`out=`, `+=`, `copyto`, `x[i] = v`) are recorded as new SSA
+values; the Tracer object is rebound to the newest one, so every Python
+reference to it (a parameter's `.data`, an optimizer's state) sees the update,
+as numpy's in-place semantics promise.
+
+Values a trace cannot know (`.item()`, `bool(t)`, `.numpy()`) raise TraceError
+naming the user's line.
+
+>>> import numpy as np
+>>> from gpuad.compiler.trace import Trace
+>>> tr = Trace()
+>>> x = tr.new_input((2, 3), np.float32, "x")
+>>> y = (x * 2.0).sum(axis=1)
+>>> print(tr.graph.eqns[-1])
+v3:f32[2] = sum v2 axis=1
+"""
+import contextlib
+import os
+import traceback
+
+import numpy as np
+
+from ..ops.abstract import AbstractArray, abstract_ns
+from .ir import Eqn, Graph, Literal
+
+
+class TraceError(RuntimeError):
+    """The step did something a trace of shapes cannot follow (a value-dependent branch)."""
+
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_line():
+    """'file:line: code' of the innermost frame outside gpuad (what the user wrote)."""
+    for frame in reversed(traceback.extract_stack()):
+        if not os.path.abspath(frame.filename).startswith(_PKG):
+            return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+    return "<unknown>"
+
+
+_active = []        # the Trace running now (one at a time)
+
+
+def active():
+    return _active[-1] if _active else None
+
+
+def _dummy(a):
+    """A zero-stride stand-in for an abstract array: numpy can run on it without
+    its bytes (used for shape rules the abstract namespace does not spell)."""
+    if isinstance(a, AbstractArray):
+        return np.broadcast_to(np.zeros((), a.dtype), a.shape)
+    return a
+
+
+def _tree(x, fn):
+    if isinstance(x, tuple):
+        return tuple(_tree(t, fn) for t in x)
+    if isinstance(x, list):
+        return [_tree(t, fn) for t in x]
+    if isinstance(x, dict):
+        return {k: _tree(v, fn) for k, v in x.items()}
+    return fn(x)
+
+
+def _is_tracer_tree(x):
+    return isinstance(x, Tracer) or (isinstance(x, (tuple, list)) and any(_is_tracer_tree(t) for t in x))
+
+
+class Trace:
+    """One tracing run: the graph being built, the arrays lifted into it, and the
+    random draws (so a checkpoint's replay of a draw is the same value)."""
+
+    def __init__(self):
+        self.graph = Graph()
+        self.ns = TracingNamespace(self)
+        self.external = {}      # id(real array) -> (array, its current Var)
+        self.ext_inputs = []    # (array, Var) in order of first use: captured by reference
+        self.draws = []         # (kind, shape, dtype, Tracer) per random draw, in order
+        self.draw_pos = 0
+
+    # -- values ------------------------------------------------------------------
+
+    def new_input(self, shape, dtype, name=None):
+        return Tracer(self, self.graph.input(shape, dtype, name))
+
+    def lift(self, x):
+        """The IR operand for a Python value: a Var for arrays, the value for the rest."""
+        if isinstance(x, Tracer):
+            if x.trace is not self:
+                raise TraceError("gpuad.compile: a Tracer from another trace leaked into this one")
+            return x.var
+        if isinstance(x, np.ndarray):
+            known = self.external.get(id(x))
+            if known is None:
+                # an array the step reads but did not make and that is not discovered state
+                # (a constant, a mask built with numpy): captured by reference, read at each replay
+                v = self.graph.input(x.shape, x.dtype, f"k{len(self.ext_inputs)}")
+                known = self.external[id(x)] = [x, v]
+                self.ext_inputs.append((x, v))
+            return known[1]
+        if isinstance(x, (tuple, list, dict)):
+            return _tree(x, self.lift)
+        if isinstance(x, slice):
+            return slice(self.lift(x.start), self.lift(x.stop), self.lift(x.step))
+        if isinstance(x, (np.dtype, type)) or not isinstance(x, (int, float, bool, complex, str, type(None),
+                                                                  type(Ellipsis), np.generic)):
+            return Literal(x, None)
+        return x
+
+    def write(self, out, var):
+        """An in-place write of `var` into `out` (a Tracer, or a real array read by reference)."""
+        if var.dtype != np.dtype(out.dtype):
+            var = self.graph.add_eqn("astype", (var, np.dtype(out.dtype)), {}, var.shape, out.dtype)
+        if tuple(var.shape) != tuple(out.shape):
+            var = self.graph.add_eqn("broadcast_copy", (var, tuple(out.shape)), {}, out.shape, out.dtype)
+        if isinstance(out, Tracer):
+            if out.base is not None:
+                raise TraceError(f"gpuad.compile: an in-place write into a view (of shape {out.shape}) "
+                                 f"is not supported; write into the whole array\n  at {user_line()}")
+            out.var = var
+            return out
+        if isinstance(out, np.ndarray):
+            self.lift(out)
+            self.external[id(out)][1] = var
+            return out
+        raise TraceError(f"gpuad.compile: cannot write into {type(out).__name__}")
+
+    # -- recording ---------------------------------------------------------------
+
+    def call(self, prim, args, kw):
+        out = kw.pop("out", None)
+        if isinstance(out, tuple):
+            if len(out) != 1:
+                raise TraceError(f"gpuad.compile: {prim} with several out= arrays")
+            out = out[0]
+        aval = self._aval(prim, args, kw)
+        if isinstance(aval, Tracer) and any(aval is a for a in args):
+            result = aval                       # astype to its own dtype, asarray: the input itself
+        elif isinstance(aval, AbstractArray):
+            view = aval.base is not None
+            var = self.graph.add_eqn(prim, self.lift(args), self.lift(kw), aval.shape, aval.dtype, view)
+            result = Tracer(self, var, base=self._root_of(args) if view else None)
+        elif isinstance(aval, (tuple, list)) and all(isinstance(a, AbstractArray) for a in aval):
+            outs = [self.graph.new_var(a.shape, a.dtype) for a in aval]
+            self.graph.eqns.append(Eqn(prim, self.lift(args), self.lift(kw), outs))
+            return type(aval)(Tracer(self, v) for v in outs)
+        else:
+            raise TraceError(f"gpuad.compile: {prim} gives {type(aval).__name__}, not an array\n"
+                             f"  at {user_line()}")
+        if out is not None:
+            return self.write(out, result.var)
+        return result
+
+    @staticmethod
+    def _root_of(args):
+        for a in args:
+            if isinstance(a, Tracer):
+                return a.base if a.base is not None else a
+        return None
+
+    def _aval(self, prim, args, kw):
+        rule = getattr(abstract_ns, prim, None) if "." not in prim else None
+        if rule is not None:
+            try:
+                return rule(*args, **kw)
+            except TypeError:
+                pass            # a keyword the abstract rule does not spell: run numpy on stand-ins
+        fn = resolve(prim)
+        dummies = _tree(args, _dummy)
+        res = fn(*dummies, **_tree(kw, _dummy))
+
+        def wrap(r):
+            if not hasattr(r, "shape"):
+                return r
+            r = np.asarray(r)
+            is_view = any(isinstance(d, np.ndarray) and np.may_share_memory(r, d)
+                          for d in _flat(dummies) if getattr(d, "size", 0))
+            return AbstractArray(r.shape, r.dtype, base=self._root_of(args) if is_view else None)
+        return tuple(wrap(r) for r in res) if isinstance(res, tuple) else wrap(res)
+
+    # -- random draws ------------------------------------------------------------
+
+    def draw(self, kind, shape, dtype, args):
+        """A draw from gpuad's generator: the k-th draw after a restore is the k-th
+        draw recorded after that state (a checkpoint's recompute sees its mask again)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if self.draw_pos < len(self.draws):
+            k, s, d, t = self.draws[self.draw_pos]
+            if (k, s) != (kind, shape):
+                raise TraceError("gpuad.compile: a generator state was restored and the draws that "
+                                 "followed differ from the first ones")
+            self.draw_pos += 1
+            return t
+        var = self.graph.add_eqn("random_draw", (kind, shape) + tuple(args), {}, shape, dtype)
+        t = Tracer(self, var)
+        self.draws.append((kind, shape, dtype, t))
+        self.draw_pos += 1
+        return t
+
+
+class GuardError(RuntimeError):
+    """A replay met a value its trace assumed otherwise (gpuad.compile retraces or falls back)."""
+
+
+def assume_none(mask, what):
+    """While tracing: assume `mask` is all False (so the caller takes that branch) and
+    record a check that the replay makes, raising GuardError naming `what`."""
+    tr = mask.trace
+    tr.graph.add_eqn("check_none", (mask.var, f"{what} ({user_line()})"), {}, (), np.bool_)
+    return True
+
+
+def check_none(mask, what):
+    if mask.any():
+        raise GuardError(f"gpuad.compile: the trace assumed otherwise, but {what}")
+    return False
+
+
+def _flat(x):
+    if isinstance(x, (tuple, list)):
+        return [y for t in x for y in _flat(t)]
+    return [x]
+
+
+def resolve(prim):
+    """The executable behind a primitive's name: numpy_ns's method (numpy's function
+    or gpuad's extra), `ufunc.method`, or a helper in gpuad.compiler.prims."""
+    from ..backends import numpy_ns
+    from . import prims
+    if prim == "check_none":
+        return check_none
+    fn = getattr(prims, prim.replace(".", "_"), None)
+    if fn is not None:
+        return fn
+    if "." in prim:
+        head, _, tail = prim.rpartition(".")
+        mod = getattr(np, head, None) if not head.startswith("numpy") else None
+        if mod is None:
+            import importlib
+            mod = importlib.import_module(head)
+        return getattr(mod, tail)
+    return getattr(numpy_ns, prim)
+
+
+class TracingNamespace:
+    """The `xp` of Tracers: every attribute records a call of that name."""
+
+    name = "trace"
+    device = "cpu"
+    module = np
+
+    def __init__(self, trace):
+        self.trace = trace
+
+    def __getattr__(self, prim):
+        if prim.startswith("__"):
+            raise AttributeError(prim)
+        trace = self.trace
+
+        def record(*args, **kw):
+            return trace.call(prim, args, kw)
+        record.__name__ = prim
+        setattr(self, prim, record)
+        return record
+
+    def copyto(self, dst, src, casting="same_kind", where=True):
+        if where is not True:
+            src = self.where(where, src, dst)
+        self.trace.write(dst, self.trace.lift(src) if isinstance(src, (Tracer, np.ndarray)) else
+                         self.trace.graph.add_eqn("full", (tuple(dst.shape), src, np.dtype(dst.dtype)), {},
+                                                  dst.shape, dst.dtype))
+        return None
+
+    def buffer(self, shape, dtype):
+        return self.empty(tuple(shape), np.dtype(dtype))
+
+
+def _binary(prim, reflected=False):
+    def op(self, other):
+        args = (other, self) if reflected else (self, other)
+        return self.trace.call(prim, args, {})
+    return op
+
+
+def _inplace(prim):
+    def op(self, other):
+        return self.trace.call(prim, (self, other), {"out": self})
+    return op
+
+
+def _refuse(what):
+    def op(self, *args, **kw):
+        raise TraceError(f"gpuad.compile: {what} needs the value of a traced array, which a trace of "
+                         f"shapes does not have; compute it outside the compiled function, or pass "
+                         f"fallback='eager'\n  at {user_line()}")
+    return op
+
+
+def _method(name):
+    def m(self, *args, **kw):
+        return self.trace.call(name, (self,) + args, kw)
+    m.__name__ = name
+    return m
+
+
+class Tracer(AbstractArray):
+    """An array of the step being traced: its Var now, and for views the root Tracer."""
+
+    __slots__ = ("trace", "var")
+    __array_priority__ = 2000
+
+    def __init__(self, trace, var, base=None):
+        AbstractArray.__init__(self, var.shape, var.dtype, base)
+        self.trace = trace
+        self.var = var
+
+    @property
+    def _xp(self):
+        return self.trace.ns
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        if method == "__call__":
+            return self.trace.call(ufunc.__name__, inputs, kw)
+        if method == "at":
+            a = inputs[0]
+            return self.trace.write(a, self.trace.call("ufunc_at", (ufunc.__name__,) + tuple(inputs), {}).var)
+        return self.trace.call(f"{ufunc.__name__}.{method}", inputs, kw)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func is np.copyto:
+            return self.trace.ns.copyto(*args, **kwargs)
+        mod = func.__module__ or "numpy"
+        name = func.__name__ if mod == "numpy" or mod.startswith("numpy._core") or mod.startswith(
+            "numpy.core") or mod.startswith("numpy.lib") else f"{mod}.{func.__name__}"
+        return self.trace.call(name, args, dict(kwargs))
+
+    __array__ = _refuse("converting to a numpy array")
+    item = _refuse(".item()")
+    tolist = _refuse(".tolist()")
+    __bool__ = _refuse("bool() of a tensor (an `if` or `while` on a value)")
+    __float__ = _refuse("float() of a tensor")
+    __int__ = _refuse("int() of a tensor")
+    __index__ = _refuse("using a tensor as an index")
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    __add__, __radd__, __iadd__ = _binary("add"), _binary("add", True), _inplace("add")
+    __sub__, __rsub__, __isub__ = _binary("subtract"), _binary("subtract", True), _inplace("subtract")
+    __mul__, __rmul__, __imul__ = _binary("multiply"), _binary("multiply", True), _inplace("multiply")
+    __truediv__, __rtruediv__, __itruediv__ = _binary("divide"), _binary("divide", True), _inplace("divide")
+    __pow__, __rpow__, __ipow__ = _binary("power"), _binary("power", True), _inplace("power")
+    __matmul__, __rmatmul__ = _binary("matmul"), _binary("matmul", True)
+    __lt__, __le__, __gt__, __ge__ = _binary("less"), _binary("less_equal"), _binary("greater"), _binary("greater_equal")
+    __eq__, __ne__ = _binary("equal"), _binary("not_equal")
+    __and__, __or__, __xor__ = _binary("logical_and"), _binary("logical_or"), _binary("logical_xor")
+    __hash__ = object.__hash__
+
+    def __neg__(self):
+        return self.trace.call("negative", (self,), {})
+
+    def __abs__(self):
+        return self.trace.call("absolute", (self,), {})
+
+    def __invert__(self):
+        return self.trace.call("logical_not" if self.dtype == np.bool_ else "invert", (self,), {})
+
+    def __getitem__(self, index):
+        return self.trace.call("getitem", (self, index), {})
+
+    def __setitem__(self, index, value):
+        self.trace.write(self, self.trace.call("setitem", (self, index, value), {}).var)
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype) == self.dtype and not copy:
+            return self
+        return self.trace.call("astype", (self, np.dtype(dtype)), {})
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return self.trace.call("reshape", (self, tuple(shape)), {})
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None)
+        return self.trace.call("transpose", (self, axes), {})
+
+    T = property(lambda self: self.transpose())
+
+    sum, mean, max, min, copy, ravel, swapaxes, squeeze, any, all, clip, cumsum, prod, argmax, argmin = (
+        _method(n) for n in ("sum", "mean", "max", "min", "copy", "ravel", "swapaxes", "squeeze", "any",
+                             "all", "clip", "cumsum", "prod", "argmax", "argmin"))
+
+    def fill(self, value):
+        self.trace.ns.copyto(self, value)
+
+    def __repr__(self):
+        return f"Tracer({self.var}:{self.dtype}{list(self.shape)})"
+
+
+class DrawingRNG:
+    """Stands in for a numpy Generator while tracing: each draw becomes a recorded
+    `random_draw` that the replay takes from the real generator, in order."""
+
+    def __init__(self, trace, generator):
+        self.trace = trace
+        self.generator = generator
+        self.bit_generator = _StateToken(self)
+
+    def random(self, size=None, dtype=np.float64):
+        return self.trace.draw("random", size, np.dtype(dtype), (np.dtype(dtype), self.generator))
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self.trace.draw("standard_normal", size, np.dtype(dtype), (np.dtype(dtype), self.generator))
+
+    def __getattr__(self, name):
+        raise TraceError(f"gpuad.compile: the generator's {name}() is not traced (only random and "
+                         f"standard_normal draws are); draw outside the compiled function\n  at {user_line()}")
+
+
+class _StateToken:
+    """get_state/set_state while tracing: a position in the list of draws."""
+
+    def __init__(self, rng):
+        self._rng = rng
+
+    @property
+    def state(self):
+        return ("gpuad.compile draw", self._rng.trace.draw_pos)
+
+    @state.setter
+    def state(self, token):
+        if not (isinstance(token, tuple) and token[:1] == ("gpuad.compile draw",)):
+            raise TraceError("gpuad.compile: set_rng_state inside a compiled function takes only a state "
+                             "read inside it")
+        self._rng.trace.draw_pos = token[1]
+
+
+@contextlib.contextmanager
+def tracing(trace):
+    """`trace` records while the block runs."""
+    _active.append(trace)
+    try:
+        yield trace
+    finally:
+        _active.pop()
