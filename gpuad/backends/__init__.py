@@ -143,6 +143,19 @@ def _erf_table(x):
 
 numpy_ns = ArrayNamespace("numpy", np)
 
+# Non-empty while gpuad.compile traces a step: then an op whose first operand is a plain
+# numpy array still records, when another operand is a Tracer (see tracing_namespace).
+TRACING = []
+
+
+def tracing_namespace(arrays):
+    """The namespace of the first Tracer among `arrays`, or None."""
+    for a in arrays:
+        xp = getattr(a, "_xp", None)
+        if xp is not None:
+            return xp
+    return None
+
 _cupy_ns = None
 
 

@@ -141,6 +141,8 @@ def _input_var(tr, arr):
 
 def _result_tree(tr, out):
     """The return value with Tracers (and Tensors holding them) as Vars."""
+    if isinstance(out, Tensor) and isinstance(out.data, np.ndarray) and id(out.data) in tr.external:
+        return ("T", tr.external[id(out.data)][1])      # written into a numpy buffer while tracing
     if isinstance(out, Tensor):
         if not isinstance(out.data, Tracer):
             raise TraceError("gpuad.compile: the step returned a Tensor it did not compute from "

@@ -115,7 +115,7 @@ def generate(graph, plan=None, name="replay"):
         if plan is not None and plan.emits(e):
             lines += [f"    {line}" for line in plan.emit(e, names)]
         else:
-            outs = ", ".join(o.name for o in e.outs) + ("," if len(e.outs) > 1 else "")
+            outs = ", ".join(o.name for o in e.outs) + ("," if len(e.outs) > 1 or e.prim == "fused" else "")
             lines.append(f"    {outs} = {call_src(e, names)}")
         dead = [v.name for v in dying.get(i, ()) if v not in graph.inputs]
         if dead:

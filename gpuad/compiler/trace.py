@@ -457,8 +457,11 @@ class _StateToken:
 @contextlib.contextmanager
 def tracing(trace):
     """`trace` records while the block runs."""
+    from ..backends import TRACING
     _active.append(trace)
+    TRACING.append(trace)
     try:
         yield trace
     finally:
         _active.pop()
+        TRACING.pop()

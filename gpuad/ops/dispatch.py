@@ -25,7 +25,7 @@ call, with its argument tuples, costs about a fifth of a whole op
 """
 import numpy as np
 
-from ..backends import namespace_of, numpy_ns, device_of
+from ..backends import TRACING, namespace_of, numpy_ns, device_of, tracing_namespace
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..graph import _Mode, new_node
@@ -92,8 +92,9 @@ _CORE = """
     aux = ()
     if op.has_aux:
         out, aux = out
-    if type(out) is not _ndarray and xp is numpy_ns:
+    if type(out) is not _ndarray and xp is numpy_ns and getattr(out, "_xp", None) is None:
         out = np.asarray(out)               # numpy returns scalars for 0-d results; keep arrays
+                                            # (a gpuad.compile Tracer met through a ufunc stays one)
     if down is not None:                    # bfloat16 in: computed in float32, rounded back
         out, aux = _round_to(down, out, aux)
     if _acct.active is not None:
@@ -208,7 +209,7 @@ def binary_entry(op):
                 xd, yd, down = _dtypes_of(op, xd, yd)
         elif first is not None:
             xd, yd, down = _dtypes_of(op, xd, yd)
-        xp = numpy_ns if type(first) is _ndarray else _namespace(op, first, (x, y), (xd, yd))
+        xp = numpy_ns if type(first) is _ndarray and not TRACING else _namespace(op, first, (x, y), (xd, yd))
 """ + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
                               parents="(xn, yn)",
                               needs="_NEEDS2[(parents[0] is not None) * 2 + (parents[1] is not None)]") + """
@@ -235,6 +236,8 @@ def _namespace(op, first, args, arrays):
     if first is None:
         return numpy_ns
     xp = numpy_ns if type(first) is _ndarray else namespace_of(first)
+    if TRACING and xp is numpy_ns:
+        xp = tracing_namespace(arrays) or xp
     if xp is not numpy_ns:
         _check_devices(op, arrays)
     return xp
