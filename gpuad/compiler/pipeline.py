@@ -13,6 +13,7 @@ plan, the generated replay, and how its results go back where the step put them.
 """
 import numpy as np
 
+from ..memory.accounting import accountant
 from .ir import iter_vars
 from .state import Slot
 from . import codegen
@@ -39,6 +40,8 @@ class Entry:
             if a is None or tuple(a.shape) != v.shape:
                 raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
         outs = self.fn(inputs)
+        if accountant.active is not None:
+            accountant.traffic("gpuad.compile replay", *self.traffic())
         values = dict(zip(self.out_ids, outs))
         for slot, var, in_place in self.cap.writes:
             if var is None:
@@ -55,6 +58,18 @@ class Entry:
                 np.copyto(arr, values[var.id])
         return rebuild(self.cap.result, {k: _own(v, self.arena) for k, v in values.items()})
 
+    def traffic(self):
+        """(bytes read, bytes written) by the replay, by the same model as eager's
+        ledger: each op reads its operands and writes its result; a view moves
+        nothing; a fused group reads its inputs once and writes its outputs once."""
+        read = written = 0
+        for e in self.graph.eqns:
+            if e.view:
+                continue
+            read += sum(v.nbytes for v in e.invars())
+            written += sum(o.nbytes for o in e.outs)
+        return read, written
+
     def describe(self):
         text = str(self.graph)
         if self.plan is not None:
@@ -64,7 +79,7 @@ class Entry:
 
 def _own(a, arena):
     """A result that lives in the arena is copied out: the next replay reuses it."""
-    if arena is not None and isinstance(a, np.ndarray) and any(np.shares_memory(a, b) for b in arena.values()):
+    if arena is not None and isinstance(a, np.ndarray) and any(np.may_share_memory(a, b) for b in arena.values()):
         return a.copy()
     return np.asarray(a) if not isinstance(a, np.ndarray) else a
 

@@ -50,9 +50,8 @@ def discover(fn, extra=()):
             continue
         found._seen.add(id(obj))
         if isinstance(obj, Tensor):
-            found.tensors.append(obj)
-            if obj.grad is not None:
-                stack.append(obj.grad)
+            found.tensors.append(obj)        # (its .grad is a slot of it, not a tensor of its own:
+                                             # a new gradient each step must not change the key)
         elif isinstance(obj, Module):
             found.modules.append(obj)
             stack.extend(reversed(list(vars(obj).values())))

@@ -282,7 +282,9 @@ def embedding(input, weight, padding_idx=None):  # noqa: A002
     weight = _t(weight)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"gpuad.embedding: ids must be integers, got {ids.dtype}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+    if _traced(ids):         # gpuad.compile: the replay checks the range
+        _assume_none((ids < 0) | (ids >= weight.shape[0]), f"an id is outside [0, {weight.shape[0]})")
+    elif ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
         raise IndexError(f"gpuad.embedding: ids must lie in [0, {weight.shape[0]}), got {int(ids.min())} to "
                          f"{int(ids.max())}")
     out = weight[ids]

@@ -1,0 +1,191 @@
+"""Suite `compile`: gpuad.compile against eager gpuad, torch eager (and jax.jit
+where jax is installed: a bench-only extra, skipped otherwise).
+
+(a) the 1,000-op scalar chain of the overhead suite, forward+backward, per op;
+(b) the gelu block gelu(x * w + b) + x on 4M float32, forward+backward;
+(c) an 8-layer width-512 MLP training step (SGD) and the GPT step of the
+    attention suite (AdamW).
+Time as ratios in one process, interleaved, medians; traffic from the model
+(eager: gpuad.memory's ledger; compiled: the same model over the compiled
+graph, fused groups counted once); peaks: the compiled step's static plan
+against the eager step's measured peak; compile time (trace + passes + codegen).
+
+Targets (issue 13): chain <= 1.0 us per op compiled; gelu block compiled <=
+0.8x eager and <= torch eager, modelled traffic <= 0.4x eager's; MLP and GPT
+steps compiled no slower than eager; compiling the GPT step <= 2 s.
+"""
+import time
+
+import numpy as np
+
+from . import harness
+
+
+def _chain_variants(targets, notes):
+    from .overhead import N_OPS, _chain
+    import gpuad
+    xg = gpuad.tensor([0.3], dtype="float64", requires_grad=True)
+
+    def eager():
+        xg.grad = None
+        y = _chain(xg).sum()
+        y.backward()
+        return y
+    compiled = gpuad.compile(eager)
+    variants = {"gpuad eager": eager, "gpuad compiled": compiled}
+    if harness.have_torch():
+        import torch
+        xt = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+
+        def torch_eager():
+            xt.grad = None
+            _chain(xt).sum().backward()
+        variants["torch eager"] = torch_eager
+    t0 = time.perf_counter()
+    compiled()
+    ctime = time.perf_counter() - t0
+    np.testing.assert_allclose(compiled().item(), eager().item(), rtol=1e-12)
+    samples = harness.measure(variants, rounds=21, warmup=2, label="compile: chain")
+    per_op = {k: harness.median(v) / N_OPS * 1e6 for k, v in samples.items()}
+    notes.append(targets.check("scalar chain, compiled us per op", per_op["gpuad compiled"], 1.0, " us"))
+    return per_op, ctime
+
+
+def _gelu_block(targets, notes, n=1024, d=4096):
+    import gpuad
+    import gpuad.nn.functional as F
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((n, d), (d,), (d,))]
+    ts = [gpuad.tensor(a, requires_grad=True) for a in arrays]
+
+    def eager(x, w, b):
+        x.grad = w.grad = b.grad = None
+        y = (F.gelu(x * w + b) + x).sum()
+        y.backward()
+        return y
+    compiled = gpuad.compile(eager)
+    t0 = time.perf_counter()
+    compiled(*ts)
+    ctime = time.perf_counter() - t0
+    variants = {"gpuad eager": lambda: eager(*ts), "gpuad compiled": lambda: compiled(*ts)}
+    if harness.have_torch():
+        import torch
+        tt = [torch.tensor(a, requires_grad=True) for a in arrays]
+
+        def torch_eager():
+            for t in tt:
+                t.grad = None
+            (torch.nn.functional.gelu(tt[0] * tt[1] + tt[2]) + tt[0]).sum().backward()
+        variants["torch eager"] = torch_eager
+    with gpuad.memory.track() as m:
+        eager(*ts)
+    s = m.stats()
+    eager_traffic = s["bytes_read"] + s["bytes_written"]
+    entry = compiled.compiled(*ts)
+    comp_traffic = sum(entry.traffic())
+    samples = harness.measure(variants, rounds=5, warmup=1, label="compile: gelu block")
+    notes.append(targets.check("gelu block, compiled vs eager", harness.ratio(samples, "gpuad compiled", "gpuad eager"),
+                               0.8, "x"))
+    if "torch eager" in samples:
+        notes.append(targets.check("gelu block, compiled vs torch eager",
+                                   harness.ratio(samples, "gpuad compiled", "torch eager"), 1.0, "x"))
+    notes.append(targets.check("gelu block, modelled traffic compiled / eager", comp_traffic / eager_traffic, 0.4))
+    return samples, {"eager_traffic": eager_traffic, "compiled_traffic": comp_traffic,
+                     "planned_peak": entry.plan.peak_bytes, "eager_peak": s["peak_bytes"], "compile_s": ctime}
+
+
+def _mlp(width=512, layers=8, batch=256):
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import nn, optim
+    gpuad.manual_seed(0)
+    mods = []
+    for _ in range(layers - 1):
+        mods += [nn.Linear(width, width), nn.ReLU()]
+    m = nn.Sequential(*mods, nn.Linear(width, 10))
+    opt = optim.SGD(m.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = gpuad.tensor(rng.standard_normal((batch, width)).astype(np.float32))
+    y = gpuad.tensor(rng.integers(0, 10, batch))
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _gpt():
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import nn, optim
+    V, T, D, NL, H, B = 64, 128, 128, 4, 4, 8
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, V, (B, T + 1))
+    x, y = gpuad.tensor(ids[:, :-1]), gpuad.tensor(ids[:, 1:])
+    gpuad.manual_seed(5)
+    m = nn.GPT(V, T, D, NL, H)
+    opt = optim.AdamW(m.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x).reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _steps(targets, notes):
+    import gpuad
+    rows = []
+    for name, make in (("MLP 8 x 512, batch 256, SGD", _mlp), ("GPT 4 blocks, d 128, T 128, AdamW", _gpt)):
+        eager, twin = make(), make()
+        compiled = gpuad.compile(twin)
+        t0 = time.perf_counter()
+        compiled()
+        ctime = time.perf_counter() - t0
+        with gpuad.memory.track() as m:
+            eager()
+        eager_peak = m.stats()["peak_bytes"]
+        entry = compiled.compiled()
+        samples = harness.measure({"eager": eager, "compiled": compiled}, rounds=5, warmup=1,
+                                  label=f"compile: {name.split()[0]}")
+        r = harness.ratio(samples, "compiled", "eager")
+        rows.append((name, harness.median(samples["eager"]) * 1e3, harness.median(samples["compiled"]) * 1e3,
+                     r, eager_peak, entry.plan.peak_bytes, ctime))
+        notes.append(targets.check(f"{name.split()[0]} step, compiled vs eager", r, 1.0, "x"))
+        if name.startswith("GPT"):
+            notes.append(targets.check("compiling the GPT step", ctime, 2.0, " s"))
+    return rows
+
+
+def run(full=False):
+    targets, notes = harness.Targets(), []
+    per_op, chain_ctime = _chain_variants(targets, notes)
+    t1 = harness.Table("compile: 1,000-op scalar chain, forward+backward", ["variant", "us per op"])
+    for k, v in per_op.items():
+        t1.add(k, v)
+    samples, gelu = _gelu_block(targets, notes)
+    mib = 1 / 2 ** 20
+    t2 = harness.Table("compile: gelu(x*w+b)+x, 1024 x 4096 float32, forward+backward",
+                       ["variant", "ms", "modelled traffic MiB"])
+    for k in samples:
+        traffic = {"gpuad eager": gelu["eager_traffic"], "gpuad compiled": gelu["compiled_traffic"]}.get(k)
+        t2.add(k, harness.median(samples[k]) * 1e3, traffic * mib if traffic else "-")
+    rows = _steps(targets, notes)
+    t3 = harness.Table("compile: training steps", ["step", "eager ms", "compiled ms", "compiled / eager",
+                                                    "eager measured peak MiB", "compiled planned peak MiB",
+                                                    "compile s"])
+    for r in rows:
+        t3.add(r[0], r[1], r[2], f"{r[3]:.2f}x", r[4] * mib, r[5] * mib, r[6])
+    for t in (t1, t2, t3):
+        t.print()
+    targets.table("compile").print()
+    for n in notes:
+        print("  " + n)
+    return harness.write_report("compile", {"chain_us_per_op": per_op, "gelu": gelu,
+                                            "steps": [list(r) for r in rows]},
+                                [t1, t2, t3, targets.table("compile")], notes)
