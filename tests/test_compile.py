@@ -362,3 +362,8 @@ def test_gpt_step_compiled_equals_eager():
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_budget_is_refused_loudly_until_remat_exists():
+    with pytest.raises(NotImplementedError, match="budget_bytes"):
+        gpuad.compile(lambda x: x * 2, budget_bytes=1 << 20)(gpuad.ones(3))
