@@ -17,11 +17,14 @@ and settings are the cache key: a change retraces.
 >>> sorted(t.shape for t in found.tensors)
 [(2,), (2, 3)]
 """
+import os
 import types
 
 import numpy as np
 
 from ..tensor import Tensor
+
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Found:
@@ -92,7 +95,7 @@ def _function_refs(fn, stack):
             pass
     stack.extend(fn.__defaults__ or ())
     stack.extend((fn.__kwdefaults__ or {}).values())
-    if (fn.__module__ or "").startswith("gpuad."):
+    if fn.__code__.co_filename.startswith(_PKG):
         return                      # gpuad's own wrappers: their closure holds the user's function
     g = fn.__globals__
     for name in _names(fn.__code__):

@@ -20,7 +20,7 @@ use: the plan counts them too, so the peak of a replay is known before it runs:
 >>> g.outputs = [g.add_eqn("sum", (b,), {}, (), np.float32)]
 >>> p = buffers.plan(g)
 >>> p.arena_bytes, p.offsets[a.id] == p.offsets[b.id], p.peak_bytes
-(4000, True, 4004)
+(4032, True, 4036)
 """
 import numpy as np
 
