@@ -19,8 +19,6 @@ import functools
 import time
 import warnings
 
-import numpy as np
-
 from ..tensor import Tensor
 from .capture import capture
 from .state import describe_change, discover, guard_key
@@ -142,4 +140,4 @@ def rebuild(result, values):
     return typ(seq) if typ in (list, tuple) else typ(*seq)
 
 
-__all__ = ["compile", "Compiled", "CompileWarning", "TraceError", "np"]
+__all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]

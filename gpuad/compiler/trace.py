@@ -76,10 +76,6 @@ def _tree(x, fn):
     return fn(x)
 
 
-def _is_tracer_tree(x):
-    return isinstance(x, Tracer) or (isinstance(x, (tuple, list)) and any(_is_tracer_tree(t) for t in x))
-
-
 class Trace:
     """One tracing run: the graph being built, the arrays lifted into it, and the
     random draws (so a checkpoint's replay of a draw is the same value)."""
