@@ -364,6 +364,45 @@ def test_gpt_step_compiled_equals_eager():
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_budget_is_refused_loudly_until_remat_exists():
-    with pytest.raises(NotImplementedError, match="budget_bytes"):
-        gpuad.compile(lambda x: x * 2, budget_bytes=1 << 20)(gpuad.ones(3))
+def _deep_mlp(layers=10, width=64, batch=1024):
+    gpuad.manual_seed(0)
+    mods = []
+    for _ in range(layers):
+        mods += [nn.Linear(width, width), nn.Tanh()]
+    m = nn.Sequential(*mods, nn.Linear(width, 3))
+    opt = optim.SGD(m.parameters(), lr=0.05)
+    x = gpuad.tensor(np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32))
+    y = gpuad.tensor(np.random.default_rng(1).integers(0, 3, batch))
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, m
+
+
+def test_a_budget_of_sixty_percent_of_the_peak_fits_by_recomputing_and_changes_no_result():
+    step, m = _deep_mlp()
+    full = gpuad.compile(step)
+    full()
+    peak = full.compiled().plan.peak_bytes
+    step2, m2 = _deep_mlp()
+    budget = int(peak * 0.6)
+    half = gpuad.compile(step2, budget_bytes=budget)
+    half()
+    entry = half.compiled()
+    assert entry.plan.peak_bytes <= budget
+    assert len(entry.graph.eqns) > len(full.compiled().graph.eqns)      # it recomputes
+    for _ in range(2):
+        assert full().item() == half().item()
+    for a, b in zip(m.parameters(), m2.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_an_infeasible_budget_names_the_least_one_that_fits():
+    from gpuad.compiler.passes.remat import BudgetError
+    step, _ = _deep_mlp()
+    with pytest.raises(BudgetError, match=r"minimum feasible budget for this step is [\d,]+ B"):
+        gpuad.compile(step, budget_bytes=1000)()

@@ -106,15 +106,32 @@ def _result_vars(result):
     return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
+def _donations(cap, graph, before):
+    """{input var id: final var id} for inputs the step updates in place, when the
+    final value is computed by the graph (not an input itself). `before`: the
+    output Vars before the passes (graph.outputs holds what each became)."""
+    index = {id(r): v for r, v in zip(cap.reads, cap.graph.inputs)}
+    became = {b.id: a for b, a in zip(before, graph.outputs)}
+    made = {o.id for e in graph.eqns for o in e.outs}
+    out = {}
+    for slot, var, in_place in cap.writes:
+        v = index.get(id(slot))
+        final = became.get(var.id) if var is not None else None
+        if in_place and v is not None and getattr(final, "id", None) in made:
+            out[v.id] = final.id
+    return out
+
+
 def build(cap, budget_bytes=None, passes=None):
     graph = cap.graph.copy()
-    graph.outputs = outputs_of(cap)
+    graph.outputs = before = outputs_of(cap)
     out_ids = [v.id for v in graph.outputs]
     for name in (DEFAULT_PASSES if passes is None else passes):
         graph = PASSES[name](graph)
+    donated = _donations(cap, graph, before)
     if budget_bytes is not None:
-        graph = remat.run(graph, budget_bytes)
-    plan = buffers.plan(graph)
+        graph = remat.run(graph, budget_bytes, donated)
+    plan = buffers.plan(graph, donated)
     plan.arenas_allocated = plan.allocate()
     fn, source = codegen.generate(graph, plan)
     entry = Entry(cap, graph, plan, fn, source)

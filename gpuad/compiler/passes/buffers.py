@@ -47,7 +47,10 @@ def writes_out(e):
 
 
 def elementwise(e):
-    return e.prim == "fused" or (_ufunc(e.prim) and e.prim != "matmul")
+    """May the result share the buffer of a same-shape input that dies here?"""
+    if e.prim == "fused":
+        return e.params["kernel"].value.inplace_ok
+    return _ufunc(e.prim) and e.prim != "matmul"
 
 
 def roots(graph):
@@ -93,6 +96,7 @@ class Plan:
         self.scratch_bytes = 0
         self.inplace = 0
         self.views = {}
+        self.donated = {}           # var id -> the graph input whose array it is written into
 
     @property
     def arena_bytes(self):
@@ -111,15 +115,19 @@ class Plan:
         return arenas
 
     def emits(self, e):
-        return any(o.id in self.views for o in e.outs)
+        return any(o.id in self.views or o.id in self.donated for o in e.outs)
+
+    def _target(self, o, names):
+        if o.id in self.donated:
+            return self.donated[o.id].name       # the input's own array (a parameter updated in place)
+        return names.const(self.views[o.id], "b") if o.id in self.views else "None"
 
     def emit(self, e, names):
         from ..codegen import call_src
         if e.prim == "fused":
-            outs = "(" + "".join((names.const(self.views[o.id], "b") if o.id in self.views else "None") + ", "
-                                 for o in e.outs) + ")"
+            outs = "(" + "".join(self._target(o, names) + ", " for o in e.outs) + ")"
             return [f"{', '.join(o.name for o in e.outs)}, = {call_src(e, names, outs)}"]
-        return [f"{e.out.name} = {call_src(e, names, names.const(self.views[e.out.id], 'b'))}"]
+        return [f"{e.out.name} = {call_src(e, names, self._target(e.out, names))}"]
 
     def summary(self):
         arenas = ", ".join(f"{np.dtype(dt).name} {n:,} B" for dt, n in self.arenas.items()) or "none"
@@ -166,12 +174,35 @@ class _Free:
         self.blocks = merged
 
 
+def _donated_home(e, o, i, holder, last, donated, outputs, root):
+    """The donated input whose array o can be written into, if any: e is elementwise,
+    one of its inputs lives in that array and dies here, shapes and dtypes match, and
+    o is no other output than that input's final value."""
+    if not (writes_out(e) and elementwise(e) and len(e.outs) == 1):
+        return None
+    for v in e.invars():
+        home = holder.get(root.get(v.id, v).id)
+        if home is None or last.get(v.id) != i or v.id in outputs:
+            continue
+        if home.shape != o.shape or home.dtype != o.dtype:
+            continue
+        if o.id in outputs and donated[home.id] != o.id:
+            continue
+        return home
+    return None
+
+
 def _aligned(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(graph):
-    """The static plan of `graph` (see the module's docstring)."""
+def plan(graph, donated=None):
+    """The static plan of `graph` (see the module's docstring). donated: {input var
+    id: the id of its final value} for inputs the step updates in place (parameters,
+    optimizer state): elementwise results of their shape may be written straight
+    into the input's array once it is dead, and its final value lands there with
+    no copy at the end."""
+    donated = donated or {}
     p = Plan(graph)
     first, last, root = lifetimes(graph)
     outputs = {v.id for v in iter_vars(graph.outputs)}
@@ -182,11 +213,18 @@ def plan(graph):
     for vid, i in last.items():
         dying_at.setdefault(i, []).append(vid)
     dynamic = {}
+    scratch = {}
     live_dynamic = 0
+    holder = {vid: next(v for v in graph.inputs if v.id == vid) for vid in donated}   # var id -> donated input
     for i, e in enumerate(graph.eqns):
         dead_here = [vid for vid in dying_at.get(i, ()) if vid not in inputs]
         for o in e.outs:
             if o.id in root:
+                continue
+            home = _donated_home(e, o, i, holder, last, donated, outputs, root)
+            if home is not None:
+                p.donated[o.id] = holder[o.id] = home
+                p.inplace += 1
                 continue
             if writes_out(e) and o.id not in outputs and o.nbytes > 0:
                 arena = free.setdefault(o.dtype.str, _Free())
@@ -210,7 +248,10 @@ def plan(graph):
                 dynamic[o.id] = o.nbytes
                 live_dynamic += o.nbytes
         if e.prim == "fused":
-            p.scratch_bytes += e.params["kernel"].value.scratch_bytes
+            for a in e.params["kernel"].value.scratch:     # shared between kernels: count each once
+                base = a.base if a.base is not None else a
+                if id(base) not in scratch:
+                    scratch[id(base)] = base.nbytes
         p.dynamic_peak = max(p.dynamic_peak, live_dynamic)
         for vid in dead_here:
             if vid in p.offsets:
@@ -218,4 +259,5 @@ def plan(graph):
             elif vid in dynamic:
                 live_dynamic -= dynamic.pop(vid)
     p.arenas = {dt: f.top for dt, f in free.items() if f.top}
+    p.scratch_bytes = sum(scratch.values())
     return p

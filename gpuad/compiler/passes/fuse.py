@@ -133,7 +133,7 @@ class FusedKernel:
     def __init__(self, members, ins, outs, shape):
         self.members, self.ins, self.outs, self.shape = members, ins, outs, tuple(shape)
         self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out
-        self.fn, self.source, self.scratch_bytes = _generate(self)
+        self.fn, self.source, self.scratch = _generate(self)
 
     def __call__(self, *inputs, outs=None):
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
@@ -196,7 +196,7 @@ def _generate(k):
     for i, m in enumerate(k.members):
         for v in m.invars():
             last[v.id] = i
-    free, scratch, scratch_bytes = {}, {}, 0
+    free, scratch, used = {}, {}, {}
     for i, m in enumerate(k.members):
         args = []
         for a in m.args:
@@ -227,8 +227,8 @@ def _generate(k):
             pool = free.setdefault(o.dtype.str, [])
             buf = pool.pop() if pool else None
             if buf is None:
-                arr = np.empty(scratch_shape, o.dtype)
-                scratch_bytes += arr.nbytes
+                arr = _scratch(o.dtype, len(used.setdefault(o.dtype.str, [])), scratch_shape)
+                used[o.dtype.str].append(arr)
                 buf = names.const(arr, "scr")
             scratch[o.id] = buf
             name = f"t{o.id}"
@@ -240,7 +240,23 @@ def _generate(k):
     lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<gpuad.compile fused>", "exec"), names.scope)
-    return names.scope["kernel"], source, scratch_bytes
+    return names.scope["kernel"], source, [a for arrs in used.values() for a in arrs]
+
+
+# Scratch is shared by every generated kernel: they run one at a time (a replay is
+# sequential and not reentrant), so the k-th scratch buffer of a dtype serves the
+# k-th chunk-sized intermediate of every group. CHUNK elements each.
+_SCRATCH = {}
+
+
+def _scratch(dtype, k, shape):
+    n = math.prod(shape)
+    if n > CHUNK:                        # one row longer than a chunk: a buffer of its own
+        return np.empty(shape, dtype)
+    base = _SCRATCH.get((dtype.str, k))
+    if base is None:
+        base = _SCRATCH[(dtype.str, k)] = np.empty(CHUNK, dtype)
+    return base[:n].reshape(shape)
 
 
 __all__ = ["run", "fusible", "FusedKernel", "CHUNK"]
