@@ -406,3 +406,24 @@ def test_an_infeasible_budget_names_the_least_one_that_fits():
     step, _ = _deep_mlp()
     with pytest.raises(BudgetError, match=r"minimum feasible budget for this step is [\d,]+ B"):
         gpuad.compile(step, budget_bytes=1000)()
+
+
+def test_one_element_float64_groups_run_on_python_floats_and_fall_back_on_domain_errors():
+    from bench.overhead import _chain
+    x = gpuad.tensor([0.3], dtype="float64", requires_grad=True)
+
+    def step(x):
+        x.grad = None
+        y = _chain(x, 200).sum()
+        y.backward()
+        return y
+    want = step(x).item(), x.grad.item()
+    f = gpuad.compile(step)
+    got = f(x).item(), x.grad.item()
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    kernels = [e.params["kernel"].value for e in f.compiled(x).graph.eqns if e.prim == "fused"]
+    assert kernels and all("falls back to" in k.source for k in kernels)
+    g = gpuad.compile(lambda x: (x * 2).log().sin())
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(g(gpuad.tensor([-1.0], dtype="float64")).item())     # math.log(-2) raises: numpy path
+    assert g(gpuad.tensor([0.5], dtype="float64")).item() == 0.0

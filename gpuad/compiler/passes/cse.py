@@ -14,7 +14,7 @@ v4:f32[2] = add v2 v2
 """
 import numpy as np
 
-from ..ir import Eqn, Literal, Var, map_vars
+from ..ir import Eqn, Literal, Var, iter_vars, map_vars
 from .dce import EFFECTS
 
 
@@ -36,18 +36,37 @@ def _key(x):
     return ("c", type(x).__name__, x)
 
 
+SMALL = 1 << 16         # bytes: results this small are always merged
+
+
 def run(graph):
+    """Merge repeated computations, except where keeping the first result alive
+    until the repeat would hold more than SMALL bytes longer than the graph does:
+    a FlashAttention backward recomputes its scores, a GELU backward its erf, on
+    purpose; merging them with the forward's would keep L x S scores across the
+    whole step."""
+    last = {}
+    for i, e in enumerate(graph.eqns):
+        for v in e.invars():
+            last[v.id] = i
+    for v in iter_vars(graph.outputs):
+        last[v.id] = len(graph.eqns)
     seen, alias = {}, {}
     eqns = []
     sub = lambda v: alias.get(v.id, v)   # noqa: E731
-    for e in graph.eqns:
+    for i, e in enumerate(graph.eqns):
         e = Eqn(e.prim, map_vars(e.args, sub), map_vars(e.params, sub), e.outs, e.view)
         if e.prim not in EFFECTS and e.prim not in ("empty", "buffer"):
             k = (e.prim, _key(e.args), _key(e.params), tuple((o.shape, o.dtype.str) for o in e.outs))
             hit = seen.get(k)
+            if hit is not None and sum(o.nbytes for o in hit.outs) > SMALL and \
+                    max(last.get(o.id, -1) for o in hit.outs) < i:
+                seen[k] = e                 # recompute (as the step does) rather than hold it
+                hit = None
             if hit is not None:
                 for o, h in zip(e.outs, hit.outs):
                     alias[o.id] = h
+                    last[h.id] = max(last.get(h.id, -1), last.get(o.id, -1))
                 continue
             seen[k] = e
         eqns.append(e)

@@ -35,6 +35,7 @@ import numpy as np
 from ..ir import Eqn, Literal, Var, iter_vars
 
 CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
+HORIZON = 8              # ops after its last member that a group stays open
 _NO_OUT = {"where", "erf", "astype"}     # elementwise, but computed without out=
 
 
@@ -52,6 +53,7 @@ class _Group:
         self.shape = shape
         self.members = []
         self.open = True
+        self.last = 0
 
 
 def run(graph):
@@ -67,7 +69,12 @@ def run(graph):
         grp.open = False
         out_eqns.extend(_group_eqns(grp, graph, consumers))
 
-    for e in graph.eqns:
+    for i, e in enumerate(graph.eqns):
+        for grp in groups:
+            # a group nothing joined for a while is emitted now: waiting longer would keep
+            # its inputs (and what it made) alive for nothing
+            if grp.open and grp.members and grp.last < i - HORIZON:
+                emit(grp)
         joined = None
         if fusible(e):
             cands = []
@@ -92,6 +99,7 @@ def run(graph):
                 emit(grp)
         if joined is not None:
             joined.members.append(e)
+            joined.last = i
             owner[e.out.id] = joined
         else:
             out_eqns.append(e)
@@ -134,6 +142,8 @@ class FusedKernel:
         self.members, self.ins, self.outs, self.shape = members, ins, outs, tuple(shape)
         self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out
         self.fn, self.source, self.scratch = _generate(self)
+        if _scalar_ok(self):
+            self.fn, self.source = _generate_scalar(self, self.fn, self.source)
 
     def __call__(self, *inputs, outs=None):
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
@@ -241,6 +251,68 @@ def _generate(k):
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<gpuad.compile fused>", "exec"), names.scope)
     return names.scope["kernel"], source, [a for arrs in used.values() for a in arrs]
+
+
+# One-element float64 groups (a scalar chain) run on Python floats: a numpy call on a
+# 1-element array costs ~0.6 us, a float operation ~0.05. +, -, *, / are the same
+# IEEE double operations either way; math's sin, exp, ... may differ from numpy's
+# in the last bit. A math domain or range error (math.log(-1) raises where numpy
+# returns NaN) falls back to the numpy kernel for that call.
+_MATH = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
+         "true_divide": "({} / {})", "negative": "(-{})", "absolute": "abs({})", "square": "({0} * {0})"}
+_MATH_FN = ("sin", "cos", "tan", "tanh", "sinh", "cosh", "exp", "log", "sqrt", "log1p", "expm1", "arctan")
+
+
+def _scalar_ok(k):
+    f64 = np.dtype(np.float64)
+    if math.prod(k.shape) != 1 or any(v.dtype != f64 or v.size != 1 for v in k.ins):
+        return False
+    for m in k.members:
+        if m.out.dtype != f64 or (m.prim not in _MATH and m.prim not in _MATH_FN):
+            return False
+        if any(_scalar_arg(a) is None for a in m.args):
+            return False
+    return True
+
+
+def _scalar_arg(a):
+    """Source for an operand of the scalar kernel (None: not a float64 scalar)."""
+    if isinstance(a, Var):
+        return ""
+    if isinstance(a, Literal):
+        v = np.asarray(a.value)
+        x = float(v.reshape(-1)[0]) if v.size == 1 and v.dtype == np.float64 else None
+    elif isinstance(a, bool) or not isinstance(a, (int, float)):
+        return None
+    else:
+        x = float(a)
+    return repr(x) if x is not None and math.isfinite(x) else None
+
+
+def _generate_scalar(k, numpy_kernel, numpy_source):
+    names = {v.id: f"s{v.id}" for v in k.ins}
+    lines = [f"def kernel({''.join(v.name + ', ' for v in k.ins)}outs):", "    try:"]
+    for v in k.ins:
+        lines.append(f"        s{v.id} = {v.name}.item()")
+    for m in k.members:
+        args = [names[a.id] if isinstance(a, Var) else _scalar_arg(a) for a in m.args]
+        expr = _MATH[m.prim].format(*args) if m.prim in _MATH else \
+            f"{'atan' if m.prim == 'arctan' else m.prim}({', '.join(args)})"
+        names[m.out.id] = f"s{m.out.id}"
+        lines.append(f"        s{m.out.id} = {expr}")
+    lines.append("    except (ValueError, OverflowError, ZeroDivisionError):")
+    lines.append(f"        return numpy_kernel({''.join(v.name + ', ' for v in k.ins)}outs)")
+    for j, o in enumerate(k.outs):
+        lines.append(f"    o{j} = outs[{j}]")
+        lines.append(f"    if o{j} is None:")
+        lines.append(f"        o{j} = np.empty({o.shape!r})")
+        lines.append(f"    o{j}[...] = s{o.id}")
+    lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
+    source = "\n".join(lines) + "\n"
+    scope = {"np": np, "numpy_kernel": numpy_kernel, "atan": math.atan}
+    scope.update({f: getattr(math, f) for f in _MATH_FN if hasattr(math, f)})
+    exec(compile(source, "<gpuad.compile fused scalar>", "exec"), scope)
+    return scope["kernel"], source + "\n# falls back to:\n" + numpy_source
 
 
 # Scratch is shared by every generated kernel: they run one at a time (a replay is
