@@ -108,7 +108,7 @@ def test_every_gradcheck_case_compiled_equals_eager(fn, inputs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("shape", [(7,), (41, 1000), (3, 9001), (40000,)])
+@pytest.mark.parametrize("shape", [(7,), (41, 1000), (3, 9001), (40000,), (4, 6, 3000), (5, 3, 2, 4000)])
 def test_fused_chunks_equal_eager_at_every_shape(shape):
     """Shapes that take each of the fused kernel's modes: one pass, rows, flat."""
     x = gpuad.tensor(R.standard_normal(shape).astype(np.float32), requires_grad=True)
@@ -336,9 +336,10 @@ def test_planned_peak_bounds_what_a_replay_allocates():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # the arenas and scratch exist before the replay; what it allocates is the dynamic part
-    # (escaping results, ops without out=), which the plan counts, plus the gradients it hands out
-    assert peak <= plan.dynamic_peak * 1.05 + 64 * 1024
-    assert peak >= plan.dynamic_peak * 0.9
+    # (escaping results, ops without out=), which the plan counts to the byte. tracemalloc
+    # also sees Python's own objects (array headers, tuples): a few KB.
+    assert plan.dynamic_peak > 0
+    assert plan.dynamic_peak <= peak <= plan.dynamic_peak + 16 * 1024
 
 
 def test_gpt_step_compiled_equals_eager():

@@ -149,57 +149,71 @@ class FusedKernel:
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
 
 
-def _mode(k):
-    """'one' (a single pass: small), 'flat' (every operand full-size or one element:
-    chunks of the flattened arrays) or 'rows' (chunks along the first axis)."""
-    size = math.prod(k.shape)
-    if size <= CHUNK or not k.shape or k.shape[0] == 1:
-        return "one"
-    shapes = [v.shape for v in k.ins] + [np.shape(a.value) for m in k.members for a in m.args
-                                          if isinstance(a, Literal)]
-    if all(math.prod(s) in (1, size) and (math.prod(s) == 1 or tuple(s) == k.shape) for s in shapes):
-        return "flat"
-    return "rows"
+def _layout(k):
+    """How a group streams: None for one pass (small), else p, the number of leading
+    axes collapsed into rows. Every operand, padded on the left to the group's rank,
+    either matches the group's shape on those axes (it is cut into chunks of rows
+    with it) or is 1 on all of them (it is read whole by every chunk). p = rank
+    (every operand full-size or a single element) streams the flattened arrays."""
+    if math.prod(k.shape) <= CHUNK or not k.shape:
+        return None
+    nd = len(k.shape)
+    shapes = [_padded(v.shape, nd) for v in k.ins] + [_padded(np.shape(a.value), nd) for m in k.members
+                                                       for a in m.args if isinstance(a, Literal)]
+    for p in range(nd, 0, -1):
+        if all(s[:p] == k.shape[:p] or all(d == 1 for d in s[:p]) for s in shapes):
+            return p
+    return None
+
+
+def _padded(shape, nd):
+    return (1,) * (nd - len(shape)) + tuple(shape)
 
 
 def _generate(k):
     from ..codegen import _Names, src
     from ..trace import resolve
     names = _Names()
-    mode = _mode(k)
-    size = math.prod(k.shape)
+    p = _layout(k)
     nd = len(k.shape)
-    rows = max(1, CHUNK // max(1, math.prod(k.shape[1:]))) if mode == "rows" else 0
-    step = CHUNK if mode == "flat" else rows
-    scratch_shape = (CHUNK,) if mode == "flat" else (rows,) + k.shape[1:]
     lines = [f"def kernel({''.join(v.name + ', ' for v in k.ins)}outs):"]
     local = {}
     for j, o in enumerate(k.outs):
         lines.append(f"    o{j} = outs[{j}] if outs[{j}] is not None else np.empty({o.shape!r}, {names.const(o.dtype)})")
-    if mode == "one":
+    literal = {}
+    if p is None:
         body, ind = lines, "    "
         sliced = {v.id: v.name for v in k.ins}
         out_ref = {o.id: f"o{j}" for j, o in enumerate(k.outs)}
+        scratch_shape = None
     else:
         ind = "        "
-        pre = []
-        if mode == "flat":
-            for v in k.ins:
-                pre.append(f"    {v.name}_f = {v.name}.reshape(-1)")
-            for j in range(len(k.outs)):
-                pre.append(f"    o{j}_f = o{j}.reshape(-1)")
-        lines += pre
-        lines.append(f"    for s in range(0, {size if mode == 'flat' else k.shape[0]}, {step}):")
-        lines.append(f"        e = s + {step}")
-        lines.append("        n = min(e, " + str(size if mode == "flat" else k.shape[0]) + ") - s")
+        n_rows, inner = math.prod(k.shape[:p]), k.shape[p:]
+        rows = max(1, CHUNK // max(1, math.prod(inner)))
+        scratch_shape = (rows,) + inner
         sliced = {}
         for v in k.ins:
-            if mode == "flat":
-                sliced[v.id] = f"{v.name}_f" if v.size == 1 else f"{v.name}_f[s:e]"
+            s = _padded(v.shape, nd)
+            if s[:p] == k.shape[:p]:
+                lines.append(f"    {v.name}_r = {v.name}.reshape({(n_rows,) + s[p:]!r})")
+                sliced[v.id] = f"{v.name}_r[s:e]"
             else:
-                full = len(v.shape) == nd and v.shape[0] == k.shape[0]
-                sliced[v.id] = f"{v.name}[s:e]" if full else v.name
-        out_ref = {o.id: (f"o{j}_f[s:e]" if mode == "flat" else f"o{j}[s:e]") for j, o in enumerate(k.outs)}
+                lines.append(f"    {v.name}_r = {v.name}.reshape({s[p:]!r})")
+                sliced[v.id] = f"{v.name}_r"
+        for m in k.members:
+            for a in m.args:
+                if isinstance(a, Literal):
+                    s = _padded(np.shape(a.value), nd)
+                    if s[:p] == k.shape[:p]:
+                        literal[id(a)] = f"{names.const(np.asarray(a.value).reshape((n_rows,) + s[p:]))}[s:e]"
+                    else:
+                        literal[id(a)] = names.const(np.asarray(a.value).reshape(s[p:]))
+        for j in range(len(k.outs)):
+            lines.append(f"    o{j}_r = o{j}.reshape({(n_rows,) + inner!r})")
+        lines.append(f"    for s in range(0, {n_rows}, {rows}):")
+        lines.append(f"        e = s + {rows}")
+        lines.append(f"        n = min(e, {n_rows}) - s")
+        out_ref = {o.id: f"o{j}_r[s:e]" for j, o in enumerate(k.outs)}
         body = lines
     # scratch: one buffer per dtype and liveness slot, reused when its value dies
     last = {}
@@ -212,11 +226,8 @@ def _generate(k):
         for a in m.args:
             if isinstance(a, Var):
                 args.append(local.get(a.id) or sliced[a.id])
-            elif isinstance(a, Literal) and mode != "one" and np.ndim(a.value) and np.size(a.value) > 1 \
-                    and mode == "rows" and np.ndim(a.value) == nd and np.shape(a.value)[0] == k.shape[0]:
-                args.append(f"{names.const(a.value)}[s:e]")
-            elif isinstance(a, Literal) and mode == "flat":
-                args.append(f"{names.const(np.asarray(a.value).reshape(-1))}")
+            elif id(a) in literal:
+                args.append(literal[id(a)])
             else:
                 args.append(src(a, names))
         fn = names.fn(m.prim, resolve(m.prim) if m.prim != "astype" else None)
@@ -229,7 +240,7 @@ def _generate(k):
             else:
                 body.append(f"{ind}{fn}({', '.join(args)}, out={target})")
             local[o.id] = target
-        elif mode == "one" or m.prim in _NO_OUT:
+        elif p is None or m.prim in _NO_OUT:
             name = f"t{o.id}"
             body.append(f"{ind}{name} = {call}")
             local[o.id] = name
