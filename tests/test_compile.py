@@ -428,3 +428,69 @@ def test_one_element_float64_groups_run_on_python_floats_and_fall_back_on_domain
     with np.errstate(invalid="ignore"):
         assert np.isnan(g(gpuad.tensor([-1.0], dtype="float64")).item())     # math.log(-2) raises: numpy path
     assert g(gpuad.tensor([0.5], dtype="float64")).item() == 0.0
+
+
+@pytest.mark.parametrize("make,loss", [
+    (lambda: nn.ResNet(8, 16, 3, 3), "ce"),
+    (lambda: nn.MLP([8, 16, 16, 16, 3], checkpoint="sqrt"), "ce"),
+    (lambda: nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8)), "mse"),
+], ids=["resnet", "mlp-checkpoint-sqrt", "layernorm"])
+def test_layers_compile_to_eager_bitwise(make, loss):
+    rng = np.random.default_rng(0)
+    x = gpuad.tensor(rng.standard_normal((6, 8)).astype(np.float32))
+    y = gpuad.tensor(rng.integers(0, 3, 6)) if loss == "ce" else gpuad.tensor(rng.standard_normal((6, 8)).astype(np.float32))
+    runs = []
+    for compiled in (False, True):
+        gpuad.manual_seed(0)
+        m = make()
+        opt = optim.Adam(m.parameters(), lr=1e-2)
+
+        def step(x, y):
+            opt.zero_grad()
+            out = m(x)
+            l = F.cross_entropy(out, y) if loss == "ce" else F.mse_loss(out, y)
+            l.backward()
+            opt.step()
+            return l
+        f = gpuad.compile(step) if compiled else step
+        runs.append(([f(x, y).item() for _ in range(3)], [p.numpy().copy() for p in m.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dtype_requires_grad_and_a_replaced_parameter_retrace():
+    lin = nn.Linear(3, 2)
+    f = gpuad.compile(lambda x: lin(x).sum())
+    f(gpuad.ones(2, 3))
+    f(gpuad.ones(2, 3, dtype="float64").float())
+    assert len(f.cache) == 1                                   # same shape and dtype: a replay
+    f(gpuad.ones(2, 3, requires_grad=True))
+    assert len(f.cache) == 2
+    lin.weight = nn.Parameter(lin.weight.detach() * 2)        # a new parameter object
+    new = f(gpuad.ones(2, 3)).item()
+    assert len(f.cache) == 3
+    assert new == lin(gpuad.ones(2, 3)).sum().item()
+    with pytest.raises(TypeError):
+        f(gpuad.ones(2, 3, dtype="float64"))                  # a dtype change retraces, and the
+                                                              # model's float32 weights refuse it as eager does
+
+
+def test_memory_accounting_reports_a_replay():
+    lin = nn.Linear(64, 64)
+    x = gpuad.tensor(np.ones((32, 64), np.float32))
+
+    def step(x):
+        lin.weight.grad = lin.bias.grad = None
+        loss = lin(x).tanh().sum()
+        loss.backward()
+        return loss
+    f = gpuad.compile(step)
+    f(x)
+    plan = f.compiled(x).plan
+    with gpuad.memory.track() as m:
+        f(x)
+    s = m.stats()
+    read, written = f.compiled(x).traffic()
+    assert s["bytes_read"] == read and s["bytes_written"] == written and read > 0
+    assert s["peak_bytes"] >= plan.peak_bytes - plan.dynamic_peak + lin.weight.nbytes + lin.bias.nbytes

@@ -41,7 +41,7 @@ class Entry:
                 raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
         outs = self.fn(inputs)
         if accountant.active is not None:
-            accountant.traffic("gpuad.compile replay", *self.traffic())
+            self._account(outs)
         values = dict(zip(self.out_ids, outs))
         for slot, var, in_place in self.cap.writes:
             if var is None:
@@ -57,6 +57,23 @@ class Entry:
             if values[var.id] is not arr:
                 np.copyto(arr, values[var.id])
         return rebuild(self.cap.result, {k: _own(v, self.arena) for k, v in values.items()})
+
+    def _account(self, outs):
+        """Report the replay to gpuad.memory as eager ops report themselves: its
+        traffic by the model, the arenas and scratch it holds, its planned peak of
+        short-lived buffers, and the arrays it hands out."""
+        acct = accountant
+        if self.plan is not None:
+            held = list(self.arena.values()) + [a.base if a.base is not None else a for e in self.graph.eqns
+                                                if e.prim == "fused" for a in e.params["kernel"].value.scratch]
+            for a in held:
+                acct.alloc(a, "gpuad.compile arena", activation=False)
+            acct.peak_bytes = max(acct.peak_bytes, acct.live_bytes + self.plan.dynamic_peak)
+        for a in outs:
+            if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in self.arena.values()):
+                acct.alloc(a, "gpuad.compile")
+        acct.traffic("gpuad.compile replay", *self.traffic())
+        acct.mark("gpuad.compile replay")
 
     def traffic(self):
         """(bytes read, bytes written) by the replay, by the same model as eager's
