@@ -5,7 +5,8 @@ where jax is installed: a bench-only extra, skipped otherwise).
 (b) the gelu block gelu(x * w + b) + x on 4M float32, forward+backward;
 (c) an 8-layer width-512 MLP training step (SGD) and the GPT step of the
     attention suite (AdamW).
-Time as ratios in one process, interleaved, medians; traffic from the model
+jax.jit runs (a) and (b) where jax is installed (`make bench` tries the `jax`
+extra). Time as ratios in one process, interleaved, medians; traffic from the model
 (eager: gpuad.memory's ledger; compiled: the same model over the compiled
 graph, fused groups counted once); peaks: the compiled step's static plan
 against the eager step's measured peak; compile time (trace + passes + codegen).
@@ -47,6 +48,19 @@ def _chain_variants(targets, notes):
             xt.grad = None
             _chain(xt).sum().backward()
         variants["torch eager"] = torch_eager
+    jax = _jax()
+    if jax is not None:
+        import jax.numpy as jnp
+
+        def jchain(x):
+            y = x
+            for _ in range(N_OPS // 4):
+                y = jnp.tanh(jnp.sin(y * 1.0001) + x)
+            return y.sum()
+        jf = jax.jit(jax.value_and_grad(jchain))
+        xj = jnp.array([0.3], dtype=jnp.float64)
+        jf(xj)[1].block_until_ready()
+        variants["jax.jit"] = lambda: jf(xj)[1].block_until_ready()
     t0 = time.perf_counter()
     compiled()
     ctime = time.perf_counter() - t0
@@ -55,6 +69,16 @@ def _chain_variants(targets, notes):
     per_op = {k: harness.median(v) / N_OPS * 1e6 for k, v in samples.items()}
     notes.append(targets.check("scalar chain, compiled us per op", per_op["gpuad compiled"], 1.0, " us"))
     return per_op, ctime
+
+
+def _jax():
+    """jax with float64 enabled, or None where it is not installed (a bench extra)."""
+    try:
+        import jax
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", True)
+    return jax
 
 
 def _gelu_block(targets, notes, n=1024, d=4096):
@@ -83,6 +107,13 @@ def _gelu_block(targets, notes, n=1024, d=4096):
                 t.grad = None
             (torch.nn.functional.gelu(tt[0] * tt[1] + tt[2]) + tt[0]).sum().backward()
         variants["torch eager"] = torch_eager
+    jax = _jax()
+    if jax is not None:
+        jg = jax.jit(jax.grad(lambda x, w, b: (jax.nn.gelu(x * w + b, approximate=False) + x).sum(),
+                              argnums=(0, 1, 2)))
+        ja = [jax.numpy.asarray(a) for a in arrays]
+        jax.block_until_ready(jg(*ja))
+        variants["jax.jit"] = lambda: jax.block_until_ready(jg(*ja))
     with gpuad.memory.track() as m:
         eager(*ts)
     s = m.stats()
