@@ -20,7 +20,7 @@ import time  # noqa: E402
 from . import harness  # noqa: E402
 
 SUITES = ["overhead", "mlp", "memory", "checkpoint", "ops", "attention", "compile"]      # what `make bench` runs
-EXTRA = ["method"]                                          # by name only
+EXTRA = ["method", "fusion"]                                          # by name only
 
 
 def main(argv=None):
