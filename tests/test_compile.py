@@ -494,3 +494,34 @@ def test_memory_accounting_reports_a_replay():
     read, written = f.compiled(x).traffic()
     assert s["bytes_read"] == read and s["bytes_written"] == written and read > 0
     assert s["peak_bytes"] >= plan.peak_bytes - plan.dynamic_peak + lin.weight.nbytes + lin.bias.nbytes
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (37, 1000), (3, 5, 9001)])
+def test_row_reductions_close_fused_groups_bitwise(shape):
+    x = gpuad.tensor(np.random.default_rng(5).standard_normal(shape).astype(np.float32), requires_grad=True)
+
+    def step(x):
+        x.grad = None
+        y = (F.softmax(x * 1.5, dim=-1) * x).sum(-1).tanh().sum() + F.log_softmax(x, -1).mean()
+        y.backward()
+        return y
+    want = step(x).item(), x.grad.numpy().copy()
+    f = gpuad.compile(step)
+    got = f(x).item(), x.grad.numpy()
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    names = [e.params["kernel"].name for e in f.compiled(x).graph.eqns if e.prim == "fused"]
+    assert "{subtract,exp,sum}" in names and "{multiply,max}" in names
+
+
+def test_fuse_ends_a_group_with_a_last_axis_reduction_only():
+    g = Graph()
+    x = g.input((8, 4), np.float32, "x")
+    a = g.add_eqn("exp", (x,), {}, x.shape, x.dtype)
+    rows = g.add_eqn("sum", (a,), {"axis": -1, "keepdims": True}, (8, 1), x.dtype)
+    b = g.add_eqn("sin", (x,), {}, x.shape, x.dtype)
+    cols = g.add_eqn("sum", (b,), {"axis": 0}, (4,), x.dtype)          # over the first axis: not fused
+    g.outputs = [rows, cols]
+    out = fuse.run(g)
+    assert [e.prim for e in out.eqns] == ["fused", "sin", "sum"]
+    assert out.eqns[0].outs == [rows]

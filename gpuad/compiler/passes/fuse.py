@@ -10,7 +10,10 @@ over its ops.
 
 Legality, in program order: an elementwise op joins the open group that made
 one of its inputs when that group has its output shape (groups it bridges are
-merged). A group is emitted, and closed, where anything outside it first reads
+merged). A sum, max, min or mean over the last axis of a group's value closes
+the group: each chunk of rows is reduced as it is made (bitwise numpy's
+per-row result; reductions over other axes would reorder the additions, so
+they stay outside). A group is emitted, and closed, where anything outside it first reads
 one of its values (fan-out and in-place updates stay ordered: the graph is SSA,
 so a write is a new value). Values read outside the group, or returned, are the
 group's outputs; everything else stays in scratch.
@@ -76,6 +79,19 @@ def run(graph):
             if grp.open and grp.members and grp.last < i - HORIZON:
                 emit(grp)
         joined = None
+        closing = _row_reduction(e, owner)
+        if closing is not None:
+            # a reduction over the last axis of a group's value ends that group: each chunk
+            # of rows is reduced as it is made, so the value is never written in full (and
+            # each row's result is bitwise what numpy gives for the whole array)
+            closing.members.append(e)
+            closing.last = i
+            for v in e.invars():
+                grp = owner.get(v.id)
+                if grp is not None and grp.open and grp is not closing:
+                    emit(grp)
+            emit(closing)
+            continue
         if fusible(e):
             cands = []
             for v in e.invars():
@@ -111,6 +127,25 @@ def run(graph):
     return g
 
 
+_ROW_REDUCE = {"sum", "max", "min", "amax", "amin", "mean"}
+
+
+def _row_reduction(e, owner):
+    """The open group e can close, if e reduces one of its values over the last axis."""
+    if e.prim not in _ROW_REDUCE or len(e.outs) != 1 or not isinstance(e.args[0], Var):
+        return None
+    v = e.args[0]
+    grp = owner.get(v.id)
+    nd = len(v.shape)
+    axis = e.params.get("axis", e.args[1] if len(e.args) > 1 else None)
+    if isinstance(axis, tuple) and len(axis) == 1:
+        axis = axis[0]
+    if grp is None or not grp.open or grp.shape != v.shape or nd < 2 or not isinstance(axis, int) \
+            or axis % nd != nd - 1 or set(e.params) - {"axis", "keepdims"} or len(e.args) > 1:
+        return None
+    return grp
+
+
 def _order(graph):
     index = {id(e): i for i, e in enumerate(graph.eqns)}
     return lambda e: index[id(e)]
@@ -140,7 +175,8 @@ class FusedKernel:
 
     def __init__(self, members, ins, outs, shape):
         self.members, self.ins, self.outs, self.shape = members, ins, outs, tuple(shape)
-        self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out
+        self.reduces = members[-1].prim in _ROW_REDUCE
+        self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out and not self.reduces
         self.fn, self.source, self.scratch = _generate(self)
         if _scalar_ok(self):
             self.fn, self.source = _generate_scalar(self, self.fn, self.source)
@@ -160,7 +196,8 @@ def _layout(k):
     nd = len(k.shape)
     shapes = [_padded(v.shape, nd) for v in k.ins] + [_padded(np.shape(a.value), nd) for m in k.members
                                                        for a in m.args if isinstance(a, Literal)]
-    for p in range(nd, 0, -1):
+    top = nd - 1 if k.reduces else nd          # a row reduction needs its last axis whole
+    for p in range(top, 0, -1):
         if all(s[:p] == k.shape[:p] or all(d == 1 for d in s[:p]) for s in shapes):
             return p
     return None
@@ -208,8 +245,8 @@ def _generate(k):
                         literal[id(a)] = f"{names.const(np.asarray(a.value).reshape((n_rows,) + s[p:]))}[s:e]"
                     else:
                         literal[id(a)] = names.const(np.asarray(a.value).reshape(s[p:]))
-        for j in range(len(k.outs)):
-            lines.append(f"    o{j}_r = o{j}.reshape({(n_rows,) + inner!r})")
+        for j, o in enumerate(k.outs):
+            lines.append(f"    o{j}_r = o{j}.reshape({(n_rows,) + tuple(o.shape[p:])!r})")
         lines.append(f"    for s in range(0, {n_rows}, {rows}):")
         lines.append(f"        e = s + {rows}")
         lines.append(f"        n = min(e, {n_rows}) - s")
@@ -231,6 +268,8 @@ def _generate(k):
             else:
                 args.append(src(a, names))
         fn = names.fn(m.prim, resolve(m.prim) if m.prim != "astype" else None)
+        if m.prim in _ROW_REDUCE:       # the closing row reduction: the last axis of every chunk
+            args = args[:1] + ["axis=-1", f"keepdims={bool(m.params.get('keepdims', False))}"]
         call = f"{fn}({', '.join(args)})"
         o = m.out
         if o.id in out_ref:
