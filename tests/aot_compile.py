@@ -10,7 +10,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 CONSTEXPRS = {"HAS_BIAS", "ACT", "SAVE_Z", "PRECISION", "INT64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C",
-              "HAS_W", "HAS_B", "RMS", "CAUSAL", "HAS_MASK", "BLOCK_D", "BLOCK_DV"}
+              "HAS_W", "HAS_B", "RMS", "CAUSAL", "HAS_MASK", "BLOCK_D", "BLOCK_DV", "BLOCK"}
 
 
 def compile_case(case):
@@ -21,7 +21,14 @@ def compile_case(case):
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     ptxas = next(os.path.join(bindir, n) for n in ("ptxas-blackwell", "ptxas") if os.path.exists(os.path.join(bindir, n)))
-    kernel = getattr(importlib.import_module(f"kernels.{case['module']}"), case["kernel"])
+    if "path" in case:              # a kernel gpuad.compile generated, from its cache file
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(os.path.basename(case["path"])[:-3], case["path"])
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        kernel = getattr(mod, case["kernel"])
+    else:
+        kernel = getattr(importlib.import_module(f"kernels.{case['module']}"), case["kernel"])
     sig = {}
     for name in kernel.arg_names:
         if name in CONSTEXPRS:

@@ -100,6 +100,20 @@ class Compiled:
         """The generated Python of the replay."""
         return self.compiled(*args, **kwargs).source
 
+    def kernels(self, *args, **kwargs):
+        """The generated Triton kernel of each fused group these arguments run, as text
+        (groups with a member that has no Triton form say which)."""
+        from . import triton_codegen
+        parts = []
+        for e in self.compiled(*args, **kwargs).graph.eqns:
+            if e.prim == "fused":
+                k = e.params["kernel"].value
+                try:
+                    parts.append(f"# group {e.params['kernel'].name}\n{triton_codegen.source(k)}")
+                except triton_codegen.Unsupported as u:
+                    parts.append(f"# group {e.params['kernel'].name}: no Triton kernel ({u})\n")
+        return "\n".join(parts)
+
 
 def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
     """Compile a training step (or any function of Tensors) into one traced,

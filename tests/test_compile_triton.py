@@ -1,0 +1,184 @@
+"""gpuad.compile's generated Triton kernels (#14), without a GPU: every fused group
+of a fixed set of compiled steps (the gelu block, an MLP step, a GPT step, softmax
+rows) runs through Triton's interpreter and must equal the numpy executor's kernel
+within 1e-6 of its output's magnitude (fp32); the same kernels compile for sm_90
+ahead of time. Sizes are small and irregular: the interpreter is slow."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gpuad
+import gpuad.nn.functional as F
+from gpuad import nn, optim
+from gpuad.compiler import triton_codegen as tc
+
+triton = pytest.importorskip("triton")
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.interpreter
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _gelu_block():
+    rng = np.random.default_rng(0)
+    ts = [gpuad.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in ((33, 70), (70,), (70,))]
+
+    def step(x, w, b):
+        x.grad = w.grad = b.grad = None
+        y = (F.gelu(x * w + b) + x).sum()
+        y.backward()
+        return y
+    return step, ts
+
+
+def _mlp():
+    gpuad.manual_seed(0)
+    m = nn.Sequential(nn.Linear(12, 20), nn.Tanh(), nn.Linear(20, 20), nn.GELU(), nn.Linear(20, 5))
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    rng = np.random.default_rng(1)
+    x, y = gpuad.tensor(rng.standard_normal((9, 12)).astype(np.float32)), gpuad.tensor(rng.integers(0, 5, 9))
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, [x, y]
+
+
+def _gpt():
+    gpuad.manual_seed(0)
+    m = nn.GPT(13, 8, d_model=16, n_layers=1, n_heads=2)
+    opt = optim.AdamW(m.parameters(), lr=1e-2)
+    ids = np.random.default_rng(2).integers(0, 13, (3, 9))
+    x, y = gpuad.tensor(ids[:, :-1]), gpuad.tensor(ids[:, 1:])
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x).reshape(-1, 13), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+    return step, [x, y]
+
+
+def _softmax_rows():
+    x = gpuad.tensor(np.random.default_rng(3).standard_normal((6, 37)).astype(np.float32), requires_grad=True)
+
+    def step(x):
+        x.grad = None
+        y = (F.softmax(x * 1.5, dim=-1) * x).sum(-1).tanh().sum() + F.log_softmax(x, -1).mean()
+        y.backward()
+        return y
+    return step, [x]
+
+
+GRAPHS = {"gelu block": _gelu_block, "MLP step": _mlp, "GPT step": _gpt, "softmax rows": _softmax_rows}
+
+
+def _groups(name):
+    step, args = GRAPHS[name]()
+    f = gpuad.compile(step)
+    f(*args)
+    return f, args, [e.params["kernel"].value for e in f.compiled(*args).graph.eqns if e.prim == "fused"]
+
+
+def _random_inputs(k, rng):
+    return [rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" else
+            (rng.random(v.shape) < 0.5 if v.dtype.kind == "b" else rng.integers(0, 3, v.shape).astype(v.dtype))
+            for v in k.ins]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUAD_CACHE_DIR", str(tmp_path / "kernels"))
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_generated_kernels_equal_the_numpy_executor(name):
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels in Triton's interpreter")
+    _, _, groups = _groups(name)
+    rng = np.random.default_rng(7)
+    ran = 0
+    for k in groups:
+        if tc.kernel(k) is None:
+            continue
+        ins = _random_inputs(k, rng)
+        with np.errstate(all="ignore"):
+            want = k(*ins)
+        got = tc.launch(k, ins, [np.empty(o.shape, o.dtype) for o in k.outs], torch_like=torch.from_numpy)
+        for w, g, o in zip(want, got, k.outs):
+            w, g = np.asarray(w), np.asarray(g)
+            if o.dtype.kind == "b":
+                np.testing.assert_array_equal(g, w)
+                continue
+            scale = float(np.nanmax(np.abs(w))) or 1.0
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6 * scale, equal_nan=True,
+                                       err_msg=f"{name}: group {[m.prim for m in k.members]}")
+        ran += 1
+    assert ran >= 1 and ran >= len(groups) // 2, f"{name}: {ran} of {len(groups)} groups have a Triton kernel"
+
+
+def test_kernels_are_printable_and_cached_on_disk_by_their_hash():
+    f, args, groups = _groups("gelu block")
+    text = f.kernels(*args)
+    assert text.count("@triton.jit") >= 2 and "tl.math.erf" in text
+    fn = tc.kernel(groups[0])
+    path = tc.module_path(tc.source(groups[0]))
+    assert os.path.dirname(path) == tc.cache_dir() and os.path.exists(path)
+    assert tc.kernel(groups[0]) is fn                                        # the same source: the same kernel
+    with open(path) as fh:
+        assert fh.read() == tc.source(groups[0])
+
+
+def test_a_member_without_a_triton_form_keeps_the_group_on_numpy():
+    x = gpuad.tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    f = gpuad.compile(lambda x: (x.log1p() * 2).sum())
+    f(x)
+    (k,) = [e.params["kernel"].value for e in f.compiled(x).graph.eqns if e.prim == "fused"]
+    assert tc.kernel(k) is None
+    assert "no Triton kernel (log1p)" in f.kernels(x)
+
+
+_PTR = {"float32": "*fp32", "float64": "*fp64", "float16": "*fp16", "bool": "*i1", "int64": "*i64", "int32": "*i32"}
+
+
+def test_generated_kernels_compile_for_sm90(tmp_path):
+    """Every generated kernel of the MLP, GPT and gelu-block steps through Triton's
+    compiler and ptxas for an H200: no spills, at most 255 registers."""
+    cases = {}
+    for name in ("gelu block", "MLP step", "GPT step"):
+        _, _, groups = _groups(name)
+        for i, k in enumerate(groups):
+            try:
+                text = tc.source(k)
+            except tc.Unsupported:
+                continue
+            ops = tc._inputs(k)
+            ptrs = {f"{n}_ptr": _PTR[np.dtype(a.dtype if hasattr(a, "dtype") and not hasattr(a, "value")
+                                               else np.asarray(a.value).dtype).name] for n, a in ops}
+            ptrs.update({f"o{j}_ptr": _PTR[o.dtype.name] for j, o in enumerate(k.outs)})
+            reduce = k.members[-1].prim in tc._REDUCE
+            block = max(16, 1 << (k.shape[-1] - 1).bit_length()) if reduce else tc.BLOCK
+            cases[f"{name}-{i}"] = {"path": tc.module_path(text), "kernel": "fused_kernel", "ptrs": ptrs | {"*": "*fp32"},
+                                    "constexprs": {"BLOCK": block}, "warps": 4, "stages": 1}
+    assert len(cases) >= 6
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(cases),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    skipped = [n for n, res in results.items() if "skip" in res]
+    if len(skipped) == len(results):
+        pytest.skip(results[skipped[0]]["skip"])
+    assert len(results) - len(skipped) >= 6
+    for n, res in results.items():
+        assert "error" not in res, (n, res["error"])
+        if "skip" not in res:
+            assert res["spills"] == 0 and res["regs"] <= 255, (n, res)
