@@ -35,6 +35,21 @@ class _CupyArg:
         return self._ptr
 
 
+def triton_arg(a):
+    """An array as Triton takes it: torch.from_numpy for numpy (the interpreter, zero
+    copy), a data_ptr shim for CuPy."""
+    if a is None:
+        return None
+    if type(a) is np.ndarray:
+        import torch                              # interpreter mode only (see module docstring)
+        if any(s < 0 for s in a.strides):
+            a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():           # read-only inputs: the kernels only read them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    return _CupyArg(a)
+
+
 FORCE_INT64 = False      # tests: take the 64-bit index path at any size
 
 
@@ -65,16 +80,7 @@ class TritonKernels:
     # -- helpers ---------------------------------------------------------------
 
     def _arg(self, a):
-        if a is None:
-            return None
-        if type(a) is np.ndarray:
-            import torch                              # interpreter mode only (see module docstring)
-            if any(s < 0 for s in a.strides):
-                a = np.ascontiguousarray(a)
-            with warnings.catch_warnings():           # read-only inputs: the kernels only read them
-                warnings.simplefilter("ignore", UserWarning)
-                return torch.from_numpy(a)
-        return _CupyArg(a)
+        return triton_arg(a)
 
     def _ok(self, op, *arrays):
         for a in arrays:

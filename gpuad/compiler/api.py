@@ -73,7 +73,7 @@ class Compiled:
             warnings.warn(f"{e}\ngpuad.compile: running {self.fn.__name__} eagerly", CompileWarning, stacklevel=4)
             self.eager_keys.add(key)
             return None
-        entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes)
+        entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes, groups=_groups())
         entry.compile_seconds = time.perf_counter() - t0
         self.cache[key] = entry
         return entry
@@ -136,6 +136,14 @@ def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
     if fn is None:
         return lambda f: Compiled(f, budget_bytes, fallback, passes)
     return Compiled(fn, budget_bytes, fallback, passes)
+
+
+def _groups():
+    """'triton' when gpuad.set_kernels('triton') runs Triton on CPU arrays (the
+    interpreter): then fused groups run as their generated Triton kernels, as on a GPU."""
+    from ..backends import numpy_ns
+    from ..providers import provider_name
+    return "triton" if provider_name(numpy_ns) == "triton" else None
 
 
 def rebuild(result, values):

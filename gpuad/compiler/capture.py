@@ -88,11 +88,14 @@ def capture(fn, args, kwargs, found=None):
     counters = {}
 
     def swap_in(slot, arr, prefix):
-        if not isinstance(arr, np.ndarray):
-            if isinstance(arr, Tracer) or hasattr(arr, "shape"):
-                raise TraceError(f"gpuad.compile: {slot} holds a {type(arr).__name__}; compile runs on "
-                                 f"CPU arrays")
+        if not hasattr(arr, "shape") or not hasattr(arr, "dtype") or isinstance(arr, (np.generic, Tracer)):
             return None
+        device = "cuda" if type(arr).__module__.startswith("cupy") else "cpu"
+        if devices and device not in devices:
+            raise TraceError(f"gpuad.compile: the step reads arrays on the CPU and on a GPU ({slot}); "
+                             f"move them to one device")
+        devices.add(device)
+        tr.ns.device = device
         n = counters.get(prefix, 0)
         counters[prefix] = n + 1
         tracer = tr.new_input(arr.shape, arr.dtype, f"{prefix}{n}")
@@ -101,6 +104,7 @@ def capture(fn, args, kwargs, found=None):
         return tracer
 
     call_args = (list(args), dict(kwargs))
+    devices = set()
     old_acct, accountant.active = accountant.active, None
     generators = {id(x): (x, x.rng) for x in [default_generator] + found.generators}
     try:
@@ -129,7 +133,9 @@ def capture(fn, args, kwargs, found=None):
     for arr, v in tr.ext_inputs:
         reads.append(arr)
     ext_writes = [(arr, var) for arr, var in tr.external.values() if var is not _input_var(tr, arr)]
-    return Capture(g, reads, result, writes, ext_writes)
+    cap = Capture(g, reads, result, writes, ext_writes)
+    cap.device = next(iter(devices), "cpu")
+    return cap
 
 
 def _input_var(tr, arr):

@@ -27,11 +27,15 @@ from .trace import resolve
 
 
 class _Names:
-    """The globals of the generated function: one name per callable and constant."""
+    """The globals of the generated function: one name per callable and constant.
+    xp: the namespace primitives resolve on (numpy's by default); run_group: how a
+    fused group's kernel runs there (itself, on the CPU)."""
 
-    def __init__(self):
+    def __init__(self, xp=None, run_group=None):
         self.scope = {"np": np}
         self._ids = {}
+        self.xp = xp
+        self.run_group = run_group
 
     def const(self, value, hint="c"):
         key = id(value)
@@ -43,7 +47,7 @@ class _Names:
         return name
 
     def fn(self, prim, impl=None):
-        impl = resolve(prim) if impl is None else impl
+        impl = resolve(prim, self.xp) if impl is None else impl
         name = "".join(ch if ch.isalnum() else "_" for ch in prim)
         if self.scope.get(name, impl) is not impl:
             name = self.const(impl, name + "_")
@@ -77,7 +81,8 @@ def src(a, names):
 def call_src(eqn, names, out=None):
     """The expression computing one equation (into `out` when given)."""
     if eqn.prim == "fused":
-        kernel = names.const(eqn.params["kernel"].value, "fused")
+        k = eqn.params["kernel"].value
+        kernel = names.const(k if names.run_group is None else names.run_group(k), "fused")
         return f"{kernel}({', '.join(src(a, names) for a in eqn.args)}{', outs=' + out if out else ''})"
     if eqn.prim == "getitem":
         return f"{src(eqn.args[0], names)}[{src(eqn.args[1], names)}]"
@@ -102,11 +107,12 @@ def last_uses(graph):
     return dying
 
 
-def generate(graph, plan=None, name="replay"):
+def generate(graph, plan=None, name="replay", xp=None, run_group=None):
     """(function(list of input arrays) -> list of outputs, its source). With an
     allocated plan (gpuad.compiler.passes.buffers), planned values are written
-    into their views of the arena."""
-    names = _Names()
+    into their views of the arena. xp and run_group: see _Names (a device replay
+    resolves primitives on CuPy's namespace and runs groups as Triton kernels)."""
+    names = _Names(xp, run_group)
     lines = [f"def {name}(inputs):"]
     if graph.inputs:
         lines.append(f"    {', '.join(v.name for v in graph.inputs)}, = inputs")

@@ -27,10 +27,12 @@ class Entry:
     """One compiled trace: reads its inputs from the call, runs the generated
     replay, puts results back (in place into arrays the step updated in place)."""
 
-    def __init__(self, cap, graph, plan, fn, source):
+    def __init__(self, cap, graph, plan, fn, source, xp=None):
         self.cap, self.graph, self.plan, self.fn, self.source = cap, graph, plan, fn, source
         self.arena = plan.arenas_allocated if plan is not None else None
         self.compile_seconds = 0.0
+        self.xp = xp
+        self.copyto = np.copyto if xp is None else xp.module.copyto
 
     def run(self, args, kwargs):
         from .api import rebuild
@@ -50,12 +52,12 @@ class Entry:
                 target = slot.get(call)
                 value = values[var.id]
                 if value is not target:
-                    np.copyto(target, value)
+                    self.copyto(target, value)
             else:
                 slot.set(call, _own(values[var.id], self.arena))
         for arr, var in self.cap.ext_writes:
             if values[var.id] is not arr:
-                np.copyto(arr, values[var.id])
+                self.copyto(arr, values[var.id])
         return rebuild(self.cap.result, {k: _own(v, self.arena) for k, v in values.items()})
 
     def _account(self, outs):
@@ -70,7 +72,7 @@ class Entry:
                 acct.alloc(a, "gpuad.compile arena", activation=False)
             acct.peak_bytes = max(acct.peak_bytes, acct.live_bytes + self.plan.dynamic_peak)
         for a in outs:
-            if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in self.arena.values()):
+            if isinstance(a, np.ndarray) and not _in(a, self.arena):
                 acct.alloc(a, "gpuad.compile")
         acct.traffic("gpuad.compile replay", *self.traffic())
         acct.mark("gpuad.compile replay")
@@ -94,11 +96,23 @@ class Entry:
         return text
 
 
+def _address(a):
+    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def _in(a, arena):
+    """Does array a lie inside one of the arena's buffers (numpy or CuPy)?"""
+    if not arena or not hasattr(a, "shape") or isinstance(a, np.generic):
+        return False
+    p = _address(a)
+    return any(_address(b) <= p < _address(b) + b.nbytes for b in arena.values())
+
+
 def _own(a, arena):
     """A result that lives in the arena is copied out: the next replay reuses it."""
-    if arena is not None and isinstance(a, np.ndarray) and any(np.may_share_memory(a, b) for b in arena.values()):
+    if _in(a, arena):
         return a.copy()
-    return np.asarray(a) if not isinstance(a, np.ndarray) else a
+    return a if hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, np.generic) else np.asarray(a)
 
 
 def outputs_of(cap):
@@ -123,6 +137,11 @@ def _result_vars(result):
     return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
+def _namespace(device):
+    from ..backends import numpy_ns, _cupy_namespace
+    return numpy_ns if device == "cpu" else _cupy_namespace()
+
+
 def _donations(cap, graph, before):
     """{input var id: final var id} for inputs the step updates in place, when the
     final value is computed by the graph (not an input itself). `before`: the
@@ -139,7 +158,11 @@ def _donations(cap, graph, before):
     return out
 
 
-def build(cap, budget_bytes=None, passes=None):
+def build(cap, budget_bytes=None, passes=None, groups=None):
+    """The Entry for a capture. groups: how fused groups run: None for the device's
+    default (numpy's chunked kernels on the CPU, generated Triton kernels on a GPU),
+    "triton" for Triton kernels on the CPU too (through the interpreter: how the
+    GPU path is tested without a GPU)."""
     graph = cap.graph.copy()
     graph.outputs = before = outputs_of(cap)
     out_ids = [v.id for v in graph.outputs]
@@ -149,8 +172,14 @@ def build(cap, budget_bytes=None, passes=None):
     if budget_bytes is not None:
         graph = remat.run(graph, budget_bytes, donated)
     plan = buffers.plan(graph, donated)
-    plan.arenas_allocated = plan.allocate()
-    fn, source = codegen.generate(graph, plan)
-    entry = Entry(cap, graph, plan, fn, source)
+    xp = _namespace(cap.device)
+    run_group = None
+    if groups == "triton" or cap.device == "cuda":
+        from . import triton_codegen
+        run_group = triton_codegen.runner(xp)
+        plan.scratch_bytes = 0            # Triton kernels keep intermediates in registers
+    plan.arenas_allocated = plan.allocate(xp)
+    fn, source = codegen.generate(graph, plan, xp=xp, run_group=run_group)
+    entry = Entry(cap, graph, plan, fn, source, xp)
     entry.out_ids = out_ids
     return entry

@@ -2,6 +2,8 @@
 functional forms of in-place writes, and draws from gpuad's generator.
 
 Each is what the replay calls; its name is the primitive's name in the graph.
+`xp` is the array namespace of the device the replay runs on (numpy's or
+CuPy's ArrayNamespace), bound when the replay is generated.
 
 >>> import numpy as np
 >>> from gpuad.compiler.prims import broadcast_copy
@@ -11,24 +13,37 @@ array([2., 2.], dtype=float32)
 import numpy as np
 
 
-def broadcast_copy(a, shape):
+def broadcast_copy(a, shape, xp=None):
     """a broadcast to shape, as a fresh array (an in-place write of a smaller value)."""
-    return np.array(np.broadcast_to(a, shape))
+    m = np if xp is None else xp.module
+    return m.array(m.broadcast_to(a, shape))
 
 
-def full(shape, value, dtype):
-    return np.full(shape, value, dtype)
+def full(shape, value, dtype, xp=None):
+    return (np if xp is None else xp.module).full(shape, value, dtype)
 
 
-def ufunc_at(name, a, index, b=None):
+def ufunc_at(name, a, index, b=None, xp=None):
     """A copy of a with ufunc.at applied (np.add.at(a, index, b), functional)."""
+    if xp is not None and xp.module is not np:
+        if name != "add":
+            raise NotImplementedError(f"gpuad.compile: {name}.at on a GPU")
+        out = a.copy()
+        xp._add_at(out, index, b)
+        return out
     out = a.copy()
     getattr(np, name).at(out, index, *(() if b is None else (b,)))
     return out
 
 
-def random_draw(kind, shape, dtype, generator):
-    """The next draw from a gpuad Generator, as the eager call made it."""
+def random_draw(kind, shape, dtype, generator, xp=None):
+    """The next draw from a gpuad Generator, as the eager call made it (drawn on the
+    host, then moved to the device, as eager dropout does)."""
     if kind == "random":
-        return generator.rng.random(shape, dtype=dtype)
-    return generator.rng.standard_normal(shape, dtype=dtype)
+        a = generator.rng.random(shape, dtype=dtype)
+    else:
+        a = generator.rng.standard_normal(shape, dtype=dtype)
+    return a if xp is None or xp.module is np else xp.module.asarray(a)
+
+
+HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw")

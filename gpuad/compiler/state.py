@@ -175,11 +175,15 @@ class ItemSlot(Slot):
         return f"state[{self.key!r}]"
 
 
+def _device(a):
+    return "cuda" if type(a).__module__.startswith("cupy") else "cpu"
+
+
 def _abstract_key(a):
     if a is None:
         return None
     if isinstance(a, np.ndarray) or hasattr(a, "shape"):
-        return (tuple(a.shape), str(a.dtype))
+        return (tuple(a.shape), str(a.dtype), _device(a))
     return ("py", a)
 
 
@@ -207,7 +211,7 @@ def _setting(v):
 
 def _arg_key(a):
     if isinstance(a, Tensor):
-        return ("T", tuple(a.shape), str(a.dtype), a.requires_grad)
+        return ("T", tuple(a.shape), str(a.dtype), a.requires_grad, _device(a.data))
     if isinstance(a, np.ndarray):
         return ("A", a.shape, str(a.dtype))
     if isinstance(a, (list, tuple)):

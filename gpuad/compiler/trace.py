@@ -232,24 +232,33 @@ def _flat(x):
     return [x]
 
 
-def resolve(prim):
-    """The executable behind a primitive's name: numpy_ns's method (numpy's function
-    or gpuad's extra), `ufunc.method`, or a helper in gpuad.compiler.prims."""
+def resolve(prim, xp=None):
+    """The executable behind a primitive's name on namespace xp (numpy_ns by default):
+    its method (numpy's or CuPy's function, or gpuad's extra), `ufunc.method`, or a
+    helper in gpuad.compiler.prims."""
+    import functools
     from ..backends import numpy_ns
     from . import prims
+    xp = numpy_ns if xp is None else xp
     if prim == "check_none":
         return check_none
-    fn = getattr(prims, prim.replace(".", "_"), None)
-    if fn is not None:
-        return fn
+    helper = prim.replace(".", "_")
+    if helper in prims.HELPERS:
+        fn = getattr(prims, helper)
+        return fn if xp is numpy_ns else functools.partial(fn, xp=xp)
     if "." in prim:
         head, _, tail = prim.rpartition(".")
-        mod = getattr(np, head, None) if not head.startswith("numpy") else None
-        if mod is None:
-            import importlib
-            mod = importlib.import_module(head)
+        if head.startswith("numpy."):
+            head = head[len("numpy."):]
+        mod = xp.module
+        for part in head.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                import importlib
+                mod = importlib.import_module(prim.rpartition(".")[0])
+                break
         return getattr(mod, tail)
-    return getattr(numpy_ns, prim)
+    return getattr(xp, prim)
 
 
 class TracingNamespace:

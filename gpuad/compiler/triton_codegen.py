@@ -257,3 +257,22 @@ def launch(k, inputs, outs, torch_like=None):
 
 def _padded(shape, nd):
     return (1,) * (nd - len(shape)) + tuple(shape)
+
+
+def runner(xp):
+    """run_group for codegen: each fused group as its Triton kernel on xp's arrays
+    (numpy arrays run in the interpreter; CuPy arrays on the device), or op by op
+    on xp when a member has no Triton form."""
+    from ..backends.triton_backend import triton_arg
+
+    def make(k):
+        if kernel(k) is None:
+            return k.unfused(xp)
+
+        def run(*inputs, outs=None):
+            outs = [o if o is not None else xp.module.empty(v.shape, v.dtype)
+                    for o, v in zip(outs or (None,) * len(k.outs), k.outs)]
+            launch(k, inputs, outs, torch_like=triton_arg)
+            return tuple(outs)
+        return run
+    return make

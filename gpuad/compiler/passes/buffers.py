@@ -106,9 +106,11 @@ class Plan:
     def peak_bytes(self):
         return self.arena_bytes + self.scratch_bytes + self.dynamic_peak
 
-    def allocate(self):
-        """The arenas (allocated once, here) and each planned value's view of them."""
-        arenas = {dt: np.empty(n, np.uint8) for dt, n in self.arenas.items()}
+    def allocate(self, xp=None):
+        """The arenas (allocated once, here, on xp's device) and each planned value's
+        view of them."""
+        m = np if xp is None else xp.module
+        arenas = {dt: m.empty(n, np.uint8) for dt, n in self.arenas.items()}
         for vid, v in self.planned.items():
             off = self.offsets[vid]
             self.views[vid] = arenas[v.dtype.str][off:off + v.nbytes].view(v.dtype).reshape(v.shape)

@@ -184,6 +184,28 @@ class FusedKernel:
     def __call__(self, *inputs, outs=None):
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
 
+    def unfused(self, xp):
+        """The group op by op on namespace xp, full-size temporaries and all: how a
+        device runs a group that has no Triton form."""
+        from ..trace import resolve
+        calls = [(resolve(m.prim, xp), m) for m in self.members]
+
+        def run(*inputs, outs=None):
+            vals = {v.id: a for v, a in zip(self.ins, inputs)}
+            sub = lambda a: vals[a.id] if isinstance(a, Var) else (a.value if isinstance(a, Literal) else a)  # noqa
+            for fn, m in calls:
+                vals[m.out.id] = fn(*[sub(a) for a in m.args], **{k: sub(v) for k, v in m.params.items()})
+            result = []
+            for j, o in enumerate(self.outs):
+                dst = outs[j] if outs is not None else None
+                if dst is None:
+                    result.append(vals[o.id])
+                else:
+                    xp.module.copyto(dst, vals[o.id])
+                    result.append(dst)
+            return tuple(result)
+        return run
+
 
 def _layout(k):
     """How a group streams: None for one pass (small), else p, the number of leading
