@@ -16,8 +16,11 @@ on its own (the report says which did):
   6. attention: causal scaled_dot_product_attention forward+backward (fp16, 4 x 8
      heads, E = 64, L = 1024 and 4096) with gpuad's Triton FlashAttention kernels
      against torch's: time, peak device bytes, and the largest dQ difference
-  7. bandwidth: CuPy's device copy against gpuad's elementwise kernels
-  8. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
+  7. compile: gpuad.compile's MLP step on the device (arena in device memory, fused
+     groups as generated Triton kernels) against eager gpuad, torch eager and
+     torch.compile: time, peak device bytes
+  8. bandwidth: CuPy's device copy against gpuad's elementwise kernels
+  9. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
      kernel against the traffic model
 The report (report.md, report.json) is rewritten after every step, so a run
 stopped from outside still leaves what it measured; a global deadline (7.5
@@ -227,6 +230,67 @@ def mlp(rounds):
     return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "traffic": traffic}
 
 
+def compiled_steps(rounds):
+    """gpuad.compile on the device (#14): the 8 x 1024 tanh MLP step (MSE, no optimizer)
+    eager with the Triton provider, compiled (arena on the device, fused groups as
+    generated Triton kernels, no CUDA graph yet), torch eager and torch.compile."""
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import memory
+    net, x, y, cpu_weights = _gpuad_mlp(8, 1024, 256)
+
+    def eager():
+        net.zero_grad()
+        F.mse_loss(net(x), y).backward()
+    gpuad.set_kernels("triton")
+    compiled = gpuad.compile(eager)
+    variants = {"gpuad eager (triton)": eager, "gpuad compiled": compiled}
+    peaks, notes = {}, []
+    for name, fn in variants.items():
+        fn()
+        _sync()
+        with memory.track():
+            memory.accountant.device_peak_bytes = memory.accountant.device_live_bytes
+            fn()
+            _sync()
+        peaks[name] = memory.accountant.device_peak_bytes
+    entry = compiled.compiled()
+    groups = [e for e in entry.graph.eqns if e.prim == "fused"]
+    from gpuad.compiler import triton_codegen
+    generated = sum(1 for e in groups if triton_codegen.kernel(e.params["kernel"].value) is not None)
+    notes.append(f"{len(groups)} fused groups, {generated} as generated Triton kernels; planned peak "
+                 f"{entry.plan.peak_bytes / 2 ** 20:.1f} MiB; modelled traffic "
+                 f"{sum(entry.traffic()) / 2 ** 20:.1f} MiB")
+    try:
+        import torch
+        tnet, xt, yt = _torch_mlp(cpu_weights, x, y, torch.float32)
+
+        def tstep():
+            tnet.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(tnet(xt), yt).backward()
+        variants["torch eager fp32"] = tstep
+        try:
+            cstep = torch.compile(tstep)
+            cstep()
+            variants["torch.compile fp32"] = cstep
+        except Exception as e:                      # report, do not fail the step
+            notes.append(f"torch.compile failed here: {type(e).__name__}: {str(e)[:200]}")
+
+        def sync():
+            _sync()
+            torch.cuda.synchronize()
+    except ImportError:
+        sync = _sync
+    times = _time(variants, rounds, sync)
+    gpuad.set_kernels(None)
+    ref = times.get("torch eager fp32")
+    rows = [(k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
+             f"{peaks[k] / 2 ** 20:.1f}" if k in peaks else "-") for k, v in times.items()]
+    md = _table(["variant", "ms per step", "vs torch eager", "peak device MiB (gpuad)"], rows)
+    md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "notes": notes}
+
+
 def memory_depths():
     import gpuad.nn.functional as F
     from gpuad import memory
@@ -427,7 +491,8 @@ def ncu():
         {"model": [model_read, model_write], "ncu": got}
 
 
-STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "attention", "bandwidth", "ncu traffic check")
+STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "attention", "compile", "bandwidth",
+         "ncu traffic check")
 
 
 def main(argv=None):
@@ -448,9 +513,9 @@ def main(argv=None):
         return 1
     runs = {"machine": (machine,), "GPU tests": (gpu_tests,), "mlp": (mlp, args.rounds),
             "memory": (memory_depths,), "checkpoint": (checkpoint_step, max(3, args.rounds // 2)),
-            "attention": (attention, max(3, args.rounds // 2)),
+            "attention": (attention, max(3, args.rounds // 2)), "compile": (compiled_steps, max(3, args.rounds // 2)),
             "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}
-    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60}
+    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60, "compile": 90}
     for name in STEPS:
         fn, *rest = runs[name]
         report.step(name, fn, *rest, budget_s=budgets.get(name, 60))

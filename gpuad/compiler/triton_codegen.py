@@ -264,9 +264,13 @@ def runner(xp):
     (numpy arrays run in the interpreter; CuPy arrays on the device), or op by op
     on xp when a member has no Triton form."""
     from ..backends.triton_backend import triton_arg
+    from ..providers import triton_usable
+    # on a GPU, Triton must launch on CuPy's current stream (as the eager kernels do);
+    # where its driver cannot be brought up, every group runs op by op on CuPy
+    usable = xp.module is np or triton_usable()
 
     def make(k):
-        if kernel(k) is None:
+        if not usable or kernel(k) is None:
             return k.unfused(xp)
 
         def run(*inputs, outs=None):
