@@ -525,3 +525,13 @@ def test_fuse_ends_a_group_with_a_last_axis_reduction_only():
     out = fuse.run(g)
     assert [e.prim for e in out.eqns] == ["fused", "sin", "sum"]
     assert out.eqns[0].outs == [rows]
+
+
+def test_reachable_state_the_step_never_reads_is_not_fetched():
+    used, unused = nn.Linear(3, 2), nn.Linear(3, 2)
+    models = {"used": used, "unused": unused}
+    f = gpuad.compile(lambda x: models["used"](x).sum())
+    f(gpuad.ones(1, 3))
+    entry = f.compiled(gpuad.ones(1, 3))
+    assert len(entry.cap.reads) == 5 and len(entry.reads) == 3        # x, and used's weight and bias
+    assert f(gpuad.ones(1, 3)).item() == used(gpuad.ones(1, 3)).sum().item()

@@ -37,7 +37,7 @@ class Entry:
     def run(self, args, kwargs):
         from .api import rebuild
         call = (list(args), dict(kwargs))
-        inputs = [r.get(call) if isinstance(r, Slot) else r for r in self.cap.reads]
+        inputs = [r.get(call) if isinstance(r, Slot) else r for r in self.reads]
         for v, a in zip(self.graph.inputs, inputs):
             if a is None or tuple(a.shape) != v.shape:
                 raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
@@ -137,6 +137,16 @@ def _result_vars(result):
     return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
+def _used_inputs(graph, cap):
+    """(graph, reads) without the inputs nothing reads: reachable state the step never
+    touched is not fetched at each replay."""
+    used = {v.id for e in graph.eqns for v in e.invars()} | {v.id for v in iter_vars(graph.outputs)}
+    keep = [(v, r) for v, r in zip(cap.graph.inputs, cap.reads) if v.id in used]
+    g = graph.copy()
+    g.inputs = [v for v, _ in keep]
+    return g, [r for _, r in keep]
+
+
 def _namespace(device):
     from ..backends import numpy_ns, _cupy_namespace
     return numpy_ns if device == "cpu" else _cupy_namespace()
@@ -168,6 +178,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None):
     out_ids = [v.id for v in graph.outputs]
     for name in (DEFAULT_PASSES if passes is None else passes):
         graph = PASSES[name](graph)
+    graph, reads = _used_inputs(graph, cap)
     donated = _donations(cap, graph, before)
     if budget_bytes is not None:
         graph = remat.run(graph, budget_bytes, donated)
@@ -181,5 +192,6 @@ def build(cap, budget_bytes=None, passes=None, groups=None):
     plan.arenas_allocated = plan.allocate(xp)
     fn, source = codegen.generate(graph, plan, xp=xp, run_group=run_group)
     entry = Entry(cap, graph, plan, fn, source, xp)
+    entry.reads = reads
     entry.out_ids = out_ids
     return entry

@@ -27,6 +27,10 @@ from ..tensor import Tensor
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+MAX_WALK = 4096     # a larger list or dict (a dataset) is not searched for state: pass what
+                    # the step needs as arguments, or hold it in a Module
+
+
 class Found:
     """Tensors, modules, optimizers and optimizer-state dicts reachable from a step."""
 
@@ -67,9 +71,11 @@ def discover(fn, extra=()):
         elif isinstance(obj, Generator):
             found.generators.append(obj)
         elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
+            if len(obj) <= MAX_WALK:
+                stack.extend(obj)
         elif isinstance(obj, dict):
-            stack.extend(obj.values())
+            if len(obj) <= MAX_WALK:
+                stack.extend(obj.values())
         elif isinstance(obj, (types.FunctionType, types.MethodType)) or hasattr(obj, "__wrapped__"):
             _function_refs(obj, stack)
         elif hasattr(obj, "__dict__") and not callable(obj):
