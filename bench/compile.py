@@ -196,6 +196,19 @@ def _steps(targets, notes):
         notes.append(targets.check(f"{name.split()[0]} step, compiled vs eager", r, 1.0, "x"))
         if name.startswith("GPT"):
             notes.append(targets.check("compiling the GPT step", ctime, 2.0, " s"))
+            # issue 14: what fusion removes from the GPT step's traffic (the model), against
+            # eager's ledger and against the same graph compiled without the fusion pass
+            with gpuad.memory.track() as m:
+                eager()
+            s = m.stats()
+            ledger = s["bytes_read"] + s["bytes_written"]
+            unfused = gpuad.compile(make(), passes=("dce", "cse", "fold", "dce"))
+            unfused()
+            fused_t, unfused_t = sum(entry.traffic()), sum(unfused.compiled().traffic())
+            notes.append(targets.check("GPT step, modelled traffic compiled / eager's ledger", fused_t / ledger, 0.5))
+            notes.append(f"GPT step, modelled traffic compiled / the same graph unfused: {fused_t / unfused_t:.2f} "
+                         f"({fused_t / 2 ** 20:.0f} of {unfused_t / 2 ** 20:.0f} MiB; eager's ledger "
+                         f"{ledger / 2 ** 20:.0f} MiB)")
     return rows
 
 
