@@ -233,7 +233,8 @@ def mlp(rounds):
 def compiled_steps(rounds):
     """gpuad.compile on the device (#14): the 8 x 1024 tanh MLP step (MSE, no optimizer)
     eager with the Triton provider, compiled (arena on the device, fused groups as
-    generated Triton kernels, no CUDA graph yet), torch eager and torch.compile."""
+    generated Triton kernels, replayed as one CUDA graph from its second call), torch
+    eager and torch.compile."""
     import gpuad
     import gpuad.nn.functional as F
     from gpuad import memory
@@ -261,6 +262,10 @@ def compiled_steps(rounds):
     notes.append(f"{len(groups)} fused groups, {generated} as generated Triton kernels; planned peak "
                  f"{entry.plan.peak_bytes / 2 ** 20:.1f} MiB; modelled traffic "
                  f"{sum(entry.traffic()) / 2 ** 20:.1f} MiB")
+    g = entry.fn
+    notes.append(f"CUDA graph: {'captured ' + str(g.captures) + ' time(s)' if getattr(g, 'captures', 0) else ''}"
+                 f"{'capture failed: ran without a graph' if getattr(g, 'failed', False) else ''}"
+                 f"{'not used' if not hasattr(g, 'captures') else ''}")
     try:
         import torch
         tnet, xt, yt = _torch_mlp(cpu_weights, x, y, torch.float32)

@@ -535,3 +535,76 @@ def test_reachable_state_the_step_never_reads_is_not_fetched():
     entry = f.compiled(gpuad.ones(1, 3))
     assert len(entry.cap.reads) == 5 and len(entry.reads) == 3        # x, and used's weight and bias
     assert f(gpuad.ones(1, 3)).item() == used(gpuad.ones(1, 3)).sum().item()
+
+
+class _FakeGraphs:
+    """A CPU stand-in for CupyGraphs: a 'graph' reruns the function and writes its
+    results into the buffers captured the first time, as a CUDA graph rewrites its
+    own buffers on each launch."""
+
+    def __init__(self, fail=False):
+        self.fail, self.launches = fail, 0
+
+    def capture(self, fn, inputs):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        outs = fn([a.copy() for a in inputs])      # capturing records work, it does not do it
+        return (fn, inputs, outs), outs
+
+    def launch(self, graph):
+        fn, inputs, outs = graph
+        self.launches += 1
+        for i, (o, n) in enumerate(zip(outs, fn(inputs))):
+            if isinstance(o, np.ndarray) and o.ndim and o is not n:
+                np.copyto(o, n)
+            else:
+                outs[i] = n             # numpy hands back 0-d results as scalars: no buffer to rewrite
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+    def clone(self, a):
+        return a.copy()
+
+
+def _graph_step(backend):
+    from gpuad.compiler import pipeline
+    from gpuad.compiler.graphs import GraphReplay
+    step, m = _deep_mlp(layers=3, width=16, batch=32)
+    f = gpuad.compile(step)
+    f()
+    entry = f.compiled()
+    entry.fn = GraphReplay(entry.fn, pipeline._is_arg(entry.reads), pipeline._escapes(entry.cap, entry.out_ids),
+                           backend)
+    return f, m, entry
+
+
+def test_graph_replay_captures_once_and_hands_out_copies():
+    backend = _FakeGraphs()
+    f, m, entry = _graph_step(backend)
+    step, m_ref = _deep_mlp(layers=3, width=16, batch=32)
+    step()
+    losses = [f() for _ in range(4)]
+    want = [step().item() for _ in range(4)]
+    assert len({id(l.data) for l in losses}) == 4
+    assert [l.item() for l in losses] == want                      # each loss its own array, not the graph's
+    assert entry.fn.captures == 1 and backend.launches == 3
+    for a, b in zip(m.parameters(), m_ref.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_graph_replay_recaptures_when_state_is_replaced_and_falls_back_when_capture_fails():
+    backend = _FakeGraphs()
+    f, m, entry = _graph_step(backend)
+    f()
+    f()
+    w = next(iter(m.parameters()))
+    w.data = w.data.copy()                   # the same tensor, a new array: the graph's pointer is stale
+    f()
+    assert entry.fn.captures == 2
+    f2, _, entry2 = _graph_step(_FakeGraphs(fail=True))
+    f2()
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed"):
+        f2()
+    f2()
+    assert entry2.fn.failed and entry2.fn.captures == 0

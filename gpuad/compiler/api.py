@@ -36,7 +36,7 @@ class Compiled:
     """A step compiled by gpuad.compile: call it as the function; .graph(*args) prints
     what it runs, .plan(*args) its buffers."""
 
-    def __init__(self, fn, budget_bytes=None, fallback="error", passes=None):
+    def __init__(self, fn, budget_bytes=None, fallback="error", passes=None, cuda_graphs=True):
         if fallback not in ("error", "eager"):
             raise ValueError(f"gpuad.compile: fallback must be 'error' or 'eager', got {fallback!r}")
         functools.update_wrapper(self, fn)
@@ -44,6 +44,7 @@ class Compiled:
         self.budget_bytes = budget_bytes
         self.fallback = fallback
         self.passes = passes
+        self.cuda_graphs = cuda_graphs
         self.cache = {}
         self.traces = 0
         self._last_key = None
@@ -73,7 +74,8 @@ class Compiled:
             warnings.warn(f"{e}\ngpuad.compile: running {self.fn.__name__} eagerly", CompileWarning, stacklevel=4)
             self.eager_keys.add(key)
             return None
-        entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes, groups=_groups())
+        entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes, groups=_groups(),
+                               cuda_graphs=self.cuda_graphs)
         entry.compile_seconds = time.perf_counter() - t0
         self.cache[key] = entry
         return entry
@@ -115,7 +117,7 @@ class Compiled:
         return "\n".join(parts)
 
 
-def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
+def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None, cuda_graphs=True):
     """Compile a training step (or any function of Tensors) into one traced,
     optimized, buffer-planned replay; usable as a decorator, with or without
     arguments.
@@ -126,6 +128,8 @@ def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
     settings replay. budget_bytes: the most bytes the replay may hold at once;
     values are recomputed to fit. fallback: "error" raises on value-dependent
     Python (`.item()`, `if t:`), "eager" runs such a step eagerly, with a warning.
+    cuda_graphs: on a GPU, replay the whole step as one captured CUDA graph from
+    the second call on (gpuad/compiler/graphs.py); False launches op by op.
 
     >>> import gpuad
     >>> f = gpuad.compile(gpuad.value_and_grad(lambda x: (x * x).sum()))
@@ -134,8 +138,8 @@ def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None):
     (5.0, [2.0, 4.0])
     """
     if fn is None:
-        return lambda f: Compiled(f, budget_bytes, fallback, passes)
-    return Compiled(fn, budget_bytes, fallback, passes)
+        return lambda f: Compiled(f, budget_bytes, fallback, passes, cuda_graphs)
+    return Compiled(fn, budget_bytes, fallback, passes, cuda_graphs)
 
 
 def _groups():

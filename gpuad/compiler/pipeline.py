@@ -137,6 +137,20 @@ def _result_vars(result):
     return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
+def _is_arg(reads):
+    from .capture import ArgSlot
+    return [isinstance(r, ArgSlot) for r in reads]
+
+
+def _escapes(cap, out_ids):
+    """Per output: is it handed to the caller (returned, or a slot's new array)? Values
+    written back in place are not: they are copied into their arrays anyway."""
+    kept = {v.id for _, v, in_place in cap.writes if in_place and v is not None}
+    handed = {v.id for v in iter_vars(_result_vars(cap.result))} | {
+        v.id for _, v, in_place in cap.writes if not in_place and v is not None}
+    return [vid in handed or vid not in kept for vid in out_ids]
+
+
 def _used_inputs(graph, cap):
     """(graph, reads) without the inputs nothing reads: reachable state the step never
     touched is not fetched at each replay."""
@@ -168,7 +182,7 @@ def _donations(cap, graph, before):
     return out
 
 
-def build(cap, budget_bytes=None, passes=None, groups=None):
+def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     """The Entry for a capture. groups: how fused groups run: None for the device's
     default (numpy's chunked kernels on the CPU, generated Triton kernels on a GPU),
     "triton" for Triton kernels on the CPU too (through the interpreter: how the
@@ -194,4 +208,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None):
     entry = Entry(cap, graph, plan, fn, source, xp)
     entry.reads = reads
     entry.out_ids = out_ids
+    if cap.device == "cuda" and cuda_graphs:
+        from .graphs import CupyGraphs, GraphReplay
+        entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids), CupyGraphs())
     return entry
