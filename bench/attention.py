@@ -148,7 +148,7 @@ def _torch_gpt(g, V, T, D, NL, H):
             self.ln = tnn.LayerNorm(D)
 
         def forward(self, ids):
-            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
             return self.ln(self.blocks(x)) @ self.tok.weight.T
     return GPT()
 

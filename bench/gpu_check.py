@@ -16,9 +16,9 @@ on its own (the report says which did):
   6. attention: causal scaled_dot_product_attention forward+backward (fp16, 4 x 8
      heads, E = 64, L = 1024 and 4096) with gpuad's Triton FlashAttention kernels
      against torch's: time, peak device bytes, and the largest dQ difference
-  7. compile: gpuad.compile's MLP step on the device (arena in device memory, fused
-     groups as generated Triton kernels) against eager gpuad, torch eager and
-     torch.compile: time, peak device bytes
+  7. compile: gpuad.compile's MLP and GPT steps on the device (arena in device
+     memory, fused groups as generated Triton kernels, one CUDA graph) against
+     eager gpuad, torch eager and torch.compile: time, peak device bytes
   8. bandwidth: CuPy's device copy against gpuad's elementwise kernels
   9. ncu (when on PATH): DRAM bytes read and written by the fused linear forward
      kernel against the traffic model
@@ -230,25 +230,16 @@ def mlp(rounds):
     return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "traffic": traffic}
 
 
-def compiled_steps(rounds):
-    """gpuad.compile on the device (#14): the 8 x 1024 tanh MLP step (MSE, no optimizer)
-    eager with the Triton provider, compiled (arena on the device, fused groups as
-    generated Triton kernels, replayed as one CUDA graph from its second call), torch
-    eager and torch.compile."""
-    import gpuad
-    import gpuad.nn.functional as F
+def _compiled_case(label, eager, compiled, torch_step, rounds):
+    """Time and peak device bytes of one step: eager gpuad (Triton provider), compiled,
+    torch eager and torch.compile; notes on the compiled graph."""
     from gpuad import memory
-    net, x, y, cpu_weights = _gpuad_mlp(8, 1024, 256)
-
-    def eager():
-        net.zero_grad()
-        F.mse_loss(net(x), y).backward()
-    gpuad.set_kernels("triton")
-    compiled = gpuad.compile(eager)
-    variants = {"gpuad eager (triton)": eager, "gpuad compiled": compiled}
+    from gpuad.compiler import triton_codegen
+    variants = {f"{label}: gpuad eager (triton)": eager, f"{label}: gpuad compiled": compiled}
     peaks, notes = {}, []
     for name, fn in variants.items():
         fn()
+        fn()                                # the compiled step captures its CUDA graph on call 2
         _sync()
         with memory.track():
             memory.accountant.device_peak_bytes = memory.accountant.device_live_bytes
@@ -257,40 +248,92 @@ def compiled_steps(rounds):
         peaks[name] = memory.accountant.device_peak_bytes
     entry = compiled.compiled()
     groups = [e for e in entry.graph.eqns if e.prim == "fused"]
-    from gpuad.compiler import triton_codegen
     generated = sum(1 for e in groups if triton_codegen.kernel(e.params["kernel"].value) is not None)
-    notes.append(f"{len(groups)} fused groups, {generated} as generated Triton kernels; planned peak "
-                 f"{entry.plan.peak_bytes / 2 ** 20:.1f} MiB; modelled traffic "
-                 f"{sum(entry.traffic()) / 2 ** 20:.1f} MiB")
     g = entry.fn
-    notes.append(f"CUDA graph: {'captured ' + str(g.captures) + ' time(s)' if getattr(g, 'captures', 0) else ''}"
-                 f"{'capture failed: ran without a graph' if getattr(g, 'failed', False) else ''}"
-                 f"{'not used' if not hasattr(g, 'captures') else ''}")
+    graph = ("capture failed: ran without a graph" if getattr(g, "failed", False) else
+             f"captured {g.captures} time(s)" if getattr(g, "captures", 0) else "not used")
+    notes.append(f"{label}: {len(groups)} fused groups, {generated} as generated Triton kernels; CUDA graph "
+                 f"{graph}; planned peak {entry.plan.peak_bytes / 2 ** 20:.1f} MiB; modelled traffic "
+                 f"{sum(entry.traffic()) / 2 ** 20:.1f} MiB")
+    sync = _sync
+    if torch_step is not None:
+        import torch
+        variants[f"{label}: torch eager"] = torch_step
+        try:
+            cstep = torch.compile(torch_step)
+            cstep()
+            variants[f"{label}: torch.compile"] = cstep
+        except Exception as e:                      # report, do not fail the step
+            notes.append(f"{label}: torch.compile failed here: {type(e).__name__}: {str(e)[:200]}")
+
+        def sync():
+            _sync()
+            torch.cuda.synchronize()
+    return _time(variants, rounds, sync), peaks, notes
+
+
+def compiled_steps(rounds):
+    """gpuad.compile on the device (#14): an 8 x 1024 tanh MLP step (MSE) and the bench's
+    GPT step (AdamW), each eager with the Triton provider, compiled (arena in device
+    memory, fused groups as generated Triton kernels, one CUDA graph from the second
+    call), torch eager and torch.compile: time and peak device bytes."""
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import nn, optim
+    gpuad.set_kernels("triton")
     try:
         import torch
+    except ImportError:
+        torch = None
+    times, peaks, notes = {}, {}, []
+    # the MLP
+    net, x, y, cpu_weights = _gpuad_mlp(8, 1024, 256)
+
+    def mlp_step():
+        net.zero_grad()
+        F.mse_loss(net(x), y).backward()
+    tstep = None
+    if torch is not None:
         tnet, xt, yt = _torch_mlp(cpu_weights, x, y, torch.float32)
 
         def tstep():
             tnet.zero_grad(set_to_none=True)
             torch.nn.functional.mse_loss(tnet(xt), yt).backward()
-        variants["torch eager fp32"] = tstep
-        try:
-            cstep = torch.compile(tstep)
-            cstep()
-            variants["torch.compile fp32"] = cstep
-        except Exception as e:                      # report, do not fail the step
-            notes.append(f"torch.compile failed here: {type(e).__name__}: {str(e)[:200]}")
+    t, p, n = _compiled_case("MLP", mlp_step, gpuad.compile(mlp_step), tstep, rounds)
+    times.update(t), peaks.update(p), notes.extend(n)
+    # the GPT of the CPU bench
+    V, T, D, NL, H, B = 64, 128, 128, 4, 4, 8
+    ids = np.random.default_rng(1).integers(0, V, (B, T + 1))
+    gpuad.manual_seed(5)
+    model = nn.GPT(V, T, D, NL, H)
+    tgpt = None
+    if torch is not None:
+        from bench.attention import _torch_gpt
+        tgpt = _torch_gpt(model, V, T, D, NL, H).cuda()
+        topt = torch.optim.AdamW(tgpt.parameters(), lr=1e-3)
+        it, lt = (torch.as_tensor(a, device="cuda") for a in (ids[:, :-1], ids[:, 1:]))
+    model.to("cuda")
+    opt = optim.AdamW(model.parameters(), lr=1e-3)
+    xi, yi = gpuad.tensor(ids[:, :-1], device="cuda"), gpuad.tensor(ids[:, 1:], device="cuda")
 
-        def sync():
-            _sync()
-            torch.cuda.synchronize()
-    except ImportError:
-        sync = _sync
-    times = _time(variants, rounds, sync)
+    def gpt_step():
+        opt.zero_grad()
+        F.cross_entropy(model(xi).reshape(-1, V), yi.reshape(-1)).backward()
+        opt.step()
+    tg = None
+    if torch is not None:
+        def tg():
+            topt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(tgpt(it).reshape(-1, V), lt.reshape(-1)).backward()
+            topt.step()
+    t, p, n = _compiled_case("GPT", gpt_step, gpuad.compile(gpt_step), tg, rounds)
+    times.update(t), peaks.update(p), notes.extend(n)
     gpuad.set_kernels(None)
-    ref = times.get("torch eager fp32")
-    rows = [(k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
-             f"{peaks[k] / 2 ** 20:.1f}" if k in peaks else "-") for k, v in times.items()]
+    rows = []
+    for k, v in times.items():
+        ref = times.get(k.split(":")[0] + ": torch eager")
+        rows.append((k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
+                     f"{peaks[k] / 2 ** 20:.1f}" if k in peaks else "-"))
     md = _table(["variant", "ms per step", "vs torch eager", "peak device MiB (gpuad)"], rows)
     md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "notes": notes}
@@ -520,7 +563,7 @@ def main(argv=None):
             "memory": (memory_depths,), "checkpoint": (checkpoint_step, max(3, args.rounds // 2)),
             "attention": (attention, max(3, args.rounds // 2)), "compile": (compiled_steps, max(3, args.rounds // 2)),
             "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}
-    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60, "compile": 90}
+    budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60, "compile": 120}
     for name in STEPS:
         fn, *rest = runs[name]
         report.step(name, fn, *rest, budget_s=budgets.get(name, 60))
