@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from .ir import Literal, Var
+from .passes.fuse import _padded
 
 MAX_ROW = 1 << 14           # a row reduction keeps one row in registers
 BLOCK = 1024                # elements per program of a pointwise kernel
@@ -253,10 +254,6 @@ def launch(k, inputs, outs, torch_like=None):
         warnings.simplefilter("ignore", UserWarning)
         fn[grid](*[wrap(a) for a in arrays], *[wrap(o) for o in outs], n, *strides, BLOCK=block)
     return outs
-
-
-def _padded(shape, nd):
-    return (1,) * (nd - len(shape)) + tuple(shape)
 
 
 def runner(xp):
