@@ -129,9 +129,9 @@ def test_fused_chunks_equal_eager_at_every_shape(shape):
     assert any(e.prim == "fused" for e in f.compiled(x, b).graph.eqns)
 
 
-def test_random_programs_compiled_equal_eager():
+def test_random_programs_compiled_equal_eager_to_a_few_ulp():
     from tests.test_fuzz import program, _ops
-    for seed in range(12):
+    for seed in range(40):
         steps, leaves, grey, weights, _ = program(seed, 10)
         ops = _ops(gpuad, F)
 
@@ -147,7 +147,13 @@ def test_random_programs_compiled_equal_eager():
             if b is None:
                 assert a is None
             else:
-                np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"seed {seed}: {steps}")
+                # a few ulp, as the issue allows per fused op: a row reduction fused into its
+                # group sums a C-ordered chunk pairwise, where eager may sum a transposed
+                # intermediate along a strided axis, in order (seed 28: 1 ulp)
+                a, b = a.numpy(), b.numpy()
+                assert np.array_equal(np.isnan(a), np.isnan(b)), f"seed {seed}: {steps}"
+                ok = ~np.isnan(b)
+                np.testing.assert_array_max_ulp(a[ok], b[ok], maxulp=4)
 
 
 # -- guards and errors ------------------------------------------------------------
@@ -330,16 +336,36 @@ def test_planned_peak_bounds_what_a_replay_allocates():
         return loss
     f = gpuad.compile(step)
     f(x, w)
+    f(x, w)                                 # steady state: the pool holds last call's arena
     plan = f.compiled(x, w).plan
     tracemalloc.start()
     f(x, w)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # the arenas and scratch exist before the replay; what it allocates is the dynamic part
-    # (escaping results, ops without out=), which the plan counts to the byte. tracemalloc
-    # also sees Python's own objects (array headers, tuples): a few KB.
-    assert plan.dynamic_peak > 0
-    assert plan.dynamic_peak <= peak <= plan.dynamic_peak + 16 * 1024
+    # The arena (from the host pool's cache: last call's, freed when this call cleared the
+    # old gradients) and the scratch exist before the replay allocates anything; what it
+    # allocates is the dynamic part (ops without out=), which the plan counts to the byte.
+    # tracemalloc also sees Python's own objects (array headers, views, tuples): a few KB.
+    assert plan.per_call and plan.dynamic_peak > 0
+    assert plan.dynamic_peak <= peak <= plan.dynamic_peak + 32 * 1024
+
+
+def test_handed_out_gradients_share_a_per_call_arena_that_the_next_call_reuses():
+    step, m = _deep_mlp(layers=2, width=128, batch=256)
+    f = gpuad.compile(step)
+    f()
+    f()
+    w = next(iter(m.parameters()))
+    address = lambda: w.grad.numpy().__array_interface__["data"][0]     # noqa: E731 (no reference kept)
+    assert f.compiled().plan.per_call and w.grad.numpy().base is not None   # a view of the call's arena
+    before = address()
+    f()
+    assert address() == before                                              # last call's arena, reused
+    kept = w.grad.numpy()
+    snapshot = kept.copy()
+    f()                                                                      # the caller keeps last step's
+    assert not np.shares_memory(w.grad.numpy(), kept)                       # gradient: a new arena
+    np.testing.assert_array_equal(kept, snapshot)                            # and the old one is intact
 
 
 def test_gpt_step_compiled_equals_eager():

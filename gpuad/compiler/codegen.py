@@ -116,6 +116,8 @@ def generate(graph, plan=None, name="replay", xp=None, run_group=None):
     lines = [f"def {name}(inputs):"]
     if graph.inputs:
         lines.append(f"    {', '.join(v.name for v in graph.inputs)}, = inputs")
+    if plan is not None:
+        lines += [f"    {line}" for line in plan.prologue(names)]
     dying = last_uses(graph)
     for i, e in enumerate(graph.eqns):
         if plan is not None and plan.emits(e):

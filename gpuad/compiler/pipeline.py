@@ -33,6 +33,7 @@ class Entry:
         self.compile_seconds = 0.0
         self.xp = xp
         self.copyto = np.copyto if xp is None else xp.module.copyto
+        self.clear = []
 
     def run(self, args, kwargs):
         from .api import rebuild
@@ -41,6 +42,8 @@ class Entry:
         for v, a in zip(self.graph.inputs, inputs):
             if a is None or tuple(a.shape) != v.shape:
                 raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
+        for slot in self.clear:
+            slot.set(call, None)
         outs = self.fn(inputs)
         if accountant.active is not None:
             self._account(outs)
@@ -70,7 +73,8 @@ class Entry:
                                                 if e.prim == "fused" for a in e.params["kernel"].value.scratch]
             for a in held:
                 acct.alloc(a, "gpuad.compile arena", activation=False)
-            acct.peak_bytes = max(acct.peak_bytes, acct.live_bytes + self.plan.dynamic_peak)
+            extra = self.plan.dynamic_peak + (self.plan.arena_bytes if self.plan.per_call else 0)
+            acct.peak_bytes = max(acct.peak_bytes, acct.live_bytes + extra)
         for a in outs:
             if isinstance(a, np.ndarray) and not _in(a, self.arena):
                 acct.alloc(a, "gpuad.compile")
@@ -137,6 +141,18 @@ def _result_vars(result):
     return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
+SHARE_MIN = 1 << 16      # bytes: smaller handed-out values (a loss) are copied, never arena views,
+                         # so keeping them does not keep an arena alive
+
+
+def _escaping(cap, graph, before):
+    """Ids (after the passes) of large values the step hands out in new arrays."""
+    became = {b.id: a for b, a in zip(before, graph.outputs)}
+    handed = [v for v in iter_vars(_result_vars(cap.result))] + [v for _, v, ip in cap.writes if v is not None and not ip]
+    return {became[v.id].id for v in handed
+            if hasattr(became.get(v.id), "id") and became[v.id].nbytes >= SHARE_MIN}
+
+
 def _is_arg(reads):
     from .capture import ArgSlot
     return [isinstance(r, ArgSlot) for r in reads]
@@ -194,9 +210,15 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
         graph = PASSES[name](graph)
     graph, reads = _used_inputs(graph, cap)
     donated = _donations(cap, graph, before)
+    # On the CPU, large values the step hands out (new gradients) are planned into the
+    # arena with everything else, and each call takes a fresh arena from the host pool:
+    # they then share memory with activations that died before them, as in eager, instead
+    # of coming on top of a held arena. (A GPU replay keeps one arena: its CUDA graph
+    # needs fixed addresses.)
+    escaping = _escaping(cap, graph, before) if cap.device == "cpu" else ()
     if budget_bytes is not None:
-        graph = remat.run(graph, budget_bytes, donated)
-    plan = buffers.plan(graph, donated)
+        graph = remat.run(graph, budget_bytes, donated, escaping)
+    plan = buffers.plan(graph, donated, escaping)
     xp = _namespace(cap.device)
     run_group = None
     if groups == "triton" or cap.device == "cuda":
@@ -208,6 +230,10 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     entry = Entry(cap, graph, plan, fn, source, xp)
     entry.reads = reads
     entry.out_ids = out_ids
+    used = {id(r) for r in reads}
+    # slots the step replaces without reading (gradients under zero_grad): cleared before
+    # the replay, so last step's gradients (and the arena they live in) are free for it
+    entry.clear = [slot for slot, var, in_place in cap.writes if not in_place and id(slot) not in used]
     if cap.device == "cuda" and cuda_graphs:
         from .graphs import CupyGraphs, GraphReplay
         entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids), CupyGraphs())

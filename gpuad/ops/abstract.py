@@ -188,7 +188,10 @@ class AbstractNamespace:
         return a if np.dtype(dtype) == a.dtype else AbstractArray(a.shape, dtype)
 
     def asarray(self, a, dtype=None):
-        return a if isinstance(a, AbstractArray) and dtype is None else AbstractArray(_shape(a), dtype or _dtype_arg(a))
+        # numpy returns the array itself when its dtype already matches: no new buffer
+        if isinstance(a, AbstractArray) and (dtype is None or np.dtype(dtype) == a.dtype):
+            return a
+        return AbstractArray(_shape(a), dtype or _dtype_arg(a))
 
     def concatenate(self, arrays, axis=0):
         shape = list(arrays[0].shape)

@@ -97,6 +97,7 @@ class Plan:
         self.inplace = 0
         self.views = {}
         self.donated = {}           # var id -> the graph input whose array it is written into
+        self.per_call = False       # the step hands out planned values: a fresh arena each call
 
     @property
     def arena_bytes(self):
@@ -108,7 +109,9 @@ class Plan:
 
     def allocate(self, xp=None):
         """The arenas (allocated once, here, on xp's device) and each planned value's
-        view of them."""
+        view of them; nothing when each call takes its own (per_call)."""
+        if self.per_call:
+            return {}
         m = np if xp is None else xp.module
         arenas = {dt: m.empty(n, np.uint8) for dt, n in self.arenas.items()}
         for vid, v in self.planned.items():
@@ -117,11 +120,26 @@ class Plan:
         return arenas
 
     def emits(self, e):
-        return any(o.id in self.views or o.id in self.donated for o in e.outs)
+        return any(o.id in self.views or o.id in self.donated or (self.per_call and o.id in self.planned)
+                   for o in e.outs)
+
+    def prologue(self, names):
+        """Per-call arenas: one block per dtype from the host pool (cached: no page
+        faults after the first call). The values the step hands out are views of it, so
+        it lives until the caller drops them; the pool then hands it to the next call."""
+        if not self.per_call:
+            return []
+        from ...memory.pool import host_pool
+        new = names.const(lambda n: host_pool.empty((n,), np.uint8), "new_arena")
+        return [f"A{i} = {new}({n})" for i, n in enumerate(self.arenas.values())]
 
     def _target(self, o, names):
         if o.id in self.donated:
             return self.donated[o.id].name       # the input's own array (a parameter updated in place)
+        if self.per_call and o.id in self.planned:
+            i = list(self.arenas).index(o.dtype.str)
+            off = self.offsets[o.id]
+            return f"A{i}[{off}:{off + o.nbytes}].view({names.const(o.dtype)}).reshape({o.shape!r})"
         return names.const(self.views[o.id], "b") if o.id in self.views else "None"
 
     def emit(self, e, names):
@@ -160,7 +178,7 @@ def _aligned(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(graph, donated=None):
+def plan(graph, donated=None, escaping=()):
     """The static plan of `graph` (see the module's docstring). donated: {input var
     id: the id of its final value} for inputs the step updates in place (parameters,
     optimizer state): elementwise results of their shape may be written straight
@@ -176,6 +194,7 @@ def plan(graph, donated=None):
     comes close to the most bytes ever live at once, where first-fit in
     execution order fragments)."""
     donated = donated or {}
+    escaping = set(escaping)
     p = Plan(graph)
     first, last, root = lifetimes(graph)
     outputs = {v.id for v in iter_vars(graph.outputs)}
@@ -198,7 +217,7 @@ def plan(graph, donated=None):
                 p.donated[o.id] = holder[o.id] = home
                 p.inplace += 1
                 continue
-            if writes_out(e) and o.id not in outputs and o.nbytes > 0:
+            if writes_out(e) and (o.id not in outputs or o.id in escaping) and o.nbytes > 0:
                 n = _aligned(o.nbytes)
                 buf = None
                 if elementwise(e) and len(e.outs) == 1:
@@ -228,6 +247,7 @@ def plan(graph, donated=None):
         for vid in dead_here:
             if vid in dynamic:
                 live_dynamic -= dynamic.pop(vid)
+    p.per_call = any(vid in p.planned for vid in escaping)
     bufs = list({id(b): b for b in group.values()}.values())
     p.arenas = _pack(bufs)
     for b in bufs:

@@ -39,7 +39,7 @@ from ..ir import Eqn, Literal, Var, iter_vars
 
 CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
 HORIZON = 8              # ops after its last member that a group stays open
-_NO_OUT = {"where", "erf", "astype"}     # elementwise, but computed without out=
+_NO_OUT = {"where", "erf", "astype"}     # elementwise, but not numpy ufuncs
 
 
 def fusible(e):
@@ -207,6 +207,17 @@ class FusedKernel:
         return run
 
 
+def _into(prim, fn, args, target):
+    """Lines computing one member into `target`: out= where numpy takes it; where and
+    astype as copies into it (np.where and astype have no out=)."""
+    if prim == "where":
+        c, a, b = args
+        return [f"np.copyto({target}, {b}, casting='unsafe')", f"np.copyto({target}, {a}, where={c}, casting='unsafe')"]
+    if prim == "astype":
+        return [f"np.copyto({target}, {args[0]}, casting='unsafe')"]
+    return [f"{fn}({', '.join(args)}, out={target})"]
+
+
 def _layout(k):
     """How a group streams: None for one pass (small), else p, the number of leading
     axes collapsed into rows. Every operand, padded on the left to the group's rank,
@@ -244,7 +255,7 @@ def _generate(k):
         body, ind = lines, "    "
         sliced = {v.id: v.name for v in k.ins}
         out_ref = {o.id: f"o{j}" for j, o in enumerate(k.outs)}
-        scratch_shape = None
+        scratch_shape = k.shape           # one pass: the whole group fits a chunk
     else:
         ind = "        "
         n_rows, inner = math.prod(k.shape[:p]), k.shape[p:]
@@ -289,23 +300,15 @@ def _generate(k):
                 args.append(literal[id(a)])
             else:
                 args.append(src(a, names))
-        fn = names.fn(m.prim, resolve(m.prim) if m.prim != "astype" else None)
+        fn = names.fn(m.prim, resolve(m.prim)) if m.prim != "astype" else None
         if m.prim in _ROW_REDUCE:       # the closing row reduction: the last axis of every chunk
             args = args[:1] + ["axis=-1", f"keepdims={bool(m.params.get('keepdims', False))}"]
-        call = f"{fn}({', '.join(args)})"
         o = m.out
         if o.id in out_ref:
             target = out_ref[o.id]
-            if m.prim in _NO_OUT:
-                body.append(f"{ind}{target} = {call}")
-            else:
-                body.append(f"{ind}{fn}({', '.join(args)}, out={target})")
-            local[o.id] = target
-        elif p is None or m.prim in _NO_OUT:
-            name = f"t{o.id}"
-            body.append(f"{ind}{name} = {call}")
-            local[o.id] = name
         else:
+            # an intermediate: a shared scratch buffer (the chunk's rows of it), so a group
+            # allocates nothing while it runs
             pool = free.setdefault(o.dtype.str, [])
             buf = pool.pop() if pool else None
             if buf is None:
@@ -313,9 +316,12 @@ def _generate(k):
                 used[o.dtype.str].append(arr)
                 buf = names.const(arr, "scr")
             scratch[o.id] = buf
-            name = f"t{o.id}"
-            body.append(f"{ind}{name} = {fn}({', '.join(args)}, out={buf}[:n])")
-            local[o.id] = name
+            target = buf if p is None else f"{buf}[:n]"
+        for line in _into(m.prim, fn, args, target):
+            body.append(f"{ind}{line}")
+        local[o.id] = target if o.id in out_ref else f"t{o.id}"
+        if o.id not in out_ref:
+            body.append(f"{ind}t{o.id} = {target}")
         for v in m.invars():
             if last.get(v.id) == i and v.id in scratch:
                 free.setdefault(v.dtype.str, []).append(scratch.pop(v.id))

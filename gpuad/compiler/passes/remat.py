@@ -52,11 +52,11 @@ def cost(e):
     return 0 if e.view else moved
 
 
-def run(graph, budget_bytes, donated=None):
+def run(graph, budget_bytes, donated=None, escaping=()):
     """graph with recomputation added until its planned peak is at most budget_bytes
     (BudgetError, naming the least reachable peak, when it cannot be)."""
     g = graph
-    peak = buffers.plan(g, donated).peak_bytes
+    peak = buffers.plan(g, donated, escaping).peak_bytes
     lowest = peak
     steps = stale = 0
     while peak > budget_bytes:
@@ -66,7 +66,7 @@ def run(graph, budget_bytes, donated=None):
                               f"to {lowest:,} B at best; budget_bytes={budget_bytes:,} cannot be met "
                               f"(the minimum feasible budget for this step is {lowest:,} B)")
         g = dce.run(_recompute(g, *choice))
-        peak = buffers.plan(g, donated).peak_bytes
+        peak = buffers.plan(g, donated, escaping).peak_bytes
         stale = stale + 1 if peak >= lowest else 0
         lowest = min(lowest, peak)
         steps += 1
