@@ -1,4 +1,5 @@
-"""JAX-style function transforms: grad, value_and_grad, vjp.
+"""JAX-style function transforms: grad, value_and_grad, vjp (on pytrees: dicts, lists
+and tuples of Tensors, as JAX); forward mode is in gpuad/forward.py.
 
 They wrap the engine: arguments become fresh BLACK leaves, f runs once, and
 autograd.grad differentiates it. If an argument is already BLACK (a transform
@@ -15,6 +16,7 @@ import numpy as np
 
 from . import autograd
 from .ops import api
+from .pytree import tree_flatten, tree_unflatten
 from .tensor import Tensor
 
 
@@ -26,20 +28,51 @@ def _argnums(argnums, n):
     return tuple(a % n for a in nums)
 
 
+def _leaf(x):
+    """A fresh BLACK leaf for x (a Tensor, array or number); (leaf, whether x was BLACK)."""
+    if isinstance(x, Tensor) and x.requires_grad:
+        return api.multiply(x, 1), True      # a fresh node inside the outer graph (nesting)
+    data = x.data if isinstance(x, Tensor) else x
+    if getattr(data, "_xp", None) is not None:
+        t = Tensor._from(data.copy())        # a traced array (gpuad.compile, gpuad.jvp)
+    else:
+        t = Tensor(data, dtype=np.float32 if isinstance(x, (float, int)) and not isinstance(x, bool) else None)
+    return t.requires_grad_(True), False
+
+
 def _prepare(args, nums):
-    """Make the differentiated arguments BLACK; report whether any was already (nesting)."""
+    """Make the differentiated arguments BLACK, leaf by leaf of each pytree (dicts,
+    lists, tuples of Tensors); report whether any was BLACK already (nesting)."""
     args = list(args)
     nested = False
     for a in nums:
-        x = args[a]
-        if isinstance(x, Tensor) and x.requires_grad:
-            nested = True
-            args[a] = api.multiply(x, 1)     # a fresh node inside the outer graph
-        else:
-            data = x.data if isinstance(x, Tensor) else x
-            t = Tensor(data, dtype=np.float32 if isinstance(x, (float, int)) and not isinstance(x, bool) else None)
-            args[a] = t.requires_grad_(True)
+        leaves, spec = tree_flatten(args[a])
+        fresh = []
+        for x in leaves:
+            t, was = _leaf(x)
+            fresh.append(t)
+            nested = nested or was
+        args[a] = tree_unflatten(spec, fresh)
     return args, nested
+
+
+def _grads(out, trees, nested):
+    """d out / d every leaf of each tree, as trees of the same structure."""
+    flat, specs = [], []
+    for t in trees:
+        leaves, spec = tree_flatten(t)
+        flat += leaves
+        specs.append((spec, len(leaves)))
+    if out._node is None:
+        gs = [None] * len(flat)
+    else:
+        gs = autograd.grad(out, flat, create_graph=nested, retain_graph=nested, allow_unused=True)
+    gs = [g if g is not None else Tensor._from(np.zeros_like(x.data)) for g, x in zip(gs, flat)]
+    result, i = [], 0
+    for spec, n in specs:
+        result.append(tree_unflatten(spec, gs[i:i + n]))
+        i += n
+    return tuple(result)
 
 
 def _scalar(out, who):
@@ -66,13 +99,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         if has_aux:
             out, aux = out
         out = _scalar(out, "grad")
-        if out._node is None:
-            grads = tuple(Tensor._from(np.zeros_like(prepared[a].data)) for a in nums)
-        else:
-            grads = autograd.grad(out, [prepared[a] for a in nums], create_graph=nested,
-                                  retain_graph=nested, allow_unused=True)
-            grads = tuple(g if g is not None else Tensor._from(np.zeros_like(prepared[a].data))
-                          for g, a in zip(grads, nums))
+        grads = _grads(out, [prepared[a] for a in nums], nested)
         g = grads[0] if isinstance(argnums, int) else grads
         value = out if nested else out.detach()
         return ((value, aux), g) if has_aux else (value, g)
@@ -104,13 +131,31 @@ def vjp(f, *primals):
     """
     prepared, nested = _prepare(primals, range(len(primals)))
     out = f(*prepared)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"gpuad.vjp: f must return a Tensor, got {type(out).__name__}")
+    out_leaves, out_spec = tree_flatten(out)
+    if not out_leaves or not all(isinstance(o, Tensor) for o in out_leaves):
+        raise TypeError(f"gpuad.vjp: f must return a Tensor or a pytree of them, got {type(out).__name__}")
 
     def vjp_fn(cotangent):
-        if out._node is None:
-            return tuple(Tensor._from(np.zeros_like(p.data)) for p in prepared)
-        gs = autograd.grad(out, prepared, grad_outputs=cotangent, retain_graph=True,
-                           create_graph=nested, allow_unused=True)
-        return tuple(g if g is not None else Tensor._from(np.zeros_like(p.data)) for g, p in zip(gs, prepared))
-    return (out if nested else out.detach()), vjp_fn
+        c_leaves, c_spec = tree_flatten(cotangent)
+        if c_spec != out_spec:
+            raise ValueError("gpuad.vjp: the cotangent must have the structure of f's output")
+        live = [(o, c) for o, c in zip(out_leaves, c_leaves) if o._node is not None]
+        flat, specs = [], []
+        for p in prepared:
+            leaves, spec = tree_flatten(p)
+            flat += leaves
+            specs.append((spec, len(leaves)))
+        if live:
+            gs = autograd.grad([o for o, _ in live], flat, grad_outputs=[c for _, c in live], retain_graph=True,
+                               create_graph=nested, allow_unused=True)
+        else:
+            gs = [None] * len(flat)
+        gs = [g if g is not None else Tensor._from(np.zeros_like(x.data)) for g, x in zip(gs, flat)]
+        result, i = [], 0
+        for spec, n in specs:
+            result.append(tree_unflatten(spec, gs[i:i + n]))
+            i += n
+        return tuple(result)
+    if not nested:
+        out = tree_unflatten(out_spec, [o.detach() for o in out_leaves])
+    return out, vjp_fn

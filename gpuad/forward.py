@@ -1,0 +1,534 @@
+"""Forward mode: jvp, and the Jacobians built on it (jacfwd, jacrev, hessian).
+
+gpuad.compile's tracer already turns any function into a graph of `xp`
+primitives: the numpy vocabulary every forward and every VJP is written in.
+Forward mode runs that graph once on numbers, carrying beside each value its
+tangent. A JVP rule per xp primitive (RULES, below) gives the output's tangent
+from the inputs' values and tangents. Because the reverse pass is xp code too,
+jvp of a gradient (forward over reverse: `hessian`) needs nothing more.
+No autograd graph is recorded.
+
+Every primitive a traced gpuad function can emit has a rule
+(tests/test_forward.py checks them against the traces of every gradcheck case).
+A tangent that is None is zero and costs nothing: the rules skip it.
+
+>>> import gpuad
+>>> y, t = gpuad.jvp(lambda x: (x * x).sum(), (gpuad.tensor([1.0, 2.0]),), (gpuad.tensor([1.0, 0.0]),))
+>>> float(y), float(t)
+(5.0, 2.0)
+"""
+import math
+
+import numpy as np
+
+from .compiler.capture import capture
+from .compiler.ir import Literal, Var
+from .compiler.trace import resolve
+from .pytree import tree_flatten, tree_unflatten
+from .tensor import Tensor
+
+_SQRT_PI = math.sqrt(math.pi)
+
+
+def _z(x):
+    return np.zeros(np.shape(x), np.result_type(x)) if not isinstance(x, np.ndarray) else np.zeros_like(x)
+
+
+# -- the rules: rule(args, tans, out, params) -> tangent of out ----------------------
+# args: the inputs' values, tans: their tangents (None: zero, or not an array)
+
+def _unary(d):
+    def rule(args, tans, out, params):
+        return None if tans[0] is None else tans[0] * d(args[0], out)
+    return rule
+
+
+def _linear(prim):
+    """An op linear in its first argument: the tangent goes through the same op."""
+    def rule(args, tans, out, params):
+        if tans[0] is None:
+            return None
+        return resolve(prim)(tans[0], *args[1:], **params)
+    return rule
+
+
+def _add(args, tans, out, params):
+    ta, tb = tans
+    if ta is None and tb is None:
+        return None
+    return _fit(ta, out) if tb is None else (_fit(tb, out) if ta is None else _fit(ta + tb, out))
+
+
+def _subtract(args, tans, out, params):
+    ta, tb = tans
+    if ta is None and tb is None:
+        return None
+    if tb is None:
+        return _fit(ta, out)
+    return _fit(-tb if ta is None else ta - tb, out)
+
+
+def _multiply(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans
+    t = None if ta is None else ta * b
+    if tb is not None:
+        t = a * tb if t is None else t + a * tb
+    return None if t is None else _fit(t, out)
+
+
+def _divide(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans
+    t = None if ta is None else ta / b
+    if tb is not None:
+        u = -tb * out / b
+        t = u if t is None else t + u
+    return None if t is None else _fit(t, out)
+
+
+def _power(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans
+    t = None
+    if ta is not None:
+        t = ta * (b * np.power(a, np.subtract(b, 1)))
+    if tb is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = tb * out * np.log(a)
+        t = u if t is None else t + u
+    return None if t is None else _fit(t, out)
+
+
+def _select(cond_fn, tie=0.5):
+    """maximum/minimum: the tangent of the side that wins, the mean of both on a tie (as
+    gpuad's VJP splits the gradient)."""
+    def rule(args, tans, out, params):
+        (a, b), (ta, tb) = args, tans
+        if ta is None and tb is None:
+            return None
+        ta = _z(out) if ta is None else ta
+        tb = _z(out) if tb is None else tb
+        wins = cond_fn(a, b)
+        ties = a == b
+        return _fit(np.where(ties, tie * (ta + tb), np.where(wins, ta, tb)), out)
+    return rule
+
+
+def _arctan2(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans
+    d = a * a + b * b
+    t = None if ta is None else ta * b / d
+    if tb is not None:
+        u = -tb * a / d
+        t = u if t is None else t + u
+    return None if t is None else _fit(t, out)
+
+
+def _remainder(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans        # a - floor(a / b) b: d/da = 1, d/db = -floor(a / b)
+    t = None if ta is None else ta
+    if tb is not None:
+        u = -tb * np.floor(a / b)
+        t = u if t is None else t + u
+    return None if t is None else _fit(t, out)
+
+
+def _matmul(args, tans, out, params):
+    (a, b), (ta, tb) = args, tans
+    t = None if ta is None else np.matmul(ta, b)
+    if tb is not None:
+        u = np.matmul(a, tb)
+        t = u if t is None else t + u
+    return t
+
+
+def _where(args, tans, out, params):
+    c, a, b = args
+    _, ta, tb = tans
+    if ta is None and tb is None:
+        return None
+    return _fit(np.where(c, _z(out) if ta is None else ta, _z(out) if tb is None else tb), out)
+
+
+def _extreme(reduce):
+    """max/min along axes: the tangent at the extreme, shared evenly among ties."""
+    def rule(args, tans, out, params):
+        if tans[0] is None:
+            return None
+        a, t = args[0], tans[0]
+        axis, keepdims = params.get("axis"), params.get("keepdims", False)
+        hit = a == reduce(a, axis=axis, keepdims=True)
+        return np.sum(t * hit, axis=axis, keepdims=keepdims) / np.sum(hit, axis=axis, keepdims=keepdims)
+    return rule
+
+
+def _concat(prim):
+    def rule(args, tans, out, params):
+        arrays, ts = args[0], tans[0]
+        if ts is None or all(t is None for t in ts):
+            return None
+        return resolve(prim)([_z(a) if t is None else t for a, t in zip(arrays, ts)], *args[1:], **params)
+    return rule
+
+
+def _einsum(args, tans, out, params):
+    eq, ops, ts = args[0], list(args[1:]), list(tans[1:])
+    t = None
+    for i, ti in enumerate(ts):
+        if ti is not None:
+            term = np.einsum(eq, *(ops[:i] + [ti] + ops[i + 1:]), **params)
+            t = term if t is None else t + term
+    return t
+
+
+def _scatter_add(args, tans, out, params):
+    if tans[0] is None:
+        return None
+    return resolve("scatter_add")(tans[0], *args[1:])
+
+
+def _setitem(args, tans, out, params):
+    a, index, value = args
+    ta, _, tv = tans
+    if ta is None and tv is None:
+        return None
+    return resolve("setitem")(_z(a) if ta is None else ta, index, _z(value) if tv is None else tv)
+
+
+def _cumprod(args, tans, out, params):
+    # the product rule along the axis, no division (a zero among the x is fine):
+    # d out_k = d out_{k-1} x_k + out_{k-1} t_k
+    if tans[0] is None:
+        return None
+    axis = params.get("axis", args[1] if len(args) > 1 else None)
+    a, t, y = (np.ravel(v) if axis is None else v for v in (args[0], tans[0], out))
+    ax = 0 if axis is None else axis
+    a, t, y = (np.moveaxis(v, ax, 0) for v in (a, t, y))
+    d = np.empty_like(y)
+    d[0] = t[0]
+    for k in range(1, len(y)):
+        d[k] = d[k - 1] * a[k] + y[k - 1] * t[k]
+    return np.moveaxis(d, 0, ax)
+
+
+def _zero_where(args, tans, out, params):
+    if tans[0] is None:
+        return None
+    t = np.array(tans[0], copy=True)
+    np.copyto(t, 0, where=args[1])
+    return t
+
+
+def _fit(t, out):
+    """A tangent with its output's shape and dtype (broadcast up, never a view)."""
+    t = np.asarray(t)
+    if t.shape != np.shape(out):
+        t = np.broadcast_to(t, np.shape(out))
+    return t.astype(np.result_type(out), copy=True) if t.dtype != np.result_type(out) or t.base is not None else t
+
+
+_none = lambda *_: None          # noqa: E731  piecewise-constant outputs (floor, sign, comparisons)
+
+RULES = {
+    "add": _add, "subtract": _subtract, "multiply": _multiply, "divide": _divide, "true_divide": _divide,
+    "power": _power, "maximum": _select(np.greater), "minimum": _select(np.less), "arctan2": _arctan2,
+    "remainder": _remainder, "matmul": _matmul, "where": _where, "einsum": _einsum,
+    "negative": _unary(lambda x, y: -1.0), "exp": _unary(lambda x, y: y), "expm1": _unary(lambda x, y: y + 1),
+    "log": _unary(lambda x, y: 1 / x), "log1p": _unary(lambda x, y: 1 / (1 + x)),
+    "log2": _unary(lambda x, y: 1 / (x * math.log(2))), "log10": _unary(lambda x, y: 1 / (x * math.log(10))),
+    "sqrt": _unary(lambda x, y: 0.5 / y), "sin": _unary(lambda x, y: np.cos(x)),
+    "cos": _unary(lambda x, y: -np.sin(x)), "tan": _unary(lambda x, y: 1 + y * y),
+    "tanh": _unary(lambda x, y: 1 - y * y), "sinh": _unary(lambda x, y: np.cosh(x)),
+    "cosh": _unary(lambda x, y: np.sinh(x)), "arctan": _unary(lambda x, y: 1 / (1 + x * x)),
+    "atan": _unary(lambda x, y: 1 / (1 + x * x)), "arcsin": _unary(lambda x, y: 1 / np.sqrt(1 - x * x)),
+    "arccos": _unary(lambda x, y: -1 / np.sqrt(1 - x * x)), "absolute": _unary(lambda x, y: np.sign(x)),
+    "abs": _unary(lambda x, y: np.sign(x)), "square": _unary(lambda x, y: 2 * x),
+    "reciprocal": _unary(lambda x, y: -y * y),
+    "erf": _unary(lambda x, y: (2 / _SQRT_PI) * np.exp(-x * x)),
+    "sum": _linear("sum"), "mean": _linear("mean"), "cumsum": _linear("cumsum"), "cumprod": _cumprod,
+    "max": _extreme(np.max), "min": _extreme(np.min), "amax": _extreme(np.max), "amin": _extreme(np.min),
+    "reshape": _linear("reshape"), "transpose": _linear("transpose"), "swapaxes": _linear("swapaxes"),
+    "broadcast_to": _linear("broadcast_to"), "getitem": _linear("getitem"), "astype": _linear("astype"),
+    "copy": _linear("copy"), "ravel": _linear("ravel"), "squeeze": _linear("squeeze"), "flip": _linear("flip"),
+    "expand_dims": _linear("expand_dims"), "moveaxis": _linear("moveaxis"), "broadcast_copy": _linear("broadcast_copy"),
+    "take_along_axis": _linear("take_along_axis"), "take": _linear("take"), "tril": _linear("tril"),
+    "triu": _linear("triu"), "roll": _linear("roll"), "tile": _linear("tile"), "repeat": _linear("repeat"),
+    "pad": _linear("pad"), "diagonal": _linear("diagonal"), "asarray": _linear("asarray"),
+    "concatenate": _concat("concatenate"), "stack": _concat("stack"),
+    "scatter_add": _scatter_add, "setitem": _setitem, "zero_where": _zero_where,
+    "floor": _none, "ceil": _none, "rint": _none, "round": _none, "trunc": _none, "sign": _none,
+    "greater": _none, "greater_equal": _none, "less": _none, "less_equal": _none, "equal": _none,
+    "not_equal": _none, "logical_and": _none, "logical_or": _none, "logical_not": _none, "logical_xor": _none,
+    "isfinite": _none, "isnan": _none, "isinf": _none, "arange": _none, "empty": _none, "zeros": _none,
+    "ones": _none, "full": _none, "zeros_like": _none, "ones_like": _none, "empty_like": _none,
+    "buffer": _none, "random_draw": _none, "check_none": _none, "argmax": _none, "argmin": _none,
+    "argsort": _none, "floor_divide": _none, "bitwise_and": _none, "bitwise_or": _none, "bitwise_xor": _none,
+    "invert": _none,
+}
+
+
+# -- evaluating a traced graph with tangents -------------------------------------------
+
+def _value(x, env):
+    if isinstance(x, Var):
+        return env[x.id]
+    if isinstance(x, Literal):
+        return x.value
+    if isinstance(x, tuple):
+        return tuple(_value(t, env) for t in x)
+    if isinstance(x, list):
+        return [_value(t, env) for t in x]
+    if isinstance(x, dict):
+        return {k: _value(v, env) for k, v in x.items()}
+    if isinstance(x, slice):
+        return slice(_value(x.start, env), _value(x.stop, env), _value(x.step, env))
+    return x
+
+
+def _tangent(x, tan):
+    if isinstance(x, Var):
+        return tan.get(x.id)
+    if isinstance(x, (list, tuple)) and any(isinstance(t, Var) for t in x):
+        return [_tangent(t, tan) for t in x]       # the arrays given to concatenate or stack
+    return None
+
+
+def run(graph, inputs, tangents):
+    """Run `graph` on `inputs`, carrying `tangents` (None: zero): the values and tangents
+    of every Var, by id."""
+    env, tan = {}, {}
+    for v, a, t in zip(graph.inputs, inputs, tangents):
+        env[v.id] = a
+        if t is not None:
+            tan[v.id] = t
+    for e in graph.eqns:
+        args, params = _value(e.args, env), _value(e.params, env)
+        out = args[0][args[1]] if e.prim == "getitem" else resolve(e.prim)(*args, **params)
+        outs = list(out) if len(e.outs) > 1 else [out]
+        for o, val in zip(e.outs, outs):
+            env[o.id] = val if isinstance(val, np.ndarray) else np.asarray(val, dtype=o.dtype)
+        if not any(v.id in tan for v in e.invars()) or e.outs[0].dtype.kind not in "fc":
+            continue
+        rule = RULES.get(e.prim)
+        if rule is None:
+            raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r}")
+        t = rule(args, [_tangent(a, tan) for a in e.args], env[e.outs[0].id], params)
+        if t is not None:
+            tan[e.outs[0].id] = _fit(t, env[e.outs[0].id])
+    return env, tan
+
+
+# -- the transforms ----------------------------------------------------------------------
+
+def _as_tensor(x):
+    if isinstance(x, Tensor):
+        return x
+    return Tensor(x, dtype="float32" if isinstance(x, float) else None)
+
+
+def _traced(f, primals):
+    """(capture, flat primal Tensors, spec) for f(*primals), primals being pytrees."""
+    leaves, spec = tree_flatten(tuple(primals))
+    leaves = [_as_tensor(x) for x in leaves]
+    args = tree_unflatten(spec, leaves)
+    cap = capture(f, tuple(args), {})
+    return cap, leaves, spec, args
+
+
+def _input_values(cap, args):
+    call = (list(args), {})
+    return [r.get(call) if hasattr(r, "get") else r for r in cap.reads]
+
+
+def _results(cap, env, tan):
+    """(values pytree, tangents pytree) of the function's return value."""
+    def build(r, pick):
+        kind = r[0]
+        if kind in ("T", "A"):
+            return pick(r[1])
+        if kind == "py":
+            return r[1]
+        typ, items = r
+        if typ is dict:
+            return {k: build(v, pick) for k, v in items.items()}
+        seq = [build(v, pick) for v in items]
+        return typ(seq) if typ in (list, tuple) else typ(*seq)
+    value = build(cap.result, lambda v: Tensor._from(np.asarray(env[v.id])))
+    tangent = build(cap.result, lambda v: Tensor._from(np.asarray(tan[v.id]) if v.id in tan
+                                                        else np.zeros_like(np.asarray(env[v.id]))))
+    return value, tangent
+
+
+def _tangent_inputs(cap, leaves, tangent_leaves):
+    """One tangent per graph input: the argument Tensors' own, None for state."""
+    from .compiler.capture import ArgSlot
+    by_tensor = {id(t): tl for t, tl in zip(leaves, tangent_leaves)}
+    out = []
+    for r in cap.reads:
+        t = by_tensor.get(id(r.tensor)) if isinstance(r, ArgSlot) and type(r).__name__ == "ArgSlot" else None
+        out.append(None if t is None else np.asarray(t.data if isinstance(t, Tensor) else t))
+    return out
+
+
+def jvp(f, primals, tangents, has_aux=False):
+    """(f(*primals), the directional derivative of f at primals along tangents), JAX's
+    jvp: primals and tangents are tuples of pytrees of the same structure.
+
+    >>> import gpuad
+    >>> _, t = gpuad.jvp(gpuad.sin, (gpuad.tensor(0.0),), (gpuad.tensor(2.0),))
+    >>> float(t)
+    2.0
+    """
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise TypeError("gpuad.jvp: primals and tangents must be tuples (as jax.jvp)")
+    cap, leaves, spec, args = _traced(f, primals)
+    t_leaves, t_spec = tree_flatten(tuple(tangents))
+    if t_spec != spec:
+        raise ValueError("gpuad.jvp: tangents must have the structure of primals")
+    for p, t in zip(leaves, t_leaves):
+        if tuple(np.shape(t.data if isinstance(t, Tensor) else t)) != p.shape:
+            raise ValueError(f"gpuad.jvp: a tangent of shape {np.shape(t)} for a primal of shape {p.shape}")
+    env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, leaves, t_leaves))
+    value, tangent = _results(cap, env, tan)
+    if has_aux:
+        return value[0], tangent[0], value[1]
+    return value, tangent
+
+
+def _argnums(argnums, n, who):
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for a in nums:
+        if not -n <= a < n:
+            raise ValueError(f"gpuad.{who}: argnums {argnums!r} out of range for {n} arguments")
+    return tuple(a % n for a in nums)
+
+
+def _basis(shape, dtype):
+    n = int(np.prod(shape))
+    for i in range(n):
+        e = np.zeros(n, dtype)
+        e[i] = 1
+        yield e.reshape(shape)
+
+
+def jacfwd(f, argnums=0, has_aux=False):
+    """The Jacobian of f by forward mode: one jvp per input element (JAX's jacfwd).
+    Output shape: out.shape + in.shape, per argnum.
+
+    >>> import gpuad
+    >>> gpuad.jacfwd(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
+    [[2.0, 0.0], [0.0, 4.0]]
+    """
+    def wrapped(*args):
+        nums = _argnums(argnums, len(args), "jacfwd")
+        cap, leaves, spec, targs = _traced(f, args)
+        values = _input_values(cap, targs)
+        outs, aux = None, None
+        per_arg = []
+        for a in nums:
+            sub_leaves, _ = tree_flatten(targs[a])
+            cols = []
+            for x in sub_leaves:
+                for e in _basis(x.shape, x.dtype):
+                    t_leaves = [e if y is x else None for y in leaves]
+                    env, tan = run(cap.graph, values, _tangent_inputs_raw(cap, leaves, t_leaves))
+                    value, tangent = _results(cap, env, tan)
+                    if has_aux:
+                        value, aux = value
+                        tangent = tangent[0]
+                    outs = value
+                    cols.append(tangent)
+            per_arg.append(_stack_columns(cols, outs, targs[a]))
+        jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
+        return (jac, aux) if has_aux else jac
+    return wrapped
+
+
+def _tangent_inputs_raw(cap, leaves, t_leaves):
+    return _tangent_inputs(cap, leaves, [None if t is None else t for t in t_leaves])
+
+
+def _stack_columns(cols, out, arg):
+    """Columns (one output pytree per input element) as out.shape + arg.shape."""
+    arg_leaves, arg_spec = tree_flatten(arg)
+    out_leaves, out_spec = tree_flatten(out)
+    per_out = []
+    for k, o in enumerate(out_leaves):
+        blocks, start = [], 0
+        for x in arg_leaves:
+            n = int(np.prod(x.shape))
+            cs = [tree_flatten(c)[0][k].data for c in cols[start:start + n]]
+            start += n
+            m = np.stack(cs, axis=-1).reshape(tuple(o.shape) + tuple(x.shape)) if cs else \
+                np.zeros(tuple(o.shape) + tuple(x.shape), o.dtype)
+            blocks.append(Tensor._from(m))
+        per_out.append(tree_unflatten(arg_spec, blocks))
+    return tree_unflatten(out_spec, per_out)
+
+
+def jacrev(f, argnums=0, has_aux=False):
+    """The Jacobian of f by reverse mode: one vjp per output element (JAX's jacrev).
+
+    >>> import gpuad
+    >>> gpuad.jacrev(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
+    [[2.0, 0.0], [0.0, 4.0]]
+    """
+    from . import autograd
+
+    def wrapped(*args):
+        nums = _argnums(argnums, len(args), "jacrev")
+        args = [_as_tree_tensors(a) for a in args]
+        diff = []
+        for a in nums:
+            leaves, spec = tree_flatten(args[a])
+            fresh = [Tensor(x.data).requires_grad_(True) if not x.requires_grad else x * 1 for x in leaves]
+            args[a] = tree_unflatten(spec, fresh)
+            diff.append((fresh, spec))
+        out = f(*args)
+        aux = None
+        if has_aux:
+            out, aux = out
+        out_leaves, out_spec = tree_flatten(out)
+        flat_in = [x for fresh, _ in diff for x in fresh]
+        rows = {i: [] for i in range(len(out_leaves))}
+        for k, o in enumerate(out_leaves):
+            for e in _basis(o.shape, o.dtype):
+                if o._node is None:
+                    gs = [None] * len(flat_in)
+                else:
+                    gs = autograd.grad(o, flat_in, grad_outputs=Tensor._from(e), retain_graph=True,
+                                       allow_unused=True)
+                rows[k].append([np.zeros(x.shape, x.dtype) if g is None else g.data for g, x in zip(gs, flat_in)])
+        per_arg = []
+        offset = 0
+        for fresh, spec in diff:
+            per_out = []
+            for k, o in enumerate(out_leaves):
+                blocks = []
+                for j, x in enumerate(fresh):
+                    m = np.stack([r[offset + j] for r in rows[k]], axis=0) if rows[k] else np.zeros((0,) + x.shape)
+                    blocks.append(Tensor._from(m.reshape(tuple(o.shape) + tuple(x.shape))))
+                per_out.append(tree_unflatten(spec, blocks))
+            per_arg.append(tree_unflatten(out_spec, per_out))
+            offset += len(fresh)
+        jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
+        return (jac, aux) if has_aux else jac
+    return wrapped
+
+
+def _as_tree_tensors(a):
+    leaves, spec = tree_flatten(a)
+    return tree_unflatten(spec, [_as_tensor(x) for x in leaves])
+
+
+def hessian(f, argnums=0):
+    """Forward over reverse: jacfwd(jacrev(f)) (JAX's hessian).
+
+    >>> import gpuad
+    >>> gpuad.hessian(lambda x: (x ** 3).sum())(gpuad.tensor([1.0, 2.0])).tolist()
+    [[6.0, 0.0], [0.0, 12.0]]
+    """
+    return jacfwd(_grad_of(f, argnums), argnums)
+
+
+def _grad_of(f, argnums):
+    from .transforms import grad
+    return grad(f, argnums)
