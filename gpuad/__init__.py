@@ -25,7 +25,7 @@ from .serialization import save, load
 from .providers import set_kernels, get_kernels, set_float32_matmul_precision, get_float32_matmul_precision
 from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
-from .forward import jvp, jacfwd, jacrev, hessian  # noqa: E402
+from .forward import jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402
 from .pytree import tree_flatten, tree_unflatten, tree_map  # noqa: E402
 
 __version__ = "0.1.0"

@@ -199,3 +199,38 @@ def test_jvp_refuses_mismatched_tangents():
         gpuad.jvp(lambda x: x * 2, (gpuad.ones(2),), (gpuad.ones(3),))
     with pytest.raises(TypeError, match="tuples"):
         gpuad.jvp(lambda x: x, gpuad.ones(2), gpuad.ones(2))
+
+
+# -- the Jacobian of a chain, by the matrix-chain program ------------------------------
+
+def _chain(widths, seed=0):
+    gpuad.manual_seed(seed)
+    return gpuad.nn.Sequential(*[gpuad.nn.Sequential(gpuad.nn.Linear(a, b, dtype="float64"), gpuad.nn.Tanh())
+                                 for a, b in zip(widths, widths[1:])])
+
+
+@pytest.mark.parametrize("widths,kind", [([40, 20, 10, 3], "reverse"), ([3, 10, 20, 40], "forward"),
+                                         ([30, 12, 2, 12, 30], "split")])
+def test_jacobian_auto_chooses_the_matrix_chain_order_and_all_modes_agree(widths, kind):
+    net = _chain(widths)
+    x = gpuad.tensor(R.standard_normal(widths[0]))
+    J, (plan, cost) = gpuad.jacobian(net, x, return_plan=True)
+    assert plan[0] == kind
+    Jf, (_, cf) = gpuad.jacobian(net, x, mode="forward", return_plan=True)
+    Jr, (_, cr) = gpuad.jacobian(net, x, mode="reverse", return_plan=True)
+    assert cost <= min(cf, cr)
+    np.testing.assert_allclose(J.numpy(), Jf.numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(J.numpy(), Jr.numpy(), rtol=1e-10, atol=1e-13)
+    assert J.shape == (widths[-1], widths[0])
+
+
+def test_chain_plan_is_the_matrix_chain_optimum():
+    from gpuad.forward import chain_plan
+    # hourglass: reverse into the bottleneck, forward out of it, one outer product
+    cost, plan = chain_plan([512, 8, 512], [2 * 512 * 8, 2 * 8 * 512])
+    assert plan == ("split", 1, ("reverse", 0, 1), ("forward", 1, 2))
+    assert cost == 8 * 2 * 512 * 8 + 8 * 2 * 8 * 512 + 512 * 8 * 512
+    # one layer: the cheaper direct mode
+    assert chain_plan([5, 3], [30])[1][0] == "reverse" and chain_plan([3, 5], [30])[1][0] == "forward"
+    with pytest.raises(ValueError, match="mode"):
+        gpuad.jacobian(gpuad.sin, gpuad.ones(2), mode="sideways")
