@@ -18,6 +18,7 @@ A tangent that is None is zero and costs nothing: the rules skip it.
 (5.0, 2.0)
 """
 import math
+import weakref
 
 import numpy as np
 
@@ -218,11 +219,14 @@ def _zero_where(args, tans, out, params):
 
 
 def _fit(t, out):
-    """A tangent with its output's shape and dtype (broadcast up, never a view)."""
+    """A tangent with its output's shape and dtype (broadcast up when an operand was
+    broadcast; tangents are never written in place, so a view is fine)."""
     t = np.asarray(t)
-    if t.shape != np.shape(out):
-        t = np.broadcast_to(t, np.shape(out))
-    return t.astype(np.result_type(out), copy=True) if t.dtype != np.result_type(out) or t.base is not None else t
+    shape = np.shape(out)
+    if t.shape != shape:
+        t = np.broadcast_to(t, shape)
+    dt = out.dtype if isinstance(out, np.ndarray) else np.result_type(out)
+    return t if t.dtype == dt else t.astype(dt)
 
 
 _none = lambda *_: None          # noqa: E731  piecewise-constant outputs (floor, sign, comparisons)
@@ -299,21 +303,33 @@ def run(graph, inputs, tangents):
         env[v.id] = a
         if t is not None:
             tan[v.id] = t
-    for e in graph.eqns:
+    for e, fn, ids, rule, floating in _steps(graph):
         args, params = _value(e.args, env), _value(e.params, env)
-        out = args[0][args[1]] if e.prim == "getitem" else resolve(e.prim)(*args, **params)
+        out = args[0][args[1]] if fn is None else fn(*args, **params)
         outs = list(out) if len(e.outs) > 1 else [out]
         for o, val in zip(e.outs, outs):
             env[o.id] = val if isinstance(val, np.ndarray) else np.asarray(val, dtype=o.dtype)
-        if not any(v.id in tan for v in e.invars()) or e.outs[0].dtype.kind not in "fc":
+        if not floating or not any(i in tan for i in ids):
             continue
-        rule = RULES.get(e.prim)
         if rule is None:
             raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r}")
         t = rule(args, [_tangent(a, tan) for a in e.args], env[e.outs[0].id], params)
         if t is not None:
             tan[e.outs[0].id] = _fit(t, env[e.outs[0].id])
     return env, tan
+
+
+_plans = weakref.WeakKeyDictionary()
+
+
+def _steps(graph):
+    """Per equation, resolved once per graph: (eqn, its function (None: indexing), the
+    ids it reads, its rule, whether its result can carry a tangent)."""
+    steps = _plans.get(graph)
+    if steps is None:
+        steps = _plans[graph] = [(e, None if e.prim == "getitem" else resolve(e.prim), [v.id for v in e.invars()],
+                                  RULES.get(e.prim), e.outs[0].dtype.kind in "fc") for e in graph.eqns]
+    return steps
 
 
 # -- the transforms ----------------------------------------------------------------------
@@ -324,12 +340,26 @@ def _as_tensor(x):
     return Tensor(x, dtype="float32" if isinstance(x, float) else None)
 
 
+_CACHE = weakref.WeakKeyDictionary()      # f -> {guard key: capture}: a repeated jvp traces once
+
+
 def _traced(f, primals):
-    """(capture, flat primal Tensors, spec) for f(*primals), primals being pytrees."""
+    """(capture, flat primal Tensors, spec, args) for f(*primals), primals being pytrees.
+    The trace is reused while f's arguments and reachable state keep their shapes
+    (the guard key of gpuad.compile)."""
+    from .compiler.state import discover, guard_key
     leaves, spec = tree_flatten(tuple(primals))
     leaves = [_as_tensor(x) for x in leaves]
     args = tree_unflatten(spec, leaves)
-    cap = capture(f, tuple(args), {})
+    try:
+        per_f = _CACHE.setdefault(f, {})
+    except TypeError:                       # not weak-referenceable: trace every time
+        per_f = {}
+    found = discover(f)
+    key = guard_key(found, tuple(args), {})
+    cap = per_f.get(key)
+    if cap is None:
+        cap = per_f[key] = capture(f, tuple(args), {}, found)
     return cap, leaves, spec, args
 
 
@@ -357,15 +387,26 @@ def _results(cap, env, tan):
     return value, tangent
 
 
-def _tangent_inputs(cap, leaves, tangent_leaves):
-    """One tangent per graph input: the argument Tensors' own, None for state."""
-    from .compiler.capture import ArgSlot
-    by_tensor = {id(t): tl for t, tl in zip(leaves, tangent_leaves)}
+def _tangent_inputs(cap, spec, tangent_leaves):
+    """One tangent per graph input: for an argument, the tangent at the same place in the
+    tangents' pytree (found by the argument's path); None for state."""
+    from .compiler.capture import ArgGradSlot, ArgSlot
+    tangent_args = tree_unflatten(spec, [_Leaf(t) for t in tangent_leaves])
+    call = (list(tangent_args), {})
     out = []
     for r in cap.reads:
-        t = by_tensor.get(id(r.tensor)) if isinstance(r, ArgSlot) and type(r).__name__ == "ArgSlot" else None
+        t = None
+        if isinstance(r, ArgSlot) and not isinstance(r, ArgGradSlot):
+            t = r.owner(call).value
         out.append(None if t is None else np.asarray(t.data if isinstance(t, Tensor) else t))
     return out
+
+
+class _Leaf:
+    """A tangent standing where its primal Tensor stood (so a path finds it)."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def jvp(f, primals, tangents, has_aux=False):
@@ -379,6 +420,7 @@ def jvp(f, primals, tangents, has_aux=False):
     """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("gpuad.jvp: primals and tangents must be tuples (as jax.jvp)")
+    _refuse_reverse_over_forward(primals, "jvp")
     cap, leaves, spec, args = _traced(f, primals)
     t_leaves, t_spec = tree_flatten(tuple(tangents))
     if t_spec != spec:
@@ -386,11 +428,22 @@ def jvp(f, primals, tangents, has_aux=False):
     for p, t in zip(leaves, t_leaves):
         if tuple(np.shape(t.data if isinstance(t, Tensor) else t)) != p.shape:
             raise ValueError(f"gpuad.jvp: a tangent of shape {np.shape(t)} for a primal of shape {p.shape}")
-    env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, leaves, t_leaves))
+    env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, spec, t_leaves))
     value, tangent = _results(cap, env, tan)
     if has_aux:
         return value[0], tangent[0], value[1]
     return value, tangent
+
+
+def _refuse_reverse_over_forward(primals, who):
+    """Forward mode runs on numbers, outside autograd: differentiating its result again
+    by reverse mode would silently give zeros, so it is refused (jvp of grad, forward
+    over reverse, is the supported order)."""
+    from .graph import is_grad_enabled
+    if is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in tree_flatten(tuple(primals))[0]):
+        raise NotImplementedError(f"gpuad.{who}: reverse mode through forward mode (grad of {who}) is not "
+                                  f"supported yet; differentiate with jacrev or hessian instead, or pass "
+                                  f"primals that do not require grad (detach them)")
 
 
 def _argnums(argnums, n, who):
@@ -418,6 +471,7 @@ def jacfwd(f, argnums=0, has_aux=False):
     [[2.0, 0.0], [0.0, 4.0]]
     """
     def wrapped(*args):
+        _refuse_reverse_over_forward(args, "jacfwd")
         nums = _argnums(argnums, len(args), "jacfwd")
         cap, leaves, spec, targs = _traced(f, args)
         values = _input_values(cap, targs)
@@ -429,7 +483,7 @@ def jacfwd(f, argnums=0, has_aux=False):
             for x in sub_leaves:
                 for e in _basis(x.shape, x.dtype):
                     t_leaves = [e if y is x else None for y in leaves]
-                    env, tan = run(cap.graph, values, _tangent_inputs_raw(cap, leaves, t_leaves))
+                    env, tan = run(cap.graph, values, _tangent_inputs(cap, spec, t_leaves))
                     value, tangent = _results(cap, env, tan)
                     if has_aux:
                         value, aux = value
@@ -440,10 +494,6 @@ def jacfwd(f, argnums=0, has_aux=False):
         jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
         return (jac, aux) if has_aux else jac
     return wrapped
-
-
-def _tangent_inputs_raw(cap, leaves, t_leaves):
-    return _tangent_inputs(cap, leaves, [None if t is None else t for t in t_leaves])
 
 
 def _stack_columns(cols, out, arg):

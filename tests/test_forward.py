@@ -234,3 +234,13 @@ def test_chain_plan_is_the_matrix_chain_optimum():
     assert chain_plan([5, 3], [30])[1][0] == "reverse" and chain_plan([3, 5], [30])[1][0] == "forward"
     with pytest.raises(ValueError, match="mode"):
         gpuad.jacobian(gpuad.sin, gpuad.ones(2), mode="sideways")
+
+
+def test_reverse_mode_through_forward_mode_fails_loudly():
+    x = gpuad.tensor([0.5, 1.0], dtype="float64", requires_grad=True)
+    with pytest.raises(NotImplementedError, match="grad of jvp"):
+        gpuad.grad(lambda x: gpuad.jvp(gpuad.sin, (x,), (gpuad.ones(2, dtype="float64"),))[1].sum())(x)
+    with pytest.raises(NotImplementedError, match="grad of jacfwd"):
+        gpuad.jacfwd(gpuad.sin)(x)
+    # detached primals are fine
+    assert gpuad.jacfwd(gpuad.sin)(x.detach()).shape == (2, 2)
