@@ -420,19 +420,59 @@ def jvp(f, primals, tangents, has_aux=False):
     """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("gpuad.jvp: primals and tangents must be tuples (as jax.jvp)")
-    _refuse_reverse_over_forward(primals, "jvp")
-    cap, leaves, spec, args = _traced(f, primals)
+    leaves, spec = tree_flatten(tuple(primals))
     t_leaves, t_spec = tree_flatten(tuple(tangents))
     if t_spec != spec:
         raise ValueError("gpuad.jvp: tangents must have the structure of primals")
     for p, t in zip(leaves, t_leaves):
-        if tuple(np.shape(t.data if isinstance(t, Tensor) else t)) != p.shape:
-            raise ValueError(f"gpuad.jvp: a tangent of shape {np.shape(t)} for a primal of shape {p.shape}")
+        if tuple(np.shape(t.data if isinstance(t, Tensor) else t)) != tuple(np.shape(getattr(p, "data", p))):
+            raise ValueError(f"gpuad.jvp: a tangent of shape {np.shape(t)} for a primal of shape "
+                             f"{np.shape(getattr(p, 'data', p))}")
+    if _needs_reverse(primals):
+        return _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux)
+    cap, leaves, spec, args = _traced(f, primals)
     env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, spec, t_leaves))
     value, tangent = _results(cap, env, tan)
     if has_aux:
         return value[0], tangent[0], value[1]
     return value, tangent
+
+
+def _needs_reverse(primals):
+    from .graph import is_grad_enabled
+    return is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad
+                                     for x in tree_flatten(tuple(primals))[0])
+
+
+def _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux):
+    """J t when the result must stay differentiable (grad of jvp): J t = d/du <J^T u, t>,
+    two reverse passes with create_graph, so the answer is recorded and reverse mode
+    can differentiate it again (about three backward passes' work)."""
+    from . import autograd
+    xs = [x * 1 if isinstance(x, Tensor) and x.requires_grad else _as_tensor(x).detach().requires_grad_(True)
+          for x in leaves]
+    out = f(*tree_unflatten(spec, xs))
+    aux = None
+    if has_aux:
+        out, aux = out
+    out_leaves, out_spec = tree_flatten(out)
+    us = [Tensor._from(np.zeros(o.shape, o.dtype)).requires_grad_(True) for o in out_leaves]
+    live = [(o, u) for o, u in zip(out_leaves, us) if o.requires_grad]
+    tangents = []
+    if live:
+        gs = autograd.grad([o for o, _ in live], xs, grad_outputs=[u for _, u in live], create_graph=True,
+                           allow_unused=True)
+        terms = [(g * _as_tensor(t)).sum() for g, t in zip(gs, t_leaves) if g is not None]
+        if terms:
+            s = terms[0]
+            for term in terms[1:]:
+                s = s + term
+            tangents = autograd.grad(s, [u for _, u in live], create_graph=True, allow_unused=True)
+    by_out = {id(u): t for (_, u), t in zip(live, tangents)}
+    tan = [by_out.get(id(u)) if by_out.get(id(u)) is not None else Tensor._from(np.zeros(o.shape, o.dtype))
+           for o, u in zip(out_leaves, us)]
+    value, tangent = tree_unflatten(out_spec, out_leaves), tree_unflatten(out_spec, tan)
+    return (value, tangent, aux) if has_aux else (value, tangent)
 
 
 def _refuse_reverse_over_forward(primals, who):
