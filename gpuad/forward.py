@@ -78,7 +78,7 @@ def _multiply(args, tans, out, params):
 
 
 def _divide(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans
+    (_, b), (ta, tb) = args, tans                # d(a / b) = ta / b - tb (a / b) / b
     t = None if ta is None else ta / b
     if tb is not None:
         u = -tb * out / b

@@ -3,7 +3,6 @@ reorders arithmetic, and fusion here never does: it runs the same float ops
 in the same order, chunk by chunk), the guards, the errors, each pass alone,
 and the buffer plan against what a replay allocates."""
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest

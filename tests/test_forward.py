@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import gpuad
-import gpuad.nn.functional as F
 from gpuad.compiler.capture import capture
 from gpuad.forward import RULES
 from tests.test_ops_gradcheck import all_cases
