@@ -218,7 +218,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     escaping = _escaping(cap, graph, before) if cap.device == "cpu" else ()
     if budget_bytes is not None:
         graph = remat.run(graph, budget_bytes, donated, escaping)
-    plan = buffers.plan(graph, donated, escaping)
+    plan = buffers.plan(graph, donated, escaping, extras=cap.device == "cpu")
     xp = _namespace(cap.device)
     run_group = None
     if groups == "triton" or cap.device == "cuda":

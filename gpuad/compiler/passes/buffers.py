@@ -35,12 +35,18 @@ def _ufunc(prim):
     return isinstance(f, np.ufunc) and f.nout == 1
 
 
-def writes_out(e):
-    """Can this equation compute into a buffer it is given?"""
+_COPY_INTO = {"where", "astype", "erf", "scatter_add"}     # no ufunc, but written into a buffer all the same
+
+
+def writes_out(e, extras=True):
+    """Can this equation compute into a buffer it is given? extras: also where, astype
+    and erf, as copies into it (on the CPU: numpy's copyto, gpuad's erf(out=))."""
     if e.view or len(e.outs) != 1 and e.prim != "fused":
         return False
     if e.prim == "fused":
         return True
+    if extras and e.prim in _COPY_INTO:
+        return e.prim != "astype" or not e.params
     if e.prim in _REDUCE:
         return "dtype" not in e.params
     return _ufunc(e.prim) and e.prim != "matmul" or (e.prim == "matmul" and len(e.out.shape) >= 1)
@@ -147,6 +153,19 @@ class Plan:
         if e.prim == "fused":
             outs = "(" + "".join(self._target(o, names) + ", " for o in e.outs) + ")"
             return [f"{', '.join(o.name for o in e.outs)}, = {call_src(e, names, outs)}"]
+        if e.prim == "scatter_add" and isinstance(e.args[3], bool):
+            # zeros, then the gradient written (unique indices) or added (repeats) at index
+            from ..codegen import src
+            target = self._target(e.out, names)
+            g, index = src(e.args[0], names), src(e.args[2], names)
+            write = f"{target}[{index}] = {g}" if e.args[3] else f"np.add.at({target}, {index}, {g})"
+            return [f"{e.out.name} = {target}", f"{e.out.name}.fill(0)", write.replace(target, e.out.name, 1)]
+        if e.prim in _COPY_INTO:
+            from ..codegen import src
+            from .fuse import _into
+            target = self._target(e.out, names)
+            fn = names.fn(e.prim) if e.prim != "astype" else None
+            return _into(e.prim, fn, [src(a, names) for a in e.args], target) + [f"{e.out.name} = {target}"]
         return [f"{e.out.name} = {call_src(e, names, self._target(e.out, names))}"]
 
     def summary(self):
@@ -178,7 +197,7 @@ def _aligned(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(graph, donated=None, escaping=()):
+def plan(graph, donated=None, escaping=(), extras=True):
     """The static plan of `graph` (see the module's docstring). donated: {input var
     id: the id of its final value} for inputs the step updates in place (parameters,
     optimizer state): elementwise results of their shape may be written straight
@@ -217,7 +236,7 @@ def plan(graph, donated=None, escaping=()):
                 p.donated[o.id] = holder[o.id] = home
                 p.inplace += 1
                 continue
-            if writes_out(e) and (o.id not in outputs or o.id in escaping) and o.nbytes > 0:
+            if writes_out(e, extras) and (o.id not in outputs or o.id in escaping) and o.nbytes > 0:
                 n = _aligned(o.nbytes)
                 buf = None
                 if elementwise(e) and len(e.outs) == 1:
