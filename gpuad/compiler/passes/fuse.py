@@ -39,6 +39,7 @@ from ..ir import Eqn, Literal, Var, iter_vars
 
 CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
 HORIZON = 8              # ops after its last member that a group stays open
+TINY = 1024              # elements: smaller one-pass groups use fresh temporaries, not scratch
 _NO_OUT = {"where", "erf", "astype"}     # elementwise, but not numpy ufuncs
 
 
@@ -255,7 +256,10 @@ def _generate(k):
         body, ind = lines, "    "
         sliced = {v.id: v.name for v in k.ins}
         out_ref = {o.id: f"o{j}" for j, o in enumerate(k.outs)}
-        scratch_shape = k.shape           # one pass: the whole group fits a chunk
+        # one pass: the whole group fits a chunk. Below TINY elements its intermediates are
+        # fresh arrays (a few hundred bytes, gone when the kernel returns) rather than views
+        # of the shared 64 KB scratch
+        scratch_shape = k.shape if math.prod(k.shape) >= TINY else None
     else:
         ind = "        "
         n_rows, inner = math.prod(k.shape[:p]), k.shape[p:]
@@ -304,6 +308,11 @@ def _generate(k):
         if m.prim in _ROW_REDUCE:       # the closing row reduction: the last axis of every chunk
             args = args[:1] + ["axis=-1", f"keepdims={bool(m.params.get('keepdims', False))}"]
         o = m.out
+        if o.id not in out_ref and p is None and scratch_shape is None:
+            call = names.fn("astype") if m.prim == "astype" else fn
+            body.append(f"{ind}t{o.id} = {call}({', '.join(args)})")
+            local[o.id] = f"t{o.id}"
+            continue
         if o.id in out_ref:
             target = out_ref[o.id]
         else:
