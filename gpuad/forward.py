@@ -22,7 +22,7 @@ import weakref
 
 import numpy as np
 
-from .compiler.capture import capture
+from .compiler.capture import build_result, capture
 from .compiler.ir import Literal, Var
 from .compiler.trace import resolve
 from .pytree import tree_flatten, tree_unflatten
@@ -370,20 +370,9 @@ def _input_values(cap, args):
 
 def _results(cap, env, tan):
     """(values pytree, tangents pytree) of the function's return value."""
-    def build(r, pick):
-        kind = r[0]
-        if kind in ("T", "A"):
-            return pick(r[1])
-        if kind == "py":
-            return r[1]
-        typ, items = r
-        if typ is dict:
-            return {k: build(v, pick) for k, v in items.items()}
-        seq = [build(v, pick) for v in items]
-        return typ(seq) if typ in (list, tuple) else typ(*seq)
-    value = build(cap.result, lambda v: Tensor._from(np.asarray(env[v.id])))
-    tangent = build(cap.result, lambda v: Tensor._from(np.asarray(tan[v.id]) if v.id in tan
-                                                        else np.zeros_like(np.asarray(env[v.id]))))
+    value = build_result(cap.result, lambda kind, v: Tensor._from(np.asarray(env[v.id])))
+    tangent = build_result(cap.result, lambda kind, v: Tensor._from(
+        np.asarray(tan[v.id]) if v.id in tan else np.zeros_like(np.asarray(env[v.id]))))
     return value, tangent
 
 

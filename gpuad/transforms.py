@@ -56,23 +56,18 @@ def _prepare(args, nums):
     return args, nested
 
 
-def _grads(out, trees, nested):
-    """d out / d every leaf of each tree, as trees of the same structure."""
-    flat, specs = [], []
-    for t in trees:
-        leaves, spec = tree_flatten(t)
-        flat += leaves
-        specs.append((spec, len(leaves)))
-    if out._node is None:
-        gs = [None] * len(flat)
+def _grads(outs, cotangents, trees, nested, retain):
+    """d outs / d every leaf of the trees (weighted by cotangents; None: ones), as a
+    tuple of trees of the same structure; zeros where nothing flows (allow_unused)."""
+    flat, spec = tree_flatten(tuple(trees))
+    live = [(o, c) for o, c in zip(outs, cotangents) if o._node is not None]
+    if live:
+        gs = autograd.grad([o for o, _ in live], flat, grad_outputs=[c for _, c in live],
+                           create_graph=nested, retain_graph=retain, allow_unused=True)
     else:
-        gs = autograd.grad(out, flat, create_graph=nested, retain_graph=nested, allow_unused=True)
-    gs = [g if g is not None else Tensor._from(np.zeros_like(x.data)) for g, x in zip(gs, flat)]
-    result, i = [], 0
-    for spec, n in specs:
-        result.append(tree_unflatten(spec, gs[i:i + n]))
-        i += n
-    return tuple(result)
+        gs = [None] * len(flat)
+    return tree_unflatten(spec, [g if g is not None else Tensor._from(np.zeros_like(x.data))
+                                 for g, x in zip(gs, flat)])
 
 
 def _scalar(out, who):
@@ -99,7 +94,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         if has_aux:
             out, aux = out
         out = _scalar(out, "grad")
-        grads = _grads(out, [prepared[a] for a in nums], nested)
+        grads = _grads([out], [None], [prepared[a] for a in nums], nested, retain=nested)
         g = grads[0] if isinstance(argnums, int) else grads
         value = out if nested else out.detach()
         return ((value, aux), g) if has_aux else (value, g)
@@ -139,23 +134,7 @@ def vjp(f, *primals):
         c_leaves, c_spec = tree_flatten(cotangent)
         if c_spec != out_spec:
             raise ValueError("gpuad.vjp: the cotangent must have the structure of f's output")
-        live = [(o, c) for o, c in zip(out_leaves, c_leaves) if o._node is not None]
-        flat, specs = [], []
-        for p in prepared:
-            leaves, spec = tree_flatten(p)
-            flat += leaves
-            specs.append((spec, len(leaves)))
-        if live:
-            gs = autograd.grad([o for o, _ in live], flat, grad_outputs=[c for _, c in live], retain_graph=True,
-                               create_graph=nested, allow_unused=True)
-        else:
-            gs = [None] * len(flat)
-        gs = [g if g is not None else Tensor._from(np.zeros_like(x.data)) for g, x in zip(gs, flat)]
-        result, i = [], 0
-        for spec, n in specs:
-            result.append(tree_unflatten(spec, gs[i:i + n]))
-            i += n
-        return tuple(result)
+        return _grads(out_leaves, c_leaves, prepared, nested, retain=True)
     if not nested:
         out = tree_unflatten(out_spec, [o.detach() for o in out_leaves])
     return out, vjp_fn

@@ -20,7 +20,7 @@ import time
 import warnings
 
 from ..tensor import Tensor
-from .capture import capture
+from .capture import build_result, capture
 from .state import describe_change, discover, guard_key
 from .trace import TraceError
 from . import pipeline
@@ -152,18 +152,7 @@ def _groups():
 
 def rebuild(result, values):
     """The step's return value at replay: Tensors around the computed arrays."""
-    kind = result[0]
-    if kind == "T":
-        return Tensor._from(values[result[1].id])
-    if kind == "A":
-        return values[result[1].id]
-    if kind == "py":
-        return result[1]
-    typ, items = result
-    if typ is dict:
-        return {k: rebuild(v, values) for k, v in items.items()}
-    seq = [rebuild(v, values) for v in items]
-    return typ(seq) if typ in (list, tuple) else typ(*seq)
+    return build_result(result, lambda kind, v: Tensor._from(values[v.id]) if kind == "T" else values[v.id])
 
 
 __all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]

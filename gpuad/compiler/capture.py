@@ -166,6 +166,28 @@ def _result_tree(tr, out):
                      f"numbers, or lists, tuples and dicts of them")
 
 
+def build_result(result, leaf):
+    """The step's return value from its _result_tree: leaf(kind, var) gives each array
+    ("T": the step returned a Tensor, "A": an array)."""
+    kind = result[0]
+    if kind in ("T", "A"):
+        return leaf(kind, result[1])
+    if kind == "py":
+        return result[1]
+    typ, items = result
+    if typ is dict:
+        return {k: build_result(v, leaf) for k, v in items.items()}
+    seq = [build_result(v, leaf) for v in items]
+    return typ(seq) if typ in (list, tuple) else typ(*seq)
+
+
+def result_vars(result):
+    """The Vars of a _result_tree, in order."""
+    vs = []
+    build_result(result, lambda kind, v: vs.append(v))
+    return vs
+
+
 def _writes(tr, swapped, tensors, found, call_args, snapshot):
     writes = []
     inputs = {id(s) for s, _, _ in swapped}

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..memory.accounting import accountant
 from .ir import iter_vars
+from .capture import result_vars
 from .state import Slot
 from . import codegen
 from .passes import buffers, cse, dce, fold, fuse, remat
@@ -123,22 +124,12 @@ def outputs_of(cap):
     """Every Var the replay must hand back: the return value's, then the writes'."""
     outs = []
     seen = set()
-    for v in iter_vars(_result_vars(cap.result)) + [v for _, v, _ in cap.writes if v is not None] + \
+    for v in result_vars(cap.result) + [v for _, v, _ in cap.writes if v is not None] + \
             [v for _, v in cap.ext_writes]:
         if v.id not in seen:
             seen.add(v.id)
             outs.append(v)
     return outs
-
-
-def _result_vars(result):
-    kind = result[0]
-    if kind in ("T", "A"):
-        return [result[1]]
-    if kind == "py":
-        return []
-    items = result[1]
-    return [v for r in (items.values() if isinstance(items, dict) else items) for v in _result_vars(r)]
 
 
 SHARE_MIN = 1 << 16      # bytes: smaller handed-out values (a loss) are copied, never arena views,
@@ -148,7 +139,7 @@ SHARE_MIN = 1 << 16      # bytes: smaller handed-out values (a loss) are copied,
 def _escaping(cap, graph, before):
     """Ids (after the passes) of large values the step hands out in new arrays."""
     became = {b.id: a for b, a in zip(before, graph.outputs)}
-    handed = [v for v in iter_vars(_result_vars(cap.result))] + [v for _, v, ip in cap.writes if v is not None and not ip]
+    handed = result_vars(cap.result) + [v for _, v, ip in cap.writes if v is not None and not ip]
     return {became[v.id].id for v in handed
             if hasattr(became.get(v.id), "id") and became[v.id].nbytes >= SHARE_MIN}
 
@@ -162,7 +153,7 @@ def _escapes(cap, out_ids):
     """Per output: is it handed to the caller (returned, or a slot's new array)? Values
     written back in place are not: they are copied into their arrays anyway."""
     kept = {v.id for _, v, in_place in cap.writes if in_place and v is not None}
-    handed = {v.id for v in iter_vars(_result_vars(cap.result))} | {
+    handed = {v.id for v in result_vars(cap.result)} | {
         v.id for _, v, in_place in cap.writes if not in_place and v is not None}
     return [vid in handed or vid not in kept for vid in out_ids]
 
