@@ -20,19 +20,26 @@ from tests.test_ops_gradcheck import all_cases
 R = np.random.default_rng(3)
 
 
+def train_step(m, opt, loss=F.cross_entropy):
+    """The PyTorch-style step these tests compile: zero_grad, the loss of m(x) against y,
+    backward, step. For cross-entropy, logits are taken as rows ((B, T, V) as (B T, V))."""
+    def step(x, y):
+        opt.zero_grad()
+        out = m(x)
+        value = loss(out.reshape(-1, out.shape[-1]), y.reshape(-1)) if loss is F.cross_entropy else loss(out, y)
+        value.backward()
+        opt.step()
+        return value
+    return step
+
+
 def _mlp_run(opt_cls, compiled, steps=3, dropout=0.0, **kw):
     gpuad.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(dropout), nn.Linear(16, 4))
     opt = opt_cls(m.parameters(), **kw)
     x = gpuad.tensor(np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32))
     y = gpuad.tensor(np.array([0, 3, 1, 2, 1]))
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = train_step(m, opt)
     f = gpuad.compile(step) if compiled else step
     gpuad.manual_seed(1)
     losses = [f(x, y).item() for _ in range(steps)]
@@ -301,13 +308,8 @@ def test_buffer_plan_never_overlaps_two_live_values():
     gpuad.manual_seed(0)
     m = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10))
     opt = optim.Adam(m.parameters())
-
-    def step(x, y):
-        opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
     x, y = gpuad.tensor(R.standard_normal((16, 32)).astype(np.float32)), gpuad.tensor(R.integers(0, 10, 16))
-    f = gpuad.compile(step)
+    f = gpuad.compile(train_step(m, opt))
     f(x, y)
     entry = f.compiled(x, y)
     plan, graph = entry.plan, entry.graph
@@ -375,14 +377,8 @@ def test_gpt_step_compiled_equals_eager():
         gpuad.manual_seed(4)
         m = nn.GPT(11, 8, d_model=16, n_layers=2, n_heads=2)     # (attention dropout: not traced yet, raises)
         opt = optim.AdamW(m.parameters(), lr=1e-2)
-
-        def step():
-            opt.zero_grad()
-            loss = F.cross_entropy(m(x).reshape(-1, 11), y.reshape(-1))
-            loss.backward()
-            opt.step()
-            return loss
-        f = gpuad.compile(step) if compiled else step
+        step = train_step(m, opt)
+        f = gpuad.compile(lambda: step(x, y)) if compiled else (lambda: step(x, y))
         gpuad.manual_seed(9)
         runs.append(([f().item() for _ in range(3)], [p.numpy().copy() for p in m.parameters()]))
     assert runs[0][0] == runs[1][0]
@@ -399,14 +395,8 @@ def _deep_mlp(layers=10, width=64, batch=1024):
     opt = optim.SGD(m.parameters(), lr=0.05)
     x = gpuad.tensor(np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32))
     y = gpuad.tensor(np.random.default_rng(1).integers(0, 3, batch))
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step, m
+    step = train_step(m, opt)
+    return (lambda: step(x, y)), m
 
 
 def test_a_budget_of_sixty_percent_of_the_peak_fits_by_recomputing_and_changes_no_result():
@@ -469,14 +459,7 @@ def test_layers_compile_to_eager_bitwise(make, loss):
         gpuad.manual_seed(0)
         m = make()
         opt = optim.Adam(m.parameters(), lr=1e-2)
-
-        def step(x, y):
-            opt.zero_grad()
-            out = m(x)
-            l = F.cross_entropy(out, y) if loss == "ce" else F.mse_loss(out, y)
-            l.backward()
-            opt.step()
-            return l
+        step = train_step(m, opt, F.cross_entropy if loss == "ce" else F.mse_loss)
         f = gpuad.compile(step) if compiled else step
         runs.append(([f(x, y).item() for _ in range(3)], [p.numpy().copy() for p in m.parameters()]))
     assert runs[0][0] == runs[1][0]

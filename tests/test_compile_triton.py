@@ -15,6 +15,7 @@ import gpuad
 import gpuad.nn.functional as F
 from gpuad import nn, optim
 from gpuad.compiler import triton_codegen as tc
+from tests.test_compile import train_step
 
 triton = pytest.importorskip("triton")
 torch = pytest.importorskip("torch")
@@ -40,14 +41,7 @@ def _mlp():
     opt = optim.Adam(m.parameters(), lr=1e-2)
     rng = np.random.default_rng(1)
     x, y = gpuad.tensor(rng.standard_normal((9, 12)).astype(np.float32)), gpuad.tensor(rng.integers(0, 5, 9))
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step, [x, y]
+    return train_step(m, opt), [x, y]
 
 
 def _gpt():
@@ -56,14 +50,7 @@ def _gpt():
     opt = optim.AdamW(m.parameters(), lr=1e-2)
     ids = np.random.default_rng(2).integers(0, 13, (3, 9))
     x, y = gpuad.tensor(ids[:, :-1]), gpuad.tensor(ids[:, 1:])
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x).reshape(-1, 13), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss
-    return step, [x, y]
+    return train_step(m, opt), [x, y]
 
 
 def _softmax_rows():
