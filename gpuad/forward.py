@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 
 from .compiler.capture import build_result, capture
-from .compiler.ir import Literal, Var
+from .compiler.ir import Literal, Var, map_leaves
 from .compiler.trace import resolve
 from .pytree import tree_flatten, tree_unflatten
 from .tensor import Tensor
@@ -272,19 +272,8 @@ RULES = {
 # -- evaluating a traced graph with tangents -------------------------------------------
 
 def _value(x, env):
-    if isinstance(x, Var):
-        return env[x.id]
-    if isinstance(x, Literal):
-        return x.value
-    if isinstance(x, tuple):
-        return tuple(_value(t, env) for t in x)
-    if isinstance(x, list):
-        return [_value(t, env) for t in x]
-    if isinstance(x, dict):
-        return {k: _value(v, env) for k, v in x.items()}
-    if isinstance(x, slice):
-        return slice(_value(x.start, env), _value(x.stop, env), _value(x.step, env))
-    return x
+    """An operand with its Vars' values and its Literals' objects."""
+    return map_leaves(x, lambda a: env[a.id] if isinstance(a, Var) else a.value if isinstance(a, Literal) else a)
 
 
 def _tangent(x, tan):

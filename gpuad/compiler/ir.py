@@ -109,19 +109,24 @@ def iter_vars(tree):
     return found
 
 
+def map_leaves(tree, fn):
+    """tree (tuples, lists, dicts and slices, nested) with fn applied to every leaf: the
+    one walk over an equation's operands, whatever the leaves become (Vars, values,
+    stand-ins)."""
+    if isinstance(tree, tuple):
+        return tuple(map_leaves(t, fn) for t in tree)
+    if isinstance(tree, list):
+        return [map_leaves(t, fn) for t in tree]
+    if isinstance(tree, dict):
+        return {k: map_leaves(v, fn) for k, v in tree.items()}
+    if isinstance(tree, slice):
+        return slice(*(map_leaves(t, fn) for t in (tree.start, tree.stop, tree.step)))
+    return fn(tree)
+
+
 def map_vars(tree, fn):
     """tree with every Var v replaced by fn(v)."""
-    if isinstance(tree, Var):
-        return fn(tree)
-    if isinstance(tree, tuple):
-        return tuple(map_vars(t, fn) for t in tree)
-    if isinstance(tree, list):
-        return [map_vars(t, fn) for t in tree]
-    if isinstance(tree, dict):
-        return {k: map_vars(v, fn) for k, v in tree.items()}
-    if isinstance(tree, slice):
-        return slice(*(map_vars(t, fn) for t in (tree.start, tree.stop, tree.step)))
-    return tree
+    return map_leaves(tree, lambda x: fn(x) if isinstance(x, Var) else x)
 
 
 _SHORT = {"float32": "f32", "float64": "f64", "float16": "f16", "int64": "i64", "int32": "i32",

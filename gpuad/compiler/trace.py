@@ -33,7 +33,7 @@ import traceback
 import numpy as np
 
 from ..ops.abstract import AbstractArray, abstract_ns
-from .ir import Eqn, Graph, Literal
+from .ir import Eqn, Graph, Literal, map_leaves
 
 
 class TraceError(RuntimeError):
@@ -66,16 +66,6 @@ def _dummy(a):
     return a
 
 
-def _tree(x, fn):
-    if isinstance(x, tuple):
-        return tuple(_tree(t, fn) for t in x)
-    if isinstance(x, list):
-        return [_tree(t, fn) for t in x]
-    if isinstance(x, dict):
-        return {k: _tree(v, fn) for k, v in x.items()}
-    return fn(x)
-
-
 class Trace:
     """One tracing run: the graph being built, the arrays lifted into it, and the
     random draws (so a checkpoint's replay of a draw is the same value)."""
@@ -94,7 +84,11 @@ class Trace:
         return Tracer(self, self.graph.input(shape, dtype, name))
 
     def lift(self, x):
-        """The IR operand for a Python value: a Var for arrays, the value for the rest."""
+        """The IR operand for a Python value (nested in tuples, lists, dicts, slices): a
+        Var for each array, a Literal for objects, the value for the rest."""
+        return map_leaves(x, self._lift_leaf)
+
+    def _lift_leaf(self, x):
         if isinstance(x, Tracer):
             if x.trace is not self:
                 raise TraceError("gpuad.compile: a Tracer from another trace leaked into this one")
@@ -108,10 +102,6 @@ class Trace:
                 known = self.external[id(x)] = [x, v]
                 self.ext_inputs.append((x, v))
             return known[1]
-        if isinstance(x, (tuple, list, dict)):
-            return _tree(x, self.lift)
-        if isinstance(x, slice):
-            return slice(self.lift(x.start), self.lift(x.stop), self.lift(x.step))
         if isinstance(x, (np.dtype, type)) or not isinstance(x, (int, float, bool, complex, str, type(None),
                                                                   type(Ellipsis), np.generic)):
             return Literal(x, None)
@@ -176,8 +166,8 @@ class Trace:
             except TypeError:
                 pass            # a keyword the abstract rule does not spell: run numpy on stand-ins
         fn = resolve(prim)
-        dummies = _tree(args, _dummy)
-        res = fn(*dummies, **_tree(kw, _dummy))
+        dummies = map_leaves(args, _dummy)
+        res = fn(*dummies, **map_leaves(kw, _dummy))
 
         def wrap(r):
             if not hasattr(r, "shape"):

@@ -16,7 +16,7 @@ x * 1, x + 0, x - 0, x / 1 and astype to x's own dtype become x itself.
 """
 import numpy as np
 
-from ..ir import Eqn, Literal, Var, iter_vars, map_vars
+from ..ir import Eqn, Literal, Var, iter_vars, map_leaves, map_vars
 from ..trace import resolve
 from .dce import EFFECTS
 
@@ -26,13 +26,7 @@ _IDENTITY = {"multiply": 1, "divide": 1, "true_divide": 1, "add": 0, "subtract":
 
 def _unwrap(x):
     """x with every Literal replaced by its value."""
-    if isinstance(x, Literal):
-        return x.value
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unwrap(t) for t in x)
-    if isinstance(x, dict):
-        return {k: _unwrap(v) for k, v in x.items()}
-    return x
+    return map_leaves(x, lambda a: a.value if isinstance(a, Literal) else a)
 
 
 def _identity(e):
