@@ -138,7 +138,7 @@ def _erf_table(x, out=None):
     out = np.empty(x.shape, x.dtype) if out is None else out
     xf = x.reshape(-1)
     of = out.reshape(-1)
-    if not np.shares_memory(of, out):               # out was not contiguous: a copy to write back
+    if not np.may_share_memory(of, out):           # out was not contiguous: a copy to write back
         raise ValueError("gpuad: erf's out= must be contiguous")
     v_, sc_, t_, y_, g_, k_, nan_ = _erf_scratch()
     for s in range(0, xf.size, _ERF_CHUNK):
