@@ -18,7 +18,7 @@ from .random import manual_seed, get_rng_state, set_rng_state, Generator
 from . import autograd
 from .transforms import grad, value_and_grad, vjp
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
-from . import nn, optim
+from . import nn, optim, distributed
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule, linalg
 from .serialization import save, load

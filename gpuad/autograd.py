@@ -100,7 +100,40 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
     if retain_graph is None:
         retain_graph = create_graph
     roots, seeds = _root_grads(tensors, grads, "backward")
-    _run(roots, seeds, retain_graph, create_graph, targets=None)
+    _callbacks.append([])
+    try:
+        _run(roots, seeds, retain_graph, create_graph, targets=None)
+        queued = _callbacks[-1]
+        while queued:                      # a callback may queue another: run them in order until none is left
+            queued.pop(0)()
+    finally:
+        _callbacks.pop()
+
+
+# One list per backward() in progress (a hook may start a nested backward).
+_callbacks = []
+
+
+def queue_callback(fn):
+    """Run fn() once the backward() in progress has finished its walk.
+
+    torch's `Variable._execution_engine.queue_callback`. A gradient hook uses it to act
+    when every gradient of this pass is final; DistributedDataParallel waits for its
+    all-reduces there, so backward() returns with synchronised gradients.
+
+    >>> import gpuad
+    >>> w = gpuad.tensor(2.0, requires_grad=True)
+    >>> seen = []
+    >>> h = w.register_post_accumulate_grad_hook(
+    ...     lambda t: gpuad.autograd.queue_callback(lambda: seen.append(t.grad.item())))
+    >>> (w * 3).backward()
+    >>> seen
+    [3.0]
+    """
+    if not _callbacks:
+        raise RuntimeError("gpuad.autograd.queue_callback: no backward() is running "
+                           "(call it from a hook during backward)")
+    _callbacks[-1].append(fn)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):

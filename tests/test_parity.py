@@ -440,6 +440,18 @@ def test_bfloat16_tensors_and_promotion_as_torch():
     assert str((torch.ones(2, dtype=torch.bfloat16) * torch.ones(2, dtype=torch.float16)).dtype) == "torch.float32"
 
 
+def test_casts_out_of_bfloat16_give_the_dtype_asked_for_as_torch():
+    # an explicit dtype wins over "bfloat16 in, bfloat16 out" (it once rounded .float() back)
+    x = gpuad.tensor([1.0, 2.5], dtype="bfloat16", requires_grad=True)
+    t = torch.tensor([1.0, 2.5], dtype=torch.bfloat16, requires_grad=True)
+    for mine, theirs in ((x.float(), t.float()), (x.double(), t.double()), (x.to("float16"), t.to(torch.float16))):
+        assert str(mine.dtype) == str(theirs.dtype).replace("torch.", "")
+    (x.double() * 3).sum().backward()
+    (t.double() * 3).sum().backward()
+    assert x.grad.dtype == gpuad.bfloat16 and t.grad.dtype == torch.bfloat16
+    np.testing.assert_array_equal(_bf(x.grad.numpy()), t.grad.float().numpy())
+
+
 def test_bfloat16_reductions_and_matmul_accumulate_in_float32():
     a = gpuad.full((100000,), 0.01, dtype="bfloat16")
     t = torch.full((100000,), 0.01, dtype=torch.bfloat16)

@@ -12,3 +12,4 @@ from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock,
 from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, CausalSelfAttention, TransformerBlock,
                           GPT)
 from . import utils
+from . import parallel

@@ -141,7 +141,9 @@ def apply(op, args, params):
     params = params or None
     down = None
     if _BF16 is not None and any(getattr(a, "dtype", None) == _BF16 for a in arrays):
-        arrays, down = [_up(a) for a in arrays], _BF16
+        arrays = [_up(a) for a in arrays]
+        # bfloat16 in, bfloat16 out; but an explicit dtype parameter (astype's) is the result's
+        down = _BF16 if params is None or params.get("dtype") is None else None
 """ + _CORE.format(arrays="arrays", call="op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)",
                    grey="parents.count(None) == len(parents)", parents="parents",
                    needs="tuple([p is not None for p in parents])")

@@ -1,0 +1,196 @@
+"""gpuad.distributed: collectives across processes, on MPI (CPUs) and NCCL (GPUs).
+
+One process per device, started by an MPI launcher (`mpiexec -n 2 python train.py`).
+`init()` reads the MPI world (rank, size, and the local rank that picks the GPU);
+the collectives then work on Tensors in place, as torch.distributed's do:
+blocking by default, or non-blocking with `async_op=True`, which returns a Handle
+whose wait() ends it. No collective is recorded by autograd.
+
+Every wait has a deadline (`init(timeout=...)`, 300 s by default, or the
+GPUAD_DIST_TIMEOUT variable): a rank that died, raised, or skipped a collective
+turns into a DistributedError on the others instead of a silent hang. And a rank
+whose Python raises past the top of the program ends the whole job (MPI_Abort)
+after printing its traceback, so the others never wait for it.
+
+Run alone (no launcher) it is a world of one, and every call still works:
+
+>>> import gpuad
+>>> import gpuad.distributed as dist
+>>> world = dist.init()
+>>> dist.get_rank(), dist.get_world_size()
+(0, 1)
+>>> t = gpuad.tensor([1.0, 2.0])
+>>> dist.all_reduce(t)                    # the sum over all ranks, in place
+>>> t.tolist()
+[1.0, 2.0]
+>>> h = dist.all_reduce(t, op="avg", async_op=True)
+>>> h.wait()
+True
+>>> dist.destroy()
+"""
+import os
+import sys
+
+from .handle import DistributedError, Handle
+
+DEFAULT_TIMEOUT = 300.0
+
+_world = None
+
+
+class ReduceOp:
+    """torch's names for the reductions; plain strings work too."""
+    SUM, AVG, PRODUCT, MAX, MIN = "sum", "avg", "prod", "max", "min"
+
+
+_OPS = ("sum", "avg", "prod", "max", "min")
+
+
+def init(backend="auto", timeout=None):
+    """Join the MPI world; returns the backend object (rank, size, local_rank, name).
+
+    backend: "mpi" (host arrays over mpi4py), "nccl" (CuPy arrays over NCCL, the
+    unique id sent over MPI, or a world of one without it), or "auto": nccl on a
+    machine with a CUDA device, mpi otherwise.
+    """
+    global _world
+    if _world is not None:
+        raise RuntimeError("gpuad.distributed.init: already initialised; call destroy() first")
+    if backend not in ("auto", "mpi", "nccl"):
+        raise ValueError(f"gpuad.distributed.init: backend must be 'auto', 'mpi' or 'nccl', not {backend!r}")
+    if timeout is None:
+        timeout = float(os.environ.get("GPUAD_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    if backend == "auto":
+        from ..backends.devices import cuda_available
+        backend = "nccl" if cuda_available()[0] else "mpi"
+    from .mpi import MPIBackend
+    if backend == "mpi":
+        _world = MPIBackend(timeout)
+    else:
+        from .nccl import NCCLBackend
+        try:
+            control = MPIBackend(timeout)
+        except ImportError:
+            control = None                  # no mpi4py: a world of one
+        _world = NCCLBackend(timeout, control)
+    if _world.size > 1:
+        _abort_on_uncaught_exception(_world)
+    return _world
+
+
+def _abort_on_uncaught_exception(world):
+    """An uncaught exception on one rank ends every rank (as `python -m mpi4py` does)."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        sys.stderr.write(f"gpuad.distributed: rank {world.rank} of {world.size} raised {kind.__name__}; "
+                         f"aborting every rank of the job\n")
+        world.abort(1)
+    sys.excepthook = hook
+
+
+def _require():
+    if _world is None:
+        raise RuntimeError("gpuad.distributed: call gpuad.distributed.init() first")
+    return _world
+
+
+def is_initialized():
+    return _world is not None
+
+
+def get_rank():
+    return _require().rank
+
+
+def get_world_size():
+    return _require().size
+
+
+def get_local_rank():
+    """This process's rank among those on its machine: the GPU it uses."""
+    return _require().local_rank
+
+
+def get_backend():
+    return _require().name
+
+
+def destroy():
+    """Leave the world (torch's destroy_process_group); init() may be called again."""
+    global _world
+    if _world is not None:
+        _world.close()
+        _world = None
+
+
+def _array(t, who):
+    from ..tensor import Tensor
+    if not isinstance(t, Tensor):
+        raise TypeError(f"gpuad.distributed.{who}: expected a Tensor, got {type(t).__name__}")
+    return t.data
+
+
+def _finish(handle, async_op):
+    if async_op:
+        return handle
+    handle.wait()
+    return None
+
+
+def all_reduce(tensor, op="sum", async_op=False):
+    """Reduce `tensor` over all ranks, in place (sum, avg, prod, max or min)."""
+    if op not in _OPS:
+        raise ValueError(f"gpuad.distributed.all_reduce: op must be one of {_OPS}, not {op!r}")
+    a = _array(tensor, "all_reduce")
+    w = _require()
+    return _finish(w.iall_reduce(a, op, f"all_reduce({op}) of {a.nbytes} bytes"), async_op)
+
+
+def broadcast(tensor, src=0, async_op=False):
+    """Copy rank src's `tensor` into every rank's, in place."""
+    a = _array(tensor, "broadcast")
+    w = _require()
+    if not 0 <= src < w.size:
+        raise ValueError(f"gpuad.distributed.broadcast: src={src} but the world has {w.size} ranks")
+    return _finish(w.ibroadcast(a, src, f"broadcast of {a.nbytes} bytes from rank {src}"), async_op)
+
+
+def all_gather(tensor_list, tensor, async_op=False):
+    """tensor_list[r] = rank r's `tensor`, on every rank (torch's all_gather)."""
+    a = _array(tensor, "all_gather")
+    w = _require()
+    if len(tensor_list) != w.size:
+        raise ValueError(f"gpuad.distributed.all_gather: tensor_list has {len(tensor_list)} entries "
+                         f"for {w.size} ranks")
+    for r, t in enumerate(tensor_list):
+        o = _array(t, "all_gather")
+        if o.shape != a.shape or o.dtype != a.dtype:
+            raise ValueError(f"gpuad.distributed.all_gather: tensor_list[{r}] is {o.dtype}{list(o.shape)}, "
+                             f"the input is {a.dtype}{list(a.shape)}")
+    from ..backends import namespace_of
+    xp = namespace_of(a)
+    out = xp.empty((w.size,) + a.shape, a.dtype)
+
+    def scatter():
+        for r, t in enumerate(tensor_list):
+            t.data[...] = out[r]
+    return _finish(w.iall_gather(out, a, f"all_gather of {a.nbytes} bytes").then(scatter), async_op)
+
+
+def barrier(async_op=False):
+    """Wait until every rank has reached this call."""
+    return _finish(_require().ibarrier("barrier"), async_op)
+
+
+def all_gather_object(obj):
+    """Every rank's picklable obj, as a list in rank order."""
+    return _require().all_gather_object(obj, "all_gather_object")
+
+
+from .sampler import DistributedSampler  # noqa: E402
+
+__all__ = ["init", "destroy", "is_initialized", "get_rank", "get_world_size", "get_local_rank", "get_backend",
+           "all_reduce", "broadcast", "all_gather", "all_gather_object", "barrier", "ReduceOp", "Handle",
+           "DistributedError", "DistributedSampler"]

@@ -1,0 +1,158 @@
+"""Data parallelism on two ranks: each case runs `mpiexec -n 2 tests/ddp_worker.py CASE` once.
+
+The references are one process on the whole batch (float64, 1e-12), computed by
+rank 0 from the same initial parameters. Fault cases check that a failing rank
+ends the job with a clear message well within its deadline.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gpuad.distributed import launch
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
+HAVE_MPI = launch.mpiexec_path() is not None
+if not HAVE_MPI and os.environ.get("CI"):
+    raise RuntimeError("CI installs the distributed extra (mpi4py, MPICH): mpiexec must be there")
+pytestmark = pytest.mark.skipif(not HAVE_MPI, reason="no MPI: pip install 'gpuad[distributed]'")
+
+MODELS = ["mlp", "resnet", "gpt"]
+
+
+def launch_case(case, tmp, timeout=60, deadline=None):
+    argv = [sys.executable, WORKER, case, str(tmp)] + ([str(deadline)] if deadline else [])
+    t0 = time.perf_counter()
+    r = launch.run(2, argv, timeout=timeout)
+    return r, time.perf_counter() - t0
+
+
+def ranks(tmp):
+    return [dict(np.load(os.path.join(tmp, f"rank{r}.npz"))) for r in range(2)]
+
+
+def ok_case(case, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(case)
+    r, _ = launch_case(case, tmp)
+    assert r.returncode == 0, f"{case} failed:\n{r.stdout}\n{r.stderr}"
+    return ranks(tmp)
+
+
+@pytest.fixture(scope="module")
+def grads(tmp_path_factory):
+    return ok_case("grads", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def grads_again(tmp_path_factory):
+    return ok_case("grads", tmp_path_factory)
+
+
+def _group(d, prefix):
+    return {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(prefix + "/")}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ddp_gradients_equal_one_process_on_the_full_batch(grads, model):
+    r0, r1 = grads
+    ref = _group(r0, f"{model}_ref")
+    assert ref
+    for rank in (r0, r1):
+        ddp = _group(rank, f"{model}_ddp")
+        assert sorted(ddp) == sorted(ref)
+        for n in ref:
+            np.testing.assert_allclose(ddp[n], ref[n], rtol=0, atol=1e-12, err_msg=n)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_construction_broadcasts_rank0_parameters(grads, model):
+    r0, r1 = grads
+    p0, p1 = _group(r0, f"{model}_params"), _group(r1, f"{model}_params")
+    for n in p0:                        # rank 1 was built from another seed
+        np.testing.assert_array_equal(p0[n], p1[n])
+    s0, s1 = _group(r0, f"{model}_stepped"), _group(r1, f"{model}_stepped")
+    for n in s0:                        # equal gradients, equal Adam steps
+        np.testing.assert_array_equal(s0[n], s1[n])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_no_sync_accumulates_locally_then_synchronises_the_sum(grads, model):
+    r0, r1 = grads
+    ref = _group(r0, f"{model}_refaccum")
+    local0, local1 = _group(r0, f"{model}_local"), _group(r1, f"{model}_local")
+    assert any(not np.allclose(local0[n], local1[n]) for n in local0)     # no communication under no_sync
+    for rank in (r0, r1):
+        acc = _group(rank, f"{model}_accum")
+        for n in ref:
+            np.testing.assert_allclose(acc[n], ref[n], rtol=0, atol=1e-12, err_msg=n)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_buckets_start_during_backward(grads, model):
+    for rank in grads:
+        ev = list(rank[f"{model}_events"])
+        assert int(rank[f"{model}_nbuckets"]) >= 2
+        end = ev.index("backward_end")
+        first = ev.index("start")
+        assert first < end, ev
+        assert "ready" in ev[first:end], ev          # backward still finished gradients after it
+        assert ev.count("start") == int(rank[f"{model}_nbuckets"]) and ev[-1] == "synced"
+
+
+def test_ddp_is_bitwise_reproducible(grads, grads_again):
+    for a, b in zip(grads, grads_again):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            if not k.endswith("_events"):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_unused_parameters(tmp_path_factory):
+    r0, r1 = ok_case("unused", tmp_path_factory)
+    ref = _group(r0, "ref")
+    for rank in (r0, r1):
+        ddp = _group(rank, "ddp")
+        assert "never.weight" not in ddp and "never.bias" not in ddp      # unused everywhere: .grad stays None
+        assert sorted(ddp) == sorted(ref)
+        for n in ref:                   # extra: used on rank 0 only, averaged as one process would
+            np.testing.assert_allclose(ddp[n], ref[n], rtol=0, atol=1e-12, err_msg=n)
+        msg = str(rank["error"])
+        assert "never.weight" in msg and "find_unused_parameters=True" in msg
+
+
+def test_collectives(tmp_path_factory):
+    r0, r1 = ok_case("collectives", tmp_path_factory)
+    for rank in (r0, r1):
+        np.testing.assert_array_equal(rank["sum"], 2 * np.arange(5) + 1)
+        np.testing.assert_array_equal(rank["max"], [1, 0])
+        np.testing.assert_array_equal(rank["bcast"], [1.0, 1.0, 1.0])
+        np.testing.assert_array_equal(rank["gather"], np.stack([np.zeros((2, 2)), np.ones((2, 2))]))
+        np.testing.assert_array_equal(rank["half"], [2.0] * 4)
+        assert str(rank["half_dtype"]) == "bfloat16"
+        np.testing.assert_array_equal(rank["strided"], 2 * np.arange(12.0).reshape(3, 4)[:, ::2])
+        np.testing.assert_array_equal(rank["objects"], [0, 10])
+
+
+def test_mismatched_parameters_are_named_on_every_rank(tmp_path_factory):
+    for rank in ok_case("mismatch", tmp_path_factory):
+        msg = str(rank["error"])
+        assert "'0.weight' differs across ranks" in msg and "(8, 6)" in msg and "(9, 6)" in msg
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("raise", "rank 1 of 2 raised ValueError; aborting every rank"),
+    ("die", "Killed (signal 9)"),          # the launcher's word: rank 1 is gone, the others are ended
+    ("exit", "did not complete within 3 s"),   # rank 1 waits in MPI_Finalize: rank 0's deadline ends it
+    ("hang", "did not complete within 3 s"),
+])
+def test_a_failing_rank_ends_the_job(tmp_path, case, expect):
+    try:
+        r, took = launch_case(case, tmp_path, timeout=40, deadline=3)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: the job hung for 40 s")
+    assert r.returncode != 0
+    assert took < 20, took             # the workers would sleep 60 s if nobody ended them
+    assert expect in r.stderr + r.stdout, r.stderr + r.stdout
