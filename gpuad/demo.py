@@ -9,6 +9,12 @@ Each task prints its loss curve as a few lines; every loss falls by well over
     gpt     a character-level GPT on the short text below (written for gpuad), AdamW;
             `python -m gpuad.demo gpt --steps 300 --checkpoint sqrt` (sqrt, none, a
             segment count or a byte budget such as 8MiB)
+
+--ddp trains data-parallel over the processes of an MPI launcher: each rank takes
+its shard of every batch and the gradients are averaged (DistributedDataParallel),
+so the losses match one process on the whole batch:
+
+    mpiexec -n 2 python -m gpuad.demo mlp --ddp
 """
 import numpy as np
 
@@ -23,7 +29,46 @@ def _regression_data(rng, n=256):
     return gpuad.tensor(x), gpuad.tensor(y)
 
 
-def _fit(model, x, y, steps, lr, loss_fn=F.mse_loss, name="", verbose=True):
+class _Parallel:
+    """--ddp: the model wrapped in DistributedDataParallel, each batch cut to this rank's
+    rows, and losses averaged over the ranks; without it, all three do nothing."""
+
+    def __init__(self, ddp):
+        self.on = ddp
+        if ddp:
+            import gpuad.distributed as dist
+            if not dist.is_initialized():
+                dist.init()
+            self.dist = dist
+            self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.size = 0, 1
+
+    def wrap(self, model):
+        return nn.parallel.DistributedDataParallel(model) if self.on else model
+
+    def shard(self, arr):
+        """This rank's rows of a batch (a numpy array): the DistributedSampler's split."""
+        if not self.on:
+            return arr
+        return arr[self.dist.DistributedSampler(len(arr), shuffle=False).indices()]
+
+    def mean(self, loss):
+        if not self.on:
+            return loss.item()
+        t = loss.detach()
+        self.dist.all_reduce(t, op="avg")
+        return t.item()
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def _fit(model, x, y, steps, lr, loss_fn=F.mse_loss, name="", verbose=True, ddp=False):
+    par = _Parallel(ddp)
+    model = par.wrap(model)
+    x, y = gpuad.tensor(par.shard(x.numpy())), gpuad.tensor(par.shard(y.numpy()))
     opt = optim.Adam(list(model.parameters()), lr=lr)
     losses = []
     for _ in range(steps):
@@ -31,7 +76,10 @@ def _fit(model, x, y, steps, lr, loss_fn=F.mse_loss, name="", verbose=True):
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(par.mean(loss))
+    verbose = verbose and par.main
+    if verbose and ddp:
+        print(f"{name:7s} data parallel over {par.size} ranks, {len(x)} of each batch's rows per rank")
     if verbose:
         marks = np.linspace(0, steps - 1, 6).astype(int)
         curve = "  ".join(f"{i}:{losses[i]:.4f}" for i in marks)
@@ -39,16 +87,18 @@ def _fit(model, x, y, steps, lr, loss_fn=F.mse_loss, name="", verbose=True):
     return losses
 
 
-def train_mlp(verbose=True, steps=300):
+def train_mlp(verbose=True, steps=300, ddp=False):
     gpuad.manual_seed(0)
     x, y = _regression_data(np.random.default_rng(0))
-    return _fit(nn.MLP([2, 32, 32, 1], activation="tanh"), x, y, steps, 0.01, name="mlp", verbose=verbose)
+    return _fit(nn.MLP([2, 32, 32, 1], activation="tanh"), x, y, steps, 0.01, name="mlp", verbose=verbose,
+                ddp=ddp)
 
 
-def train_resnet(verbose=True, steps=300):
+def train_resnet(verbose=True, steps=300, ddp=False):
     gpuad.manual_seed(1)
     x, y = _regression_data(np.random.default_rng(1))
-    return _fit(nn.ResNet(2, 32, 4, 1, activation="tanh"), x, y, steps, 0.005, name="resnet", verbose=verbose)
+    return _fit(nn.ResNet(2, 32, 4, 1, activation="tanh"), x, y, steps, 0.005, name="resnet", verbose=verbose,
+                ddp=ddp)
 
 
 class _SeqModel(nn.Module):
@@ -62,11 +112,14 @@ class _SeqModel(nn.Module):
         return self.head(h)
 
 
-def train_rnn(verbose=True, steps=300):
+def train_rnn(verbose=True, steps=300, ddp=False):
     gpuad.manual_seed(2)
     rng = np.random.default_rng(2)
     seq = rng.uniform(-1, 1, size=(12, 64, 1)).astype(np.float32)
     target = (seq.sum(axis=0) / 4).astype(np.float32)
+    if ddp:
+        raise SystemExit("python -m gpuad.demo: --ddp shards the batch axis, which is not the first in the rnn "
+                         "task; run mlp, resnet or gpt with --ddp")
     return _fit(_SeqModel(), gpuad.tensor(seq), gpuad.tensor(target), steps, 0.01, name="rnn", verbose=verbose)
 
 
@@ -85,26 +138,33 @@ one row of statistics and recomputes the rest while it walks back.
 """
 
 
-def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16):
+def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16, ddp=False):
     """A character-level GPT on TEXT; returns the losses (and prints progress and a sample)."""
+    par = _Parallel(ddp)
     gpuad.manual_seed(4)
     chars = sorted(set(TEXT))
     ids = np.array([chars.index(c) for c in TEXT], np.int64)
-    model = nn.GPT(len(chars), block, d_model=64, n_layers=2, n_heads=4, checkpoint=checkpoint)
+    gpt = nn.GPT(len(chars), block, d_model=64, n_layers=2, n_heads=4, checkpoint=checkpoint)
+    model = par.wrap(gpt)
     opt = optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(4)                  # the same batches on every rank; each takes its rows
     losses = []
+    verbose = verbose and par.main
+    if verbose and ddp:
+        print(f"gpt     data parallel over {par.size} ranks, {len(par.shard(np.arange(batch)))} of each "
+              f"batch's {batch} sequences per rank")
     for step in range(steps):
-        starts = rng.integers(0, len(ids) - block - 1, batch)
+        starts = par.shard(rng.integers(0, len(ids) - block - 1, batch))
         x = gpuad.tensor(np.stack([ids[s:s + block] for s in starts]))
         y = gpuad.tensor(np.stack([ids[s + 1:s + block + 1] for s in starts]))
         opt.zero_grad()
         loss = F.cross_entropy(model(x).reshape(-1, len(chars)), y.reshape(-1))
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(par.mean(loss))
         if verbose and (step % max(steps // 10, 1) == 0 or step == steps - 1):
             print(f"gpt     step {step:4d}  loss {losses[-1]:.3f}", flush=True)
+    model = gpt
     if verbose:
         print("gpt     sample: " + repr(sample(model, chars, "Back", 80)))
     return losses
@@ -134,12 +194,16 @@ def main(argv=None):
     p.add_argument("tasks", nargs="*", help=f"tasks to run (default: all of {', '.join(TASKS)})")
     p.add_argument("--steps", type=int, default=None, help="training steps per task")
     p.add_argument("--checkpoint", default=None, help="gpt only: sqrt, none, a segment count or a byte budget")
+    p.add_argument("--ddp", action="store_true",
+                   help="data parallel over the ranks of an MPI launcher (mpiexec -n 2 python -m gpuad.demo mlp --ddp)")
     args = p.parse_args(argv)
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         p.error(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     for name in args.tasks or list(TASKS):
         kw = {"steps": args.steps} if args.steps else {}
+        if args.ddp:
+            kw["ddp"] = True
         if name == "gpt" and args.checkpoint not in (None, "none"):
             kw["checkpoint"] = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
         TASKS[name](**kw)

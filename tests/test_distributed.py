@@ -156,3 +156,127 @@ def test_a_failing_rank_ends_the_job(tmp_path, case, expect):
     assert r.returncode != 0
     assert took < 20, took             # the workers would sleep 60 s if nobody ended them
     assert expect in r.stderr + r.stdout, r.stderr + r.stdout
+
+
+def test_demo_trains_data_parallel():
+    r = launch.run(2, [sys.executable, "-m", "gpuad.demo", "mlp", "--ddp", "--steps", "120"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "data parallel over 2 ranks, 128 of each batch's rows per rank" in r.stdout
+    curve = [float(w.split(":")[1]) for w in r.stdout.split("loss")[1].split("(")[0].split()]
+    assert curve[-1] < curve[0] / 10
+    assert r.stdout.count("mlp     loss") == 1                  # rank 0 alone prints
+
+
+# --- one process (a world of one, no launcher) -----------------------------------------
+
+@pytest.fixture
+def world():
+    import gpuad.distributed as dist
+    w = dist.init("mpi")
+    yield w
+    dist.destroy()
+
+
+def test_world_of_one_and_its_errors(world):
+    import gpuad
+    import gpuad.distributed as dist
+    assert (dist.get_rank(), dist.get_world_size(), dist.get_backend()) == (0, 1, "mpi")
+    with pytest.raises(RuntimeError, match="already initialised"):
+        dist.init()
+    with pytest.raises(ValueError, match="op must be one of"):
+        dist.all_reduce(gpuad.ones(2), op="mean")
+    with pytest.raises(ValueError, match="src=1 but the world has 1 ranks"):
+        dist.broadcast(gpuad.ones(2), src=1)
+    with pytest.raises(ValueError, match="tensor_list has 2 entries for 1 ranks"):
+        dist.all_gather([gpuad.ones(2), gpuad.ones(2)], gpuad.ones(2))
+    with pytest.raises(TypeError, match="expected a Tensor"):
+        dist.all_reduce(np.ones(2))
+    out = [gpuad.zeros(3)]
+    dist.all_gather(out, gpuad.arange(3.0))
+    np.testing.assert_array_equal(out[0].numpy(), [0.0, 1.0, 2.0])
+    assert dist.barrier(async_op=True).wait()
+
+
+def test_collectives_need_init():
+    import gpuad
+    import gpuad.distributed as dist
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="call gpuad.distributed.init"):
+        dist.all_reduce(gpuad.ones(2))
+    with pytest.raises(ValueError, match="backend must be"):
+        dist.init("gloo")
+
+
+def test_handle_deadline_and_then():
+    from gpuad.distributed.handle import DistributedError, Handle
+    seen = []
+    polls = iter([False, False, True])
+    h = Handle(lambda: next(polls), "x", timeout=5, rank=0, finish=lambda: seen.append("a")).then(
+        lambda: seen.append("b"))
+    assert h.wait() and seen == ["a", "b"]
+    h.then(lambda: seen.append("c"))              # already complete: at once
+    assert seen == ["a", "b", "c"]
+    stuck = Handle(lambda: False, "all_reduce of 8 bytes", timeout=0.05, rank=3)
+    t0 = time.perf_counter()
+    with pytest.raises(DistributedError, match="all_reduce of 8 bytes on rank 3 did not complete within 0.05 s"):
+        stuck.wait()
+    assert time.perf_counter() - t0 < 1
+
+
+def test_buckets_follow_reverse_registration_order_and_split_by_dtype():
+    import gpuad
+    from gpuad.distributed.reducer import plan_buckets
+    ps = [gpuad.zeros(10), gpuad.zeros(10), gpuad.zeros(10, dtype=gpuad.float64), gpuad.zeros(5), gpuad.zeros(500)]
+    assert plan_buckets(ps, 100) == [[4], [3], [2], [1, 0]]         # 500 floats alone; a dtype change cuts
+    assert plan_buckets(ps, 1 << 20) == [[4, 3], [2], [1, 0]]
+    assert plan_buckets(ps[:2], 1) == [[1], [0]]                    # never an empty bucket
+
+
+@pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (8, 2, False), (2, 4, False)])
+def test_sampler_shards_are_disjoint_and_reshuffled_per_epoch(n, replicas, drop_last):
+    from gpuad.distributed import DistributedSampler
+    shards = [DistributedSampler(n, replicas, r, seed=7, drop_last=drop_last) for r in range(replicas)]
+    got = np.concatenate([s.indices() for s in shards])
+    assert len({len(s) for s in shards}) == 1 and len(got) == sum(len(s) for s in shards)
+    if drop_last:
+        assert len(set(got.tolist())) == len(got) == (n // replicas) * replicas
+    else:
+        assert set(got.tolist()) == set(range(n))                  # all covered; padding repeats the head
+    before = [s.indices() for s in shards]
+    for s in shards:
+        s.set_epoch(1)
+    assert any(not np.array_equal(a, s.indices()) for a, s in zip(before, shards)) or n <= 2
+    ordered = DistributedSampler(n, replicas, 0, shuffle=False, drop_last=drop_last).indices()
+    np.testing.assert_array_equal(ordered, np.arange(n if not drop_last else (n // replicas) * replicas)
+                                  [0::replicas] if n >= replicas else [0])
+    with pytest.raises(ValueError, match="rank 3 is not in"):
+        DistributedSampler(n, 3, 3)
+
+
+def test_a_second_backward_after_one_forward_fails_loudly(world):
+    import gpuad
+    from gpuad import nn
+    ddp = nn.parallel.DistributedDataParallel(nn.MLP([3, 4, 1], dtype=gpuad.float64))
+    loss = ddp(gpuad.ones(2, 3, dtype=gpuad.float64)).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="received a gradient twice after one forward"):
+        loss.backward()
+
+
+def test_ddp_inside_compile_fails_loudly(world):
+    import gpuad
+    from gpuad import nn
+    ddp = nn.parallel.DistributedDataParallel(nn.MLP([3, 4, 1]))
+    x = gpuad.ones(2, 3)
+
+    @gpuad.compile
+    def step():
+        ddp(x).sum().backward()
+    with pytest.raises(gpuad.TraceError, match="DistributedDataParallel cannot run inside gpuad.compile"):
+        step()
+
+
+def test_queue_callback_outside_backward():
+    import gpuad
+    with pytest.raises(RuntimeError, match="no backward"):
+        gpuad.autograd.queue_callback(lambda: None)

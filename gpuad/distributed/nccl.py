@@ -37,9 +37,10 @@ class NCCLBackend:
         self.cp, self.nccl = cupy, _nccl()
         self.control, self.timeout = control, timeout
         if control is None:
-            self.rank, self.size, self.local_rank = 0, 1, 0
+            self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
         else:
-            self.rank, self.size, self.local_rank = control.rank, control.size, control.local_rank
+            self.rank, self.size = control.rank, control.size
+            self.local_rank, self.local_size = control.local_rank, control.local_size
         n_dev = cupy.cuda.runtime.getDeviceCount()
         if n_dev == 0:
             raise RuntimeError("gpuad.distributed: backend='nccl' but no CUDA device is visible")

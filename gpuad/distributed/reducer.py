@@ -88,6 +88,7 @@ class Reducer:
                 self.where[i] = (b, o, n)
             self.buckets.append(b)
         self.step = None
+        self.synced = False            # this forward's backward has been synchronised already
         self.events = []
 
     def log(self, kind, detail=""):
@@ -99,6 +100,7 @@ class Reducer:
         """A forward pass begins: expect one backward that synchronises (sync) or none."""
         self._drain()                   # a step that died mid-backward may have buckets in flight
         self.events = []
+        self.synced = False
         self.log("forward", "sync" if sync else "no_sync")
         self.step = _Step(len(self.params), len(self.buckets), [len(b.members) for b in self.buckets]) \
             if sync else None
@@ -122,9 +124,9 @@ class Reducer:
     def on_grad(self, i, tensor):
         """Parameter i's gradient is final (its post-accumulate hook)."""
         st = self.step
-        if st is None:
+        if st is None and not self.synced:
             return                                     # no_sync, or a forward without grad
-        if st.ready[i]:
+        if st is None or st.ready[i]:
             raise RuntimeError(
                 f"DistributedDataParallel: parameter {self.names[i]} received a gradient twice after one "
                 f"forward(). Each forward() may be followed by one backward(); run forward() again, or "
@@ -173,7 +175,7 @@ class Reducer:
     def finish(self):
         """End of backward: wait for every bucket, average, write .grad."""
         self.log("backward_end")
-        st, self.step = self.step, None
+        st, self.step, self.synced = self.step, None, True
         if st.next < len(self.buckets):
             missing = [self.names[i] for i in range(len(self.params)) if not st.ready[i]]
             self._drain()
