@@ -156,11 +156,12 @@ class Targets:
     def __init__(self):
         self.rows = []
 
-    def check(self, what, value, limit, unit="", fmt="{:.3f}"):
-        """value <= limit is met; returns the note sentence."""
-        met = value <= limit
-        self.rows.append((what, fmt.format(value) + unit, f"<= {limit}{unit}", "met" if met else "MISSED"))
-        return f"{what}: {fmt.format(value)}{unit} (target <= {limit}{unit}: {'met' if met else 'missed'})"
+    def check(self, what, value, limit, unit="", fmt="{:.3f}", at_least=False):
+        """value <= limit is met (value >= limit with at_least); returns the note sentence."""
+        met = value >= limit if at_least else value <= limit
+        bound = f"{'>=' if at_least else '<='} {limit}{unit}"
+        self.rows.append((what, fmt.format(value) + unit, bound, "met" if met else "MISSED"))
+        return f"{what}: {fmt.format(value)}{unit} (target {bound}: {'met' if met else 'missed'})"
 
     def table(self, suite):
         t = Table(f"{suite}: targets", ["figure", "value", "target", ""])

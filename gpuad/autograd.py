@@ -231,12 +231,21 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     # node hands exactly one new parent on, which then skips the heap.
     nxt = None
     mutated = _mutated                       # non-empty once any in-place write happened
+    # Leaves are created before the forward pass, so their index is the smallest and the
+    # walk would reach every one of them last. A leaf whose post-accumulate hook waits for
+    # its gradient (a data-parallel all-reduce) is finished instead as soon as its last
+    # consumer has sent its share: `early` counts the edges still to come.
+    early = _hooked_leaf_edges(roots) if _Mode.post_hooks > 0 and targets is None else None
     try:
         while True:
             if nxt is not None and (not heap or nxt.index > -heap[0][0]):
                 node, nxt = nxt, None
             elif heap:
                 node = _heappop(heap)[1]
+            elif early:                      # consumers that never got a gradient: finish the rest now
+                _finish_leaves(early, list(early), create_graph, found)
+                early = None
+                continue
             else:
                 break
             g = node.grad
@@ -266,7 +275,15 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             grads = (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
             if watch is not None:
                 watch.vjp(node, g, saved, grads)
+            finished = None
             for parent, raw in zip(node.parents, grads):
+                if early is not None and parent in early:
+                    if raw is not None:
+                        _receive_early(xp, parent, raw, g, donate, grads, op, create_graph, watch)
+                    early[parent] -= 1
+                    if early[parent] == 0:
+                        finished = (finished or []) + [parent]
+                    continue
                 if parent is None or raw is None or (needed is not None and parent not in needed):
                     continue
                 if op.elementwise and not create_graph:      # route()'s first rule, inline: the hot path
@@ -297,6 +314,8 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
                 watch.mark(op.name)
             # Hold nothing of this node into the next one's VJP (the planner assumes so).
             g = grads = raw = gi = None
+            if finished is not None:
+                _finish_leaves(early, finished, create_graph, found)
     except Exception as e:
         if is_out_of_memory(e):
             raise out_of_memory(e, op.name + " (backward)") from None
@@ -311,6 +330,42 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
         if watch is not None:
             watch.finish(roots, retain_graph)
     return found
+
+
+def _receive_early(xp, leaf, raw, g, donate, grads, op, create_graph, watch):
+    """The main loop's sending of one gradient to a parent, for a leaf finished early
+    (that loop inlines it for speed; it pushes the parent on the heap, this does not)."""
+    gi, gi_owned = route(xp, raw, g, donate, grads, leaf, op, create_graph)
+    if watch is not None and gi is not raw:
+        watch.allocated(gi, op.name + " (backward)")
+    pg = leaf.grad
+    if pg is None or op.replaces_grads:
+        leaf.grad, leaf.owned = gi, gi_owned
+    else:
+        leaf.grad, leaf.owned = accumulate(xp, pg, leaf.owned, gi, gi_owned, create_graph)
+        if watch is not None:
+            watch.accumulated(pg, leaf.grad, gi)
+
+
+def _hooked_leaf_edges(roots):
+    """{leaf with a post-accumulate hook: edges into it from the graph below roots}."""
+    counts = {}
+    seeded = set(roots)              # a root that is itself a hooked leaf keeps its place on the heap
+    for n in reachable(roots):
+        for p in n.parents:
+            if p is not None and p.op is None and p not in seeded and p.extra is not None and p.hooks \
+                    and any(kind == "post" for kind, _ in p.hooks):
+                counts[p] = counts.get(p, 0) + 1
+    return counts or None
+
+
+def _finish_leaves(early, leaves, create_graph, found):
+    """Accumulate these leaves' complete gradients into .grad now (and run their hooks)."""
+    for leaf in leaves:
+        del early[leaf]
+        g, leaf.grad = leaf.grad, None
+        if g is not None:
+            _visit_special(leaf, g, leaf.owned, create_graph, None, found)
 
 
 def _seed(roots, seeds, create_graph):

@@ -139,6 +139,8 @@ def leaf_node(tensor):
 class _Mode:
     enabled = True
     checkpoint = None   # a CheckpointScope while a checkpoint runs or recomputes its function
+    post_hooks = 0      # post-accumulate hooks registered and not removed: backward then finishes
+                        # each such leaf as soon as its last consumer has sent its gradient
 
 
 class CheckpointScope:

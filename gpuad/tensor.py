@@ -277,6 +277,8 @@ class Tensor:
         """
         if not self.is_leaf or self._node is None:
             raise RuntimeError("gpuad: post-accumulate hooks are for leaves that require grad")
+        from .graph import _Mode
+        _Mode.post_hooks += 1
         return self._add_hook("post", fn)
 
     def _add_hook(self, kind, fn):
@@ -377,6 +379,9 @@ class _HookHandle:
     def remove(self):
         if self._node.hooks and self._entry in self._node.hooks:
             self._node.hooks.remove(self._entry)
+            if self._entry[0] == "post":
+                from .graph import _Mode
+                _Mode.post_hooks -= 1
 
 
 def tensor(data, dtype=None, requires_grad=False, device=None):

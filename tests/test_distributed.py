@@ -253,14 +253,22 @@ def test_sampler_shards_are_disjoint_and_reshuffled_per_epoch(n, replicas, drop_
         DistributedSampler(n, 3, 3)
 
 
-def test_a_second_backward_after_one_forward_fails_loudly(world):
+def test_gradients_after_the_synchronisation_are_local_and_said_so(world):
+    import warnings
     import gpuad
     from gpuad import nn
     ddp = nn.parallel.DistributedDataParallel(nn.MLP([3, 4, 1], dtype=gpuad.float64))
-    loss = ddp(gpuad.ones(2, 3, dtype=gpuad.float64)).sum()
+    x = gpuad.ones(2, 3, dtype=gpuad.float64)
+    loss = ddp(x).sum()
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="received a gradient twice after one forward"):
-        loss.backward()
+    with pytest.warns(RuntimeWarning, match="after this step's gradients were synchronised"):
+        loss.backward()                       # torch would not all-reduce these either, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ddp.module(x).sum().backward()        # once a step is enough
+        with ddp.no_sync():
+            ddp(x).sum().backward()           # asked for: no warning
+        ddp(x).sum().backward()
 
 
 def test_ddp_inside_compile_fails_loudly(world):

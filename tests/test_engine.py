@@ -231,6 +231,50 @@ def test_post_accumulate_hook_fires_once_per_leaf_when_final():
     assert sorted(order) == [("w1", 9.0), ("w2", 3.0)]
 
 
+def test_hooked_leaves_finish_right_after_their_last_consumer():
+    # The order a data-parallel trainer needs: layer 2's weight is final (and its
+    # all-reduce can start) before layer 1's backward runs, not at the end of the walk.
+    gpuad.manual_seed(0)
+    l1, l2 = gpuad.nn.Linear(3, 4), gpuad.nn.Linear(4, 2)
+    shared = gpuad.tensor([0.5, -1.0], requires_grad=True)       # used by two nodes: final after both
+    order = []
+    handles = [p.register_post_accumulate_grad_hook(lambda t, n=n: order.append(n))
+               for n, p in (("w1", l1.weight), ("w2", l2.weight), ("shared", shared))]
+    x = gpuad.ones(5, 3).requires_grad_()
+    h0 = x * 1.0
+    h0.register_hook(lambda g: order.append("h0"))
+    h1 = l1(h0).tanh()
+    h1.register_hook(lambda g: order.append("h1"))
+    loss = ((l2(h1) * shared).sum() + shared.sum() * 2).tanh()
+    loss.backward()
+    assert order == ["shared", "w2", "h1", "w1", "h0"], order
+    got = {n: p.grad.numpy().copy() for n, p in (("w1", l1.weight), ("w2", l2.weight), ("shared", shared))}
+    for h in handles:
+        h.remove()
+    for p in (l1.weight, l2.weight, shared, x):
+        p.grad = None
+    ((l2(l1(x * 1.0).tanh()) * shared).sum() + shared.sum() * 2).tanh().backward()
+    for n, p in (("w1", l1.weight), ("w2", l2.weight), ("shared", shared)):
+        np.testing.assert_array_equal(got[n], p.grad.numpy())     # the same sums, bitwise
+
+
+def test_hooked_leaves_inside_checkpoints_get_the_same_gradients():
+    gpuad.manual_seed(1)
+    net = gpuad.nn.MLP([4, 8, 8, 8, 2], checkpoint=2)
+    x = gpuad.randn(3, 4)
+    net(x).square().sum().backward()
+    want = [p.grad.numpy().copy() for p in net.parameters()]
+    net.zero_grad()
+    fired = []
+    hs = [p.register_post_accumulate_grad_hook(lambda t: fired.append(1)) for p in net.parameters()]
+    net(x).square().sum().backward()
+    assert len(fired) == len(want)
+    for w, p in zip(want, net.parameters()):
+        np.testing.assert_array_equal(w, p.grad.numpy())
+    for h in hs:
+        h.remove()
+
+
 def test_backward_order_is_deterministic():
     def run():
         order = []

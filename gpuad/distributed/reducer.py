@@ -124,13 +124,20 @@ class Reducer:
     def on_grad(self, i, tensor):
         """Parameter i's gradient is final (its post-accumulate hook)."""
         st = self.step
-        if st is None and not self.synced:
+        if st is None:
+            if self.synced:                            # torch skips these silently; say so once a step
+                self.synced = False
+                import warnings
+                warnings.warn(
+                    f"DistributedDataParallel: {self.names[i]} received a gradient after this step's gradients "
+                    f"were synchronised (a second backward() after one forward(), or a forward through "
+                    f".module); such gradients stay local to each rank. Run forward() through the wrapper "
+                    f"again, or accumulate under no_sync().", RuntimeWarning, stacklevel=2)
             return                                     # no_sync, or a forward without grad
-        if st is None or st.ready[i]:
+        if st.ready[i]:
             raise RuntimeError(
-                f"DistributedDataParallel: parameter {self.names[i]} received a gradient twice after one "
-                f"forward(). Each forward() may be followed by one backward(); run forward() again, or "
-                f"accumulate under no_sync().")
+                f"DistributedDataParallel: parameter {self.names[i]} received a gradient twice in one "
+                f"backward()")
         arr = tensor.grad.data
         if getattr(arr, "_xp", None) is not None:
             from ..compiler.trace import TraceError
