@@ -8,6 +8,7 @@ over rounds, per model:
              (zero_grad, forward, backward with bucketed all-reduce, SGD step),
              default 25 MiB buckets;
 - ddp 4MiB:  the same with 4 MiB buckets (more, earlier all-reduces);
+- ddp view:  the default, with gradient_as_bucket_view (no copy out of the buckets);
 - one bucket: every gradient in one bucket, so the all-reduce starts only when
              backward has finished: the same work with no overlap;
 - compute:   both ranks step on their half with no communication at all;
@@ -40,8 +41,8 @@ MIB = 1 << 20
 
 # What the model assumes: achieved FLOP/s per GPU and link bandwidth per direction.
 H200_FLOPS = 400e12          # ~40% of an H200's dense bf16 peak (989 TFLOP/s), a good large-model MFU
-LINKS = {"NVLink (H200, NCCL bus ~360 GB/s)": (360e9, 10e-6),
-         "100 Gb/s Ethernet/IB (12.5 GB/s)": (12.5e9, 30e-6)}     # bandwidth B/s, latency per ring step
+LINKS = {"NVLink 360 GB/s": (360e9, 10e-6),
+         "100 Gb/s (12.5 GB/s)": (12.5e9, 30e-6)}     # bandwidth B/s, latency per ring step
 
 
 def _models(full):
@@ -71,8 +72,10 @@ def _models(full):
         logits = model(gpuad.tensor(ids[rows, :-1]))
         return F.cross_entropy(logits.reshape(-1, vocab), gpuad.tensor(ids[rows, 1:].reshape(-1)))
 
-    return {"mlp 8x1024": (mlp, mlp_batch, regression, mlp_batch),
-            "gpt d256 L4": (gpt, gpt_batch, lm, gpt_batch * block)}
+    # the last field: samples (rows, or tokens) per GPU step in the model of N GPUs, sized
+    # for an H200 rather than for this CPU: 4096 rows; 32 sequences of 1024 tokens
+    return {"mlp 8x1024": (mlp, mlp_batch, regression, 4096),
+            "gpt d256 L4": (gpt, gpt_batch, lm, 32 * 1024)}
 
 
 def _worker(out, rounds):
@@ -83,13 +86,14 @@ def _worker(out, rounds):
     world = dist.init("mpi")
     rank, size = world.rank, world.size
     report = {}
-    for name, (build, batch, loss_fn, samples) in _models(False).items():
+    for name, (build, batch, loss_fn, gpu_samples) in _models(False).items():
         shard = dist.DistributedSampler(batch, shuffle=False).indices()
         everything = np.arange(batch)
         base = build()
         plain = copy.deepcopy(base)
         ddps = {"ddp": nn.parallel.DistributedDataParallel(copy.deepcopy(base)),
                 "ddp 4MiB": nn.parallel.DistributedDataParallel(copy.deepcopy(base), bucket_bytes=4 * MIB),
+                "ddp view": nn.parallel.DistributedDataParallel(copy.deepcopy(base), gradient_as_bucket_view=True),
                 "one bucket": nn.parallel.DistributedDataParallel(copy.deepcopy(base), bucket_bytes=1 << 40)}
 
         def stepper(model, rows):
@@ -122,7 +126,7 @@ def _worker(out, rounds):
                 overlap_log = _overlap_log(ddps["ddp 4MiB"].events)
         grad_bytes = sum(p.data.nbytes for p in base.parameters())
         n_params = sum(p.data.size for p in base.parameters())
-        report[name] = {"times": times, "grad_bytes": grad_bytes, "params": n_params, "samples": samples,
+        report[name] = {"times": times, "grad_bytes": grad_bytes, "params": n_params, "gpu_samples": gpu_samples,
                         "buckets": {k: len(m.buckets) for k, m in ddps.items()}, "log_4mib": overlap_log}
     gathered = dist.all_gather_object(report)
     if rank == 0:
@@ -158,7 +162,7 @@ def run(full=False):
     from . import harness
     out = os.path.join(harness.RESULTS_DIR, "distributed-ranks.json")
     os.makedirs(harness.RESULTS_DIR, exist_ok=True)
-    rounds = 9 if full else 5
+    rounds = 11 if full else 7
     r = launch.run(2, [sys.executable, "-m", "bench.distributed", "--worker", out, str(rounds)], timeout=900,
                    cwd=ROOT)
     if r.returncode != 0:
@@ -168,7 +172,7 @@ def run(full=False):
     ranks, n = data["ranks"], data["size"]
     targets, notes = harness.Targets(), []
     t = harness.Table(f"distributed: {n} ranks on this machine (MPI over shared memory, one core each), ms per step",
-                      ["model", "ddp", "ddp 4MiB", "one bucket", "compute only", "alone full batch",
+                      ["model", "ddp", "ddp 4MiB", "ddp view", "one bucket", "compute only", "alone full batch",
                        "alone shard", "hidden (25 MiB)", "hidden (4 MiB)", "grad MiB", "sent per rank MiB",
                        "buckets"])
     rows = {}
@@ -180,9 +184,9 @@ def run(full=False):
         info = ranks[0][model]
         sent = 2 * (n - 1) / n * info["grad_bytes"]
         rows[model] = {"ms": ms, "hidden": hidden, "sent_bytes": sent, **{k: info[k] for k in
-                                                                          ("grad_bytes", "params", "samples")},
+                                                                          ("grad_bytes", "params", "gpu_samples")},
                        "bucket_starts_ms_before_backward_end": [r[model]["log_4mib"] for r in ranks]}
-        t.add(model, ms["ddp"], ms["ddp 4MiB"], ms["one bucket"], ms["compute"], ms["alone full"],
+        t.add(model, ms["ddp"], ms["ddp 4MiB"], ms["ddp view"], ms["one bucket"], ms["compute"], ms["alone full"],
               ms["alone shard"], hidden["ddp"], hidden["ddp 4MiB"], info["grad_bytes"] / MIB, sent / MIB,
               "/".join(str(info["buckets"][k]) for k in ("ddp", "ddp 4MiB", "one bucket")))
         if model.startswith("mlp"):
@@ -191,14 +195,17 @@ def run(full=False):
                                        best, 0.5, "", "{:.2f}", at_least=True))
         notes.append(f"{model}: ddp step / one process on the full batch: {ms['ddp'] / ms['alone full']:.2f}x; "
                      f"/ one process on a shard: {ms['ddp'] / ms['alone shard']:.2f}x")
-    p = harness.Table("distributed: a model of the step on N H200s (weak scaling: the per-GPU batch above), ms",
-                      ["model", "N", "link", "compute", "all-reduce", "step, no overlap", "step, full overlap"])
+    p = harness.Table("distributed: a model of the step on N H200s (weak scaling), ms",
+                      ["model", "per GPU", "N", "link", "compute", "all-reduce", "step, no overlap",
+                       "step, full overlap"])
     for model, info in rows.items():
+        per_gpu = f"{info['gpu_samples']} {'tokens' if model.startswith('gpt') else 'rows'}"
         for gpus in (2, 8, 64):
-            for link, c, a, lo, hi in _predict(info["params"], info["samples"] / 2, info["grad_bytes"], gpus):
-                p.add(model, gpus, link, c * 1e3, a * 1e3, lo * 1e3, hi * 1e3)
-    notes.append(f"model assumptions: {H200_FLOPS / 1e12:.0f} TFLOP/s achieved per GPU, 6 FLOPs per parameter and "
-                 f"sample or token, float32 gradients, a ring all-reduce moving 2(N-1)/N x the gradient bytes per "
+            for link, c, a, lo, hi in _predict(info["params"], info["gpu_samples"], info["grad_bytes"], gpus):
+                p.add(model, per_gpu, gpus, link, c * 1e3, a * 1e3, lo * 1e3, hi * 1e3)
+    notes.append(f"model assumptions: {H200_FLOPS / 1e12:.0f} TFLOP/s achieved per GPU (bf16 tensor cores), 6 FLOPs "
+                 f"per parameter and sample or token (attention's own FLOPs left out), gradients all-reduced in "
+                 f"float32, a ring all-reduce moving 2(N-1)/N x the gradient bytes per "
                  f"rank at the link's bandwidth plus {LINKS[next(iter(LINKS))][1] * 1e6:.0f}/"
                  f"{LINKS[list(LINKS)[1]][1] * 1e6:.0f} us per ring step; no optimizer or data-loading time")
     for tab in (t, p):

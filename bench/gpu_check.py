@@ -5,6 +5,10 @@ PYTHONPATH set to the checkout. In order, each step timed and allowed to fail
 on its own (the report says which did):
 
   1. the machine: GPU, driver, versions of cupy, triton, torch
+  1b. nccl: a one-rank NCCL world without MPI (mpi4py is not on that machine):
+     init, all_reduce (blocking and not), barrier, and a DistributedDataParallel
+     step of a CUDA MLP in 1 MiB buckets against the same step without it
+     (gradients equal; bucket starts against the end of backward; step times)
   2. the GPU tests and the kernel tests (tests/test_kernels_interpreter.py: every
      activation, fp32/fp16, strided and 3-D inputs, inputs without grad,
      cross-entropy reductions, the fallbacks) on the compiled kernels
@@ -109,6 +113,50 @@ def machine():
         except Exception as e:
             info[mod] = f"absent ({e})"
     return _table(["what", "value"], info.items()), info
+
+
+def nccl_smoke(rounds):
+    import copy
+    import gpuad
+    import gpuad.distributed as dist
+    import gpuad.nn.functional as F
+    from gpuad import nn
+    world = dist.init("nccl")
+    try:
+        t = gpuad.tensor(np.arange(4.0, dtype=np.float32), device="cuda")
+        dist.all_reduce(t)
+        h = dist.all_reduce(t, op="avg", async_op=True)
+        h.wait()
+        dist.barrier()
+        reduced_ok = bool(np.array_equal(t.cpu().numpy(), np.arange(4.0)))     # a world of one: unchanged
+        gpuad.manual_seed(0)
+        net = nn.MLP([1024] * 9, activation="tanh").to("cuda")
+        ref = copy.deepcopy(net)
+        ddp = nn.parallel.DistributedDataParallel(net, bucket_bytes=1 << 20)
+        rng = np.random.default_rng(0)
+        x = gpuad.tensor(rng.standard_normal((256, 1024)).astype(np.float32), device="cuda")
+        y = gpuad.tensor(rng.standard_normal((256, 1024)).astype(np.float32), device="cuda")
+
+        def step(model):
+            def run():
+                model.zero_grad()
+                F.mse_loss(model(x), y).backward()
+            return run
+        step(ddp)()
+        step(ref)()
+        diff = max(float(abs(a.grad.cpu().numpy() - b.grad.cpu().numpy()).max())
+                   for a, b in zip(net.parameters(), ref.parameters()))
+        ev = ddp.events
+        end = next(tt for tt, k, _ in ev if k == "backward_end")
+        starts = [round((tt - end) * 1e3, 3) for tt, k, _ in ev if k == "start"]
+        times = _time({"ddp step": step(ddp), "plain step": step(ref)}, rounds, _sync)
+        info = {"backend": world.name, "ranks": world.size, "all_reduce ok": reduced_ok,
+                "buckets": len(ddp.buckets), "max |grad ddp - grad plain|": diff,
+                "bucket starts, ms before backward's end (host clock)": starts,
+                **{k: round(v * 1e3, 3) for k, v in times.items()}}
+        return _table(["what", "value"], [(k, str(v)) for k, v in info.items()]), info
+    finally:
+        dist.destroy()
 
 
 def gpu_tests():
@@ -539,7 +587,7 @@ def ncu():
         {"model": [model_read, model_write], "ncu": got}
 
 
-STEPS = ("machine", "GPU tests", "mlp", "memory", "checkpoint", "attention", "compile", "bandwidth",
+STEPS = ("machine", "nccl", "GPU tests", "mlp", "memory", "checkpoint", "attention", "compile", "bandwidth",
          "ncu traffic check")
 
 
@@ -559,7 +607,7 @@ def main(argv=None):
         report.write()
         print(f"gpu-check: no CUDA device here ({why}); wrote {args.out}/report.md")
         return 1
-    runs = {"machine": (machine,), "GPU tests": (gpu_tests,), "mlp": (mlp, args.rounds),
+    runs = {"machine": (machine,), "nccl": (nccl_smoke, max(3, args.rounds // 2)), "GPU tests": (gpu_tests,), "mlp": (mlp, args.rounds),
             "memory": (memory_depths,), "checkpoint": (checkpoint_step, max(3, args.rounds // 2)),
             "attention": (attention, max(3, args.rounds // 2)), "compile": (compiled_steps, max(3, args.rounds // 2)),
             "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}

@@ -85,6 +85,16 @@ def case_grads(out, world):
             result[f"{name}_local"] = grads_of(ddp.module)
         loss_fn(ddp, micro[2]).backward()
         result[f"{name}_accum"] = grads_of(ddp.module)
+        # gradient_as_bucket_view: the same averages, held in the buckets themselves
+        view = nn.parallel.DistributedDataParallel(build(100 + rank), bucket_bytes=2048, gradient_as_bucket_view=True)
+        loss_fn(view, shard).backward()
+        result[f"{name}_view"] = grads_of(view.module)
+        flats = [b.flat for b in view.reducer.buckets]
+        result[f"{name}_view_shared"] = all(any(np.shares_memory(p.grad.data, f) for f in flats)
+                                            for p in view.module.parameters())
+        view.module.zero_grad(set_to_none=False)        # zeros written into the buckets; then accumulated there
+        loss_fn(view, shard).backward()
+        result[f"{name}_view2"] = grads_of(view.module)
         opt = gpuad.optim.Adam(ddp.parameters(), lr=1e-2)
         opt.step()
         result[f"{name}_stepped"] = {n: p.numpy().copy() for n, p in ddp.module.named_parameters()}

@@ -68,6 +68,18 @@ def test_ddp_gradients_equal_one_process_on_the_full_batch(grads, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_gradient_as_bucket_view(grads, model):
+    r0, r1 = grads
+    ref = _group(r0, f"{model}_ref")
+    for rank in (r0, r1):
+        assert bool(rank[f"{model}_view_shared"])           # every .grad lives in a bucket
+        for key in ("view", "view2"):
+            got = _group(rank, f"{model}_{key}")
+            for n in ref:
+                np.testing.assert_allclose(got[n], ref[n], rtol=0, atol=1e-12, err_msg=f"{key} {n}")
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_construction_broadcasts_rank0_parameters(grads, model):
     r0, r1 = grads
     p0, p1 = _group(r0, f"{model}_params"), _group(r1, f"{model}_params")
@@ -288,3 +300,106 @@ def test_queue_callback_outside_backward():
     import gpuad
     with pytest.raises(RuntimeError, match="no backward"):
         gpuad.autograd.queue_callback(lambda: None)
+
+
+# --- the NCCL backend's host logic, with stand-ins for CuPy and NCCL (no GPU here) ------
+
+class _DevArray(np.ndarray):
+    """A stand-in CuPy array: numpy memory with CuPy's `.data.ptr`."""
+
+    @property
+    def data(self):
+        from types import SimpleNamespace
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+
+class _Event:
+    def __init__(self, log, name):
+        self.log, self.name, self.polls = log, name, 0
+
+    @property
+    def done(self):                      # complete at the second query, as a kernel still running would be
+        self.polls += 1
+        return self.polls > 1
+
+
+class _Stream:
+    def __init__(self, log, name):
+        self.log, self.name, self.ptr = log, name, id(self)
+
+    def record(self):
+        self.log.append(("record", self.name))
+        return _Event(self.log, self.name)
+
+    def wait_event(self, ev):
+        self.log.append(("wait", self.name, ev.name))
+
+
+def _fake_cupy(log):
+    from types import ModuleType, SimpleNamespace
+    nccl = ModuleType("cupy.cuda.nccl")
+    for i, name in enumerate(["NCCL_SUM", "NCCL_PROD", "NCCL_MAX", "NCCL_MIN", "NCCL_FLOAT16", "NCCL_FLOAT32",
+                              "NCCL_FLOAT64", "NCCL_INT32", "NCCL_INT64", "NCCL_INT8", "NCCL_UINT8"]):
+        setattr(nccl, name, name)
+    nccl.available = True
+    nccl.get_unique_id = lambda: (1, 2, 3)
+
+    class Comm:
+        def __init__(self, size, uid, rank):
+            log.append(("comm", size, uid, rank))
+
+        def allReduce(self, send, recv, count, kind, op, stream):
+            log.append(("allReduce", send == recv, count, kind, op, stream))
+
+        def bcast(self, buf, count, kind, root, stream):
+            log.append(("bcast", count, kind, root, stream))
+
+        def destroy(self):
+            log.append(("destroy",))
+    nccl.NcclCommunicator = Comm
+    current, comm_streams = _Stream(log, "compute"), []
+
+    def stream(non_blocking=False):
+        comm_streams.append(_Stream(log, "comm"))
+        return comm_streams[-1]
+    cuda = ModuleType("cupy.cuda")
+    cuda.nccl, cuda.Stream, cuda.get_current_stream = nccl, stream, lambda: current
+    cuda.runtime = SimpleNamespace(getDeviceCount=lambda: 2)
+    cuda.Device = lambda i: SimpleNamespace(use=lambda: log.append(("device", i)))
+    cupy = ModuleType("cupy")
+    cupy.cuda, cupy.ndarray = cuda, _DevArray
+    return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl}
+
+
+def test_nccl_backend_orders_streams_and_calls_nccl(monkeypatch):
+    import gpuad
+    import gpuad.distributed as dist
+    log = []
+    for name, mod in _fake_cupy(log).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    world = dist.init("nccl")
+    try:
+        assert (world.name, world.size, world.rank) == ("nccl", 1, 0)
+        assert ("device", 0) in log and ("comm", 1, (1, 2, 3), 0) in log
+        a = np.arange(6, dtype=np.float32).view(_DevArray)
+        t = gpuad.Tensor._from(a)
+        log.clear()
+        h = dist.all_reduce(t, op="avg", async_op=True)
+        # the collective waits for the compute stream's work, runs on its own stream, and records its end
+        assert log[:2] == [("record", "compute"), ("wait", "comm", "compute")]
+        assert log[2][:5] == ("allReduce", True, 6, "NCCL_FLOAT32", "NCCL_SUM") and log[3] == ("record", "comm")
+        assert not h.is_completed()                       # the first query: still running
+        assert h.wait() and log[-1] == ("wait", "compute", "comm")       # later compute follows it
+        np.testing.assert_array_equal(a, np.arange(6) / 1)               # avg over one rank
+        log.clear()
+        dist.broadcast(gpuad.Tensor._from(np.zeros(3, np.float64).view(_DevArray)))
+        assert [e for e in log if e[0] == "bcast"][0][:4] == ("bcast", 24, "NCCL_UINT8", 0)
+        with pytest.raises(TypeError, match="works on CUDA tensors"):
+            dist.all_reduce(gpuad.ones(2))
+        with pytest.raises(ValueError, match="contiguous"):
+            dist.all_reduce(gpuad.Tensor._from(np.zeros((4, 4), np.float32).view(_DevArray)[:, ::2]))
+        with pytest.raises(TypeError, match="NCCL cannot reduce complex64"):
+            dist.all_reduce(gpuad.Tensor._from(np.zeros(2, np.complex64).view(_DevArray)))
+    finally:
+        dist.destroy()
+    assert ("destroy",) in log

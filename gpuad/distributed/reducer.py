@@ -72,10 +72,11 @@ class _Step:
 
 
 class Reducer:
-    def __init__(self, params, names, world, bucket_bytes, find_unused):
+    def __init__(self, params, names, world, bucket_bytes, find_unused, grad_as_view=False):
         from ..backends import namespace_of
         self.params, self.names, self.world = params, names, world
         self.find_unused = find_unused
+        self.views = {} if grad_as_view else None      # param index -> its slice of the bucket
         self.buckets, self.where = [], {}
         for k, idx in enumerate(plan_buckets(params, bucket_bytes)):
             members, off = [], 0
@@ -86,6 +87,8 @@ class Reducer:
             b = Bucket(k, members, namespace_of(params[idx[0]].data), params[idx[0]].data.dtype)
             for i, o, n in members:
                 self.where[i] = (b, o, n)
+                if self.views is not None:
+                    self.views[i] = b.flat[o:o + n].reshape(params[i].data.shape)
             self.buckets.append(b)
         self.step = None
         self.synced = False            # this forward's backward has been synchronised already
@@ -155,7 +158,7 @@ class Reducer:
         b, off, n = self.where[i]
         if arr is None:
             b.flat[off:off + n] = 0
-        else:
+        elif self.views is None or arr is not self.views[i]:
             b.flat[off:off + n] = arr.reshape(-1)      # one copy of the gradient into its bucket
         st.pending[b.index] -= 1
         self.log("ready", self.names[i])
@@ -205,11 +208,16 @@ class Reducer:
             for i, off, n in b.members:
                 if used is not None and not used[i]:
                     continue                                   # unused on every rank: .grad stays as it was
-                self._write_grad(self.params[i], b.flat[off:off + n])
+                self._write_grad(i, b.flat[off:off + n])
         self.log("synced")
 
-    def _write_grad(self, p, avg):
+    def _write_grad(self, i, avg):
         from ..tensor import Tensor
+        p = self.params[i]
+        if self.views is not None:                     # .grad becomes the bucket's slice: no copy out,
+            if p.grad is None or p.grad.data is not self.views[i]:      # and the local array is freed
+                p.grad = Tensor._from(self.views[i])
+            return
         avg = avg.reshape(p.data.shape)
         g = p.grad
         if g is None or not getattr(g.data, "flags", None) or not g.data.flags.writeable:

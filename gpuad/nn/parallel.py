@@ -33,9 +33,13 @@ class DistributedDataParallel(Module):
     gradients are final. find_unused_parameters: parameters the loss does not
     reach in a step are found after forward (a walk over the graph) and reduced as
     zeros; left False, such a parameter makes backward() raise, naming it.
+    gradient_as_bucket_view: after each synchronised backward, every .grad is a view
+    of its bucket (as torch's option): the averages are not copied out, and the
+    gradients take no memory beyond the buckets. A .grad kept across steps is then
+    overwritten by the next step's.
     """
 
-    def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False):
+    def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False, gradient_as_bucket_view=False):
         super().__init__()
         from .. import distributed as dist
         from ..distributed.reducer import Reducer
@@ -48,7 +52,7 @@ class DistributedDataParallel(Module):
             h.wait()
         trainable = [(n, p) for n, p in named if p.requires_grad]
         object.__setattr__(self, "reducer", Reducer([p for _, p in trainable], [n for n, _ in trainable], world,
-                                                    bucket_bytes, find_unused_parameters))
+                                                    bucket_bytes, find_unused_parameters, gradient_as_bucket_view))
         self.find_unused_parameters = find_unused_parameters
         self.require_backward_grad_sync = True
         self._hooks = [p.register_post_accumulate_grad_hook(lambda t, i=i: self.reducer.on_grad(i, t))
