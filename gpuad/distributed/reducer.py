@@ -195,9 +195,11 @@ class Reducer:
                 f"constructor if parts of the model are unused in some steps, or make sure every parameter "
                 f"takes part in the loss.")
         used = None
-        if self.find_unused:
-            used = st.used.copy()
-            self.world.iall_reduce(used, "max", "DistributedDataParallel unused-parameter map").wait()
+        if self.find_unused:                           # used anywhere? (on the buckets' device: NCCL wants it there)
+            from ..backends import namespace_of
+            mine = namespace_of(self.buckets[0].flat).asarray(st.used)
+            self.world.iall_reduce(mine, "max", "DistributedDataParallel unused-parameter map").wait()
+            used = mine.get() if hasattr(mine, "get") else mine
         size = self.world.size
         for b in self.buckets:
             b.handle.wait()
