@@ -103,9 +103,13 @@ def _share_cores(world):
     threadpool_limits(threads)
 
 
+_previous_hook = None
+
+
 def _abort_on_uncaught_exception(world):
     """An uncaught exception on one rank ends every rank (as `python -m mpi4py` does)."""
-    previous = sys.excepthook
+    global _previous_hook
+    previous = _previous_hook = sys.excepthook
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
@@ -144,10 +148,12 @@ def get_backend():
 
 def destroy():
     """Leave the world (torch's destroy_process_group); init() may be called again."""
-    global _world
+    global _world, _previous_hook
     if _world is not None:
         _world.close()
         _world = None
+    if _previous_hook is not None:
+        sys.excepthook, _previous_hook = _previous_hook, None
 
 
 def _array(t, who):

@@ -39,8 +39,8 @@ def run(n, argv, timeout, env=None, cwd=None):
     full_env = dict(os.environ, **ONE_THREAD)
     full_env.update(env or {})
     # A session of its own: on a time-out the whole group goes, ranks included.
-    p = subprocess.Popen([exe, "-n", str(n), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=full_env, cwd=cwd, start_new_session=True)
+    p = subprocess.Popen([exe, "-n", str(n), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd, start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

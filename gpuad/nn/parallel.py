@@ -2,7 +2,8 @@
 
 torch.nn.parallel.DistributedDataParallel's contract. At construction every
 rank checks that all ranks hold the same parameters (names, shapes, dtypes) and
-takes rank 0's values. Each forward() through the wrapper prepares one
+takes rank 0's values (gpuad's modules hold no buffers: there is no BatchNorm
+yet, so the parameters are all the state there is to broadcast). Each forward() through the wrapper prepares one
 synchronising backward: gradients are all-reduced in buckets while backward
 runs (gpuad/distributed/reducer.py), and backward() returns with .grad holding
 the average over the ranks, so any optimizer steps as it would in one process.
