@@ -225,6 +225,13 @@ def case_mismatch(out, world):
     save(out, world.rank, error=msg)
 
 
+def case_threads(out, world):
+    """The BLAS threads each rank runs with after init()."""
+    from threadpoolctl import threadpool_info
+    blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    save(out, world.rank, blas=np.array(blas), local_size=world.local_size)
+
+
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 if __name__ == "__main__":

@@ -170,6 +170,18 @@ def test_a_failing_rank_ends_the_job(tmp_path, case, expect):
     assert expect in r.stderr + r.stdout, r.stderr + r.stdout
 
 
+@pytest.mark.parametrize("user_threads", [None, "2"])
+def test_ranks_on_one_machine_split_its_cores(tmp_path, user_threads):
+    env = {v: None for v in launch.ONE_THREAD}
+    env["OPENBLAS_NUM_THREADS"] = user_threads
+    r = launch.run(2, [sys.executable, WORKER, "threads", str(tmp_path)], timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    want = max(1, os.cpu_count() // 2) if user_threads is None else int(user_threads)
+    for rank in ranks(tmp_path):
+        assert int(rank["local_size"]) == 2
+        assert len(rank["blas"]) >= 1 and all(int(n) == want for n in rank["blas"]), (rank["blas"], want)
+
+
 def test_demo_trains_data_parallel():
     r = launch.run(2, [sys.executable, "-m", "gpuad.demo", "mlp", "--ddp", "--steps", "120"], timeout=60)
     assert r.returncode == 0, r.stderr

@@ -85,9 +85,10 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 def _share_cores(world):
     """Ranks on one machine split its cores: BLAS threads = cores // ranks here.
 
-    Two ranks with two spinning OpenBLAS threads each on two cores ran the GPT demo
-    20x slower (79 s against 3.8 s). torchrun sets OMP_NUM_THREADS=1 for the same
-    reason. A thread count the user set in the environment is left alone.
+    Two ranks with two spinning OpenBLAS threads each on two cores oversubscribe them
+    (the GPT demo's 100 steps took 79 s against 3.8 s, by hand on 2026-11-29). torchrun
+    sets OMP_NUM_THREADS=1 for the same reason. A thread count the user set in the
+    environment is left alone.
     """
     if world.local_size <= 1 or any(v in os.environ for v in THREAD_VARS):
         return

@@ -30,6 +30,7 @@ def mpiexec_path():
 def run(n, argv, timeout, env=None, cwd=None):
     """Run argv on n ranks; the CompletedProcess (stdout and stderr as text).
 
+    env: variables to set on top of this process's (None removes one).
     subprocess.TimeoutExpired if the whole job outlives `timeout` seconds (the
     launcher and its ranks are killed first).
     """
@@ -37,7 +38,11 @@ def run(n, argv, timeout, env=None, cwd=None):
     if exe is None:
         raise FileNotFoundError("gpuad.distributed: no mpiexec found; pip install 'gpuad[distributed]'")
     full_env = dict(os.environ, **ONE_THREAD)
-    full_env.update(env or {})
+    for k, v in (env or {}).items():               # None removes a variable
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = v
     # A session of its own: on a time-out the whole group goes, ranks included.
     p = subprocess.Popen([exe, "-n", str(n), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd, start_new_session=True)
