@@ -96,11 +96,11 @@ def _worker(out, rounds):
                 "ddp view": nn.parallel.DistributedDataParallel(copy.deepcopy(base), gradient_as_bucket_view=True),
                 "one bucket": nn.parallel.DistributedDataParallel(copy.deepcopy(base), bucket_bytes=1 << 40)}
 
-        def stepper(model, rows):
+        def stepper(model, rows, set_to_none=True):
             opt = optim.SGD(list(model.parameters()), lr=1e-4)
 
             def step():
-                opt.zero_grad()
+                opt.zero_grad(set_to_none=set_to_none)
                 loss_fn(model, rows).backward()
                 opt.step()
             return step
@@ -124,15 +124,47 @@ def _worker(out, rounds):
                     times[v].append(dt)
             if r == rounds:
                 overlap_log = _overlap_log(ddps["ddp 4MiB"].events)
+        memory = {"no DDP": _memory(lambda: copy.deepcopy(base), stepper, shard)}
+        for k, kw, none in (("ddp", {}, True), ("ddp view", {"gradient_as_bucket_view": True}, True),
+                            ("ddp view, zero_grad(set_to_none=False)", {"gradient_as_bucket_view": True}, False)):
+            memory[k] = _memory(lambda: nn.parallel.DistributedDataParallel(copy.deepcopy(base), **kw),
+                                lambda m, r: stepper(m, r, none), shard)
         grad_bytes = sum(p.data.nbytes for p in base.parameters())
         n_params = sum(p.data.size for p in base.parameters())
         report[name] = {"times": times, "grad_bytes": grad_bytes, "params": n_params, "gpu_samples": gpu_samples,
-                        "buckets": {k: len(m.buckets) for k, m in ddps.items()}, "log_4mib": overlap_log}
+                        "buckets": {k: len(m.buckets) for k, m in ddps.items()}, "log_4mib": overlap_log,
+                        "memory": memory}
     gathered = dist.all_gather_object(report)
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"size": size, "ranks": gathered}, f)
     dist.destroy()
+
+
+def _memory(make, stepper, rows):
+    """(bytes held after a step, peak bytes during it) beyond the parameters, by tracemalloc:
+    gradients (and buckets) held; activations, gradients and buckets at the peak. The host
+    pool is off meanwhile: blocks it cached before tracing began would go unseen."""
+    import gc
+    import tracemalloc
+    from gpuad.memory import host_pool
+    gc.collect()
+    pooled, host_pool.enabled = host_pool.enabled, False
+    host_pool.empty_cache()
+    tracemalloc.start()
+    try:
+        model = make()
+        params = sum(p.data.nbytes for p in model.parameters())
+        step = stepper(model, rows)
+        step()                                 # the first step makes .grad; the second is measured
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        step()
+        held, peak = tracemalloc.get_traced_memory()
+        return {"held": held - params, "peak": peak - params, "before": before - params}
+    finally:
+        tracemalloc.stop()
+        host_pool.enabled = pooled
 
 
 def _overlap_log(events):
@@ -195,6 +227,11 @@ def run(full=False):
                                        best, 0.5, "", "{:.2f}", at_least=True))
         notes.append(f"{model}: ddp step / one process on the full batch: {ms['ddp'] / ms['alone full']:.2f}x; "
                      f"/ one process on a shard: {ms['ddp'] / ms['alone shard']:.2f}x")
+    mem = harness.Table("distributed: memory per rank beyond the parameters (tracemalloc, one step), MiB",
+                        ["model", "variant", "held between steps", "peak during a step"])
+    for model in ranks[0]:
+        for v, m in ranks[0][model]["memory"].items():
+            mem.add(model, v, m["held"] / MIB, m["peak"] / MIB)
     p = harness.Table("distributed: a model of the step on N H200s (weak scaling), ms",
                       ["model", "per GPU", "N", "link", "compute", "all-reduce", "step, no overlap",
                        "step, full overlap"])
@@ -208,13 +245,14 @@ def run(full=False):
                  f"float32, a ring all-reduce moving 2(N-1)/N x the gradient bytes per "
                  f"rank at the link's bandwidth plus {LINKS[next(iter(LINKS))][1] * 1e6:.0f}/"
                  f"{LINKS[list(LINKS)[1]][1] * 1e6:.0f} us per ring step; no optimizer or data-loading time")
-    for tab in (t, p):
+    for tab in (t, mem, p):
         tab.print()
     targets.table("distributed").print()
     for note in notes:
         print("  " + note)
-    return harness.write_report("distributed", {"ranks": n, "rows": rows}, [t, p, targets.table("distributed")],
-                                notes)
+    return harness.write_report("distributed", {"ranks": n, "rows": rows,
+                                                "memory": {m: ranks[0][m]["memory"] for m in ranks[0]}},
+                                [t, mem, p, targets.table("distributed")], notes)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ class DistributedDataParallel(Module):
     zeros; left False, such a parameter makes backward() raise, naming it.
     gradient_as_bucket_view: after each synchronised backward, every .grad is a view
     of its bucket (as torch's option): the averages are not copied out, and the
-    gradients take no memory beyond the buckets. A .grad kept across steps is then
-    overwritten by the next step's.
+    gradients take no memory beyond the buckets; with zero_grad(set_to_none=False)
+    backward then accumulates into the buckets directly, which lowers the step's
+    peak as well. A .grad kept across steps is overwritten by the next step's.
     """
 
     def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False, gradient_as_bucket_view=False):
