@@ -42,6 +42,7 @@ def models():
     return {
         "mlp": (seeded(lambda: nn.MLP([6, 16, 16, 16, 3], dtype=F64)), regression),
         "resnet": (seeded(lambda: nn.ResNet(6, 16, 3, 3, dtype=F64)), regression),
+        "mlp_checkpointed": (seeded(lambda: nn.MLP([6, 16, 16, 16, 3], dtype=F64, checkpoint=2)), regression),
         "gpt": (seeded(lambda: nn.GPT(11, 8, d_model=16, n_layers=2, n_heads=2, dtype=F64)), lm),
     }
 

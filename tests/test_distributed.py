@@ -20,7 +20,7 @@ if not HAVE_MPI and os.environ.get("CI"):
     raise RuntimeError("CI installs the distributed extra (mpi4py, MPICH): mpiexec must be there")
 pytestmark = pytest.mark.skipif(not HAVE_MPI, reason="no MPI: pip install 'gpuad[distributed]'")
 
-MODELS = ["mlp", "resnet", "gpt"]
+MODELS = ["mlp", "resnet", "gpt", "mlp_checkpointed"]
 
 
 def launch_case(case, tmp, timeout=60, deadline=None):
