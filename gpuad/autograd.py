@@ -327,6 +327,8 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
             n.grad = None
         if nxt is not None:
             nxt.grad = None
+        for leaf in early or ():                              # hooked leaves still waiting, likewise
+            leaf.grad = None
         if watch is not None:
             watch.finish(roots, retain_graph)
     return found

@@ -300,6 +300,18 @@ def test_exception_in_backward_releases_pending_gradients():
     assert y._node.grad is None and z._node.grad is None and x._node.grad is None
 
 
+def test_exception_in_backward_releases_a_hooked_leafs_partial_gradient():
+    w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+    h = w.register_post_accumulate_grad_hook(lambda t: None)
+    v = (w * 2).sin()
+    v.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("boom")))
+    z = v + w * 3                   # w * 3 sends w its share before v's hook raises
+    with pytest.raises(RuntimeError, match="boom"):
+        z.sum().backward()
+    assert w._node.grad is None and w.grad is None
+    h.remove()
+
+
 def test_requires_grad_flags():
     x = gpuad.tensor([1.0])
     assert not x.requires_grad and x.is_leaf
