@@ -175,44 +175,40 @@ def case_collectives(out, world):
          strided=strided.numpy(), objects=np.array(dist.all_gather_object(rank * 10)))
 
 
-def case_raise(out, world):
-    """Rank 1 raises between forward and backward; rank 0 waits in its all-reduce."""
+def _rank1_fails(world, failure):
+    """Both ranks run forward; then rank 1 calls failure() while rank 0 enters backward's
+    all-reduce. The sleeps are never finished: the job must be ended for them."""
     ddp = nn.parallel.DistributedDataParallel(nn.MLP([6, 8, 3], dtype=F64))
     loss = ddp(gpuad.ones(4, 6, dtype=F64)).sum()
     if world.rank == 1:
-        raise ValueError("rank 1 fails on purpose")
+        failure()
     loss.backward()
-    time.sleep(60)                     # never reached: the abort ends this rank first
+    time.sleep(60)
+
+
+def _raise():
+    raise ValueError("rank 1 fails on purpose")
+
+
+def case_raise(out, world):
+    """Rank 1 raises: the exception reaches the top, which aborts the job."""
+    _rank1_fails(world, _raise)
 
 
 def case_die(out, world):
-    """Rank 1 is killed (as by the out-of-memory killer) in the middle of training."""
+    """Rank 1 is killed (as by the out-of-memory killer)."""
     import signal
-    ddp = nn.parallel.DistributedDataParallel(nn.MLP([6, 8, 3], dtype=F64))
-    loss = ddp(gpuad.ones(4, 6, dtype=F64)).sum()
-    if world.rank == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    loss.backward()
-    time.sleep(60)
+    _rank1_fails(world, lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 def case_exit(out, world):
-    """Rank 1 leaves with sys.exit(7) (no exception reaches the top) in the middle of training."""
-    ddp = nn.parallel.DistributedDataParallel(nn.MLP([6, 8, 3], dtype=F64))
-    loss = ddp(gpuad.ones(4, 6, dtype=F64)).sum()
-    if world.rank == 1:
-        sys.exit(7)
-    loss.backward()
-    time.sleep(60)
+    """Rank 1 leaves with sys.exit(7): no exception reaches the top."""
+    _rank1_fails(world, lambda: sys.exit(7))
 
 
 def case_hang(out, world):
     """Rank 1 stays alive but skips the all-reduce: rank 0's deadline fires."""
-    ddp = nn.parallel.DistributedDataParallel(nn.MLP([6, 8, 3], dtype=F64))
-    loss = ddp(gpuad.ones(4, 6, dtype=F64)).sum()
-    if world.rank == 1:
-        time.sleep(60)
-    loss.backward()
+    _rank1_fails(world, lambda: time.sleep(60))
 
 
 def case_mismatch(out, world):

@@ -105,9 +105,7 @@ def _staged(arr, upcast):
     if host and not half and arr.flags.c_contiguous:
         return arr, _nothing
     buf = arr.get() if not host else arr           # CuPy: device -> host, one copy
-    buf = np.ascontiguousarray(buf, np.float32 if half else buf.dtype)
-    if buf is arr:
-        buf = buf.copy()
+    buf = np.ascontiguousarray(buf, np.float32 if half else buf.dtype)      # always a new array here
 
     def back():
         if host:
