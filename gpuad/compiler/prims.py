@@ -46,4 +46,9 @@ def random_draw(kind, shape, dtype, generator, xp=None):
     return a if xp is None or xp.module is np else xp.module.asarray(a)
 
 
-HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw")
+def stop_gradient(a, xp=None):
+    """a itself: the value of Tensor.detach(). A mark for forward mode (no tangent)."""
+    return a
+
+
+HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw", "stop_gradient")

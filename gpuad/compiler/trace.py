@@ -10,10 +10,17 @@ does with Tensors, autograd and in-place updates all arrives here as `xp`
 calls, numpy ufuncs on Tracers (`__array_ufunc__`) or numpy functions
 (`__array_function__`).
 
-In-place writes (`out=`, `+=`, `copyto`, `x[i] = v`) are recorded as new SSA
-values; the Tracer object is rebound to the newest one, so every Python
-reference to it (a parameter's `.data`, an optimizer's state) sees the update,
-as numpy's in-place semantics promise.
+In-place writes are recorded as new SSA values: `out=` (with or without
+`where=`), `+=`, `copyto`, `x[i] = v`, `ufunc.at`, `fill`, and gpuad's own
+`zero_where` (a VJP writing into the gradient it was donated). The Tracer
+object is rebound to the newest value, so every Python reference to it (a
+parameter's `.data`, an optimizer's state, a VJP's donated gradient) sees the
+update, as numpy's in-place semantics promise. A view of a written array is
+derived again from the new value when next read, and a write into a view
+(`x[0] += 1`) becomes a functional write into the array it views. A write the
+tracer cannot express as a value (np.put, ndarray.sort, a view whose
+aliasing numpy decides at run time) raises TraceError: never a graph that
+silently misses a write (the DCE pass would drop what fed it).
 
 Values a trace cannot know (`.item()`, `bool(t)`, `.numpy()`) raise TraceError
 naming the user's line.
@@ -107,6 +114,17 @@ class Trace:
             return Literal(x, None)
         return x
 
+    def adopt(self, arr):
+        """A Tracer of a real array's traced value once the step has written into it, else
+        None. A Tensor whose numpy buffer the step wrote holds this from then on: numpy
+        code reading the buffer itself would read values from before the write."""
+        known = self.external.get(id(arr))
+        if known is None or known[0] is not arr:
+            return None
+        if any(a is arr and v is known[1] for a, v in self.ext_inputs):
+            return None                 # read, never written
+        return Tracer(self, known[1])
+
     def write(self, out, var):
         """An in-place write of `var` into `out` (a Tracer, or a real array read by reference)."""
         if var.dtype != np.dtype(out.dtype):
@@ -115,9 +133,10 @@ class Trace:
             var = self.graph.add_eqn("broadcast_copy", (var, tuple(out.shape)), {}, out.shape, out.dtype)
         if isinstance(out, Tracer):
             if out.base is not None:
-                raise TraceError(f"gpuad.compile: an in-place write into a view (of shape {out.shape}) "
-                                 f"is not supported; write into the whole array\n  at {user_line()}")
+                self.write(out.source[1][0], _write_through(self, out, var))
+                return out          # its value is derived again from the written base when read
             out.var = var
+            out.version += 1        # views of it are stale: derived again when next read
             return out
         if isinstance(out, np.ndarray):
             self.lift(out)
@@ -128,18 +147,40 @@ class Trace:
     # -- recording ---------------------------------------------------------------
 
     def call(self, prim, args, kw):
+        ufunc = _UFUNCS.get(prim)
         out = kw.pop("out", None)
+        if out is None and ufunc is not None and len(args) > ufunc.nin:
+            args, out = args[:ufunc.nin], args[ufunc.nin:]     # np.add(a, b, c): c is out
         if isinstance(out, tuple):
             if len(out) != 1:
                 raise TraceError(f"gpuad.compile: {prim} with several out= arrays")
             out = out[0]
+        where = kw.pop("where", True) if ufunc is not None else True
+        if where is not True:
+            # out= with where=: out keeps its old values where the mask is False
+            if out is None:
+                raise TraceError(f"gpuad.compile: {prim}(where=...) without out= leaves the masked-out "
+                                 f"entries uninitialised; pass out= or use where()\n  at {user_line()}")
+            full = self.call(prim, args, kw)
+            return self.write(out, self.call("where", (where, full, out), {}).var)
+        if prim in _WRITES_ARG:
+            raise TraceError(f"gpuad.compile: xp.{prim} writes into its argument and has no traced form\n"
+                             f"  at {user_line()}")
         aval = self._aval(prim, args, kw)
-        if isinstance(aval, Tracer) and any(aval is a for a in args):
-            result = aval                       # astype to its own dtype, asarray: the input itself
+        if isinstance(aval, (Tracer, np.ndarray)) and any(aval is a for a in args):
+            # a shape rule that hands back its argument: an alias (astype to the same dtype)
+            # costs nothing; anything else may be a write the graph would not see
+            if prim not in ALIASES:
+                raise TraceError(f"gpuad.compile: xp.{prim} returns its own argument, so it may write into "
+                                 f"it, and the tracer has no pure form for it\n  at {user_line()}")
+            result = aval
         elif isinstance(aval, AbstractArray):
             view = aval.base is not None
             var = self.graph.add_eqn(prim, self.lift(args), self.lift(kw), aval.shape, aval.dtype, view)
             result = Tracer(self, var, base=self._root_of(args) if view else None)
+            if result.base is not None:
+                result.source = (prim, args, kw)
+                result.version = result.base.version
         elif isinstance(aval, (tuple, list)) and all(isinstance(a, AbstractArray) for a in aval):
             outs = [self.graph.new_var(a.shape, a.dtype) for a in aval]
             self.graph.eqns.append(Eqn(prim, self.lift(args), self.lift(kw), outs))
@@ -157,6 +198,21 @@ class Trace:
             if isinstance(a, Tracer):
                 return a.base if a.base is not None else a
         return None
+
+    def derive(self, view):
+        """view's value again, from the current value of what it views (that array was
+        written in place since). Only views numpy always makes share memory: a reshape
+        that moves elements between axes may have copied in eager, and then the write
+        did not reach it, so reading it raises."""
+        prim, args, kw = view.source
+        if not _always_view(prim, args, kw, view.shape):
+            raise TraceError(
+                f"gpuad.compile: a {prim} (shape {view.shape}) of an array that was written in place "
+                f"afterwards is read; numpy may or may not have made it a copy (it depends on memory "
+                f"layout), so the trace cannot know its value. Take the {prim} after the write, or "
+                f"copy it first (.clone())\n  at {user_line()}")
+        view._var = self.call(prim, args, kw).var
+        view.version = view.base.version
 
     def _aval(self, prim, args, kw):
         rule = getattr(abstract_ns, prim, None) if "." not in prim else None
@@ -196,6 +252,54 @@ class Trace:
         self.draws.append((kind, shape, dtype, t))
         self.draw_pos += 1
         return t
+
+
+# xp calls whose shape rule may hand back the argument itself, meaning an alias (no write):
+# astype to the same dtype, asarray of an array. Every other call that returns its own
+# argument is refused: it may be a write the graph would not see.
+ALIASES = frozenset({"astype", "asarray", "ascontiguousarray"})
+
+# numpy functions and ndarray methods that write into an argument and have no traced form
+_WRITES_ARG = frozenset({"put", "putmask", "place", "fill_diagonal", "put_along_axis", "_add_at"})
+
+_UFUNCS = {n: f for n, f in vars(np).items() if isinstance(f, np.ufunc)}
+
+# views numpy makes without ever copying; a write into one is a write into its base
+_VIEW_PRIMS = frozenset({"getitem", "transpose", "swapaxes", "broadcast_to", "reshape", "flip", "squeeze",
+                         "expand_dims", "stop_gradient"})
+
+
+def _always_view(prim, args, kw, shape):
+    if prim not in _VIEW_PRIMS:
+        return False
+    if prim == "reshape":
+        # only length-1 axes come and go: a view whatever the strides
+        return [n for n in args[0].shape if n != 1] == [n for n in shape if n != 1]
+    return True
+
+
+def _write_through(trace, view, var):
+    """The new value of the array `view` views, after writing `var` into the view
+    (a functional scatter: read and write the base's N, plus the view's n)."""
+    prim, args, kw = view.source
+    parent = args[0]
+    if not _always_view(prim, args, kw, view.shape) or prim == "broadcast_to":
+        raise TraceError(f"gpuad.compile: an in-place write into a {prim} view (shape {view.shape}) "
+                         f"cannot be traced; write into the whole array\n  at {user_line()}")
+    val = Tracer(trace, var)
+    if prim == "getitem":
+        return trace.call("setitem", (parent, args[1], val), {}).var
+    if prim == "stop_gradient":
+        return var                      # detach() shares its buffer: a write reaches the original
+    if prim in ("reshape", "squeeze", "expand_dims"):
+        return trace.call("reshape", (val, tuple(parent.shape)), {}).var
+    if prim == "flip":
+        return trace.call("flip", (val,) + tuple(args[1:]), dict(kw)).var
+    if prim == "swapaxes":
+        return trace.call("swapaxes", (val,) + tuple(args[1:3]), dict(kw)).var
+    axes = args[1] if len(args) > 1 else kw.get("axes")
+    inverse = None if axes is None else tuple(int(i) for i in np.argsort([a % parent.ndim for a in axes]))
+    return trace.call("transpose", (val, inverse), {}).var
 
 
 class GuardError(RuntimeError):
@@ -280,6 +384,19 @@ class TracingNamespace:
                                                   dst.shape, dst.dtype))
         return None
 
+    def stop_gradient(self, a):
+        """Tensor.detach() of a traced value: a view of it that forward mode gives no tangent."""
+        return self.trace.call("stop_gradient", (a,), {})
+
+    def assume_none(self, mask, what):
+        """Take the branch for an all-False mask; the replay checks it (see assume_none)."""
+        return assume_none(mask, what)
+
+    def zero_where(self, a, drop):
+        # eager writes zeros into a (a donated gradient); the trace selects, as the
+        # undonated VJP does, and rebinds a to the result
+        return self.trace.write(a, self.trace.call("where", (drop, 0.0, a), {}).var)
+
     def buffer(self, shape, dtype):
         return self.empty(tuple(shape), np.dtype(dtype))
 
@@ -305,6 +422,13 @@ def _refuse(what):
     return op
 
 
+def _refuse_write():
+    def op(self, *args, **kw):
+        raise TraceError(f"gpuad.compile: an ndarray method that writes into the array in place has no "
+                         f"traced form; use the function (np.sort(a), ...)\n  at {user_line()}")
+    return op
+
+
 def _method(name):
     def m(self, *args, **kw):
         return self.trace.call(name, (self,) + args, kw)
@@ -315,19 +439,33 @@ def _method(name):
 class Tracer(AbstractArray):
     """An array of the step being traced: its Var now, and for views the root Tracer."""
 
-    __slots__ = ("trace", "var")
+    __slots__ = ("trace", "_var", "version", "source")
     __array_priority__ = 2000
 
     def __init__(self, trace, var, base=None):
         AbstractArray.__init__(self, var.shape, var.dtype, base)
         self.trace = trace
-        self.var = var
+        self._var = var
+        self.version = 0        # a root: its in-place writes so far; a view: its root's, when derived
+        self.source = None      # a view: (prim, args, kw) it was made by
+
+    @property
+    def var(self):
+        """The current value: a view of an array written in place since is derived again."""
+        if self.source is not None and self.version != self.base.version:
+            self.trace.derive(self)
+        return self._var
+
+    @var.setter
+    def var(self, v):
+        self._var = v
 
     @property
     def _xp(self):
         return self.trace.ns
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        kw.pop("order", None)           # the layout of fresh results is the replay's (C)
         if method == "__call__":
             return self.trace.call(ufunc.__name__, inputs, kw)
         if method == "at":
@@ -338,6 +476,9 @@ class Tracer(AbstractArray):
     def __array_function__(self, func, types, args, kwargs):
         if func is np.copyto:
             return self.trace.ns.copyto(*args, **kwargs)
+        if func.__name__ in _WRITES_ARG:
+            raise TraceError(f"gpuad.compile: np.{func.__name__} writes into its argument and has no "
+                             f"traced form; use where() or an indexed assignment\n  at {user_line()}")
         mod = func.__module__ or "numpy"
         name = func.__name__ if mod == "numpy" or mod.startswith("numpy._core") or mod.startswith(
             "numpy.core") or mod.startswith("numpy.lib") else f"{mod}.{func.__name__}"
@@ -347,6 +488,7 @@ class Tracer(AbstractArray):
     item = _refuse(".item()")
     tolist = _refuse(".tolist()")
     __bool__ = _refuse("bool() of a tensor (an `if` or `while` on a value)")
+    sort = partition = put = resize = itemset = byteswap = setfield = _refuse_write()
     __float__ = _refuse("float() of a tensor")
     __int__ = _refuse("int() of a tensor")
     __index__ = _refuse("using a tensor as an index")

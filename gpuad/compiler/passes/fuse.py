@@ -212,8 +212,12 @@ def _into(prim, fn, args, target):
     """Lines computing one member into `target`: out= where numpy takes it; where and
     astype as copies into it (np.where and astype have no out=)."""
     if prim == "where":
+        # two masked copies, each leaving the other's places alone: right when the target
+        # is a's or b's own buffer (planned in place), where "b, then a where c" would
+        # overwrite a before reading it. Costs the N-byte mask ~c.
         c, a, b = args
-        return [f"np.copyto({target}, {b}, casting='unsafe')", f"np.copyto({target}, {a}, where={c}, casting='unsafe')"]
+        return [f"np.copyto({target}, {a}, where={c}, casting='unsafe')",
+                f"np.copyto({target}, {b}, where=np.logical_not({c}), casting='unsafe')"]
     if prim == "astype":
         return [f"np.copyto({target}, {args[0]}, casting='unsafe')"]
     return [f"{fn}({', '.join(args)}, out={target})"]
@@ -286,7 +290,8 @@ def _generate(k):
             lines.append(f"    o{j}_r = o{j}.reshape({(n_rows,) + tuple(o.shape[p:])!r})")
         lines.append(f"    for s in range(0, {n_rows}, {rows}):")
         lines.append(f"        e = s + {rows}")
-        lines.append(f"        n = min(e, {n_rows}) - s")
+        # (no builtin min here: the group's own members may bind numpy's min to that name)
+        lines.append(f"        n = (e if e < {n_rows} else {n_rows}) - s")
         out_ref = {o.id: f"o{j}_r[s:e]" for j, o in enumerate(k.outs)}
         body = lines
     # scratch: one buffer per dtype and liveness slot, reused when its value dies
