@@ -51,6 +51,13 @@ def _to_array(data, dtype, copy):
     return arr
 
 
+def _stop(data):
+    """data, marked where a trace records it (gpuad.compile, jvp): a forward-mode tangent
+    stops there too, as the reverse gradient does. Plain arrays pass unchanged."""
+    xp = getattr(data, "_xp", None)
+    return data if xp is None else xp.stop_gradient(data)
+
+
 class Tensor:
     """An n-dimensional array that records the ops applied to it.
 
@@ -243,12 +250,13 @@ class Tensor:
 
     def detach(self):
         """The same data as a GREY tensor: the lecture's stop-gradient."""
-        return Tensor._from(self.data)
+        return Tensor._from(_stop(self.data))
 
     def detach_(self):
         if self._node is not None and self._node.op is None:
             raise RuntimeError("gpuad: detach_() on a leaf; use requires_grad_(False)")
         self._node = None
+        self.data = _stop(self.data)
         return self
 
     def retain_grad(self):

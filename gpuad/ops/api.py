@@ -18,6 +18,7 @@ import builtins
 import numpy as np
 
 from . import derivatives as D, elementwise as E, fused as N, indexing as I, linalg as L, reduce as R, shape as S
+from . import views
 from .indexing import *  # noqa: F401,F403  (public: gather, sort, topk, cumsum, ...)
 from .dispatch import apply, apply2
 from ..backends import namespace_of
@@ -71,6 +72,8 @@ def where(cond, x, y):
         cond = cond.data
     dt = result_type(*(v.data if isinstance(v, Tensor) else v for v in (x, y)))     # torch's promotion
     x, y = (astype(v, dt) if isinstance(v, Tensor) and v.dtype != dt else v for v in (x, y))
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+        x, y = np.asarray(x, dt), np.asarray(y, dt)     # two numbers: torch's default dtype, not numpy's float64
     return apply(E.where, (cond, x, y), None)
 
 
@@ -283,7 +286,8 @@ def reshape(x, *shape):
                          f"(size {size}) into {shape}")
     if -1 in shape:
         shape = tuple(size // known if s == -1 else s for s in shape)
-    return apply(S.reshape, (x,), {"shape": shape})      # a new Tensor even when nothing changes, as torch
+    # a new Tensor even when nothing changes, as torch
+    return views.note(apply(S.reshape, (x,), {"shape": shape}), x, ("reshape", shape))
 
 
 view = reshape
@@ -312,7 +316,7 @@ def transpose(x, *axes):
         if sorted(perm) != list(range(ndim)):
             raise ValueError(f"gpuad.transpose: {axes} is not a permutation of the {ndim} axes "
                              f"of a tensor of shape {tuple(x.shape)}")
-    return apply(S.transpose, (x,), {"axes": perm})
+    return views.note(apply(S.transpose, (x,), {"axes": perm}), x, ("transpose", perm))
 
 
 def permute(x, *dims):
@@ -334,7 +338,7 @@ def broadcast_to(x, shape):
             raise ValueError
     except ValueError:
         raise ValueError(f"gpuad.broadcast_to: cannot broadcast shape {tuple(x.shape)} to {shape}") from None
-    return apply(S.broadcast_to, (x,), {"shape": shape})
+    return views.note(apply(S.broadcast_to, (x,), {"shape": shape}), x, ("broadcast_to", shape))
 
 
 expand = broadcast_to
@@ -425,7 +429,7 @@ def getitem(x, index):
     except IndexError as e:
         raise IndexError(f"gpuad.getitem: index {index!r} is invalid for a tensor of shape "
                          f"{tuple(x.shape)}: {e}") from None
-    return out
+    return views.note(out, x, ("getitem", index))
 
 
 def setitem(x, index, value):

@@ -28,16 +28,19 @@ import weakref
 
 import numpy as np
 
-from ..backends import namespace_of
+from ..backends import TRACING, namespace_of
 from ..graph import FREED, _next_index, is_grad_enabled
 from ..memory.accounting import owner_of
 from ..tensor import Tensor
+from . import views
 
 _mutated = {}        # id(buffer owner) -> (moment of the last in-place write, what wrote it)
 
 
 def mark_mutated(t, what):
     """Record an in-place write into t's buffer."""
+    if TRACING and type(t.data) is np.ndarray:
+        _adopt(t)
     owner = owner_of(t.data) if isinstance(t.data, np.ndarray) else _device_owner(t.data)
     key = id(owner)
     if key not in _mutated:
@@ -46,6 +49,16 @@ def mark_mutated(t, what):
         except TypeError:
             pass
     _mutated[key] = (_next_index(), what)
+
+
+def _adopt(t):
+    """gpuad.compile: a Tensor made while tracing from constants (a real numpy array)
+    and then written with traced values takes the traced value as its data, and so do
+    its views: later numpy reads of the old buffer would see values from before the write."""
+    tracer = TRACING[-1].adopt(t.data)
+    if tracer is not None:
+        t.data = tracer
+        views.adopt(t)
 
 
 def _device_owner(a):
@@ -78,6 +91,7 @@ def check_saved(node):
 def writes(t, name, other=None):
     """Whether an in-place op on t must be recorded; refuses a leaf that requires grad."""
     recording = is_grad_enabled() and (t._node is not None or (isinstance(other, Tensor) and other._node is not None))
+    views.check_writable(t, name, recording)
     if recording and t._node is not None and t._node.op is None:
         raise RuntimeError(
             f"gpuad.{name}: a leaf tensor that requires grad is used in an in-place operation, which would "
@@ -101,9 +115,13 @@ def write_back(t, result, name):
         mine = id(owner_of(t.data)) if isinstance(t.data, np.ndarray) else None
         node.saved = tuple(a.copy() if isinstance(a, np.ndarray) and id(owner_of(a)) == mine else a
                            for a in node.saved)
-    mark_mutated(t, name)
+    # t may view another tensor's buffer: its bases move onto nodes that see this write
+    # (computed now, while they still hold the old values), and their other views follow
+    moved = views.rebase(t, result)
     namespace_of(t.data).copyto(t.data, result.data)
+    mark_mutated(t, name)
     t._node = node
+    views.settle(t, moved)
     return t
 
 
@@ -123,8 +141,14 @@ def assign_(t, value, name, index=None):
     from . import api
     if not writes(t, name, value):
         vd = value.data if isinstance(value, Tensor) else value
+        traced = getattr(vd, "_xp", None)
         if index is None:
             namespace_of(t.data).copyto(t.data, vd, casting="unsafe")
+        elif traced is not None and type(t.data) is np.ndarray:
+            # a traced value into a constant's numpy buffer (gpuad.compile, jvp), which
+            # cannot hold it: the tensor takes the traced result, and its views follow
+            t.data = traced.setitem(t.data, index, vd)
+            views.adopt(t)
         else:
             t.data[index] = vd
         mark_mutated(t, name)
