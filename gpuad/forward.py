@@ -40,7 +40,13 @@ def _z(x):
 
 def _unary(d):
     def rule(args, tans, out, params):
-        return None if tans[0] is None else tans[0] * d(args[0], out)
+        if tans[0] is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = tans[0] * d(args[0], out)
+        # a zero tangent stays zero where the derivative is infinite (sqrt at 0: a norm
+        # of zeros), as reverse mode's rules never multiply a zero by an infinity
+        return np.where(tans[0] == 0, 0.0, t).astype(t.dtype) if np.isnan(t).any() else t
     return rule
 
 
@@ -116,9 +122,10 @@ def _select(cond_fn, tie=0.5):
 def _arctan2(args, tans, out, params):
     (a, b), (ta, tb) = args, tans
     d = a * a + b * b
-    t = None if ta is None else ta * b / d
+    inv = np.divide(1.0, d, out=np.zeros(np.shape(d), np.result_type(d, 1.0)), where=d != 0)   # 0 at the origin, as the VJP
+    t = None if ta is None else ta * b * inv
     if tb is not None:
-        u = -tb * a / d
+        u = -tb * a * inv
         t = u if t is None else t + u
     return None if t is None else _fit(t, out)
 
@@ -229,6 +236,19 @@ def _fit(t, out):
     return t if t.dtype == dt else t.astype(dt)
 
 
+def _clip(args, tans, out, params):
+    """The tangent inside [lo, hi], bounds included (clamp's gradient), 0 outside."""
+    if tans[0] is None:
+        return None
+    x, lo, hi = (list(args) + [params.get("a_min"), params.get("a_max")])[:3]
+    inside = np.ones(np.shape(x), bool)
+    if lo is not None:
+        inside &= x >= lo
+    if hi is not None:
+        inside &= x <= hi
+    return np.where(inside, tans[0], 0.0)
+
+
 _none = lambda *_: None          # noqa: E731  piecewise-constant outputs (floor, sign, comparisons)
 
 RULES = {
@@ -265,7 +285,7 @@ RULES = {
     "ones": _none, "full": _none, "zeros_like": _none, "ones_like": _none, "empty_like": _none,
     "buffer": _none, "random_draw": _none, "check_none": _none, "argmax": _none, "argmin": _none,
     "argsort": _none, "floor_divide": _none, "bitwise_and": _none, "bitwise_or": _none, "bitwise_xor": _none,
-    "invert": _none,
+    "invert": _none, "stop_gradient": _none, "clip": _clip,
 }
 
 

@@ -22,7 +22,7 @@ import warnings
 from ..tensor import Tensor
 from .capture import build_result, capture
 from .state import describe_change, discover, guard_key
-from .trace import TraceError
+from .trace import GuardError, TraceError
 from . import pipeline
 
 RETRACE_WARN = 8         # warn when one function has traced this many times
@@ -84,7 +84,20 @@ class Compiled:
         entry = self._entry(args, kwargs)
         if entry is None:
             return self.fn(*args, **kwargs)
-        return entry.run(args, kwargs)
+        if not entry.guarded:
+            return entry.run(args, kwargs)
+        states = entry.rng_states()
+        try:
+            return entry.run(args, kwargs)
+        except GuardError as e:
+            # the replay writes nothing back before it ends, so this call runs eagerly from
+            # where it started (the generators too): eager's result, and a warning
+            entry.restore_rng(states)
+            if not entry.warned:
+                entry.warned = True
+                warnings.warn(f"{e}; this call of {self.fn.__name__} ran eagerly (and will whenever "
+                              f"that happens again)", CompileWarning, stacklevel=2)
+            return self.fn(*args, **kwargs)
 
     def compiled(self, *args, **kwargs):
         """The compiled entry these arguments would run (traced if needed)."""

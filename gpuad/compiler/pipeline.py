@@ -35,6 +35,19 @@ class Entry:
         self.xp = xp
         self.copyto = np.copyto if xp is None else xp.module.copyto
         self.clear = []
+        # a replay that checks what its trace assumed (check_none) may stop midway; the
+        # generators it drew from are then put back (Compiled runs the call eagerly)
+        self.guarded = any(e.prim == "check_none" for e in graph.eqns)
+        self.generators = list({id(g): g for e in graph.eqns if e.prim == "random_draw"
+                                for g in e.args[3:4] if hasattr(g, "rng")}.values())
+        self.warned = False
+
+    def rng_states(self):
+        return [g.rng.bit_generator.state for g in self.generators]
+
+    def restore_rng(self, states):
+        for g, st in zip(self.generators, states):
+            g.rng.bit_generator.state = st
 
     def run(self, args, kwargs):
         from .api import rebuild

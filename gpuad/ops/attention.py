@@ -89,9 +89,10 @@ def scaled_dot_product_attention(xp, q, k, v, mask=None, causal=False, scale=1.0
             acc = xp.add(xp.multiply(acc, corr), xp.matmul(pv, _keys(xp, v, s0, s1)))
         m = m_new
     # A row every key is masked from gives 0 (and 0 gradients), as torch: its log-sum-exp
-    # is +inf, so the backward's exp(score - lse) is 0 across it.
+    # is +inf, so the backward's exp(score - lse) is 0 across it. Only a max of -inf means
+    # that: a NaN (or +inf) score gives NaN, as torch's softmax does.
     with np.errstate(divide="ignore", invalid="ignore"):
-        seen = xp.isfinite(m)
+        seen = xp.not_equal(m, -np.inf)
         out = xp.where(seen, xp.divide(acc, xp.where(seen, row_sum, 1.0)), 0.0)
         lse = xp.where(seen, xp.add(xp.where(seen, m, 0.0), xp.log(xp.where(seen, row_sum, 1.0))), np.inf)
     return out, (lse,)

@@ -165,7 +165,10 @@ def atan2(xp, y, x):
 @atan2.defvjp
 def _atan2_vjp(xp, g, saved, node, donate):
     y, x = saved
-    s = xp.divide(g, xp.add(xp.multiply(x, x), xp.multiply(y, y)))
+    r2 = xp.add(xp.multiply(x, x), xp.multiply(y, y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # at the origin both gradients are 0, as torch's (not the formula's 0/0)
+        s = xp.where(xp.equal(r2, 0), 0.0, xp.divide(g, r2))
     ny, nx = node.needs
     return (xp.multiply(s, x) if ny else None), (xp.negative(xp.multiply(s, y)) if nx else None)
 
