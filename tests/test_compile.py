@@ -4,6 +4,8 @@ in the same order, chunk by chunk), the guards, the errors, each pass alone,
 and the buffer plan against what a replay allocates."""
 import tracemalloc
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,6 @@ from gpuad.compiler import CompileWarning, TraceError
 from gpuad.compiler.api import RETRACE_WARN
 from gpuad.compiler.ir import Graph
 from gpuad.compiler.passes import buffers, cse, dce, fold, fuse
-from gpuad.compiler.trace import GuardError
 from tests.test_ops_gradcheck import all_cases
 
 R = np.random.default_rng(3)
@@ -221,12 +222,37 @@ def test_fallback_eager_runs_and_warns():
 
 
 def test_a_value_the_trace_assumed_is_checked_at_replay():
+    """A replay that meets what its trace assumed otherwise runs that call eagerly, with
+    one warning, from where the call started (its generator draws too)."""
     m = nn.Linear(3, 4)
     f = gpuad.compile(lambda x, y: F.cross_entropy(m(x), y))
     x = gpuad.ones(2, 3)
     f(x, gpuad.tensor([1, 2]))
-    with pytest.raises(GuardError, match="ignore_index"):
-        f(x, gpuad.tensor([1, -100]))
+    y = gpuad.tensor([1, -100])
+    with pytest.warns(CompileWarning, match="ignore_index.*ran eagerly"):
+        got = f(x, y)
+    assert got.item() == F.cross_entropy(m(x), y).item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # warned once
+        f(x, y)
+
+
+def test_a_guarded_replay_that_falls_back_draws_what_eager_draws():
+    x = gpuad.tensor(np.linspace(-1, 1, 8).reshape(2, 4), requires_grad=True)
+
+    def step(x):
+        d = F.dropout(x, 0.5)
+        return (gpuad.cumprod(d, 1) * x).sum(), gpuad.autograd.grad((gpuad.cumprod(x, 1) * d).sum(), x)[0]
+    f = gpuad.compile(step)
+    f(x)                                          # traced on a cumprod input without zeros
+    z = gpuad.tensor(np.array([[0.0, 1, 2, 3], [1, 2, 3, 4]]), requires_grad=True)
+    gpuad.manual_seed(7)
+    want = step(z)
+    gpuad.manual_seed(7)
+    with pytest.warns(CompileWarning, match="zero"):
+        got = f(z)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_tracing_leaves_the_state_untouched_when_it_fails():
