@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .ir import Literal, Var, iter_vars
+from .ir import Literal, Var, iter_vars, load
 from .trace import resolve
 
 
@@ -132,5 +132,5 @@ def generate(graph, plan=None, name="replay", xp=None, run_group=None):
     lines.append(f"    return [{', '.join(outs)}]")
     source = "\n".join(lines) + "\n"
     scope = names.scope
-    exec(compile(source, f"<gpuad.compile {name}>", "exec"), scope)
+    load(source, name, scope)
     return scope[name], source

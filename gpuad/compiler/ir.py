@@ -18,6 +18,8 @@ each replay; outputs are what the replay hands back.
   v2:f32[3] = exp x
   in ( v2 ) }
 """
+import itertools
+import linecache
 import math
 
 import numpy as np
@@ -191,3 +193,14 @@ class Graph:
         body = "\n".join(f"  {e!r}" for e in self.eqns)
         outs = " ".join(str(v) if isinstance(v, Var) else _fmt(v) for v in self.outputs)
         return f"{{ lambda {ins} .\n{body}\n  in ( {outs} ) }}"
+
+
+_loaded = itertools.count()
+
+
+def load(source, what, scope):
+    """exec generated `source` into `scope` under a file name of its own, registered with
+    linecache, so that a traceback through generated code shows its lines."""
+    filename = f"<gpuad.compile {what} #{next(_loaded)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), scope)

@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from ..ir import Eqn, Literal, Var, iter_vars
+from ..ir import Eqn, Literal, Var, iter_vars, load
 
 CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
 HORIZON = 8              # ops after its last member that a group stays open
@@ -341,7 +341,7 @@ def _generate(k):
                 free.setdefault(v.dtype.str, []).append(scratch.pop(v.id))
     lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
     source = "\n".join(lines) + "\n"
-    exec(compile(source, "<gpuad.compile fused>", "exec"), names.scope)
+    load(source, "fused", names.scope)
     return names.scope["kernel"], source, [a for arrs in used.values() for a in arrs]
 
 
@@ -403,7 +403,7 @@ def _generate_scalar(k, numpy_kernel, numpy_source):
     source = "\n".join(lines) + "\n"
     scope = {"np": np, "numpy_kernel": numpy_kernel, "atan": math.atan}
     scope.update({f: getattr(math, f) for f in _MATH_FN if hasattr(math, f)})
-    exec(compile(source, "<gpuad.compile fused scalar>", "exec"), scope)
+    load(source, "fused scalar", scope)
     return scope["kernel"], source + "\n# falls back to:\n" + numpy_source
 
 
