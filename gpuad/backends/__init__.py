@@ -13,24 +13,12 @@ a few extras below that numpy does not spell the same way on every backend.
 >>> namespace_of(np.zeros(2)).name
 'numpy'
 """
-import functools
 import math
 import threading
 
 import numpy as np
 
 from ..memory.pool import host_pool
-
-
-class _COrder(functools.partial):
-    """A numpy ufunc whose fresh results are C-ordered (order="C"): numpy's default, "K",
-    gives an op on a transposed array a transposed result, and a sum over it then adds
-    in another order than over the same values in C order. gpuad.compile writes results
-    into C-ordered planned buffers, so eager does the same: the two sum alike, bitwise.
-    (Costs about 0.1 us a call; the ufunc's own attributes, .at and .reduce, pass through.)"""
-
-    def __getattr__(self, name):
-        return getattr(self.func, name)
 
 
 class ArrayNamespace:
@@ -46,8 +34,6 @@ class ArrayNamespace:
 
     def __getattr__(self, attr):
         value = getattr(self.module, attr)
-        if self.module is np and isinstance(value, np.ufunc) and value.nout == 1:
-            value = _COrder(value, order="C")
         setattr(self, attr, value)
         return value
 
@@ -96,20 +82,28 @@ class ArrayNamespace:
         return a
 
     def astype(self, a, dtype):
-        return a.astype(dtype, copy=False, order="K" if a.dtype == dtype else "C")     # C: see _COrder
+        return a.astype(dtype, copy=False)
 
-    def where(self, cond, x, y):
-        r = self.module.where(cond, x, y)
-        # C-ordered, as _COrder's results (numpy's where follows its operands' layout)
-        return r if type(r) is not np.ndarray or r.ndim < 2 or r.flags.c_contiguous else np.ascontiguousarray(r)
+    # Sums add in C order whatever the array's layout. numpy adds in memory order, so the
+    # same values held transposed (an op on a transposed view gives a transposed result)
+    # would sum to another last bit than in C order, which is how gpuad.compile's planned
+    # buffers hold them: eager and the replay then differ. A transposed array is copied
+    # first (read and write N); a C-ordered one costs a flags check.
+
+    def sum(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        if type(a) is np.ndarray and a.ndim > 1 and not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        return self.module.sum(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims)
+
+    def mean(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        if type(a) is np.ndarray and a.ndim > 1 and not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        return self.module.mean(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims)
 
     def einsum(self, *args, **kw):
+        # C-ordered (numpy's optimized einsum may hand back a transposed result)
         r = self.module.einsum(*args, **kw)
         return r if type(r) is not np.ndarray or r.ndim < 2 or r.flags.c_contiguous else np.ascontiguousarray(r)
-
-    def clip(self, a, lo, hi, out=None):
-        return self.module.clip(a, lo, hi, out=out) if out is not None or self.module is not np else \
-            np.clip(a, lo, hi, order="C")
 
     def erf(self, x, out=None):
         # numpy has no erf. float32 and float16 go through a table (within 2 float32 ulps

@@ -465,7 +465,6 @@ class Tracer(AbstractArray):
         return self.trace.ns
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kw):
-        kw.pop("order", None)           # the layout of fresh results is the replay's (C)
         if method == "__call__":
             return self.trace.call(ufunc.__name__, inputs, kw)
         if method == "at":
