@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 from .accumulate import DONATE_MIN, accumulate, leaf_keeps, route
-from .backends import namespace_of
+from .backends import device_of, namespace_of, writeable
 from .dtypes import grad_dtype
 from .graph import FREED, _Mode, reachable
 from .memory.accounting import accountant, owner_of
@@ -210,9 +210,11 @@ def _run(roots, seeds, retain_graph, create_graph, targets):
     at fan-in) is decided by gpuad/accumulate.py, the policy the planner
     replays; this loop only moves gradients along the edges.
     """
-    from .ops.namespace import tensor_ns
+    from .ops.namespace import tensor_ns_on
     first = seeds[0][0]
-    xp = tensor_ns if create_graph else namespace_of(first.data if isinstance(first, Tensor) else first)
+    data = first.data if isinstance(first, Tensor) else first
+    xp = tensor_ns_on(device_of(data)) if create_graph else namespace_of(data)
+    del data                   # (no reference to the seed here: it dies on its node, as planned)
     found = {}
     needed = _needed_nodes(roots, targets) if targets is not None else None
     heap = _seed(roots, seeds, create_graph)
@@ -544,7 +546,7 @@ def _accumulate_leaf(node, g, owned, create_graph):
         acc = t.grad.data
         if acc.shape != g.shape:
             raise BackwardError(f"gpuad: .grad of shape {acc.shape} cannot take a gradient of shape {g.shape}")
-        if acc.flags.writeable if hasattr(acc, "flags") else True:
+        if writeable(acc):
             acc += g
         else:
             t.grad = Tensor._from(acc + g)

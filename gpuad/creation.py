@@ -9,6 +9,7 @@ Floats default to float32.
 """
 import numpy as np
 
+from .backends.devices import on_device
 from .dtypes import as_dtype, default_float
 from .random import default_generator
 from .tensor import Tensor, _counted
@@ -21,10 +22,7 @@ def _shape(shape):
 
 
 def _make(arr, requires_grad, device):
-    if device is not None and device != "cpu":
-        from .backends.devices import to_device
-        arr = to_device(arr, device)
-    t = Tensor._from(_counted(arr, "creation"))
+    t = Tensor._from(_counted(on_device(arr, device), "creation"))
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -47,33 +45,40 @@ def full(shape, fill_value, dtype=None, requires_grad=False, device=None):
     return _make(np.full(shape, fill_value, dtype=as_dtype(dtype) or default_float), requires_grad, device)
 
 
-def zeros_like(t, dtype=None, requires_grad=False):
-    return zeros(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def _device(t, device):
+    """A *_like factory's device: the one named, else its model's (as torch)."""
+    if device is not None:
+        return device
+    return t.device if isinstance(t, Tensor) else "cpu"
 
 
-def ones_like(t, dtype=None, requires_grad=False):
-    return ones(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def zeros_like(t, dtype=None, requires_grad=False, device=None):
+    return zeros(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad, device=_device(t, device))
 
 
-def full_like(t, fill_value, dtype=None, requires_grad=False):
-    return full(t.shape, fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def ones_like(t, dtype=None, requires_grad=False, device=None):
+    return ones(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad, device=_device(t, device))
 
 
-def arange(start, stop=None, step=1, dtype=None, requires_grad=False):
+def full_like(t, fill_value, dtype=None, requires_grad=False, device=None):
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad, device=_device(t, device))
+
+
+def arange(start, stop=None, step=1, dtype=None, requires_grad=False, device=None):
     arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
     if dtype is not None:
         arr = arr.astype(as_dtype(dtype))
     elif arr.dtype == np.float64:
         arr = arr.astype(default_float)
-    return _make(arr, requires_grad, None)
+    return _make(arr, requires_grad, device)
 
 
-def linspace(start, stop, num, dtype=None, requires_grad=False):
-    return _make(np.linspace(start, stop, num, dtype=as_dtype(dtype) or default_float), requires_grad, None)
+def linspace(start, stop, num, dtype=None, requires_grad=False, device=None):
+    return _make(np.linspace(start, stop, num, dtype=as_dtype(dtype) or default_float), requires_grad, device)
 
 
-def eye(n, m=None, dtype=None, requires_grad=False):
-    return _make(np.eye(n, m, dtype=as_dtype(dtype) or default_float), requires_grad, None)
+def eye(n, m=None, dtype=None, requires_grad=False, device=None):
+    return _make(np.eye(n, m, dtype=as_dtype(dtype) or default_float), requires_grad, device)
 
 
 def randn(*shape, dtype=None, requires_grad=False, generator=None, device=None):
@@ -117,12 +122,12 @@ def randint(*args, size=None, generator=None, dtype=None, device=None, low=None,
     return _make(arr.astype(as_dtype(dtype)) if dtype is not None else arr, False, device)
 
 
-def randn_like(t, dtype=None, generator=None):
-    return randn(t.shape, dtype=dtype or t.dtype, generator=generator)
+def randn_like(t, dtype=None, generator=None, device=None):
+    return randn(t.shape, dtype=dtype or t.dtype, generator=generator, device=_device(t, device))
 
 
-def rand_like(t, dtype=None, generator=None):
-    return rand(t.shape, dtype=dtype or t.dtype, generator=generator)
+def rand_like(t, dtype=None, generator=None, device=None):
+    return rand(t.shape, dtype=dtype or t.dtype, generator=generator, device=_device(t, device))
 
 
 def multinomial(input, num_samples, replacement=False, generator=None):  # noqa: A002

@@ -24,6 +24,7 @@ import numpy as np
 
 from .compiler.capture import build_result, capture
 from .compiler.ir import Literal, Var, map_leaves
+from .backends import namespace_of
 from .compiler.trace import resolve
 from .pytree import tree_flatten, tree_unflatten
 from .tensor import Tensor
@@ -32,7 +33,10 @@ _SQRT_PI = math.sqrt(math.pi)
 
 
 def _z(x):
-    return np.zeros(np.shape(x), np.result_type(x)) if not isinstance(x, np.ndarray) else np.zeros_like(x)
+    """Zeros like x, on x's device (a zero tangent made explicit)."""
+    if hasattr(x, "shape") and not isinstance(x, np.generic):
+        return namespace_of(x).zeros_like(x)
+    return np.zeros(np.shape(x), np.result_type(x))
 
 
 # -- the rules: rule(args, tans, out, params) -> tangent of out ----------------------
@@ -55,7 +59,7 @@ def _linear(prim):
     def rule(args, tans, out, params):
         if tans[0] is None:
             return None
-        return resolve(prim)(tans[0], *args[1:], **params)
+        return resolve(prim, namespace_of(tans[0]))(tans[0], *args[1:], **params)
     return rule
 
 
@@ -122,7 +126,8 @@ def _select(cond_fn, tie=0.5):
 def _arctan2(args, tans, out, params):
     (a, b), (ta, tb) = args, tans
     d = a * a + b * b
-    inv = np.divide(1.0, d, out=np.zeros(np.shape(d), np.result_type(d, 1.0)), where=d != 0)   # 0 at the origin, as the VJP
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(d != 0, 1.0 / d, 0.0)          # 0 at the origin, as the VJP
     t = None if ta is None else ta * b * inv
     if tb is not None:
         u = -tb * a * inv
@@ -173,7 +178,9 @@ def _concat(prim):
         arrays, ts = args[0], tans[0]
         if ts is None or all(t is None for t in ts):
             return None
-        return resolve(prim)([_z(a) if t is None else t for a, t in zip(arrays, ts)], *args[1:], **params)
+        like = next(t for t in ts if t is not None)
+        return resolve(prim, namespace_of(like))([_z(a) if t is None else t for a, t in zip(arrays, ts)], *args[1:],
+                                                 **params)
     return rule
 
 
@@ -190,7 +197,7 @@ def _einsum(args, tans, out, params):
 def _scatter_add(args, tans, out, params):
     if tans[0] is None:
         return None
-    return resolve("scatter_add")(tans[0], *args[1:])
+    return resolve("scatter_add", namespace_of(tans[0]))(tans[0], *args[1:])
 
 
 def _setitem(args, tans, out, params):
@@ -198,7 +205,7 @@ def _setitem(args, tans, out, params):
     ta, _, tv = tans
     if ta is None and tv is None:
         return None
-    return resolve("setitem")(_z(a) if ta is None else ta, index, _z(value) if tv is None else tv)
+    return resolve("setitem", namespace_of(a))(_z(a) if ta is None else ta, index, _z(value) if tv is None else tv)
 
 
 def _cumprod(args, tans, out, params):
@@ -220,7 +227,7 @@ def _cumprod(args, tans, out, params):
 def _zero_where(args, tans, out, params):
     if tans[0] is None:
         return None
-    t = np.array(tans[0], copy=True)
+    t = tans[0].copy()
     np.copyto(t, 0, where=args[1])
     return t
 
@@ -228,7 +235,8 @@ def _zero_where(args, tans, out, params):
 def _fit(t, out):
     """A tangent with its output's shape and dtype (broadcast up when an operand was
     broadcast; tangents are never written in place, so a view is fine)."""
-    t = np.asarray(t)
+    if not hasattr(t, "shape") or isinstance(t, np.generic):
+        t = np.asarray(t)
     shape = np.shape(out)
     if t.shape != shape:
         t = np.broadcast_to(t, shape)
@@ -241,7 +249,7 @@ def _clip(args, tans, out, params):
     if tans[0] is None:
         return None
     x, lo, hi = (list(args) + [params.get("a_min"), params.get("a_max")])[:3]
-    inside = np.ones(np.shape(x), bool)
+    inside = x == x                                  # on x's device (NaN: outside, as in the VJP)
     if lo is not None:
         inside &= x >= lo
     if hi is not None:
@@ -304,20 +312,21 @@ def _tangent(x, tan):
     return None
 
 
-def run(graph, inputs, tangents):
-    """Run `graph` on `inputs`, carrying `tangents` (None: zero): the values and tangents
-    of every Var, by id."""
+def run(graph, inputs, tangents, device="cpu"):
+    """Run `graph` on `inputs` (arrays on `device`), carrying `tangents` (None: zero): the
+    values and tangents of every Var, by id."""
     env, tan = {}, {}
     for v, a, t in zip(graph.inputs, inputs, tangents):
         env[v.id] = a
         if t is not None:
             tan[v.id] = t
-    for e, fn, ids, rule, floating in _steps(graph):
+    for e, fn, ids, rule, floating in _steps(graph, _namespace(device)):
         args, params = _value(e.args, env), _value(e.params, env)
         out = args[0][args[1]] if fn is None else fn(*args, **params)
         outs = list(out) if len(e.outs) > 1 else [out]
         for o, val in zip(e.outs, outs):
-            env[o.id] = val if isinstance(val, np.ndarray) else np.asarray(val, dtype=o.dtype)
+            env[o.id] = val if hasattr(val, "shape") and not isinstance(val, np.generic) else \
+                np.asarray(val, dtype=o.dtype)
         if not floating or not any(i in tan for i in ids):
             continue
         if rule is None:
@@ -331,12 +340,13 @@ def run(graph, inputs, tangents):
 _plans = weakref.WeakKeyDictionary()
 
 
-def _steps(graph):
-    """Per equation, resolved once per graph: (eqn, its function (None: indexing), the
-    ids it reads, its rule, whether its result can carry a tangent)."""
-    steps = _plans.get(graph)
+def _steps(graph, xp):
+    """Per equation, resolved once per graph and device: (eqn, its function on xp (None:
+    indexing), the ids it reads, its rule, whether its result can carry a tangent)."""
+    per = _plans.setdefault(graph, {})
+    steps = per.get(xp.name)
     if steps is None:
-        steps = _plans[graph] = [(e, None if e.prim == "getitem" else resolve(e.prim), [v.id for v in e.invars()],
+        steps = per[xp.name] = [(e, None if e.prim == "getitem" else resolve(e.prim, xp), [v.id for v in e.invars()],
                                   RULES.get(e.prim), e.outs[0].dtype.kind in "fc") for e in graph.eqns]
     return steps
 
@@ -379,9 +389,10 @@ def _input_values(cap, args):
 
 def _results(cap, env, tan):
     """(values pytree, tangents pytree) of the function's return value."""
-    value = build_result(cap.result, lambda kind, v: Tensor._from(np.asarray(env[v.id])))
+    xp = _namespace(cap.device)
+    value = build_result(cap.result, lambda kind, v: Tensor._from(xp.asarray(env[v.id])))
     tangent = build_result(cap.result, lambda kind, v: Tensor._from(
-        np.asarray(tan[v.id]) if v.id in tan else np.zeros_like(np.asarray(env[v.id]))))
+        xp.asarray(tan[v.id]) if v.id in tan else _z(xp.asarray(env[v.id]))))
     return value, tangent
 
 
@@ -396,8 +407,14 @@ def _tangent_inputs(cap, spec, tangent_leaves):
         t = None
         if isinstance(r, ArgSlot) and not isinstance(r, ArgGradSlot):
             t = r.owner(call).value
-        out.append(None if t is None else np.asarray(t.data if isinstance(t, Tensor) else t))
+        # on the primals' device (a host tangent for a device primal is copied there)
+        out.append(None if t is None else _namespace(cap.device).asarray(t.data if isinstance(t, Tensor) else t))
     return out
+
+
+def _namespace(device):
+    from .backends import numpy_ns, _cupy_namespace
+    return numpy_ns if device == "cpu" else _cupy_namespace()
 
 
 class _Leaf:
@@ -429,7 +446,7 @@ def jvp(f, primals, tangents, has_aux=False):
     if _needs_reverse(primals):
         return _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux)
     cap, leaves, spec, args = _traced(f, primals)
-    env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, spec, t_leaves))
+    env, tan = run(cap.graph, _input_values(cap, args), _tangent_inputs(cap, spec, t_leaves), cap.device)
     value, tangent = _results(cap, env, tan)
     if has_aux:
         return value[0], tangent[0], value[1]
@@ -454,7 +471,7 @@ def _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux):
     if has_aux:
         out, aux = out
     out_leaves, out_spec = tree_flatten(out)
-    us = [Tensor._from(np.zeros(o.shape, o.dtype)).requires_grad_(True) for o in out_leaves]
+    us = [Tensor._from(_z(o.data)).requires_grad_(True) for o in out_leaves]
     live = [(o, u) for o, u in zip(out_leaves, us) if o.requires_grad]
     tangents = []
     if live:
@@ -467,7 +484,7 @@ def _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux):
                 s = s + term
             tangents = autograd.grad(s, [u for _, u in live], create_graph=True, allow_unused=True)
     by_out = {id(u): t for (_, u), t in zip(live, tangents)}
-    tan = [by_out.get(id(u)) if by_out.get(id(u)) is not None else Tensor._from(np.zeros(o.shape, o.dtype))
+    tan = [by_out.get(id(u)) if by_out.get(id(u)) is not None else Tensor._from(_z(o.data))
            for o, u in zip(out_leaves, us)]
     value, tangent = tree_unflatten(out_spec, out_leaves), tree_unflatten(out_spec, tan)
     return (value, tangent, aux) if has_aux else (value, tangent)
@@ -521,7 +538,7 @@ def jacfwd(f, argnums=0, has_aux=False):
             for x in sub_leaves:
                 for e in _basis(x.shape, x.dtype):
                     t_leaves = [e if y is x else None for y in leaves]
-                    env, tan = run(cap.graph, values, _tangent_inputs(cap, spec, t_leaves))
+                    env, tan = run(cap.graph, values, _tangent_inputs(cap, spec, t_leaves), cap.device)
                     value, tangent = _results(cap, env, tan)
                     if has_aux:
                         value, aux = value
@@ -546,7 +563,7 @@ def _stack_columns(cols, out, arg):
             cs = [tree_flatten(c)[0][k].data for c in cols[start:start + n]]
             start += n
             m = np.stack(cs, axis=-1).reshape(tuple(o.shape) + tuple(x.shape)) if cs else \
-                np.zeros(tuple(o.shape) + tuple(x.shape), o.dtype)
+                namespace_of(o.data).zeros(tuple(o.shape) + tuple(x.shape), o.dtype)
             blocks.append(Tensor._from(m))
         per_out.append(tree_unflatten(arg_spec, blocks))
     return tree_unflatten(out_spec, per_out)
@@ -582,9 +599,9 @@ def jacrev(f, argnums=0, has_aux=False):
                 if o._node is None:
                     gs = [None] * len(flat_in)
                 else:
-                    gs = autograd.grad(o, flat_in, grad_outputs=Tensor._from(e), retain_graph=True,
+                    gs = autograd.grad(o, flat_in, grad_outputs=Tensor(e, device=o.device), retain_graph=True,
                                        allow_unused=True)
-                rows[k].append([np.zeros(x.shape, x.dtype) if g is None else g.data for g, x in zip(gs, flat_in)])
+                rows[k].append([_z(x.data) if g is None else g.data for g, x in zip(gs, flat_in)])
         per_arg = []
         offset = 0
         for fresh, spec in diff:
@@ -592,7 +609,8 @@ def jacrev(f, argnums=0, has_aux=False):
             for k, o in enumerate(out_leaves):
                 blocks = []
                 for j, x in enumerate(fresh):
-                    m = np.stack([r[offset + j] for r in rows[k]], axis=0) if rows[k] else np.zeros((0,) + x.shape)
+                    m = np.stack([r[offset + j] for r in rows[k]], axis=0) if rows[k] else \
+                        namespace_of(x.data).zeros((0,) + x.shape, x.dtype)
                     blocks.append(Tensor._from(m.reshape(tuple(o.shape) + tuple(x.shape))))
                 per_out.append(tree_unflatten(spec, blocks))
             per_arg.append(tree_unflatten(out_spec, per_out))

@@ -10,6 +10,8 @@ True
 """
 import numpy as np
 
+from .backends import namespace_of
+
 from . import autograd
 from .graph import no_grad
 from .tensor import Tensor
@@ -38,8 +40,8 @@ def gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, raise_exception
     xs = []
     for x in inputs:
         arr = x.data if isinstance(x, Tensor) else np.asarray(x)
-        if arr.dtype.kind == "f":
-            xs.append(Tensor(np.asarray(arr, dtype=np.float64), requires_grad=True))
+        if arr.dtype.kind == "f":                 # float64 on the input's device (host data: the default)
+            xs.append(Tensor(arr.astype(np.float64), requires_grad=True))
         else:
             xs.append(x if isinstance(x, Tensor) else Tensor(arr))
     diff = [i for i, x in enumerate(xs) if x.requires_grad]
@@ -50,16 +52,18 @@ def gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, raise_exception
     if out._node is None:          # f ignores its inputs: the VJP is zero, and so must be the differences
         grads = [None] * len(diff)
     else:
-        grads = autograd.grad(out, [xs[i] for i in diff], grad_outputs=Tensor._from(u.astype(out.dtype)),
+        grads = autograd.grad(out, [xs[i] for i in diff], grad_outputs=Tensor(u.astype(out.dtype), device=out.device),
                               allow_unused=True)
     name = _op_name(f, out)
     for i, g in zip(diff, grads):
         v = rng.standard_normal(xs[i].shape)
         analytic = float(np.sum(g.numpy() * v)) if g is not None else 0.0
         base = xs[i].data
+        step = namespace_of(base).asarray(eps * v)          # the direction, on the input's device
 
         def probe(sign):
-            shifted = [Tensor._from(base + sign * eps * v) if j == i else xs[j] for j in range(len(xs))]
+            shifted = [Tensor._from(base + step if sign > 0 else base - step) if j == i else xs[j]
+                       for j in range(len(xs))]
             with no_grad():
                 return float(np.sum(u * f(*shifted).numpy()))
 
@@ -87,12 +91,13 @@ def gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, raise_excep
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     rng = np.random.default_rng(seed + 1)
-    probe_inputs = [Tensor(np.asarray(x.data if isinstance(x, Tensor) else x, dtype=np.float64))
-                    if np.asarray(x.data if isinstance(x, Tensor) else x).dtype.kind == "f" else x
-                    for x in inputs]
+    def as_float64(x):
+        arr = x.data if isinstance(x, Tensor) else np.asarray(x)
+        return Tensor(arr.astype(np.float64)) if arr.dtype.kind == "f" else x
+    probe_inputs = [as_float64(x) for x in inputs]
     with enable_grad():
-        shape = f(*probe_inputs).shape
-    u = Tensor._from(rng.standard_normal(shape))
+        out = f(*probe_inputs)
+    u = Tensor(rng.standard_normal(out.shape), device=out.device)
 
     def vjp_of_f(*xs):
         with enable_grad():

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import graph
 from .dtypes import as_dtype, default_float, is_floating
+from .backends.devices import on_device
 from .memory.accounting import accountant
 
 
@@ -78,10 +79,7 @@ class Tensor:
 
     def __init__(self, data, dtype=None, requires_grad=False, device=None):
         dtype = as_dtype(dtype)
-        arr = _to_array(data, dtype, copy=True)
-        if device is not None:
-            from .backends.devices import to_device
-            arr = to_device(arr, device)
+        arr = on_device(_to_array(data, dtype, copy=True), device)
         self.data = _counted(arr, "tensor")
         self._node = None
         self.grad = None

@@ -213,6 +213,13 @@ def _cupy_namespace():
     return _cupy_ns
 
 
+def writeable(a):
+    """Whether a's buffer may be written in place: numpy's flag (a broadcast view is
+    read-only); a CuPy array is always writeable (its Flags has no such field)."""
+    flags = getattr(a, "flags", None)
+    return getattr(flags, "writeable", flags is not None)
+
+
 def namespace_of(a):
     """The ArrayNamespace that owns array `a`."""
     if type(a) is np.ndarray or isinstance(a, (np.ndarray, np.generic)):

@@ -24,9 +24,17 @@ class _CupyNamespace(ArrayNamespace):
     def _add_at(self, out, index, g):
         cupyx.scatter_add(out, index, g)
 
-    def erf(self, x):
+    def erf(self, x, out=None):
+        # cupyx's erf computes float16 as float64 ('e->d'): float16 goes through float32
+        # and back, so the result keeps x's dtype as numpy's path does
         from cupyx.scipy.special import erf
-        return erf(x)
+        if x.dtype == cupy.float16:
+            y = erf(x.astype(cupy.float32)).astype(cupy.float16)
+            if out is None:
+                return y
+            cupy.copyto(out, y)
+            return out
+        return erf(x) if out is None else erf(x, out=out)
 
     def buffer(self, shape, dtype):
         return None                   # CuPy's own memory pool reuses blocks already
@@ -65,6 +73,15 @@ def install_memory_hook():
         _hook.__enter__()             # stays installed for the process (thread-local in CuPy)
 
 
+def set_compute_type(precision):
+    """CuPy's GEMM compute type for torch's float32 matmul precision: "highest" is
+    CuPy's default (fp32), "high"/"medium" TF32 tensor cores."""
+    from cupy._core import _routines_linalg as linalg
+    want = linalg.COMPUTE_TYPE_DEFAULT if precision == "highest" else linalg.COMPUTE_TYPE_TF32
+    if linalg.get_compute_type(cupy.dtype(cupy.float32)) != want:
+        linalg.set_compute_type(cupy.dtype(cupy.float32), want)
+
+
 class CupyKernels:
     """The unfused GPU path: cuBLAS GEMM, then one elementwise pass."""
     name = "cupy"
@@ -88,14 +105,10 @@ class CupyKernels:
         return k
 
     def _math_mode(self):
-        """cuBLAS follows gpuad.set_float32_matmul_precision: TF32 tensor cores or not."""
+        """cuBLAS follows gpuad.set_float32_matmul_precision: TF32 tensor cores or not,
+        through CuPy's compute type (CuPy 14 has no CUBLAS_TF32_TENSOR_OP_MATH)."""
         from ..providers import get_float32_matmul_precision
-        from cupy_backends.cuda.libs import cublas
-        mode = cublas.CUBLAS_DEFAULT_MATH if get_float32_matmul_precision() == "highest" else \
-            cublas.CUBLAS_TF32_TENSOR_OP_MATH
-        if mode != self._mode:
-            cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), mode)
-            self._mode = mode
+        set_compute_type(get_float32_matmul_precision())
 
     def linear_forward(self, xp, x, w, b, activation):
         self._math_mode()

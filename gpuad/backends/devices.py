@@ -42,6 +42,39 @@ def require_cuda():
     return cupy
 
 
+_default = "cpu"
+
+
+def set_default_device(device):
+    """Where tensors made from host data go when no device is named (torch's
+    set_default_device): gpuad.tensor, the factories, and modules' parameters.
+
+    >>> from gpuad.backends.devices import set_default_device, get_default_device
+    >>> set_default_device("cpu"); get_default_device()
+    'cpu'
+    """
+    global _default
+    kind = "cpu" if device is None else str(device).split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"gpuad.set_default_device: unknown device {device!r} (use 'cpu' or 'cuda')")
+    if kind == "cuda":
+        require_cuda()
+    _default = "cpu" if device is None else str(device)
+
+
+def get_default_device():
+    return _default
+
+
+def on_device(arr, device=None):
+    """arr on `device`, or, when None, host data on the default device (device arrays stay)."""
+    if device is None:
+        if _default == "cpu" or not isinstance(arr, (np.ndarray, np.generic)):
+            return arr
+        device = _default
+    return to_device(arr, device)
+
+
 def to_device(arr, device):
     """Copy `arr` to 'cpu' or 'cuda' (a no-op when it is already there)."""
     if getattr(arr, "_xp", None) is not None:

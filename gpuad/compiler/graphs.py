@@ -41,8 +41,11 @@ class GraphReplay:
 
     def __call__(self, inputs):
         self.calls += 1
-        if self.failed or self.calls == 1:
+        if self.failed:
             return self.fn(inputs)
+        if self.calls == 1:
+            warmup = getattr(self.backend, "warmup", None)
+            return self.fn(inputs) if warmup is None else warmup(self.fn, inputs)
         if self.graph is None or self._state_moved(inputs):
             if not self._capture(inputs):
                 return self.fn(inputs)
@@ -71,32 +74,46 @@ class GraphReplay:
 
 
 class CupyGraphs:
-    """The CUDA backend: CuPy stream capture, with every allocation made during
-    capture recorded and held for the graph's lifetime."""
+    """The CUDA backend: CuPy stream capture into a memory pool of the graph's own.
+
+    The first call (which compiles the Triton kernels) and every capture run on one
+    stream of the replay's own (CUDA refuses to capture the legacy default stream),
+    allocating from one private pool. So the capture reuses the blocks the first call
+    warmed (CuPy's pools keep an arena per stream), a block freed during the capture
+    is reused by a later allocation of the same capture (the graph holds the step's
+    peak of temporaries, not their sum), and no allocation outside the graph gets a
+    block of it between launches (torch's private graph pools). The caller's stream
+    and the replay's are ordered both ways by events."""
 
     def __init__(self):
         import cupy
         self.cupy = cupy
-        self.held = []
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def _on_stream(self, run):
+        cuda = self.cupy.cuda
+        caller = cuda.get_current_stream()
+        self.stream.wait_event(caller.record())            # after the caller's work so far
+        with cuda.using_allocator(self.pool.malloc), self.stream:
+            out = run()
+        caller.wait_event(self.stream.record())            # the caller's next work after this
+        return out
+
+    def warmup(self, fn, inputs):
+        return self._on_stream(lambda: fn(inputs))
 
     def capture(self, fn, inputs):
-        cupy = self.cupy
-        pool = cupy.get_default_memory_pool()
+        stream = self.stream
 
-        def alloc(n):
-            p = pool.malloc(n)
-            self.held.append(p)
-            return p
-        stream = cupy.cuda.Stream(non_blocking=True)
-        cupy.cuda.get_current_stream().synchronize()
-        with cupy.cuda.using_allocator(alloc), stream:
+        def run():
             stream.begin_capture()
             try:
                 outs = fn(inputs)
             finally:
                 graph = stream.end_capture()
-        self.stream = stream
-        return graph, outs
+            return graph, outs
+        return self._on_stream(run)
 
     def launch(self, graph):
         graph.launch(self.cupy.cuda.get_current_stream())     # ordered after the argument copies
@@ -106,3 +123,7 @@ class CupyGraphs:
 
     def clone(self, a):
         return a.copy() if hasattr(a, "copy") else a
+
+    def pool_bytes(self):
+        """Bytes the replay's private pool holds (what its first call and graphs cost)."""
+        return self.pool.total_bytes()

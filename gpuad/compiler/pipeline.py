@@ -17,6 +17,7 @@ from ..memory.accounting import accountant
 from .ir import iter_vars
 from .capture import result_vars
 from .state import Slot
+from .trace import GuardError
 from . import codegen
 from .passes import buffers, cse, dce, fold, fuse, remat
 
@@ -41,6 +42,7 @@ class Entry:
         self.generators = list({id(g): g for e in graph.eqns if e.prim == "random_draw"
                                 for g in e.args[3:4] if hasattr(g, "rng")}.values())
         self.warned = False
+        self.checks = []            # a device replay's guards: what each flag it returns means
 
     def rng_states(self):
         return [g.rng.bit_generator.state for g in self.generators]
@@ -59,6 +61,13 @@ class Entry:
         for slot in self.clear:
             slot.set(call, None)
         outs = self.fn(inputs)
+        if self.checks:
+            # a device replay computes its guards' flags and returns them: read here, after
+            # the replay (or the CUDA graph) and before anything is written back
+            flags, outs = outs[len(outs) - len(self.checks):], outs[:len(outs) - len(self.checks)]
+            for flag, what in zip(flags, self.checks):
+                if bool(flag):
+                    raise GuardError(f"gpuad.compile: the trace assumed otherwise, but {what}")
         if accountant.active is not None:
             self._account(outs)
         values = dict(zip(self.out_ids, outs))
@@ -158,8 +167,71 @@ def _escaping(cap, graph, before):
 
 
 def _is_arg(reads):
+    """Per input: does each call bring a new array (an argument, a random draw)? Those
+    are copied into a CUDA graph's own buffers; state is captured by pointer."""
     from .capture import ArgSlot
-    return [isinstance(r, ArgSlot) for r in reads]
+    return [isinstance(r, (ArgSlot, DrawSlot)) for r in reads]
+
+
+class DrawSlot(Slot):
+    """A random draw of the step, made before a device replay runs: drawn from gpuad's
+    generator on the host, as eager draws it, then copied to the device (N bytes), so the
+    replay (and its CUDA graph) only reads it."""
+
+    def __init__(self, kind, shape, dtype, generator, xp):
+        self.kind, self.shape, self.dtype, self.generator, self.xp = kind, shape, dtype, generator, xp
+
+    def get(self, args):
+        from .prims import random_draw
+        return self.xp.asarray(random_draw(self.kind, self.shape, self.dtype, self.generator))
+
+    def __repr__(self):
+        return f"draw {self.kind}{list(self.shape)}"
+
+
+def _on_device(graph, reads, xp):
+    """A device replay's graph and reads with every host constant on the device, put
+    there once, here: folded literals (in fused groups too) and host arrays the step
+    read by reference. (Such an array is then frozen: a step that reads a numpy array
+    it changes between calls should pass it as an argument.)"""
+    from .ir import Literal, map_leaves
+
+    def move(a):
+        if isinstance(a, Literal) and isinstance(a.value, np.ndarray):
+            return Literal(xp.asarray(a.value), a.name)
+        return a
+    g = graph.copy()
+    for e in g.eqns:
+        e.args, e.params = map_leaves(e.args, move), map_leaves(e.params, move)
+        if e.prim == "fused":
+            for m in e.params["kernel"].value.members:
+                m.args, m.params = map_leaves(m.args, move), map_leaves(m.params, move)
+    return g, [xp.asarray(r) if type(r) is np.ndarray else r for r in reads]
+
+
+def _hoist_draws(graph, reads, xp):
+    """A device replay draws before it runs: each random_draw becomes an input filled by
+    a DrawSlot, in the step's order (so the generator gives what eager's draws get)."""
+    g = graph.copy()
+    kept, reads = [], list(reads)
+    for e in g.eqns:
+        if e.prim == "random_draw":
+            kind, shape, dtype, generator = e.args[:4]
+            g.inputs = g.inputs + [e.out]
+            reads.append(DrawSlot(kind, shape, dtype, generator, xp))
+        else:
+            kept.append(e)
+    g.eqns = kept
+    return g, reads
+
+
+def _device_checks(graph):
+    """A device replay returns its guards' flags instead of reading them mid-replay (a
+    host read, which a CUDA graph cannot capture): (graph with them as outputs, what each means)."""
+    checks = [e for e in graph.eqns if e.prim == "check_none"]
+    g = graph.copy()
+    g.outputs = list(graph.outputs) + [e.out for e in checks]
+    return g, [e.args[1] for e in checks]
 
 
 def _escapes(cap, out_ids):
@@ -213,6 +285,14 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     for name in (DEFAULT_PASSES if passes is None else passes):
         graph = PASSES[name](graph)
     graph, reads = _used_inputs(graph, cap)
+    generators = list({id(gen): gen for e in graph.eqns if e.prim == "random_draw"
+                       for gen in e.args[3:4] if hasattr(gen, "rng")}.values())
+    checks = []
+    if cap.device == "cuda":
+        xp = _namespace(cap.device)
+        graph, reads = _on_device(graph, reads, xp)
+        graph, reads = _hoist_draws(graph, reads, xp)
+        graph, checks = _device_checks(graph)
     donated = _donations(cap, graph, before)
     # On the CPU, large values the step hands out (new gradients) are planned into the
     # arena with everything else, and each call takes a fresh arena from the host pool:
@@ -234,11 +314,14 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     entry = Entry(cap, graph, plan, fn, source, xp)
     entry.reads = reads
     entry.out_ids = out_ids
+    entry.checks = checks
+    entry.generators = generators
+    entry.guarded = entry.guarded or bool(checks)
     used = {id(r) for r in reads}
     # slots the step replaces without reading (gradients under zero_grad): cleared before
     # the replay, so last step's gradients (and the arena they live in) are free for it
     entry.clear = [slot for slot, var, in_place in cap.writes if not in_place and id(slot) not in used]
     if cap.device == "cuda" and cuda_graphs:
         from .graphs import CupyGraphs, GraphReplay
-        entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids), CupyGraphs())
+        entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids) + [True] * len(checks), CupyGraphs())
     return entry

@@ -66,11 +66,16 @@ def active():
 
 
 def _dummy(a):
-    """A zero-stride stand-in for an abstract array: numpy can run on it without
-    its bytes (used for shape rules the abstract namespace does not spell)."""
-    if isinstance(a, AbstractArray):
+    """A zero-stride stand-in for an abstract array, or a device array: numpy can run on
+    it without its bytes (used for shape rules the abstract namespace does not spell)."""
+    if isinstance(a, AbstractArray) or (not isinstance(a, np.ndarray) and is_real_array(a)):
         return np.broadcast_to(np.zeros((), a.dtype), a.shape)
     return a
+
+
+def is_real_array(x):
+    """A numpy or CuPy array (not a Tracer): what a trace captures by reference."""
+    return isinstance(x, np.ndarray) or (type(x).__module__.startswith("cupy") and hasattr(x, "shape"))
 
 
 class Trace:
@@ -100,11 +105,12 @@ class Trace:
             if x.trace is not self:
                 raise TraceError("gpuad.compile: a Tracer from another trace leaked into this one")
             return x.var
-        if isinstance(x, np.ndarray):
+        if is_real_array(x):
             known = self.external.get(id(x))
             if known is None:
                 # an array the step reads but did not make and that is not discovered state
-                # (a constant, a mask built with numpy): captured by reference, read at each replay
+                # (a constant, a mask built with numpy, a device constant made from host data):
+                # captured by reference, read at each replay
                 v = self.graph.input(x.shape, x.dtype, f"k{len(self.ext_inputs)}")
                 known = self.external[id(x)] = [x, v]
                 self.ext_inputs.append((x, v))
@@ -138,7 +144,7 @@ class Trace:
             out.var = var
             out.version += 1        # views of it are stale: derived again when next read
             return out
-        if isinstance(out, np.ndarray):
+        if is_real_array(out):
             self.lift(out)
             self.external[id(out)][1] = var
             return out
@@ -314,6 +320,11 @@ def assume_none(mask, what):
     return True
 
 
+def flag_any(mask, what):
+    """check_none on a device: the flag, for the caller to read after the replay."""
+    return mask.any()
+
+
 def check_none(mask, what):
     if mask.any():
         raise GuardError(f"gpuad.compile: the trace assumed otherwise, but {what}")
@@ -335,7 +346,7 @@ def resolve(prim, xp=None):
     from . import prims
     xp = numpy_ns if xp is None else xp
     if prim == "check_none":
-        return check_none
+        return check_none if xp is numpy_ns else flag_any
     helper = prim.replace(".", "_")
     if helper in prims.HELPERS:
         fn = getattr(prims, helper)

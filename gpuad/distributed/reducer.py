@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from ..backends import writeable
+
 
 class Bucket:
     """One flat buffer and the parameters (by index) whose gradients it carries."""
@@ -222,7 +224,7 @@ class Reducer:
             return
         avg = avg.reshape(p.data.shape)
         g = p.grad
-        if g is None or not getattr(g.data, "flags", None) or not g.data.flags.writeable:
+        if g is None or not writeable(g.data):
             p.grad = Tensor._from(avg.copy())
         else:
             g.data[...] = avg                                  # the averages, back in place

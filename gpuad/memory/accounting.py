@@ -114,9 +114,13 @@ class Accountant:
 
         activation: whether it is an activation (what checkpointing trades for
         time); by default, whatever an op allocates outside backward is.
-        Host (numpy) buffers only: device buffers are counted by the allocator hook.
+        Host and device (CuPy) arrays alike, by their bytes: the model the planner
+        predicts. (On a GPU the allocator hook also counts every block CuPy hands out,
+        temporaries inside kernels and pool rounding included: device_live_bytes and
+        device_peak_bytes.)
         """
-        if type(arr) is not _ndarray and not isinstance(arr, _ndarray):
+        if type(arr) is not _ndarray and not isinstance(arr, _ndarray) and \
+                not type(arr).__module__.startswith("cupy"):
             return 0
         owner = owner_of(arr)
         key = id(owner)

@@ -40,9 +40,14 @@ def no_planner():
     return os.environ.get("GPUAD_NO_PLANNER") == "1"
 
 
+def _is_array(a):
+    """A numpy or a device (CuPy) array: what a node may save and backward frees."""
+    return isinstance(a, _ndarray) or (type(a).__module__.startswith("cupy") and hasattr(a, "shape"))
+
+
 def _root_array(a):
-    """The last ndarray on a's base chain (what every view of the buffer points to)."""
-    while isinstance(a.base, _ndarray):
+    """The last array on a's base chain (what every view of the buffer points to)."""
+    while _is_array(a.base):
         a = a.base
     return a
 
@@ -91,7 +96,7 @@ def _saved_buffers(order):
         if saved is FREED or saved is None:
             continue
         for a in saved:
-            if isinstance(a, _ndarray):
+            if _is_array(a):
                 slots[id(a)] += 1
                 objs[id(a)] = a
                 r = _root_array(a)
@@ -119,7 +124,7 @@ def _saved_buffers(order):
 
 def _nbytes_of_root(r):
     base = r.base
-    if base is not None and not isinstance(base, _ndarray):
+    if base is not None and not _is_array(base):
         return getattr(base, "nbytes", r.nbytes)     # a pooled block: the block is what is held
     return r.nbytes
 
@@ -244,7 +249,7 @@ def plan_backward(loss, grad=None):
         if not keep_all and v.saved is not FREED and v.saved is not None:
             seen = set()
             for a in v.saved:
-                if isinstance(a, _ndarray):
+                if _is_array(a):
                     k = id(_root_array(a))
                     if k not in seen:
                         seen.add(k)

@@ -11,6 +11,7 @@ backward; mse_loss is composed from primitives.
 """
 import numpy as np
 
+from ..backends import namespace_of
 from ..ops import api, fused as N
 from ..ops.dispatch import apply
 from ..random import default_generator
@@ -219,7 +220,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             raise ValueError("gpuad.scaled_dot_product_attention: give attn_mask or is_causal, not both (as torch)")
         if isinstance(attn_mask, Tensor) and attn_mask.requires_grad:
             raise NotImplementedError("gpuad.scaled_dot_product_attention: gradients to attn_mask are not supported")
-        mask = np.asarray(attn_mask.numpy() if isinstance(attn_mask, Tensor) else attn_mask)
+        # on the queries' device (a host mask is copied there once, here)
+        mask = namespace_of(q.data).asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask)
         if mask.ndim < 2 or mask.shape[-1] not in (1, S) or mask.shape[-2] not in (1, L):
             raise ValueError(f"gpuad.scaled_dot_product_attention: attn_mask of shape {mask.shape} does not "
                              f"broadcast to (..., {L}, {S})")

@@ -17,6 +17,7 @@ from ..dtypes import as_dtype, default_float
 from ..graph import is_grad_enabled
 from ..ops import api
 from ..random import default_generator
+from ..backends import namespace_of
 from ..tensor import Tensor
 from . import functional as F
 
@@ -151,7 +152,7 @@ class Module:
             if tuple(arr.shape) != p.shape:
                 raise ValueError(f"gpuad.load_state_dict: {k} has shape {tuple(arr.shape)} in the state "
                                  f"but {p.shape} in the module")
-            p.data[...] = arr
+            p.data[...] = namespace_of(p.data).asarray(arr)      # host state into a device module: copied there
         return self
 
     def to(self, target):
@@ -382,7 +383,8 @@ class RNN(Module):
         T, B = x.shape[0], x.shape[1]
         # All input projections in one GEMM; the recurrence is T small GEMMs.
         u = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
-        h = h0 if h0 is not None else Tensor._from(np.zeros((B, self.hidden_size), dtype=self.weight_hh_l0.dtype))
+        h = h0 if h0 is not None else Tensor._from(
+            namespace_of(x.data).zeros((B, self.hidden_size), dtype=self.weight_hh_l0.dtype))
         act = api.tanh if self.activation == "tanh" else api.relu
         outs = []
         for t in range(T):

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..backends import namespace_of
 from ..dtypes import as_dtype, default_float
 from ..ops import api
 from ..random import default_generator
@@ -121,7 +122,7 @@ class MultiheadAttention(Module):
         q, k, v = (F.linear(t, w[i * e:(i + 1) * e], b[i * e:(i + 1) * e] if b is not None else None)
                    for i, t in enumerate((query, key, value)))
         q, k, v = self._heads(q, n, length), self._heads(k, n, s), self._heads(v, n, s)
-        mask = self._mask(attn_mask, key_padding_mask, n, length, s, q.dtype, is_causal)
+        mask = self._mask(namespace_of(q.data), attn_mask, key_padding_mask, n, length, s, q.dtype, is_causal)
         drop = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -142,25 +143,28 @@ class MultiheadAttention(Module):
             weights = weights.squeeze(0) if weights is not None else None
         return out, weights
 
-    def _mask(self, attn_mask, key_padding_mask, n, length, s, dtype, is_causal):
-        """One SDPA-style mask (True = may attend, or additive), broadcast to (N, H, L, S)."""
+    def _mask(self, xp, attn_mask, key_padding_mask, n, length, s, dtype, is_causal):
+        """One SDPA-style mask (True = may attend, or additive), broadcast to (N, H, L, S),
+        made on the queries' device (xp): a host mask is copied there once."""
+        def on_device(m):
+            return xp.asarray(m.data if isinstance(m, Tensor) else m)
         mask = None
         if attn_mask is None and is_causal:
-            mask = np.tril(np.ones((length, s), bool))
+            mask = xp.asarray(np.tril(np.ones((length, s), bool)))
         if attn_mask is not None:
-            m = np.asarray(attn_mask.numpy() if isinstance(attn_mask, Tensor) else attn_mask)
+            m = on_device(attn_mask)
             if m.ndim == 3:                                              # (N * H, L, S)
                 m = m.reshape(n, self.num_heads, length, s)
             mask = ~m if m.dtype == np.bool_ else m.astype(dtype)
         if key_padding_mask is not None:
-            kp = np.asarray(key_padding_mask.numpy() if isinstance(key_padding_mask, Tensor) else key_padding_mask)
+            kp = on_device(key_padding_mask)
             kp = (~kp if kp.dtype == np.bool_ else kp).reshape(n, 1, 1, s)
             if mask is None:
                 mask = kp if kp.dtype == np.bool_ else kp.astype(dtype)
             elif mask.dtype == np.bool_ and kp.dtype == np.bool_:
                 mask = mask & kp
             else:
-                as_add = [np.where(m, 0.0, -np.inf) if m.dtype == np.bool_ else m for m in (mask, kp)]
+                as_add = [xp.where(m, 0.0, -np.inf) if m.dtype == np.bool_ else m for m in (mask, kp)]
                 mask = (as_add[0] + as_add[1]).astype(dtype)
         return mask
 
@@ -234,6 +238,7 @@ class GPT(Module):
         b, t = ids.shape
         if t > self.block_size:
             raise ValueError(f"gpuad.nn.GPT: sequence of {t} tokens, longer than block_size {self.block_size}")
-        x = self.tok(ids) + self.pos(np.arange(t))
+        # positions made on the ids' device (no host-to-device copy: a CUDA graph can capture it)
+        x = self.tok(ids) + self.pos(Tensor._from(namespace_of(ids.data).arange(t)))
         x = self.ln_f(self.blocks(x))
         return F.linear(x, self.tok.weight) if self.head is None else self.head(x)

@@ -109,6 +109,12 @@ def _concrete_index(i):
         if i.dtype == np.bool_:
             raise ValueError("gpuad: a boolean mask whose values are unknown gives a data-dependent shape")
         return np.broadcast_to(np.intp(0), i.shape)
+    if hasattr(i, "shape") and not isinstance(i, (np.ndarray, np.generic)):
+        # a device index array: its shape is all the rule needs, but a mask's count of
+        # True values is its result's length (read from the device: a host sync)
+        if i.dtype == np.bool_:
+            return i.get()
+        return np.broadcast_to(np.intp(0), i.shape)
     return i
 
 
@@ -244,6 +250,12 @@ class AbstractNamespace:
         return AbstractArray((shape,) if isinstance(shape, int) else shape, dtype)
 
     zeros = ones = empty
+
+    def zeros_like(self, a, dtype=None):
+        return AbstractArray(a.shape, dtype or a.dtype)
+
+    def copyto(self, dst, src, casting="same_kind", where=True):
+        return None                     # a write into dst: dst stays the buffer it was
 
     def arange(self, n, dtype=None):
         return AbstractArray((int(n),), dtype or np.int64)

@@ -73,7 +73,9 @@ def where(cond, x, y):
     dt = result_type(*(v.data if isinstance(v, Tensor) else v for v in (x, y)))     # torch's promotion
     x, y = (astype(v, dt) if isinstance(v, Tensor) and v.dtype != dt else v for v in (x, y))
     if not isinstance(x, Tensor) and not isinstance(y, Tensor):
-        x, y = np.asarray(x, dt), np.asarray(y, dt)     # two numbers: torch's default dtype, not numpy's float64
+        # two numbers: torch's default dtype (not numpy's float64), on the condition's device
+        xp = namespace_of(cond) if hasattr(cond, "shape") else namespace_of(np.asarray(cond))
+        x, y = xp.asarray(np.asarray(x, dt)), xp.asarray(np.asarray(y, dt))
     return apply(E.where, (cond, x, y), None)
 
 
@@ -420,10 +422,11 @@ def stack(tensors, axis=0, *, dim=None):
 
 def getitem(x, index):
     """x[index] with ints, slices, None, Ellipsis, integer arrays and boolean masks."""
+    xp = _device_ns(x)
     if isinstance(index, tuple):
-        index = tuple(_index_item(i) for i in index)
+        index = tuple(_index_item(i, xp) for i in index)
     else:
-        index = _index_item(index)
+        index = _index_item(index, xp)
     try:
         out = apply(S.getitem, (x,), {"index": index, "unique": S.selects_each_once(index)})
     except IndexError as e:
@@ -444,17 +447,29 @@ def setitem(x, index, value):
     >>> y.sum().backward(); v.grad.item()
     2.0
     """
-    index = tuple(_index_item(i) for i in index) if isinstance(index, tuple) else _index_item(index)
+    xp = _device_ns(x)
+    index = tuple(_index_item(i, xp) for i in index) if isinstance(index, tuple) else _index_item(index, xp)
     return apply(S.setitem, (x, value), {"index": index, "unique": S.selects_each_once(index)})
 
 
-def _index_item(i):
+def _device_ns(x):
+    """The namespace of x's device when that is a GPU (host index arrays go there once,
+    at the op, so the forward and its VJP index on the device); else None."""
+    data = x.data if isinstance(x, Tensor) else x
+    if type(data) is np.ndarray or getattr(data, "_xp", None) is not None:
+        return None
+    return namespace_of(data)
+
+
+def _index_item(i, xp=None):
     if isinstance(i, Tensor):
         i = i.data
     elif isinstance(i, list):
         i = np.asarray(i)
     if hasattr(i, "dtype") and not (i.dtype.kind in "iub"):
         raise IndexError(f"gpuad.getitem: index arrays must be integer or boolean, not {i.dtype}")
+    if xp is not None and isinstance(i, np.ndarray):
+        i = xp.asarray(i)
     return i
 
 

@@ -48,16 +48,19 @@ def _masked(xp, scores, mask, causal, s0, s1, length, keys):
         m = mask[..., s0:s1] if mask.shape[-1] == keys else mask
         scores = xp.where(m, scores, -np.inf) if m.dtype == np.bool_ else xp.add(scores, m.astype(scores.dtype))
     if causal:
-        allowed = np.arange(length)[:, None] >= np.arange(s0, s1)[None, :]        # key j <= query i
+        # key j <= query i: made on the host, put on the scores' device (L x tile bytes)
+        allowed = xp.asarray(np.arange(length)[:, None] >= np.arange(s0, s1)[None, :])
         scores = xp.where(allowed, scores, -np.inf)
     return scores
 
 
-def _dropout_masks(seed, shape_of_tile, p, tiles):
+def _dropout_masks(xp, seed, shape_of_tile, p, tiles):
     """Per tile, the keep mask scaled by 1/(1-p), drawn in tile order from the node's own seed
-    (drawn from gpuad's generator at the forward), so the backward draws the same ones."""
+    (drawn from gpuad's generator at the forward), so the backward draws the same ones;
+    drawn on the host and put on xp's device."""
     rng = np.random.default_rng(seed)
-    return [(rng.random(shape_of_tile(s0, s1)) >= p).astype(np.float32) / (1.0 - p) for s0, s1 in tiles]
+    return [xp.asarray((rng.random(shape_of_tile(s0, s1)) >= p).astype(np.float32) / (1.0 - p))
+            for s0, s1 in tiles]
 
 
 @primitive("scaled_dot_product_attention", inputs=("q", "k", "v"), kind=FUSED,
@@ -67,7 +70,7 @@ def scaled_dot_product_attention(xp, q, k, v, mask=None, causal=False, scale=1.0
     log-sum-exp (..., L, 1)."""
     length, keys = q.shape[-2], k.shape[-2]
     tiles = _tiles(keys)
-    drops = _dropout_masks(seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
+    drops = _dropout_masks(xp, seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
         if dropout_p and xp.name != "abstract" else [None] * len(tiles)
     m = row_sum = acc = None
     qs = xp.multiply(q, scale)                       # the scale folded into q once (L E), not into each tile (L S)
@@ -110,7 +113,7 @@ def _attention_vjp(xp, g, saved, node, donate):
         # recompute it from the wired inputs so second derivatives see that
         _, (lse,) = scaled_dot_product_attention.fwd(xp, q, k, v, **p_)
     tiles = _tiles(keys)
-    drops = _dropout_masks(seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
+    drops = _dropout_masks(xp, seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
         if dropout_p and xp.name != "abstract" else [None] * len(tiles)
     big_d = xp.sum(xp.multiply(g, out), axis=-1, keepdims=True)          # D = rowsum(dO * O), once
     nq, nk, nv = node.needs

@@ -62,7 +62,9 @@ def _vjp_from(name, keep, d, via):
     expression: one function per op, as if written by hand (this runs on every node)."""
     if via not in ("multiply", "divide", "select"):
         raise ValueError(f"gpuad.unary: {name}: via must be 'multiply', 'divide' or 'select', not {via!r}")
-    if via == "select":     # d is the mask of where the gradient is 0: chosen, never multiplied
+    if via == "select" and d == "True":     # 0 everywhere (floor, sign, ...): made on g's device
+        result = "(xp.copyto(g, 0), g)[1] if donate else xp.zeros_like(g)"
+    elif via == "select":   # d is the mask of where the gradient is 0: chosen, never multiplied
         result = f"xp.zero_where(g, {d}) if donate else xp.where({d}, 0.0, g)"
     else:
         result = f"xp.{via}(g, {d}, out=g if donate else None)"

@@ -238,7 +238,9 @@ def _namespace(op, first, args, arrays):
     if first is None:
         return numpy_ns
     xp = numpy_ns if type(first) is _ndarray else namespace_of(first)
-    if TRACING and xp is numpy_ns:
+    if TRACING and getattr(first, "_xp", None) is None:
+        # a real first operand (a numpy or device constant) with a Tracer among the others:
+        # the op records into the trace
         xp = tracing_namespace(arrays) or xp
     if xp is not numpy_ns:
         _check_devices(op, arrays)

@@ -21,6 +21,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..backends import namespace_of
+
 from . import reduce as R, scan, shape as S
 from .dispatch import apply
 from ..tensor import Tensor
@@ -40,13 +42,20 @@ def _dim(x, dim, name):
     return R.normalize_axis(dim, builtins.max(x.ndim, 1), name)[0] if x.ndim else 0
 
 
-def _data(i):
-    return i.data if isinstance(i, Tensor) else np.asarray(i)
+def _data(i, xp=None):
+    """An index's array: a Tensor's own, or host data put on xp's device (once, here)."""
+    if isinstance(i, Tensor):
+        return i.data
+    if hasattr(i, "shape") and not isinstance(i, np.generic):
+        return i if xp is None else xp.asarray(i)
+    return np.asarray(i) if xp is None else xp.asarray(i)
 
 
 def _along(index, dim):
-    """The advanced index that picks index[..., j, ...] along dim, broadcast as torch's gather."""
+    """The advanced index that picks index[..., j, ...] along dim, broadcast as torch's gather
+    (the other axes' aranges made on the index's device)."""
     index = _data(index)
+    xp = namespace_of(index)
     parts = []
     for a, n in enumerate(index.shape):
         if a == dim:
@@ -54,7 +63,7 @@ def _along(index, dim):
         else:
             shape = [1] * index.ndim
             shape[a] = n
-            parts.append(np.arange(n).reshape(shape))
+            parts.append(xp.arange(n).reshape(shape))
     return tuple(parts)
 
 
@@ -77,12 +86,13 @@ def gather(x, dim, index):
 def take_along_dim(x, indices, dim=None):
     """torch.take_along_dim: gather with broadcasting; dim None indexes the flattened tensor."""
     x = _t(x)
+    xp = _xp_of(x)
     if dim is None:
-        return x.reshape(-1)[_data(indices).reshape(-1)]
+        return x.reshape(-1)[_data(indices, xp).reshape(-1)]
     d = _dim(x, dim, "take_along_dim")
-    idx = _data(indices)
+    idx = _data(indices, xp)
     shape = [max(a, b) if i != d else b for i, (a, b) in enumerate(zip(x.shape, idx.shape))]
-    idx = np.broadcast_to(idx, shape)
+    idx = xp.broadcast_to(idx, shape)
     return x[_along(idx, d)]
 
 
@@ -90,7 +100,7 @@ def index_select(x, dim, index):
     """The slices of x at `index` along dim."""
     x = _t(x)
     d = _dim(x, dim, "index_select")
-    return x[(slice(None),) * d + (_data(index).reshape(-1),)]
+    return x[(slice(None),) * d + (_data(index, _xp_of(x)).reshape(-1),)]
 
 
 def masked_fill(x, mask, value):
@@ -106,7 +116,7 @@ def _tri(x, diagonal, lower):
         raise ValueError(f"gpuad.{'tril' if lower else 'triu'}: needs at least 2 dimensions, got shape {x.shape}")
     n, m = x.shape[-2:]
     keep = np.tri(n, m, diagonal, dtype=bool) if lower else ~np.tri(n, m, diagonal - 1, dtype=bool)
-    return where(keep, x, 0)
+    return where(Tensor._from(_xp_of(x).asarray(keep)), x, 0)        # the mask on x's device
 
 
 def tril(x, diagonal=0):
@@ -225,14 +235,16 @@ def index_add(x, dim, index, source, alpha=1):
 # --- sorting and indices ---------------------------------------------------------------------
 
 def _arg(x, dim, keepdim, fn, name):
+    """argmax/argmin on x's device: the indices stay there (no host round trip)."""
     x = _t(x)
+    xp = _xp_of(x)
     if dim is None:
-        return Tensor._from(np.asarray(fn(x.data.reshape(-1))))
+        return Tensor._from(xp.asarray(fn(x.data.reshape(-1))))
     d = _dim(x, dim, name)
     out = fn(x.data, axis=d) if x.ndim else fn(x.data.reshape(1), axis=0)
     if keepdim and x.ndim:
-        out = np.expand_dims(out, d)
-    return Tensor._from(np.asarray(out))
+        out = xp.expand_dims(out, d)
+    return Tensor._from(xp.asarray(out))
 
 
 def argmax(x, dim=None, keepdim=False, *, axis=None):
@@ -246,45 +258,49 @@ def argmin(x, dim=None, keepdim=False, *, axis=None):
 
 
 def _xp_of(x):
-    from ..backends import namespace_of
     return namespace_of(x.data if isinstance(x, Tensor) else np.asarray(x))
 
 
 def _picked(x, idx, d, keepdim):
     """(values, indices): values gathered at idx along d, so the gradient goes there only."""
-    idx_k = np.expand_dims(idx, d) if x.ndim else idx.reshape(())
-    values = take_along_dim(x, idx_k, d) if x.ndim else x.reshape(())
+    xp = _xp_of(x)
+    idx = xp.asarray(idx)
+    idx_k = xp.expand_dims(idx, d) if x.ndim else idx.reshape(())
+    values = take_along_dim(x, Tensor._from(idx_k), d) if x.ndim else x.reshape(())
     if not keepdim and x.ndim:
         values = values.squeeze(d)
     else:
         idx = idx_k
-    return ValuesIndices(values, Tensor._from(np.asarray(idx)))
+    return ValuesIndices(values, Tensor._from(idx))
 
 
 def max_along(x, dim, keepdim=False):
     """torch.max(x, dim): (values, indices); the gradient goes to the first maximum."""
     x = _t(x)
     d = _dim(x, dim, "max")
-    return _picked(x, np.argmax(x.numpy(), axis=d) if x.ndim else np.int64(0), d, keepdim)
+    return _picked(x, _xp_of(x).argmax(x.data, axis=d) if x.ndim else np.int64(0), d, keepdim)
 
 
 def min_along(x, dim, keepdim=False):
     """torch.min(x, dim): (values, indices); the gradient goes to the first minimum."""
     x = _t(x)
     d = _dim(x, dim, "min")
-    return _picked(x, np.argmin(x.numpy(), axis=d) if x.ndim else np.int64(0), d, keepdim)
+    return _picked(x, _xp_of(x).argmin(x.data, axis=d) if x.ndim else np.int64(0), d, keepdim)
 
 
 def argsort(x, dim=-1, descending=False, stable=False):
     """Indices that sort x along dim."""
     x = _t(x)
+    xp = _xp_of(x)
     if x.ndim == 0:
-        return Tensor._from(np.zeros((), np.int64))
+        return Tensor._from(xp.asarray(np.zeros((), np.int64)))
     d = _dim(x, dim, "argsort")
-    data = x.numpy()
-    idx = np.argsort(-data if descending and data.dtype.kind != "b" else data, axis=d, kind="stable")
+    data = x.data
+    stable = {"kind": "stable"} if xp.name == "numpy" else {}        # CuPy's sort is stable already
     if descending and data.dtype.kind == "b":
-        idx = np.flip(np.argsort(data, axis=d, kind="stable"), d)
+        idx = xp.flip(xp.argsort(data, axis=d, **stable), d)
+    else:
+        idx = xp.argsort(-data if descending else data, axis=d, **stable)
     return Tensor._from(idx)
 
 

@@ -39,7 +39,7 @@ _mutated = {}        # id(buffer owner) -> (moment of the last in-place write, w
 
 def mark_mutated(t, what):
     """Record an in-place write into t's buffer."""
-    if TRACING and type(t.data) is np.ndarray:
+    if TRACING and getattr(t.data, "_xp", None) is None:
         _adopt(t)
     owner = owner_of(t.data) if isinstance(t.data, np.ndarray) else _device_owner(t.data)
     key = id(owner)
@@ -144,7 +144,7 @@ def assign_(t, value, name, index=None):
         traced = getattr(vd, "_xp", None)
         if index is None:
             namespace_of(t.data).copyto(t.data, vd, casting="unsafe")
-        elif traced is not None and type(t.data) is np.ndarray:
+        elif traced is not None and getattr(t.data, "_xp", None) is None:
             # a traced value into a constant's numpy buffer (gpuad.compile, jvp), which
             # cannot hold it: the tensor takes the traced result, and its views follow
             t.data = traced.setitem(t.data, index, vd)

@@ -20,8 +20,22 @@ from ..tensor import Tensor
 
 class TensorNamespace:
     """Hand-written entries where numpy's signature differs from gpuad's function;
-    install.py adds one entry per primitive (out= dropped)."""
+    install.py adds one entry per primitive (out= dropped). `device`: where the
+    constants a VJP makes (ones, arange, asarray of a host mask) are put: the device
+    of the gradients it runs on (tensor_ns_on)."""
     name = "tensor"
+
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def _const(self, arr):
+        from ..backends.devices import to_device
+        return Tensor._from(to_device(arr, self.device))        # a constant (GREY)
+
+    def asarray(self, a, dtype=None):
+        if isinstance(a, Tensor):
+            return a if dtype is None or a.dtype == dtype else api.astype(a, dtype)
+        return self._const(np.asarray(a, dtype=dtype))
 
     def buffer(self, shape, dtype):
         return None                    # recorded ops allocate their own outputs
@@ -78,14 +92,26 @@ class TensorNamespace:
     def cumprod(self, a, axis):
         return api.cumprod(a, axis)
 
+    def zeros_like(self, a, dtype=None):
+        return self._const(np.zeros(a.shape, dtype or a.dtype))
+
     def ones(self, shape, dtype=None):
-        return Tensor._from(np.ones(shape, dtype=dtype))      # a constant (GREY)
+        return self._const(np.ones(shape, dtype=dtype))
 
     def einsum(self, equation, *operands, optimize=True):
         return api.einsum(equation, *operands)
 
-    def arange(self, n):
-        return Tensor._from(np.arange(n))     # a constant (GREY)
+    def arange(self, n, dtype=None):
+        return self._const(np.arange(n, dtype=dtype))
 
 
 tensor_ns = TensorNamespace()
+_on = {"cpu": tensor_ns}
+
+
+def tensor_ns_on(device):
+    """The create_graph namespace whose constants land on `device`."""
+    ns = _on.get(device)
+    if ns is None:
+        ns = _on[device] = TensorNamespace(device)
+    return ns

@@ -58,9 +58,9 @@ def _cumprod_exact(xp, g, x, axis):
     n = x.shape[axis]
     xl, gl = xp.swapaxes(x, axis, -1), xp.swapaxes(g, axis, -1)          # the axis last
     lead = tuple(xl.shape[:-1])
-    eye = np.eye(n, dtype=bool)
+    eye = xp.asarray(np.eye(n, dtype=bool))                              # masks made on x's device
     rows = xp.where(eye, 1.0, xp.reshape(xl, lead + (1, n)))            # row i: x with x_i = 1
     c = xp.cumprod(rows, axis=-1)                                        # c[i, j] = prod_{k<=j, k!=i} x_k
-    upper = np.triu(np.ones((n, n), dtype=bool))                         # j >= i
+    upper = xp.asarray(np.triu(np.ones((n, n), dtype=bool)))             # j >= i
     terms = xp.where(upper, xp.multiply(c, xp.reshape(gl, lead + (1, n))), 0.0)
     return xp.swapaxes(xp.sum(terms, axis=-1), axis, -1)

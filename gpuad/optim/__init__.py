@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from ..backends import namespace_of
 from ..graph import enable_grad
 from ..tensor import Tensor
 from . import lr_scheduler  # noqa: F401  (gpuad.optim.lr_scheduler, as torch)
@@ -122,7 +123,9 @@ class Optimizer:
         self.state = {}
         for i, st in state_dict["state"].items():
             p = params[int(i)]
-            self.state[p] = {k: (np.array(v.data if isinstance(v, Tensor) else v,
+            # each array on its parameter's device (a state saved on the CPU resumes on a GPU)
+            xp = namespace_of(p.data)
+            self.state[p] = {k: (xp.array(xp.asarray(v.data if isinstance(v, Tensor) else v),
                                           dtype=np.float64 if k == "step" else p.data.dtype)
                                  if hasattr(v, "shape") else v) for k, v in st.items()}
         for mine, theirs in zip(self.param_groups, groups):
@@ -199,7 +202,7 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 st["max_exp_avg_sq"] = np.zeros_like(w)
         elif not hasattr(st["step"], "shape"):
-            st["step"] = np.array(st["step"], np.float64)     # a state saved with a Python int
+            st["step"] = namespace_of(w).asarray(np.array(st["step"], np.float64))   # saved as a Python int
         st["step"] += 1
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
         m *= b1

@@ -60,7 +60,8 @@ def run(graph):
             alias[e.out.id] = same
             continue
         if (e.prim not in EFFECTS and not iter_vars(e.args) and not iter_vars(tuple(e.params.values()))
-                and len(e.outs) == 1 and e.out.size <= MAX_FOLD and e.prim not in ("empty", "buffer")):
+                and len(e.outs) == 1 and e.out.size <= MAX_FOLD and e.prim not in ("empty", "buffer")
+                and _on_host(e)):
             value = resolve(e.prim)(*_unwrap(e.args), **_unwrap(e.params))
             value = np.asarray(value).astype(e.out.dtype, copy=False)
             alias[e.out.id] = _literal(value)
@@ -70,6 +71,13 @@ def run(graph):
     g.eqns = eqns
     g.outputs = map_vars(graph.outputs, sub)
     return g
+
+
+def _on_host(e):
+    """Whether every array e reads is a host array (folding runs on numpy)."""
+    found = []
+    map_leaves((e.args, e.params), lambda a: found.append(a.value) if isinstance(a, Literal) else None)
+    return all(isinstance(v, np.ndarray) or not hasattr(v, "shape") or isinstance(v, np.generic) for v in found)
 
 
 def _literal(value):
