@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JAX    := $(VENV)/.jax
 
-.PHONY: install test bench bench-full gpu-check clean
+.PHONY: install test test-device bench bench-full gpu-check clean
 
 install: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench,distributed]'
 	touch $(STAMP)
 
+# the whole suite twice: on the CPU, then on the strict CuPy stand-in device (tests/cupy_standin)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --device=cuda-standin
+
+test-device: $(STAMP)
+	$(BIN)/python -m pytest --device=cuda-standin
 
 # jax is for the compile suite's jax.jit column only: a bench extra of its own, and a
 # failed install skips that column instead of failing the bench.

@@ -69,6 +69,8 @@ def _root_grads(tensors, grads, who):
             if tuple(gd.shape) != t.shape:
                 raise BackwardError(f"gpuad.{who}: grad has shape {tuple(gd.shape)} but output {i} "
                                     f"has shape {t.shape}")
+            if type(gd) is np.ndarray and type(t.data) is not np.ndarray and getattr(t.data, "_xp", None) is None:
+                gd, g = namespace_of(t.data).asarray(gd), None      # a host grad for a device output
             if gd.dtype != want and (not isinstance(g, Tensor) or want != t.data.dtype):
                 gd, g = gd.astype(want), None
             seeds.append((g if isinstance(g, Tensor) else gd, False))
@@ -486,12 +488,12 @@ def _poison_saved(saved, grads):
 
 def poison_if_dead(a, extra_refs):
     """Fill a with NaN if only the caller's `extra_refs` references hold it (and its base chain)."""
-    if a.dtype.kind != "f" or not a.flags.writeable:
+    if a.dtype.kind != "f" or not writeable(a):
         return
     if sys.getrefcount(a) - 1 > extra_refs:
         return
     b = a.base
-    while isinstance(b, np.ndarray):                 # every link of the chain must be ours alone
+    while isinstance(b, np.ndarray) or type(b).__module__.startswith("cupy"):   # every link ours alone
         if sys.getrefcount(b) - 1 > 2:               # held by the link below it, and `b`
             return
         b = b.base

@@ -205,7 +205,9 @@ def _setitem(args, tans, out, params):
     ta, _, tv = tans
     if ta is None and tv is None:
         return None
-    return resolve("setitem", namespace_of(a))(_z(a) if ta is None else ta, index, _z(value) if tv is None else tv)
+    xp = namespace_of(a)
+    tv = _z(value) if tv is None else tv
+    return resolve("setitem", xp)(_z(a) if ta is None else ta, index, xp.asarray(tv) if hasattr(tv, "shape") else tv)
 
 
 def _cumprod(args, tans, out, params):
@@ -315,13 +317,18 @@ def _tangent(x, tan):
 def run(graph, inputs, tangents, device="cpu"):
     """Run `graph` on `inputs` (arrays on `device`), carrying `tangents` (None: zero): the
     values and tangents of every Var, by id."""
+    xp = _namespace(device)
+    # on a device, host constants (captured arrays, folded literals) go there first
+    host = (lambda a: xp.asarray(a) if type(a) is np.ndarray else a) if device != "cpu" else None
     env, tan = {}, {}
     for v, a, t in zip(graph.inputs, inputs, tangents):
-        env[v.id] = a
+        env[v.id] = a if host is None else host(a)
         if t is not None:
             tan[v.id] = t
-    for e, fn, ids, rule, floating in _steps(graph, _namespace(device)):
+    for e, fn, ids, rule, floating in _steps(graph, xp):
         args, params = _value(e.args, env), _value(e.params, env)
+        if host is not None:
+            args, params = map_leaves(args, host), map_leaves(params, host)
         out = args[0][args[1]] if fn is None else fn(*args, **params)
         outs = list(out) if len(e.outs) > 1 else [out]
         for o, val in zip(e.outs, outs):
@@ -736,4 +743,4 @@ def _evaluate(plan, layers, xs):
     fn = _segment(layers, i, j)
     jac = (jacfwd if kind == "forward" else jacrev)(fn)(xs[i])
     n_out, n_in = int(np.prod(xs[j].shape)), int(np.prod(xs[i].shape))
-    return Tensor._from(np.asarray(jac.data).reshape(n_out, n_in))
+    return Tensor._from(jac.data.reshape(n_out, n_in))

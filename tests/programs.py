@@ -54,6 +54,8 @@ class Lib:
     def numpy(self, t):
         if isinstance(t, np.ndarray):          # gpuad's optimizer state is arrays
             return t.copy()
+        if hasattr(t, "get"):                  # ... on a device
+            return t.get()
         return t.detach().numpy().copy() if self.torch else np.array(t.numpy())
 
 

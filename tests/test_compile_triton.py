@@ -85,6 +85,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUAD_CACHE_DIR", str(tmp_path / "kernels"))
 
 
+@pytest.mark.cpu_only("Triton's interpreter runs on host arrays")
 @pytest.mark.parametrize("name", sorted(GRAPHS))
 def test_generated_kernels_equal_the_numpy_executor(name):
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -135,6 +136,7 @@ def test_a_member_without_a_triton_form_keeps_the_group_on_numpy():
 _PTR = {"float32": "*fp32", "float64": "*fp64", "float16": "*fp16", "bool": "*i1", "int64": "*i64", "int32": "*i32"}
 
 
+@pytest.mark.cpu_only("compiles the host replay's groups ahead of time")
 def test_generated_kernels_compile_for_sm90(tmp_path):
     """Every generated kernel of the MLP, GPT and gelu-block steps through Triton's
     compiler and ptxas for an H200: no spills, at most 255 registers."""

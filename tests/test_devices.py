@@ -31,8 +31,21 @@ def test_set_kernels_and_environment(monkeypatch):
 
 
 def test_cpu_device_round_trip():
-    x = gpuad.tensor([1.0, 2.0])
+    x = gpuad.tensor([1.0, 2.0], device="cpu")
     assert x.device == "cpu" and x.to("cpu") is x and x.cpu() is x
+
+
+def test_default_device_puts_host_data_there():
+    """gpuad.set_default_device, as torch's: tensors made from host data (and modules'
+    parameters) go to the default device; device arrays stay where they are."""
+    was = gpuad.get_default_device()
+    try:
+        gpuad.set_default_device("cpu")
+        assert gpuad.tensor([1.0]).device == "cpu" and gpuad.nn.Linear(2, 3).weight.device == "cpu"
+        with pytest.raises(ValueError, match="unknown device"):
+            gpuad.set_default_device("tpu")
+    finally:
+        gpuad.set_default_device(was)
 
 
 # --- on a GPU ------------------------------------------------------------------------

@@ -383,6 +383,7 @@ def _fake_cupy(log):
     return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl}
 
 
+@pytest.mark.cpu_only("brings its own CuPy fake to record the NCCL calls")
 def test_nccl_backend_orders_streams_and_calls_nccl(monkeypatch):
     import gpuad
     import gpuad.distributed as dist

@@ -136,6 +136,7 @@ def test_poison_if_dead_fills_only_unreferenced_buffers():
     assert not np.isnan(base).any()
 
 
+@pytest.mark.cpu_only("the host pool's poisoning of freed numpy blocks")
 def test_debug_poisons_released_buffers_before_they_return_to_the_pool():
     """With GPUAD_DEBUG=1, saved activations the graph released come back to the pool as NaN."""
     pool = memory.host_pool
@@ -207,6 +208,7 @@ def _mlp_step(net, x, y):
     return loss
 
 
+@pytest.mark.cpu_only("tracemalloc measures host memory")
 @pytest.mark.parametrize("depth", [2, 5])
 def test_accounting_agrees_with_tracemalloc(depth):
     rng = np.random.default_rng(depth)
@@ -228,6 +230,7 @@ def test_accounting_agrees_with_tracemalloc(depth):
     assert s["live_bytes"] == pytest.approx(cur, rel=0.05)
 
 
+@pytest.mark.cpu_only("tracemalloc measures host memory")
 @pytest.mark.parametrize("make", ["tensor", "zeros", "randn", "astype", "clone"])
 def test_accounting_counts_leaves_too(make):
     """Every buffer gpuad allocates counts, the leaves a program starts from included."""

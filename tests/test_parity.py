@@ -394,6 +394,7 @@ def test_where_promotes_as_torch():
 
 # --- interop ------------------------------------------------------------------------------
 
+@pytest.mark.cpu_only("numpy and torch CPU tensors share host memory")
 def test_dlpack_and_numpy_share_memory_both_ways():
     t = gpuad.tensor([1.0, 2.0, 3.0])
     for other in (torch.from_dlpack(t), torch.as_tensor(t), np.from_dlpack(t), np.asarray(t)):
@@ -429,6 +430,7 @@ def _bf(a):
     return np.asarray(a, dtype=np.float32)
 
 
+@pytest.mark.cpu_only("bfloat16 is ml_dtypes' host dtype; CuPy has none")
 def test_bfloat16_tensors_and_promotion_as_torch():
     x = gpuad.tensor([1.0, 2.5], dtype="bfloat16")
     assert x.dtype == gpuad.bfloat16 and gpuad.ones(2).bfloat16().dtype == gpuad.bfloat16

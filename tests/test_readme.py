@@ -4,6 +4,8 @@ import io
 import os
 import re
 
+import pytest
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
@@ -12,6 +14,7 @@ def _blocks():
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.cpu_only("the README prints the CPU's output")
 def test_five_lines_example():
     code = _blocks()[0]
     out = io.StringIO()

@@ -10,6 +10,8 @@ Accounting: a CuPy MemoryHook feeds gpuad.memory's counters from the
 allocator itself (every device allocation and free), so live and peak bytes
 are exact on the GPU too.
 """
+import math
+
 import cupy
 import cupyx
 
@@ -120,7 +122,7 @@ class CupyKernels:
         y = self._kernel("fwd", activation)(z, bias, z)           # in place: read MN + N, write MN
         if accountant.active is not None:
             isz = x.itemsize
-            M, N, K = z.size // z.shape[-1], z.shape[-1], x.shape[-1]
+            M, N, K = math.prod(z.shape[:-1]), z.shape[-1], x.shape[-1]
             accountant.kernel_traffic = ("linear (cupy)", (M * K + N * K + 2 * M * N + N) * isz, 2 * M * N * isz)
         return y, None
 
@@ -128,10 +130,10 @@ class CupyKernels:
         self._math_mode()
         nx, nw, nb = needs
         dz = self._kernel("bwd", activation)(g, s if s is not None else g) if activation else g
-        n_out = dz.shape[-1]
-        dz2 = dz.reshape(-1, n_out)
+        n_out, rows = dz.shape[-1], math.prod(dz.shape[:-1])      # (explicit: -1 is ambiguous at size 0)
+        dz2 = dz.reshape(rows, n_out)
         dx = cupy.matmul(dz, w) if nx else None
-        dw = cupy.matmul(dz2.T, x.reshape(-1, x.shape[-1])) if nw else None
+        dw = cupy.matmul(dz2.T, x.reshape(rows, x.shape[-1])) if nw else None
         db = dz2.sum(axis=0) if nb else None
         return dx, dw, db
 

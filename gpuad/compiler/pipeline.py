@@ -43,6 +43,7 @@ class Entry:
                                 for g in e.args[3:4] if hasattr(g, "rng")}.values())
         self.warned = False
         self.checks = []            # a device replay's guards: what each flag it returns means
+        self.device_copies = {}     # id(host array read by reference) -> its copy on the device
 
     def rng_states(self):
         return [g.rng.bit_generator.state for g in self.generators]
@@ -82,8 +83,19 @@ class Entry:
             else:
                 slot.set(call, _own(values[var.id], self.arena))
         for arr, var in self.cap.ext_writes:
-            if values[var.id] is not arr:
-                self.copyto(arr, values[var.id])
+            value = values[var.id]
+            if value is arr:
+                continue
+            copy = self.device_copies.get(id(arr))
+            if copy is not None:
+                # a host array a device replay wrote: its device copy (what the next replay
+                # reads) and the host array itself (read back: D2H, N bytes)
+                self.copyto(copy, value)
+                np.copyto(arr, value.get())
+            elif type(arr) is np.ndarray and type(value) is not np.ndarray:
+                np.copyto(arr, value.get())        # a host array a device replay wrote: D2H
+            else:
+                self.copyto(arr, value)
         return rebuild(self.cap.result, {k: _own(v, self.arena) for k, v in values.items()})
 
     def _account(self, outs):
@@ -206,7 +218,8 @@ def _on_device(graph, reads, xp):
         if e.prim == "fused":
             for m in e.params["kernel"].value.members:
                 m.args, m.params = map_leaves(m.args, move), map_leaves(m.params, move)
-    return g, [xp.asarray(r) if type(r) is np.ndarray else r for r in reads]
+    copies = {id(r): xp.asarray(r) for r in reads if type(r) is np.ndarray}
+    return g, [copies.get(id(r), r) for r in reads], copies
 
 
 def _hoist_draws(graph, reads, xp):
@@ -290,7 +303,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     checks = []
     if cap.device == "cuda":
         xp = _namespace(cap.device)
-        graph, reads = _on_device(graph, reads, xp)
+        graph, reads, device_copies = _on_device(graph, reads, xp)
         graph, reads = _hoist_draws(graph, reads, xp)
         graph, checks = _device_checks(graph)
     donated = _donations(cap, graph, before)
@@ -315,6 +328,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     entry.reads = reads
     entry.out_ids = out_ids
     entry.checks = checks
+    entry.device_copies = device_copies if cap.device == "cuda" else {}
     entry.generators = generators
     entry.guarded = entry.guarded or bool(checks)
     used = {id(r) for r in reads}

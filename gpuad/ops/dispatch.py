@@ -236,7 +236,11 @@ def apply2(op, x, y):
 
 def _namespace(op, first, args, arrays):
     if first is None:
-        return numpy_ns
+        # no Tensor among the operands: the arrays decide (where(device mask, 0.0, 1.0))
+        first = next((a for a in arrays if type(a) is not _ndarray and hasattr(a, "shape")
+                      and not isinstance(a, np.generic)), None)
+        if first is None:
+            return numpy_ns
     xp = numpy_ns if type(first) is _ndarray else namespace_of(first)
     if TRACING and getattr(first, "_xp", None) is None:
         # a real first operand (a numpy or device constant) with a Tracer among the others:

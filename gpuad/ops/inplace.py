@@ -28,7 +28,7 @@ import weakref
 
 import numpy as np
 
-from ..backends import TRACING, namespace_of
+from ..backends import TRACING, namespace_of, tracing_namespace
 from ..graph import FREED, _next_index, is_grad_enabled
 from ..memory.accounting import owner_of
 from ..tensor import Tensor
@@ -41,7 +41,7 @@ def mark_mutated(t, what):
     """Record an in-place write into t's buffer."""
     if TRACING and getattr(t.data, "_xp", None) is None:
         _adopt(t)
-    owner = owner_of(t.data) if isinstance(t.data, np.ndarray) else _device_owner(t.data)
+    owner = _buffer_owner(t.data)
     key = id(owner)
     if key not in _mutated:
         try:
@@ -61,6 +61,18 @@ def _adopt(t):
         views.adopt(t)
 
 
+def _xp(data, other):
+    """The namespace an in-place write runs in: gpuad.compile's when either side is traced
+    (a real array written with a traced value is a write the trace records), else the
+    buffer's own."""
+    return tracing_namespace((data, other)) or namespace_of(data) if TRACING else namespace_of(data)
+
+
+def _buffer_owner(a):
+    """What owns a's buffer, on the host (the pool's holder) or a device (the root array)."""
+    return owner_of(a) if isinstance(a, np.ndarray) else _device_owner(a)
+
+
 def _device_owner(a):
     while getattr(a, "base", None) is not None:
         a = a.base
@@ -76,7 +88,7 @@ def check_saved(node):
     for k, a in enumerate(saved):
         if not hasattr(a, "base") or isinstance(a, np.generic):
             continue
-        owner = owner_of(a) if isinstance(a, np.ndarray) else _device_owner(a)
+        owner = _buffer_owner(a)
         m = _mutated.get(id(owner))
         if m is not None and m[0] > node.index:
             names = list(node.op.retain)
@@ -112,13 +124,13 @@ def write_back(t, result, name):
     if node is not None and node.saved:
         # the op may have saved t's old values (mul_ saves them for the other input's
         # gradient): keep a copy of those, since the buffer is about to change
-        mine = id(owner_of(t.data)) if isinstance(t.data, np.ndarray) else None
-        node.saved = tuple(a.copy() if isinstance(a, np.ndarray) and id(owner_of(a)) == mine else a
-                           for a in node.saved)
+        mine = id(_buffer_owner(t.data))
+        node.saved = tuple(a.copy() if hasattr(a, "base") and not isinstance(a, np.generic)
+                           and id(_buffer_owner(a)) == mine else a for a in node.saved)
     # t may view another tensor's buffer: its bases move onto nodes that see this write
     # (computed now, while they still hold the old values), and their other views follow
     moved = views.rebase(t, result)
-    namespace_of(t.data).copyto(t.data, result.data)
+    _xp(t.data, result.data).copyto(t.data, result.data)
     mark_mutated(t, name)
     t._node = node
     views.settle(t, moved)
@@ -129,7 +141,7 @@ def binary_(t, op, other, name):
     """t <op>= other, in place: `op` is the primitive (add, subtract, multiply, divide)."""
     if not writes(t, name, other):
         od = other.data if isinstance(other, Tensor) else other
-        getattr(namespace_of(t.data), op.name)(t.data, od, out=t.data)
+        getattr(_xp(t.data, od), op.name)(t.data, od, out=t.data)
         mark_mutated(t, name)
         return t
     from .install import function_of
@@ -143,7 +155,7 @@ def assign_(t, value, name, index=None):
         vd = value.data if isinstance(value, Tensor) else value
         traced = getattr(vd, "_xp", None)
         if index is None:
-            namespace_of(t.data).copyto(t.data, vd, casting="unsafe")
+            _xp(t.data, vd).copyto(t.data, vd, casting="unsafe")
         elif traced is not None and getattr(t.data, "_xp", None) is None:
             # a traced value into a constant's numpy buffer (gpuad.compile, jvp), which
             # cannot hold it: the tensor takes the traced result, and its views follow

@@ -70,10 +70,22 @@ def _refuse_host(what):
 
 
 def _record(fn):
-    """Run fn() now; while capturing, keep it to run again at each launch of the graph."""
-    fn()
+    """Run fn() now; while capturing only keep it, to run at each launch of the graph (as
+    CUDA does: work issued during a capture is recorded, not executed)."""
     if S.capturing is not None:
         S.tape.append(fn)
+    else:
+        fn()
+
+
+def _poison(buf):
+    """What a captured kernel's output holds before the graph is launched: garbage
+    (NaN or 0xA5 bytes here), so host logic that peeked at it would be caught."""
+    if buf is not None and buf.size:
+        if buf.dtype.kind in "fc":
+            buf.fill(np.nan)
+        else:
+            buf.view(np.uint8).fill(0xA5)
 
 
 _ptrs = itertools.count(0x7f0000001000, 0x100)
@@ -509,7 +521,7 @@ class ndarray:
 
     def __getitem__(self, index):
         idx = _index(index)
-        return _call(lambda a, i: a[i], (self, idx), {})
+        return _call(_take, (self, idx), {})
 
     def __setitem__(self, index, value):
         if isinstance(value, np.ndarray):
@@ -561,6 +573,20 @@ ndarray.__hash__ = None
 ndarray.__module__ = "cupy"          # what gpuad (and CuPy users) test: type(x).__module__
 
 
+def _take(a, i):
+    """a[i] as CuPy computes it: an out-of-range integer index wraps around (CuPy checks
+    no bounds on the device), where numpy raises."""
+    try:
+        return a[i]
+    except IndexError:
+        items = i if isinstance(i, tuple) else (i,)
+        if any(x is None or x is Ellipsis for x in items):
+            raise
+        wrapped = tuple(x % a.shape[k] if isinstance(x, np.ndarray) and x.dtype.kind in "iu" else x
+                        for k, x in enumerate(items))
+        return a[wrapped if isinstance(i, tuple) else wrapped[0]]
+
+
 class _EmptyMem:
     ptr, size, buf = 0, 0, np.empty(0, np.uint8)
 
@@ -571,10 +597,14 @@ _EMPTY_MEM = _EmptyMem()
 # -- running numpy under CuPy's rules ------------------------------------------------------------
 
 def _check(x, where):
-    """Refuse a host array where CuPy takes only device arrays and scalars."""
+    """Refuse a host array, or any other array-like, where CuPy takes only its own arrays
+    and scalars (CuPy's _scalar.pyx: "Unsupported type")."""
     if isinstance(x, np.ndarray):
         raise TypeError(f"Unsupported type <class 'numpy.ndarray'> (in {where}: CuPy takes cupy.ndarray and "
                         f"scalars; move it with cupy.asarray)")
+    if not isinstance(x, ndarray) and (hasattr(x, "__array_function__") or hasattr(x, "__array_ufunc__")) \
+            and not isinstance(x, np.generic):
+        raise TypeError(f"Unsupported type {type(x)} (in {where})")
 
 
 def _index(index):
@@ -642,6 +672,8 @@ def _call(fn, args, kw, where=None):
     wrapped, buf = _wrap(r, _flat_inputs(args, kw))
     if S.capturing is not None:
         bufs = buf if isinstance(buf, list) else [buf]
+        for b in bufs:
+            _poison(b)
 
         def again():
             new = fn(*uargs, **ukw)
