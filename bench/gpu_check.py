@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,13 +71,24 @@ class Report:
             md, data, status = f"skipped: fewer than {budget_s} s left before the deadline\n", {}, "skipped"
             self.failed.append(name)
         else:
+            left = max(1, int(min(budget_s, self.deadline - time.time())))
+            old = signal.signal(signal.SIGALRM, _alarm) if hasattr(signal, "SIGALRM") else None
+            if old is not None:
+                signal.alarm(left)                   # a cold torch.compile cannot run past the deadline
             try:
                 md, data = fn(*args)
                 status = "ok"
+            except StepFailed as e:
+                md, data, status = e.md, e.data, "failed"
+                self.failed.append(name)
             except Exception as e:                   # one failed step must not hide the others
                 md, data, status = f"failed: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc()[-3000:]}\n```\n", \
                     {"error": repr(e)}, "failed"
                 self.failed.append(name)
+            finally:
+                if old is not None:
+                    signal.alarm(0)
+                    signal.signal(signal.SIGALRM, old)
         dt = time.time() - t0
         self.sections.append(f"## {name} ({status}, {dt:.0f} s)\n\n{md}\n")
         self.data[name] = data
@@ -90,6 +102,14 @@ class Report:
             f.write(f"# gpuad GPU check\n\n{self.data['date']}\n\n" + "\n".join(self.sections))
         with open(os.path.join(self.out, "report.json"), "w") as f:
             json.dump(self.data, f, indent=2, default=str)
+
+
+class _Skipped(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise StepTimeout("the step ran past its share of the deadline")
 
 
 def _table(columns, rows):
@@ -112,7 +132,30 @@ def machine():
             info[mod] = __import__(mod).__version__
         except Exception as e:
             info[mod] = f"absent ({e})"
+    info.update(providers_here())
     return _table(["what", "value"], info.items()), info
+
+
+def providers_here():
+    """Which kernel provider really runs on device arrays here, and why: a CPU-only torch
+    leaves Triton's driver unusable, and the "triton" rows then run CuPy's kernels."""
+    from gpuad.backends import _cupy_namespace
+    from gpuad.providers import provider_name, set_kernels
+    out = {}
+    try:
+        import torch
+        out["torch.cuda"] = torch.cuda.is_available()
+    except Exception as e:
+        out["torch.cuda"] = f"absent ({type(e).__name__})"
+    xp = _cupy_namespace()
+    for asked in ("triton", "cupy"):
+        set_kernels(asked)
+        try:
+            out[f"provider when {asked} is asked"] = provider_name(xp)
+        finally:
+            set_kernels(None)
+    out["provider by default"] = provider_name(xp)
+    return out
 
 
 def nccl_smoke(rounds):
@@ -166,8 +209,22 @@ def gpu_tests():
            "tests/test_devices.py", "tests/test_kernels_interpreter.py", "tests/test_nn.py", "tests/test_engine.py"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     tail = (r.stdout + r.stderr).strip().splitlines()[-15:]
-    return f"`{' '.join(cmd[2:])}` exit {r.returncode}\n\n```\n" + "\n".join(tail) + "\n```\n", \
-        {"returncode": r.returncode, "tail": tail}
+    md = f"`{' '.join(cmd[2:])}` exit {r.returncode}\n\n```\n" + "\n".join(tail) + "\n```\n"
+    if r.returncode != 0:                    # a failing test fails the step (and the run's exit status)
+        raise StepFailed(md, {"returncode": r.returncode, "tail": tail})
+    return md, {"returncode": r.returncode, "tail": tail}
+
+
+class StepFailed(Exception):
+    """A step that ran to the end and found a failure: its report, and a failed status."""
+
+    def __init__(self, md, data):
+        super().__init__(md.splitlines()[0] if md else "failed")
+        self.md, self.data = md, data
+
+
+class StepTimeout(Exception):
+    """A step ran past its share of the deadline (raised by the alarm in Report.step)."""
 
 
 def _sync():
@@ -217,13 +274,13 @@ def _torch_mlp(cpu_weights, x, y, dtype):
     return net, xt, yt
 
 
-def mlp(rounds):
+def mlp(rounds, providers=("triton", "cupy")):
     import gpuad
     import gpuad.nn.functional as F
     from gpuad import memory
     net, x, y, cpu_weights = _gpuad_mlp(8, 1024, 256)
     variants, peaks, traffic = {}, {}, {}
-    for provider in ("triton", "cupy"):
+    for provider in providers:
         def step(p=provider):
             gpuad.set_kernels(p)
             net.zero_grad()
@@ -278,7 +335,7 @@ def mlp(rounds):
     return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "traffic": traffic}
 
 
-def _compiled_case(label, eager, compiled, torch_step, rounds):
+def _compiled_case(label, eager, compiled, torch_step, rounds, torch_compile=True):
     """Time and peak device bytes of one step: eager gpuad (Triton provider), compiled,
     torch eager and torch.compile; notes on the compiled graph."""
     from gpuad import memory
@@ -308,6 +365,8 @@ def _compiled_case(label, eager, compiled, torch_step, rounds):
         import torch
         variants[f"{label}: torch eager"] = torch_step
         try:
+            if not torch_compile:
+                raise _Skipped("--quick: no torch.compile (a cold compile takes minutes)")
             cstep = torch.compile(torch_step)
             cstep()
             variants[f"{label}: torch.compile"] = cstep
@@ -320,14 +379,13 @@ def _compiled_case(label, eager, compiled, torch_step, rounds):
     return _time(variants, rounds, sync), peaks, notes
 
 
-def compiled_steps(rounds):
+def compiled_steps(rounds, gpt=True, torch_compile=True):
     """gpuad.compile on the device (#14): an 8 x 1024 tanh MLP step (MSE) and the bench's
     GPT step (AdamW), each eager with the Triton provider, compiled (arena in device
     memory, fused groups as generated Triton kernels, one CUDA graph from the second
     call), torch eager and torch.compile: time and peak device bytes."""
     import gpuad
     import gpuad.nn.functional as F
-    from gpuad import nn, optim
     gpuad.set_kernels("triton")
     try:
         import torch
@@ -347,8 +405,26 @@ def compiled_steps(rounds):
         def tstep():
             tnet.zero_grad(set_to_none=True)
             torch.nn.functional.mse_loss(tnet(xt), yt).backward()
-    t, p, n = _compiled_case("MLP", mlp_step, gpuad.compile(mlp_step), tstep, rounds)
+    t, p, n = _compiled_case("MLP", mlp_step, gpuad.compile(mlp_step), tstep, rounds, torch_compile)
     times.update(t), peaks.update(p), notes.extend(n)
+    if gpt:
+        t, p, n = _gpt_case(rounds, torch, torch_compile)
+        times.update(t), peaks.update(p), notes.extend(n)
+    gpuad.set_kernels(None)
+    rows = []
+    for k, v in times.items():
+        ref = times.get(k.split(":")[0] + ": torch eager")
+        rows.append((k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
+                     f"{peaks[k] / 2 ** 20:.1f}" if k in peaks else "-"))
+    md = _table(["variant", "ms per step", "vs torch eager", "peak device MiB (gpuad)"], rows)
+    md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "notes": notes}
+
+
+def _gpt_case(rounds, torch, torch_compile):
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import nn, optim
     # the GPT of the CPU bench
     V, T, D, NL, H, B = 64, 128, 128, 4, 4, 8
     ids = np.random.default_rng(1).integers(0, V, (B, T + 1))
@@ -374,17 +450,7 @@ def compiled_steps(rounds):
             topt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(tgpt(it).reshape(-1, V), lt.reshape(-1)).backward()
             topt.step()
-    t, p, n = _compiled_case("GPT", gpt_step, gpuad.compile(gpt_step), tg, rounds)
-    times.update(t), peaks.update(p), notes.extend(n)
-    gpuad.set_kernels(None)
-    rows = []
-    for k, v in times.items():
-        ref = times.get(k.split(":")[0] + ": torch eager")
-        rows.append((k, f"{v * 1e3:.3f}", f"{v / ref:.3f}x" if ref else "-",
-                     f"{peaks[k] / 2 ** 20:.1f}" if k in peaks else "-"))
-    md = _table(["variant", "ms per step", "vs torch eager", "peak device MiB (gpuad)"], rows)
-    md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    return md, {"ms": {k: v * 1e3 for k, v in times.items()}, "peak_bytes": peaks, "notes": notes}
+    return _compiled_case("GPT", gpt_step, gpuad.compile(gpt_step), tg, rounds, torch_compile)
 
 
 def memory_depths():
@@ -410,7 +476,7 @@ def memory_depths():
     return _table(["depth", "peak MiB, planner", "peak MiB, no planner", "saved"], rows), {"rows": rows}
 
 
-def attention(rounds):
+def attention(rounds, lengths=(1024, 4096)):
     """Causal SDPA forward+backward: gpuad (triton provider) against torch, fp16."""
     import gpuad
     import gpuad.nn.functional as F
@@ -423,7 +489,7 @@ def attention(rounds):
     rows, data = [], {}
     gpuad.set_kernels("triton")
     try:
-        for L in (1024, 4096):
+        for L in lengths:
             arrays = [rng.standard_normal((4, 8, L, 64)).astype(np.float16) for _ in range(4)]
             qkv = [gpuad.tensor(a, device="cuda", requires_grad=True) for a in arrays[:3]]
             w = gpuad.tensor(arrays[3], device="cuda")
@@ -589,6 +655,7 @@ def ncu():
 
 STEPS = ("machine", "nccl", "GPU tests", "mlp", "memory", "checkpoint", "attention", "compile", "bandwidth",
          "ncu traffic check")
+QUICK_STEPS = ("machine", "nccl", "GPU tests", "mlp", "compile", "attention")
 
 
 def main(argv=None):
@@ -597,6 +664,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--deadline", type=float, default=450, help="seconds for the whole run (default 450)")
     p.add_argument("--dry-run", action="store_true", help="walk the steps without a device; write the skeleton")
+    p.add_argument("--quick", action="store_true",
+                   help="what fits 4 minutes of device time: the machine, nccl with one rank, the GPU tests, "
+                        "one eager and one compiled MLP step, attention at L = 1024")
     args = p.parse_args(argv)
     report = Report(args.out, args.deadline, args.dry_run)
     from gpuad.backends.devices import cuda_available
@@ -612,7 +682,15 @@ def main(argv=None):
             "attention": (attention, max(3, args.rounds // 2)), "compile": (compiled_steps, max(3, args.rounds // 2)),
             "bandwidth": (bandwidth,), "ncu traffic check": (ncu,)}
     budgets = {"GPU tests": 240, "ncu traffic check": 180, "mlp": 90, "attention": 60, "compile": 120}
-    for name in STEPS:
+    steps = STEPS
+    if args.quick:
+        rounds = max(3, args.rounds // 2)
+        runs.update({"mlp": (mlp, rounds, ("triton",)), "attention": (attention, rounds, (1024,)),
+                     "compile": (compiled_steps, rounds, False, False)})
+        budgets.update({"GPU tests": 100, "mlp": 40, "attention": 30, "compile": 60})
+        steps = QUICK_STEPS
+    report.data["mode"] = "quick" if args.quick else "full"
+    for name in steps:
         fn, *rest = runs[name]
         report.step(name, fn, *rest, budget_s=budgets.get(name, 60))
     print(f"wrote {args.out}/report.md and report.json"

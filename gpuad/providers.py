@@ -125,9 +125,18 @@ def follow_cupy(driver, cupy):
     driver.get_current_stream = lambda device=None: cupy.cuda.get_current_stream().ptr
     driver.get_current_device = lambda: cupy.cuda.Device().id
     driver.set_current_device = lambda device: cupy.cuda.Device(device).use()
-    driver.get_device_capability = lambda device=None: tuple(
-        int(c) for c in str(cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id)
-                           .compute_capability))
+    driver.get_device_capability = lambda device=None: compute_capability(
+        cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id).compute_capability)
+
+
+def compute_capability(cc):
+    """(major, minor) from CuPy's compute_capability string: "90" is (9, 0), "100" (10, 0)
+    (not the digits one by one, which read "100" as (1, 0, 0)).
+
+    >>> compute_capability("90"), compute_capability("100"), compute_capability("120")
+    ((9, 0), (10, 0), (12, 0))
+    """
+    return divmod(int(cc), 10)
 
 
 def load_kernel_module(name):

@@ -236,11 +236,20 @@ def configs(interpret=False, kernel="fwd"):
             for bm, bn, bk, w, s in kept(kernel, 2)]
 
 
+def arg_itemsize(a):
+    """Bytes per element of a kernel argument, whatever wraps it: a torch tensor (the
+    interpreter) has element_size(); gpuad's CuPy shim (a device launch) only its dtype."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and hasattr(dtype, "itemsize"):
+        return dtype.itemsize                    # numpy dtypes (CuPy's), and torch's since 2.1
+    return a.element_size()
+
+
 def pruner(kernel):
     """early_config_prune for triton.autotune: keep the tiles that fit this launch's dtype,
     so no config that cannot compile cleanly costs a compile."""
     def prune(configs, named_args, **kwargs):
-        itemsize = named_args["dy_ptr" if kernel != "fwd" else "x_ptr"].element_size()
+        itemsize = arg_itemsize(named_args["dy_ptr" if kernel != "fwd" else "x_ptr"])
         keep = [c for c in configs if fits(kernel, (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"],
                                                     c.num_warps, c.num_stages), itemsize)]
         return keep or configs[:1]

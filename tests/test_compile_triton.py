@@ -35,6 +35,22 @@ def _gelu_block():
     return step, ts
 
 
+def _gelu_block_16(dtype):
+    """The gelu block in a 16-bit dtype: its groups load and store 16-bit values."""
+    def make():
+        rng = np.random.default_rng(0)
+        ts = [gpuad.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True).astype(dtype).detach()
+              .requires_grad_() for s in ((33, 70), (70,), (70,))]
+
+        def step(x, w, b):
+            x.grad = w.grad = b.grad = None
+            y = (F.gelu(x * w + b) + x).sum()
+            y.backward()
+            return y
+        return step, ts
+    return make
+
+
 def _mlp():
     gpuad.manual_seed(0)
     m = nn.Sequential(nn.Linear(12, 20), nn.Tanh(), nn.Linear(20, 20), nn.GELU(), nn.Linear(20, 5))
@@ -65,10 +81,11 @@ def _softmax_rows():
 
 
 GRAPHS = {"gelu block": _gelu_block, "MLP step": _mlp, "GPT step": _gpt, "softmax rows": _softmax_rows}
+GRAPHS_16 = {"gelu block float16": _gelu_block_16("float16"), "gelu block bfloat16": _gelu_block_16("bfloat16")}
 
 
 def _groups(name):
-    step, args = GRAPHS[name]()
+    step, args = {**GRAPHS, **GRAPHS_16}[name]()
     f = gpuad.compile(step)
     f(*args)
     return f, args, [e.params["kernel"].value for e in f.compiled(*args).graph.eqns if e.prim == "fused"]
@@ -133,7 +150,40 @@ def test_a_member_without_a_triton_form_keeps_the_group_on_numpy():
     assert "no Triton kernel (log1p)" in f.kernels(x)
 
 
-_PTR = {"float32": "*fp32", "float64": "*fp64", "float16": "*fp16", "bool": "*i1", "int64": "*i64", "int32": "*i32"}
+_PTR = {"float32": "*fp32", "float64": "*fp64", "float16": "*fp16", "bfloat16": "*bf16", "bool": "*i1",
+        "int64": "*i64", "int32": "*i32"}
+
+
+@pytest.mark.cpu_only("Triton's interpreter runs on host arrays")
+@pytest.mark.parametrize("name", sorted(GRAPHS_16))
+def test_16_bit_groups_compute_in_float32(name):
+    """Triton's exp, log, sqrt, erf and tanh take fp32 or fp64 only: a 16-bit group loads,
+    upcasts, computes in fp32 and rounds when it stores; it runs (in the interpreter)
+    and agrees with the numpy executor to the 16-bit type's precision."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels in Triton's interpreter")
+    _, _, groups = _groups(name)
+    sixteen = [k for k in groups if any(np.dtype(o.dtype).name in ("float16", "bfloat16") for o in k.outs)
+               and tc.kernel(k) is not None]
+    assert sixteen, f"{name}: no 16-bit group with a Triton kernel"
+    rng = np.random.default_rng(3)
+    for k in sixteen:
+        text = tc.source(k)
+        assert ".to(tl.float32)" in text and "tl.store" in text
+        ins = _random_inputs(k, rng)
+        with np.errstate(all="ignore"):
+            want = k(*ins)
+        got = tc.launch(k, ins, [np.empty(o.shape, o.dtype) for o in k.outs], torch_like=_torch_16)
+        for w, g in zip(want, got):
+            w, g = np.asarray(w, np.float32), np.asarray(g, np.float32)
+            np.testing.assert_allclose(g, w, rtol=2e-2, atol=2e-2 * (float(np.abs(w).max()) or 1.0))
+
+
+def _torch_16(a):
+    """torch.from_numpy, with ml_dtypes' bfloat16 (which torch cannot take) viewed as torch's."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 @pytest.mark.cpu_only("compiles the host replay's groups ahead of time")
@@ -141,7 +191,7 @@ def test_generated_kernels_compile_for_sm90(tmp_path):
     """Every generated kernel of the MLP, GPT and gelu-block steps through Triton's
     compiler and ptxas for an H200: no spills, at most 255 registers."""
     cases = {}
-    for name in ("gelu block", "MLP step", "GPT step"):
+    for name in ("gelu block", "MLP step", "GPT step", *GRAPHS_16):
         _, _, groups = _groups(name)
         for i, k in enumerate(groups):
             try:

@@ -226,6 +226,8 @@ NOT_SIZES = {
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",
     "kernels/attention.py:MAX_HEAD_DIM": "a head dimension: the Triton kernel's limit, tested in test_attention",
     "kernels/attention.py:MAX_HEAD_DIM_MASKED": "a head dimension: the Triton kernel's limit, tested in test_attention",
+    "kernels/attention.py:MAX_HEAD_DIM_IEEE_BACKWARD": "a head dimension: the fp32 IEEE backward kernel's limit "
+                                                       "(a GPU's; the interpreter takes any)",
 }
 
 

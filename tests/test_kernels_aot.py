@@ -69,17 +69,22 @@ def _cases():
                     "constexprs": {"HAS_W": True, "RMS": rms, "INT64": False, "BLOCK_N": block} | (
                         {"HAS_B": True} if direction == "fwd" else {}),
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
-        # the tiles and launch options of TritonBackend.attention_forward / attention_backward
-        for d in (16, 64, 128, 256):
-            for causal in (True, False)[:2 if d <= T.MAX_HEAD_DIM_MASKED else 1]:   # causal, or masked
-                for name in ("fwd", "bwd_dkdv", "bwd_dq"):
-                    launch = T.attention_launch(d, d, backward=name != "fwd", masked=not causal)
-                    cases[f"attention-{name}-{dtype}-d{d}-{'causal' if causal else 'mask'}"] = {
-                        "module": "attention", "kernel": f"attention_{name}_kernel",
-                        "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32", "mask_ptr": "*fp32"},
-                        "constexprs": {"CAUSAL": causal, "HAS_MASK": not causal} | {
-                            k: v for k, v in launch.items() if k.startswith("BLOCK")},
-                        "warps": launch["num_warps"], "stages": launch["num_stages"]}
+        # the tiles and launch options of TritonBackend.attention_forward / attention_backward:
+        # fp32 with IEEE dots (the default precision) and with TF32; 16-bit types
+        for precision in (("ieee", "tf32") if dtype == "float32" else ("tf32",)):
+            ieee = precision == "ieee"
+            for d in (16, 64, 128, 256):
+                for causal in (True, False)[:2 if d <= T.MAX_HEAD_DIM_MASKED else 1]:   # causal, or masked
+                    for name in ("fwd", "bwd_dkdv", "bwd_dq"):
+                        if ieee and name != "fwd" and d > T.MAX_HEAD_DIM_IEEE_BACKWARD:
+                            continue                     # the host runs the generic code there
+                        launch = T.attention_launch(d, d, backward=name != "fwd", masked=not causal, ieee=ieee)
+                        cases[f"attention-{name}-{dtype}-{precision}-d{d}-{'causal' if causal else 'mask'}"] = {
+                            "module": "attention", "kernel": f"attention_{name}_kernel",
+                            "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32", "mask_ptr": "*fp32"},
+                            "constexprs": {"CAUSAL": causal, "HAS_MASK": not causal, "PRECISION": precision} | {
+                                k: v for k, v in launch.items() if k.startswith("BLOCK")},
+                            "warps": launch["num_warps"], "stages": launch["num_stages"]}
     return cases
 
 

@@ -25,6 +25,8 @@ def cuda_available():
         else:
             try:
                 ok = bool(cupy.is_available())
+                if ok:
+                    cupy.zeros(1, cupy.float32) + 1      # it can allocate and launch, not only count devices
             except Exception as e:
                 ok, err = False, e
             else:

@@ -54,8 +54,26 @@ FORCE_INT64 = False      # tests: take the 64-bit index path at any size
 
 
 def needs_int64(*arrays):
-    """Whether index arithmetic must be 64-bit: an operand with 2^31 elements or more."""
-    return FORCE_INT64 or any(a is not None and a.size >= 2 ** 31 for a in arrays)
+    """Whether index arithmetic must be 64-bit: an operand whose farthest element lies
+    2^31 elements or more from its start (a strided view of a large buffer reaches
+    that with few elements of its own: the row stride times the rows counts, not the size).
+
+    >>> import numpy as np
+    >>> big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2, 4), (2 ** 31 * 4, 4))
+    >>> needs_int64(np.zeros(8)), needs_int64(big)
+    (False, True)
+    """
+    return FORCE_INT64 or any(a is not None and _last_offset(a) >= 2 ** 31 - 1 for a in arrays)
+
+
+def _last_offset(a):
+    """The element offset of a's last element from its first (strides in elements)."""
+    if a.size == 0:
+        return 0
+    strides = getattr(a, "strides", None)
+    if strides is None:
+        return a.size
+    return sum((n - 1) * abs(st) // a.itemsize for n, st in zip(a.shape, strides)) + 1
 
 
 class TritonKernels:
@@ -264,8 +282,8 @@ class TritonKernels:
         bh = q3.shape[0]
         o = xp.empty((bh, L, EV), q.dtype)
         lse = xp.empty((bh, L), np.float32)
-        meta = self._attention_meta(E, EV, causal, mask is not None)
-        self.A.attention_fwd_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](
+        meta = self._attention_meta(E, EV, causal, mask is not None, dtype=q.dtype)
+        self.A.attention_fwd_kernel[(bh, self.triton.cdiv(L, meta["BLOCK_M"]))](
             self._arg(q3), self._arg(k3), self._arg(v3), self._arg(o), self._arg(lse), self._arg(mk[0]), L, S, E, EV,
             L * E, E, S * E, E, S * EV, EV, L * EV, EV, mk[1], mk[2], float(scale), **meta)
         isz = q.itemsize
@@ -274,20 +292,29 @@ class TritonKernels:
                       bh * (L * EV * isz + 4 * L))
         return o.reshape(q.shape[:-1] + (EV,)), lse.reshape(q.shape[:-1] + (1,))
 
-    def _attention_meta(self, E, EV, causal, has_mask, backward=False):
-        return dict(CAUSAL=bool(causal), HAS_MASK=has_mask,
-                    **self.A.attention_launch(E, EV, backward, self.interpret, masked=has_mask))
+    def _attention_meta(self, E, EV, causal, has_mask, backward=False, dtype=np.float32):
+        precision = K.triton_input_precision()
+        return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, PRECISION=precision,
+                    **self.A.attention_launch(E, EV, backward, self.interpret, masked=has_mask,
+                                              ieee=self._ieee(dtype, precision)))
 
-    def _attention_declines(self, q, k, v, mask):
+    @staticmethod
+    def _ieee(dtype, precision=None):
+        """fp32 with IEEE dots: the kernels' tiles (and backward head dims) differ."""
+        return np.dtype(dtype) == np.float32 and (precision or K.triton_input_precision()) == "ieee"
+
+    def _attention_declines(self, q, k, v, mask, backward=False):
         """Shapes the kernels do not take: batch shapes that differ (the generic code
         broadcasts them), head dims above the compiled range, empty inputs."""
         limit = self.A.MAX_HEAD_DIM if mask is None else self.A.MAX_HEAD_DIM_MASKED
+        if backward and self._ieee(q.dtype) and not self.interpret:
+            limit = min(limit, self.A.MAX_HEAD_DIM_IEEE_BACKWARD)
         return q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2] or \
             max(q.shape[-1], v.shape[-1]) > limit or q.size == 0 or k.shape[-2] == 0
 
     def attention_backward(self, xp, g, q, k, v, out, lse, causal, scale, needs, mask=None):
         """(dQ, dK, dV) from the two FlashAttention-2 kernels, or None to decline."""
-        if not self._ok("attention backward", g, q, k, v) or self._attention_declines(q, k, v, mask):
+        if not self._ok("attention backward", g, q, k, v) or self._attention_declines(q, k, v, mask, backward=True):
             return None
         mk = (q, 0, 0) if mask is None else self._attention_mask(xp, mask, q.shape[:-2], q.shape[-2], k.shape[-2])
         if mk is None:
@@ -302,12 +329,12 @@ class TritonKernels:
                                          axis=-1), dtype=np.float32)
         dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
         args = (L, S, E, EV, L * E, E, S * E, E, S * EV, EV, L * EV, EV, mk[1], mk[2], float(scale))
-        meta = self._attention_meta(E, EV, causal, mask is not None, backward=True)
+        meta = self._attention_meta(E, EV, causal, mask is not None, backward=True, dtype=q.dtype)
         a = [self._arg(t) for t in (q3, k3, v3, g3, lse2, dd, mk[0])]
-        self.A.attention_bwd_dkdv_kernel[(self.triton.cdiv(S, meta["BLOCK_N"]), bh)](
+        self.A.attention_bwd_dkdv_kernel[(bh, self.triton.cdiv(S, meta["BLOCK_N"]))](
             *a, self._arg(dk), self._arg(dv), *args, **meta)
         if needs[0]:
-            self.A.attention_bwd_dq_kernel[(self.triton.cdiv(L, meta["BLOCK_M"]), bh)](*a, self._arg(dq), *args, **meta)
+            self.A.attention_bwd_dq_kernel[(bh, self.triton.cdiv(L, meta["BLOCK_M"]))](*a, self._arg(dq), *args, **meta)
         isz = q.itemsize
         self._traffic("scaled_dot_product_attention backward (triton)",
                       bh * ((2 * (L * E + S * E + S * EV) + 2 * L * EV) * isz + (8 * L * S if mask is not None else 0)),

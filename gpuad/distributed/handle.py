@@ -38,6 +38,7 @@ class Handle:
         self._test, self.what, self.timeout, self.rank = test, what, timeout, rank
         self._finish = finish
         self._done = False
+        self.keep = None        # what the collective reads or writes until done (a device buffer)
 
     def is_completed(self):
         """Poll once (and make progress); True once the result is in place."""
@@ -83,6 +84,7 @@ class Handle:
 
     def _complete(self):
         self._done = True
+        self.keep = None
         if self._finish is not None:
             finish, self._finish = self._finish, None
             finish()

@@ -104,7 +104,9 @@ class NCCLBackend:
 
     def ibarrier(self, what):
         one = self.cp.zeros(1, self.cp.float32)
-        return self.iall_reduce(one, "sum", what)
+        handle = self.iall_reduce(one, "sum", what)
+        handle.keep = one           # NCCL writes into it on the comm stream until the handle is done
+        return handle
 
     def all_gather_object(self, obj, what):
         if self.control is None:

@@ -668,7 +668,11 @@ def _call(fn, args, kw, where=None):
     recorded while capturing (the result buffer is rewritten at each launch)."""
     _strict(args, kw, where or getattr(fn, "__name__", "a CuPy call"))
     uargs, ukw = _unwrap(args), {k: _unwrap(v) for k, v in kw.items()}
-    r = fn(*uargs, **ukw)
+    if S.capturing is not None:
+        with np.errstate(all="ignore"):       # computed for its shape only: the values are garbage
+            r = fn(*uargs, **ukw)
+    else:
+        r = fn(*uargs, **ukw)
     wrapped, buf = _wrap(r, _flat_inputs(args, kw))
     if S.capturing is not None:
         bufs = buf if isinstance(buf, list) else [buf]
