@@ -40,8 +40,13 @@ def test_linear_pruner_takes_the_device_argument_wrapper():
     from kernels import linear as L
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
                for bm, bn, bk, w, st in L.CANDIDATES]
+    # through Triton's own Autotuner, as a device launch reaches it (the pruner sees the
+    # launch's arguments as they are passed: gpuad's shims)
+    tuned = triton.autotune(configs=configs, key=["M", "N", "K"],
+                            prune_configs_by={"early_config_prune": L.pruner("fwd")})(L.linear_fwd_kernel)
     for dtype, itemsize in ((cupy.float16, 2), (cupy.float32, 4)):
-        kept = L.pruner("fwd")(configs, {"x_ptr": _CupyArg(cupy.zeros((4, 4), dtype))})
+        tuned.nargs = {"x_ptr": _CupyArg(cupy.zeros((4, 4), dtype))}
+        kept = tuned.prune_configs({})
         want = L.kept("fwd", itemsize)
         assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
                 for c in kept] == want

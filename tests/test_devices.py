@@ -116,6 +116,32 @@ def test_gpu_check_dry_run_walks_every_step(tmp_path):
         assert f"## {name} (dry run" in md and data["steps"][name] == "dry run"
 
 
+def test_gpu_check_quick_dry_run_walks_the_quick_steps(tmp_path):
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_check.py"), "--quick", "--dry-run",
+                        "--deadline", "420", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    from bench.gpu_check import QUICK_STEPS
+    assert data["mode"] == "quick" and list(data["steps"]) == list(QUICK_STEPS)
+
+
+def test_the_gpu_extras_install_a_working_device_stack():
+    """A GPU extra brings CuPy with its CUDA libraries, NCCL, Triton, and a torch for
+    Triton's driver; the pinned Triton needs Python 3.11."""
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")).read()
+    assert re.search(r'requires-python = ">=3\.1[1-9]"', text)
+    for cuda in ("12", "13"):
+        extra = re.search(rf"gpu-cuda{cuda} = \[(.*)\]", text).group(1)
+        for need in (f"cupy-cuda{cuda}x[ctk]", f"nvidia-nccl-cu{cuda}", "triton", "torch"):
+            assert f'"{need}"' in extra, (cuda, need)
+
+
 def test_gpu_check_without_a_device_says_so_and_fails(tmp_path):
     import os
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
