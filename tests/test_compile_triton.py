@@ -23,9 +23,11 @@ pytestmark = pytest.mark.interpreter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _gelu_block():
+def _gelu_block(dtype="float32"):
+    """The gelu block step and its tensors (a 16-bit dtype: groups that load and store 16 bits)."""
     rng = np.random.default_rng(0)
-    ts = [gpuad.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in ((33, 70), (70,), (70,))]
+    ts = [gpuad.tensor(rng.standard_normal(s).astype(np.float32)).astype(dtype).requires_grad_()
+          for s in ((33, 70), (70,), (70,))]
 
     def step(x, w, b):
         x.grad = w.grad = b.grad = None
@@ -33,22 +35,6 @@ def _gelu_block():
         y.backward()
         return y
     return step, ts
-
-
-def _gelu_block_16(dtype):
-    """The gelu block in a 16-bit dtype: its groups load and store 16-bit values."""
-    def make():
-        rng = np.random.default_rng(0)
-        ts = [gpuad.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True).astype(dtype).detach()
-              .requires_grad_() for s in ((33, 70), (70,), (70,))]
-
-        def step(x, w, b):
-            x.grad = w.grad = b.grad = None
-            y = (F.gelu(x * w + b) + x).sum()
-            y.backward()
-            return y
-        return step, ts
-    return make
 
 
 def _mlp():
@@ -81,7 +67,7 @@ def _softmax_rows():
 
 
 GRAPHS = {"gelu block": _gelu_block, "MLP step": _mlp, "GPT step": _gpt, "softmax rows": _softmax_rows}
-GRAPHS_16 = {"gelu block float16": _gelu_block_16("float16"), "gelu block bfloat16": _gelu_block_16("bfloat16")}
+GRAPHS_16 = {"gelu block float16": lambda: _gelu_block("float16"), "gelu block bfloat16": lambda: _gelu_block("bfloat16")}
 
 
 def _groups(name):

@@ -571,3 +571,5 @@ def log_softmax(x, axis=-1, *, dim=None):
         return apply(N.log_softmax, (reshape(x, (1,)),), {"axis": 0}).reshape(())
     return apply(N.log_softmax, (x,), {"axis": _softmax_axis("log_softmax", x, axis, dim)})
 
+
+views.OPS.update(getitem=getitem, setitem=setitem, reshape=reshape, transpose=transpose, broadcast_to=broadcast_to)

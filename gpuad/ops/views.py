@@ -70,22 +70,25 @@ def _chain(t):
         t = entry[1]
 
 
+# The public functions a view is made again with, and written through: api.py puts them
+# here when it is defined (this module sits below api and never imports it).
+OPS = {}
+
+
 def _derive(base, how):
-    from . import api
     name, arg = how
-    return getattr(api, name)(base, arg)
+    return OPS[name](base, arg)
 
 
 def _undo(base, how, value):
     """base with `value` written where its view `how` looks: recorded, out of place."""
-    from . import api
     name, arg = how
     if name == "getitem":
-        return api.setitem(base, arg, value)
+        return OPS["setitem"](base, arg, value)
     if name == "reshape":
-        return api.reshape(value, tuple(base.shape))
+        return OPS["reshape"](value, tuple(base.shape))
     if name == "transpose":
-        return api.transpose(value, tuple(int(i) for i in np.argsort(arg)))
+        return OPS["transpose"](value, tuple(int(i) for i in np.argsort(arg)))
     raise RuntimeError(f"gpuad: an in-place write into a {name} view (of shape {tuple(value.shape)}) "
                        f"would write several elements into one place; write into a copy (.clone())")
 
