@@ -33,7 +33,7 @@ import numpy as np
 
 from .dtypes import grad_dtype
 from .memory.pool import INPLACE_MIN
-from .ops.abstract import AbstractArray
+from .backends.abstract import AbstractArray
 from .ops.elementwise import unbroadcast
 
 _ndarray = np.ndarray

@@ -35,13 +35,11 @@ from .backends.devices import is_out_of_memory, out_of_memory
 from .ops.dispatch import vjp_for
 from .ops.inplace import _mutated, check_saved
 from .tensor import Tensor
+from .errors import BackwardError
+from . import config
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
 _ndarray = np.ndarray
-
-
-class BackwardError(RuntimeError):
-    """Raised for misuse of backward (freed graph, missing grad, ...)."""
 
 
 def _root_grads(tensors, grads, who):
@@ -406,7 +404,7 @@ class _Watch:
     def start(cls, roots, seeds, create_graph, retain_graph):
         acct = accountant.active
         keep_all = no_planner()
-        debug = os.environ.get("GPUAD_DEBUG") == "1" and not create_graph and not retain_graph
+        debug = config.debug_poison() and not create_graph and not retain_graph
         if acct is None and not keep_all and not debug:
             return None
         w = cls(acct, [] if keep_all else None, debug)

@@ -15,10 +15,7 @@ from .backends import namespace_of
 from . import autograd
 from .graph import no_grad
 from .tensor import Tensor
-
-
-class GradcheckError(AssertionError):
-    """The analytic and numeric directional derivatives disagree."""
+from .errors import GradcheckError
 
 
 def _op_name(f, out):

@@ -20,10 +20,11 @@ Select with gpuad.set_kernels(name) or the GPUAD_KERNELS variable.
 import os
 import warnings
 
+from . import config
+
 VALID = ("triton", "cupy", "numpy")
 
 _choice = None          # None: the default for each device
-_providers = {}
 
 
 def set_kernels(name):
@@ -36,11 +37,11 @@ def set_kernels(name):
 
 def get_kernels():
     """The provider chosen by set_kernels or GPUAD_KERNELS, or 'default'."""
-    return _choice or os.environ.get("GPUAD_KERNELS") or "default"
+    return _choice or config.kernels() or "default"
 
 
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def interpreting():
+    return config.triton_interpret()
 
 
 _PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "tf32"}
@@ -86,7 +87,7 @@ def provider_name(xp):
     """The provider whose kernels run on arrays of namespace xp, or None for the generic code."""
     name = xp.name
     if name == "numpy":
-        return "triton" if get_kernels() == "triton" and _interpreting() else None
+        return "triton" if get_kernels() == "triton" and interpreting() else None
     if name == "cupy":
         choice = get_kernels()
         if choice == "numpy":
@@ -158,20 +159,6 @@ def load_kernel_module(name):
     sys.modules["gpuad.kernels"] = mod
     spec.loader.exec_module(mod)
     return importlib.import_module(f"gpuad.kernels.{name}")
-
-
-def get(name):
-    """The host side of provider `name`, built on first use (imports Triton or CuPy then)."""
-    p = _providers.get(name)
-    if p is None:
-        if name == "triton":
-            from .backends.triton_backend import TritonKernels
-            p = TritonKernels(interpret=_interpreting())
-        else:
-            from .backends.cupy_backend import CupyKernels
-            p = CupyKernels()
-        _providers[name] = p
-    return p
 
 
 _warned = set()

@@ -13,7 +13,7 @@ import gpuad
 import gpuad.nn.functional as F
 from gpuad import nn, optim
 from gpuad.compiler import CompileWarning, TraceError
-from gpuad.compiler.api import RETRACE_WARN
+from gpuad.compiler.compiled import RETRACE_WARN
 from gpuad.compiler.ir import Graph
 from gpuad.compiler.passes import buffers, cse, dce, fold, fuse
 from tests.test_ops_gradcheck import all_cases

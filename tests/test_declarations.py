@@ -11,7 +11,7 @@ import pytest
 import gpuad
 from gpuad import memory
 from gpuad.ops import REGISTRY
-from gpuad.ops.abstract import AbstractArray
+from gpuad.backends.abstract import AbstractArray
 from gpuad.ops.namespace import tensor_ns
 from tests.test_ops_gradcheck import all_cases, table_cases
 
@@ -74,7 +74,7 @@ def _real_array(a):
 @pytest.mark.parametrize("fn,inputs", list(_params()))
 def test_shape_rule_matches_the_forward(fn, inputs, monkeypatch):
     """Each forward, run on abstract arrays, gives the real output's shape and dtype."""
-    from gpuad.ops.abstract import abstract_ns
+    from gpuad.backends.abstract import abstract_ns
     checked = []
     for op in list(REGISTRY.values()):
         if op.name == "checkpoint":

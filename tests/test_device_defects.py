@@ -219,13 +219,13 @@ def test_attention_grid_puts_batch_and_heads_on_axis_x_and_dots_take_the_precisi
     """CUDA caps grid y at 65,535: batch x heads goes on x. Every tl.dot takes the
     precision set_float32_matmul_precision chose."""
     import inspect
-    from gpuad import providers
+    from gpuad.backends.fused_kernels import host
     from kernels import attention as A
     src = inspect.getsource(A)
     assert src.count("tl.dot(") == src.count("input_precision=PRECISION")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("launches in Triton's interpreter")
-    tk = providers.get("triton")
+    tk = host("triton")
     grids = []
 
     class Recorder:

@@ -222,7 +222,7 @@ NOT_SIZES = {
     "gpuad/compiler/passes/remat.py:MAX_STEPS": "a count of search steps",
     "gpuad/compiler/passes/remat.py:MAX_STALE": "a count of search steps",
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
-    "gpuad/compiler/api.py:RETRACE_WARN": "a count of traces",
+    "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",
     "kernels/attention.py:MAX_HEAD_DIM": "a head dimension: the Triton kernel's limit, tested in test_attention",
     "kernels/attention.py:MAX_HEAD_DIM_MASKED": "a head dimension: the Triton kernel's limit, tested in test_attention",

@@ -10,6 +10,8 @@ True
 """
 import numpy as np
 
+from ..errors import DeviceOutOfMemory
+
 _status = None
 
 
@@ -90,10 +92,6 @@ def to_device(arr, device):
         cupy = require_cuda()
         return cupy.asarray(arr)
     raise ValueError(f"gpuad: unknown device {device!r} (use 'cpu' or 'cuda')")
-
-
-class DeviceOutOfMemory(MemoryError):
-    """A device allocation failed; the message says what was asked, what is live, and what to do."""
 
 
 def is_out_of_memory(err):

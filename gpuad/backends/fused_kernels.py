@@ -18,10 +18,26 @@ import numpy as np
 from .. import providers
 from ..ops import attention, fused, norms
 
+_hosts = {}
+
+
+def host(name):
+    """The host side of provider `name`, built on first use (imports Triton or CuPy then)."""
+    p = _hosts.get(name)
+    if p is None:
+        if name == "triton":
+            from .triton_backend import TritonKernels
+            p = TritonKernels(interpret=providers.interpreting())
+        else:
+            from .cupy_backend import CupyKernels
+            p = CupyKernels()
+        _hosts[name] = p
+    return p
+
 
 def _linear(provider, activation):
     def forward(xp, x, w, b):
-        out = providers.get(provider).linear_forward(xp, x, w, b, activation)
+        out = host(provider).linear_forward(xp, x, w, b, activation)
         if out is None:
             return None
         y, z = out
@@ -33,13 +49,13 @@ def _linear(provider, activation):
         s = saved[3] if activation == "gelu" else (saved[2] if activation is not None else None)
         x_shape = node.parents[0].shape if node.needs[0] else None
         w_shape = (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
-        return providers.get(provider).linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
+        return host(provider).linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
     return forward, backward
 
 
 def _cross_entropy(provider):
     def forward(xp, logits, target, reduction="mean"):
-        out = providers.get(provider).cross_entropy_forward(xp, logits, target)
+        out = host(provider).cross_entropy_forward(xp, logits, target)
         if out is None:
             return None
         losses, lse = out
@@ -56,7 +72,7 @@ def _cross_entropy(provider):
         # the kernel scales row i by scale[i]: the upstream gradient per row
         scale = g if reduction == "none" else xp.multiply(xp.ones((n,), logits.dtype),
                                                           fused.loss_scale(xp, g, reduction, n))
-        d = providers.get(provider).cross_entropy_backward(xp, logits, target, lse, scale)
+        d = host(provider).cross_entropy_backward(xp, logits, target, lse, scale)
         return None if d is None else (d, None)
     return forward, backward
 
@@ -68,7 +84,7 @@ def _norm(provider, rms):
     def run(xp, x, weight, bias, ndims, eps):
         if ndims != 1:
             return None
-        out = providers.get(provider).layer_norm_forward(xp, x, weight, bias, eps, rms=rms)
+        out = host(provider).layer_norm_forward(xp, x, weight, bias, eps, rms=rms)
         if out is None:
             return None
         y, mean, rstd = out
@@ -87,7 +103,7 @@ def _norm(provider, rms):
         x, w, *stats = saved
         mean, rstd = (None, stats[0]) if rms else stats
         nx, nw, nb = tuple(node.needs) + ((False,) if rms else ())
-        dx = providers.get(provider).layer_norm_backward(xp, g, x, w, mean, rstd) if nx else None
+        dx = host(provider).layer_norm_backward(xp, g, x, w, mean, rstd) if nx else None
         if nx and dx is None:
             return None
         rows = tuple(range(x.ndim - 1))
@@ -105,7 +121,7 @@ def _attention(provider):
     def forward(xp, q, k, v, mask=None, causal=False, scale=1.0, dropout_p=0.0, seed=None):
         if dropout_p:
             return None
-        out = providers.get(provider).attention_forward(xp, q, k, v, causal, scale, mask=mask)
+        out = host(provider).attention_forward(xp, q, k, v, causal, scale, mask=mask)
         return None if out is None else (out[0], (out[1].astype(q.dtype) if q.dtype == np.float64 else out[1],))
 
     def backward(xp, g, saved, node, donate):
@@ -113,7 +129,7 @@ def _attention(provider):
         if p.get("dropout_p"):
             return None
         q, k, v, out, lse = saved
-        return providers.get(provider).attention_backward(xp, g, q, k, v, out, lse, p.get("causal", False),
+        return host(provider).attention_backward(xp, g, q, k, v, out, lse, p.get("causal", False),
                                                           p.get("scale", 1.0), node.needs, mask=p.get("mask"))
     return forward, backward
 

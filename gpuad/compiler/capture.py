@@ -180,6 +180,10 @@ def build_result(result, leaf):
     seq = [build_result(v, leaf) for v in items]
     return typ(seq) if typ in (list, tuple) else typ(*seq)
 
+def rebuild(result, values):
+    """The step's return value at replay: Tensors around the computed arrays."""
+    return build_result(result, lambda kind, v: Tensor._from(values[v.id]) if kind == "T" else values[v.id])
+
 
 def result_vars(result):
     """The Vars of a _result_tree, in order."""

@@ -18,11 +18,11 @@ each replay; outputs are what the replay hands back.
   v2:f32[3] = exp x
   in ( v2 ) }
 """
-import itertools
-import linecache
 import math
 
 import numpy as np
+
+from .. import generated
 
 
 class Var:
@@ -195,12 +195,7 @@ class Graph:
         return f"{{ lambda {ins} .\n{body}\n  in ( {outs} ) }}"
 
 
-_loaded = itertools.count()
-
-
 def load(source, what, scope):
     """exec generated `source` into `scope` under a file name of its own, registered with
     linecache, so that a traceback through generated code shows its lines."""
-    filename = f"<gpuad.compile {what} #{next(_loaded)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), scope)
+    generated.load(source, f"compile {what}", scope)

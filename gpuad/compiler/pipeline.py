@@ -15,7 +15,7 @@ import numpy as np
 
 from ..memory.accounting import accountant
 from .ir import iter_vars
-from .capture import result_vars
+from .capture import rebuild, result_vars
 from .state import Slot
 from .trace import GuardError
 from . import codegen
@@ -53,7 +53,6 @@ class Entry:
             g.rng.bit_generator.state = st
 
     def run(self, args, kwargs):
-        from .api import rebuild
         call = (list(args), dict(kwargs))
         inputs = [r.get(call) if isinstance(r, Slot) else r for r in self.reads]
         for v, a in zip(self.graph.inputs, inputs):

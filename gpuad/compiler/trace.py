@@ -4,7 +4,7 @@ array operation it performs into a Graph.
 The whole engine already speaks one vocabulary, `xp` (numpy's names plus a few
 extras), in every forward, every VJP, the gradient accumulation and the
 optimizers. So tracing needs no second copy of any op: a Tracer is an
-AbstractArray (gpuad.ops.abstract, the declarations' shape-and-dtype rules)
+AbstractArray (gpuad.backends.abstract, the declarations' shape-and-dtype rules)
 whose namespace records each call before computing its shape. What the step
 does with Tensors, autograd and in-place updates all arrives here as `xp`
 calls, numpy ufuncs on Tracers (`__array_ufunc__`) or numpy functions
@@ -39,12 +39,9 @@ import traceback
 
 import numpy as np
 
-from ..ops.abstract import AbstractArray, abstract_ns
+from ..errors import GuardError, TraceError
+from ..backends.abstract import AbstractArray, abstract_ns
 from .ir import Eqn, Graph, Literal, map_leaves
-
-
-class TraceError(RuntimeError):
-    """The step did something a trace of shapes cannot follow (a value-dependent branch)."""
 
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,10 +303,6 @@ def _write_through(trace, view, var):
     axes = args[1] if len(args) > 1 else kw.get("axes")
     inverse = None if axes is None else tuple(int(i) for i in np.argsort([a % parent.ndim for a in axes]))
     return trace.call("transpose", (val, inverse), {}).var
-
-
-class GuardError(RuntimeError):
-    """A replay met a value its trace assumed otherwise (gpuad.compile retraces or falls back)."""
 
 
 def assume_none(mask, what):

@@ -40,6 +40,7 @@ import warnings
 
 import numpy as np
 
+from .. import config
 from .ir import Literal, Var
 from .passes.fuse import _padded
 
@@ -196,7 +197,7 @@ def _scalar(x):
 
 
 def cache_dir():
-    return os.environ.get("GPUAD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gpuad", "triton")
+    return config.cache_dir()
 
 
 _loaded = {}

@@ -31,6 +31,7 @@ True
 import os
 import sys
 
+from .. import config
 from .handle import DistributedError, Handle
 
 DEFAULT_TIMEOUT = 300.0
@@ -59,7 +60,7 @@ def init(backend="auto", timeout=None):
     if backend not in ("auto", "mpi", "nccl"):
         raise ValueError(f"gpuad.distributed.init: backend must be 'auto', 'mpi' or 'nccl', not {backend!r}")
     if timeout is None:
-        timeout = float(os.environ.get("GPUAD_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+        timeout = config.dist_timeout(DEFAULT_TIMEOUT)
     if backend == "auto":
         from ..backends.devices import cuda_available
         backend = "nccl" if cuda_available()[0] else "mpi"
@@ -90,7 +91,7 @@ def _share_cores(world):
     sets OMP_NUM_THREADS=1 for the same reason. A thread count the user set in the
     environment is left alone.
     """
-    if world.local_size <= 1 or any(v in os.environ for v in THREAD_VARS):
+    if world.local_size <= 1 or config.any_set(THREAD_VARS):
         return
     threads = max(1, (os.cpu_count() or 1) // world.local_size)
     try:

@@ -9,13 +9,11 @@ to others. The cost is at most one sleep (MAX_NAP) of latency after a long wait.
 """
 import time
 
+from ..errors import DistributedError
+
 SPIN = 2e-3          # poll flat out this long first: most collectives end within it
 FIRST_NAP = 50e-6
 MAX_NAP = 1e-3
-
-
-class DistributedError(RuntimeError):
-    """A collective did not complete: a rank died, raised, or called another collective."""
 
 
 class Handle:
@@ -31,7 +29,7 @@ class Handle:
     >>> slow.wait()  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    gpuad.distributed.handle.DistributedError: gpuad.distributed: barrier on rank 1 did not complete within 0.01 s...
+    gpuad.errors.DistributedError: gpuad.distributed: barrier on rank 1 did not complete within 0.01 s...
     """
 
     def __init__(self, test, what, timeout, rank, finish=None):

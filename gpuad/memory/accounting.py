@@ -17,10 +17,11 @@ it is off until asked for:
 
 On CuPy the same interface is fed by CuPy's allocator (see backends/cupy_backend).
 """
-import os
 import weakref
 
 import numpy as np
+
+from .. import config
 
 _ndarray = np.ndarray
 
@@ -76,7 +77,7 @@ class Accountant:
         self._refs = {}               # id(owner) -> (weakref, nbytes)
         self._device = {}             # device pointer -> bytes, for blocks allocated while counting
         self._depth = 0               # enable() calls and open track() regions
-        if os.environ.get("GPUAD_ACCOUNTING") == "1":
+        if config.accounting_at_import():
             self.enable()
 
     # -- switching -------------------------------------------------------------

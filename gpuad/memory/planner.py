@@ -23,12 +23,12 @@ counting references, so it matches what really happens in CPython.
 >>> [s.op for s in plan.steps]
 ['sum', 'tanh', 'multiply', 'leaf']
 """
-import os
 import sys
 from collections import Counter
 
 import numpy as np
 
+from .. import config
 from ..graph import FREED, reachable
 from .accounting import accountant
 
@@ -37,7 +37,7 @@ _ndarray = np.ndarray
 
 def no_planner():
     """GPUAD_NO_PLANNER=1: keep every saved value and gradient until backward ends."""
-    return os.environ.get("GPUAD_NO_PLANNER") == "1"
+    return config.no_planner()
 
 
 def _is_array(a):
@@ -162,7 +162,7 @@ class _Buffers:
 
 
 def _abstract(a):
-    from ..ops.abstract import AbstractArray
+    from ..backends.abstract import AbstractArray
     return AbstractArray.like(a) if hasattr(a, "shape") and not isinstance(a, np.generic) else a
 
 
@@ -176,7 +176,7 @@ def plan_backward(loss, grad=None):
     """
     # (imported here: gpuad.memory loads before the ops, which account through it)
     from ..accumulate import accumulate, leaf_keeps, may_donate, route
-    from ..ops.abstract import AbstractArray, abstract_ns, root_of
+    from ..backends.abstract import AbstractArray, abstract_ns, root_of
     node = loss._node
     if node is None:
         raise RuntimeError("gpuad.memory.plan_backward: the tensor does not require grad")

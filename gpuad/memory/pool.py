@@ -19,10 +19,11 @@ numpy directly.
 ((256, 1024), dtype('float32'), True)
 """
 import ctypes
-import os
 import weakref
 
 import numpy as np
+
+from .. import config
 
 # Writing in place (out=) saves an allocation and, for large arrays, the page
 # faults of fresh memory: a 1 MB add into a buffer that stays alive took 722 us
@@ -42,7 +43,7 @@ class HostPool:
     def __init__(self, min_bytes=1 << 16, max_cached_bytes=1 << 31):
         self.min_bytes = min_bytes
         self.max_cached_bytes = max_cached_bytes
-        self.enabled = os.environ.get("GPUAD_HOST_POOL", "1") != "0"
+        self.enabled = config.host_pool_enabled()
         self.free = {}            # block bytes -> [raw uint8 arrays]
         self.cached_bytes = 0     # bytes sitting in free lists
         self.in_use_bytes = 0     # bytes handed out and still referenced

@@ -10,7 +10,7 @@ install.py      gpuad.<name>, Tensor methods and operators, namespace entries, f
 methods.py      Tensor methods that are hand-written functions
 namespace.py    the same vocabulary on Tensors, so VJPs can record themselves
 """
-from . import registry, derivatives, elementwise, reduce, shape, linalg, fused, scan, attention, norms  # noqa: F401
+from . import registry, derivatives, elementwise, reduce, shape, contraction, fused, scan, attention, norms  # noqa: F401
 from . import api, install, methods
 from .registry import REGISTRY, Primitive, primitive  # noqa: F401
 from .derivatives import unary  # noqa: F401

@@ -17,7 +17,7 @@ import builtins
 
 import numpy as np
 
-from . import derivatives as D, elementwise as E, fused as N, indexing as I, linalg as L, reduce as R, shape as S
+from . import derivatives as D, elementwise as E, fused as N, indexing as I, contraction as L, reduce as R, shape as S
 from . import views
 from .indexing import *  # noqa: F401,F403  (public: gather, sort, topk, cumsum, ...)
 from .dispatch import apply, apply2

@@ -28,6 +28,7 @@ import numpy as np
 from ..backends import TRACING, namespace_of, numpy_ns, device_of, tracing_namespace
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
+from ..generated import load
 from ..graph import _Mode, new_node
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
@@ -219,8 +220,8 @@ def binary_entry(op):
     return entry
 """
 
-for _source in (_APPLY, _UNARY, _BINARY):
-    exec(compile(_source, __file__ + " (_CORE)", "exec"), globals())
+for _what, _source in (("apply", _APPLY), ("unary_entry", _UNARY), ("binary_entry", _BINARY)):
+    load(_source, f"dispatch {_what}", globals())    # registered with linecache: tracebacks show these lines
 
 
 _entries = {}

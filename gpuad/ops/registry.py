@@ -46,10 +46,12 @@ abstract arrays: nothing about it is declared twice.
 >>> REGISTRY["multiply"].saves((True, False))      # only x needs a gradient: keep y
 ('y',)
 >>> import numpy as np
->>> from gpuad.ops.abstract import AbstractArray
+>>> from gpuad.backends.abstract import AbstractArray
 >>> REGISTRY["matmul"].abstract(AbstractArray((5, 3), "float32"), AbstractArray((3, 2), "float32"))
 AbstractArray((5, 2), float32)
 """
+from ..generated import load
+
 REGISTRY = {}
 
 UNARY, BINARY, REDUCTION, SHAPE, FUSED, OTHER = "unary", "binary", "reduction", "shape", "fused", "other"
@@ -164,7 +166,7 @@ class Primitive:
     def abstract(self, *avals, **params):
         """The shape-and-dtype rule: the forward on abstract arrays (see abstract.py).
         Returns an AbstractArray, or (out, aux) for primitives with aux."""
-        from .abstract import abstract_ns
+        from ..backends.abstract import abstract_ns
         return self.fwd(abstract_ns, *avals, **params)
 
     def __call__(self, *args, **params):
@@ -179,7 +181,8 @@ def _make_saver(plan):
     """lambda arrays, out: (the saved items), spelled out for this plan: it runs on
     every recorded op, where a loop or a comprehension would cost more than the op."""
     items = ["out" if k == OUT else "None" if k == UNUSED else f"arrays[{k}]" for k in plan]
-    return eval(f"lambda arrays, out: ({', '.join(items)}{',' if len(items) == 1 else ''})", {})
+    source = f"def saver(arrays, out):\n    return ({', '.join(items)}{',' if len(items) == 1 else ''})\n"
+    return load(source, "saver")["saver"]
 
 
 def primitive(name, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,

@@ -28,6 +28,8 @@ lowest peak reached: the least budget this schedule can meet.
 """
 import math
 
+from ...errors import BudgetError
+
 from ..ir import Eqn, iter_vars, map_vars
 from . import buffers, dce
 from .dce import EFFECTS
@@ -36,10 +38,6 @@ MAX_CHAIN = 12              # ops recomputed for one value at most
 BYTES_PER_FLOP = 0.1        # a FLOP costs a tenth of a byte moved (a CPU's balance, roughly)
 MAX_STEPS = 2000
 MAX_STALE = 16         # steps in a row that do not lower the peak: stop
-
-
-class BudgetError(ValueError):
-    """The budget is below what recomputation can reach."""
 
 
 def cost(e):

@@ -20,16 +20,13 @@ import time
 import warnings
 
 from ..tensor import Tensor
+from ..errors import CompileWarning
 from .capture import build_result, capture
 from .state import describe_change, discover, guard_key
 from .trace import GuardError, TraceError
 from . import pipeline
 
 RETRACE_WARN = 8         # warn when one function has traced this many times
-
-
-class CompileWarning(UserWarning):
-    """gpuad.compile retraced often, or fell back to eager."""
 
 
 class Compiled:
@@ -161,11 +158,6 @@ def _groups():
     from ..backends import numpy_ns
     from ..providers import provider_name
     return "triton" if provider_name(numpy_ns) == "triton" else None
-
-
-def rebuild(result, values):
-    """The step's return value at replay: Tensors around the computed arrays."""
-    return build_result(result, lambda kind, v: Tensor._from(values[v.id]) if kind == "T" else values[v.id])
 
 
 __all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]

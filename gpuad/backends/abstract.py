@@ -12,7 +12,7 @@ Dtypes follow numpy's own resolution (`ufunc.resolve_dtypes`, Python scalars
 weak), so an abstract result has the dtype the real one will have.
 
 >>> import numpy as np
->>> from gpuad.ops.abstract import AbstractArray, abstract_ns as xp
+>>> from gpuad.backends.abstract import AbstractArray, abstract_ns as xp
 >>> x = AbstractArray((3, 1), np.float32)
 >>> y = xp.multiply(x, AbstractArray((4,), np.float32))
 >>> y.shape, y.dtype, y.base is None
@@ -225,7 +225,7 @@ class AbstractNamespace:
         return AbstractArray(shape, np.matmul.resolve_dtypes((_dtype_arg(a), _dtype_arg(b), None))[-1])
 
     def einsum(self, equation, *operands, optimize=False):
-        from .linalg import parse_einsum
+        from .einsum import parse_einsum
         ins, out = parse_einsum(equation, [len(o.shape) for o in operands])
         sizes = {}
         for s, o in zip(ins, operands):

@@ -12,6 +12,7 @@ bytes move for them. Batch broadcasting is summed back by the engine.
 >>> a.grad.numpy()
 array([[3., 4.]], dtype=float32)
 """
+from ..backends.einsum import parse_einsum
 from .registry import primitive, OTHER
 
 
@@ -57,25 +58,6 @@ def _matmul_vjp(xp, g, saved, node, donate):
 # as two GEMMs in the cheap order. Operand k's gradient is itself an einsum: the
 # output gradient contracted with the other operands, into k's subscripts; an
 # index only k has (summed out in the forward) is brought back by a ones vector.
-
-def parse_einsum(equation, ndims):
-    """(input subscripts, output subscripts) with the implicit output made explicit."""
-    eq = equation.replace(" ", "")
-    if "..." in eq:
-        raise NotImplementedError("gpuad.einsum: ellipsis ('...') subscripts are not supported; "
-                                  "name every dimension")
-    ins, _, out = eq.partition("->")
-    ins = ins.split(",")
-    if len(ins) != len(ndims):
-        raise ValueError(f"gpuad.einsum: {equation!r} names {len(ins)} operands, got {len(ndims)}")
-    for s, n in zip(ins, ndims):
-        if len(s) != n:
-            raise ValueError(f"gpuad.einsum: subscripts {s!r} for an operand with {n} dims")
-    if not _:
-        letters = "".join(ins)
-        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    return ins, out
-
 
 @primitive("einsum", inputs=("*",), kind=OTHER, retain={"*": None}, vjp_temps=1)
 def einsum(xp, *operands, equation):

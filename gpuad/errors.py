@@ -1,0 +1,38 @@
+"""Every error and warning gpuad defines, in one place (so any layer can raise any of them).
+
+>>> import gpuad
+>>> issubclass(gpuad.errors.BackwardError, RuntimeError), gpuad.TraceError is gpuad.errors.TraceError
+(True, True)
+"""
+
+
+class BackwardError(RuntimeError):
+    """Raised for misuse of backward (freed graph, missing grad, ...)."""
+
+
+class TraceError(RuntimeError):
+    """The step did something a trace of shapes cannot follow (a value-dependent branch)."""
+
+
+class GuardError(RuntimeError):
+    """A replay met a value its trace assumed otherwise (gpuad.compile retraces or falls back)."""
+
+
+class CompileWarning(UserWarning):
+    """gpuad.compile retraced often, or fell back to eager."""
+
+
+class BudgetError(ValueError):
+    """The budget is below what recomputation can reach."""
+
+
+class GradcheckError(AssertionError):
+    """The analytic and numeric directional derivatives disagree."""
+
+
+class DeviceOutOfMemory(MemoryError):
+    """A device allocation failed; the message says what was asked, what is live, and what to do."""
+
+
+class DistributedError(RuntimeError):
+    """A collective did not complete: a rank died, raised, or called another collective."""
