@@ -29,6 +29,8 @@ import numpy as np
 
 from . import graph
 from .backends import namespace_of
+from .engine import walk
+from .engine.walk import run
 from .graph import Node, CheckpointScope, _Mode
 from .memory.accounting import accountant
 from .ops import api
@@ -75,17 +77,16 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
         del out, outs, root, args
         if root_node is None:
             return (None,) * len(node.parents)
-        from .autograd import _run
         targets = {leaf: [n] for n, leaf in enumerate(leaves.values())}
         # Gradients already waiting at the boundary continue to accumulate in the
         # local run, in the same order as without checkpointing (so the sums are
-        # bitwise equal); the totals then replace them (CHECKPOINT.replaces_grads).
+        # bitwise equal); the totals then replace them (walk.TAKES_PENDING).
         roots, seeds = [root_node], [(g, donate)]
         for b, leaf in leaves.items():
             if b.grad is not None:
                 roots.append(leaf)
                 seeds.append((b.grad, b.owned))
-        found = _run(roots, seeds, retain_graph=False, create_graph=False, targets=targets)
+        found = run(roots, seeds, xp, retain_graph=False, create_graph=False, targets=targets)
     finally:
         _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
         accountant.phase = prev_phase
@@ -96,7 +97,7 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
 
 _checkpoint_fwd.defvjp(_checkpoint_vjp)
 CHECKPOINT = _checkpoint_fwd
-CHECKPOINT.replaces_grads = True
+walk.TAKES_PENDING.add(CHECKPOINT)
 
 
 def _nbytes(shape, dtype):
@@ -112,15 +113,16 @@ def _inner_peak(node):
     return (acts if acts is not None else 2 * out) + sum(_nbytes(p.shape, p.dtype) for p in node.parents) + 2 * out
 
 
-CHECKPOINT.inner_peak = _inner_peak
-
-
-def _plan_vjp(xp, g, saved, node, donate):
-    """For the planner (which cannot rerun fn on sizes): one fresh gradient per input."""
+def _abstract_vjp(xp, g, saved, node, donate):
+    """The VJP on abstract arrays, for the planner (which cannot rerun fn on sizes): the
+    recompute's peak, held for a moment, then one fresh gradient per input."""
+    acct = accountant.active
+    if acct is not None:
+        acct.alloc(xp.empty((_inner_peak(node),), np.uint8), "checkpoint (recompute)")    # dies at once
     return tuple(xp.empty(p.shape, p.dtype) if need else None for p, need in zip(node.parents, node.needs))
 
 
-CHECKPOINT.plan_vjp = _plan_vjp
+CHECKPOINT.register_kernel("abstract", None, _abstract_vjp)
 
 
 def _rebuild(template, saved, arg_nodes):

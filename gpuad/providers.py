@@ -95,7 +95,9 @@ def provider_name(xp):
         if choice == "cupy" or (choice == "default" and not triton_available()) or not triton_usable():
             return "cupy"
         return "triton"
-    return None                      # tensor_ns (create_graph), abstract_ns: always the generic code
+    if name == "abstract":
+        return "abstract"            # the planner: a VJP that cannot run on sizes registers a stand-in
+    return None                      # tensor_ns (create_graph): always the generic code
 
 
 _usable = None

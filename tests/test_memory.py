@@ -122,7 +122,7 @@ def test_planner_on_off_and_debug_give_identical_gradients(spec, n_leaves, n_gre
 
 
 def test_poison_if_dead_fills_only_unreferenced_buffers():
-    from gpuad.autograd import poison_if_dead
+    from gpuad.engine.walk import poison_if_dead
     a = np.ones(10)
     poison_if_dead(a, extra_refs=2)            # held by `a` here and by the argument
     assert np.isnan(a).all()

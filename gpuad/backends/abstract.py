@@ -47,6 +47,9 @@ class AbstractArray:
     itemsize = property(lambda self: self.dtype.itemsize)
     nbytes = property(lambda self: math.prod(self.shape) * self.dtype.itemsize)
 
+    def copy(self):
+        return AbstractArray(self.shape, self.dtype)
+
     def astype(self, dtype, copy=True):
         return abstract_ns.astype(self, dtype) if copy is False else AbstractArray(self.shape, dtype)
 

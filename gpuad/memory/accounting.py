@@ -54,8 +54,9 @@ class OpStats:
 class Accountant:
     """Global counters; the hot path checks `active` (None when accounting is off)."""
 
-    def __init__(self):
+    def __init__(self, counts=()):
         self.active = None
+        self.counts = counts          # array types counted besides numpy's and CuPy's (the planner's)
         self.live_bytes = 0
         self.peak_bytes = 0
         self.allocations = 0
@@ -77,7 +78,7 @@ class Accountant:
         self._refs = {}               # id(owner) -> (weakref, nbytes)
         self._device = {}             # device pointer -> bytes, for blocks allocated while counting
         self._depth = 0               # enable() calls and open track() regions
-        if config.accounting_at_import():
+        if config.accounting_at_import() and not counts:
             self.enable()
 
     # -- switching -------------------------------------------------------------
@@ -121,7 +122,7 @@ class Accountant:
         device_peak_bytes.)
         """
         if type(arr) is not _ndarray and not isinstance(arr, _ndarray) and \
-                not type(arr).__module__.startswith("cupy"):
+                not type(arr).__module__.startswith("cupy") and not isinstance(arr, self.counts):
             return 0
         owner = owner_of(arr)
         key = id(owner)
@@ -150,6 +151,14 @@ class Accountant:
         s.allocations += 1
         s.allocated_bytes += n
         return n
+
+    def adopt(self, arr, activation=False):
+        """Count arr's buffer from now on as already live (it is in live_bytes): its
+        release subtracts it. The planner's twins of saved buffers come in this way."""
+        owner = owner_of(arr)
+        key = id(owner)
+        if key not in self._refs:
+            self._refs[key] = (weakref.ref(owner, self._make_release(key)), owner.nbytes, activation)
 
     def _make_release(self, key):
         def release(_ref, key=key, refs=self._refs):

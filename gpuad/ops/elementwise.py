@@ -3,7 +3,8 @@
 The unary ones live in the derivative table (derivatives.py).
 
 Binary VJPs return gradients in the broadcast shape of the output; the engine
-sums them back to each input's shape with the one shared `unbroadcast`.
+sums them back to each input's shape with the one shared `unbroadcast`
+(gpuad/engine/policy.py).
 
 Each forward reads its inputs once and writes its output once (read N, write
 N per input). Where a VJP may overwrite the incoming gradient (`donate`: the
@@ -24,27 +25,6 @@ from .registry import primitive, BINARY, UNARY, OTHER
 from ..memory.pool import INPLACE_MIN
 
 _generic = np.generic
-
-
-def unbroadcast(xp, g, shape):
-    """Sum `g` over the axes that broadcasting added or stretched to reach `shape`.
-
-    The one helper every binary VJP relies on (through the engine).
-
-    >>> import numpy as np
-    >>> from gpuad.backends import numpy_ns
-    >>> unbroadcast(numpy_ns, np.ones((4, 2, 3)), (2, 1)).tolist()
-    [[12.0], [12.0]]
-    """
-    gshape = g.shape
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1)
-    if axes:
-        g = xp.sum(g, axis=axes, keepdims=False)
-        if len(shape) != g.ndim or tuple(g.shape) != tuple(shape):
-            g = xp.reshape(g, shape)
-    return g
 
 
 def _tmp(t):

@@ -10,11 +10,8 @@ views of the buffer see it, as in torch), and moves the tensor onto the new
 node: the gradient flows through the op. A leaf that requires grad is refused,
 as torch refuses it.
 
-Every in-place write marks its buffer with the moment it happened. A node
-created before that moment which saved the buffer would compute a wrong
-gradient, so backward raises, naming the op, the saved value and the in-place
-op: never a silently wrong gradient (torch's version counters, kept per
-buffer, at no cost to ops that are not in place).
+Every in-place write marks its buffer (gpuad/engine/versions.py), so backward
+raises rather than use a saved value written after it was saved.
 
 >>> import gpuad
 >>> w = gpuad.tensor([1.0, 2.0], requires_grad=True)
@@ -24,31 +21,19 @@ tensor([3., 5.], grad_fn=add)
 >>> y.sum().backward(); w.grad
 tensor([2., 2.])
 """
-import weakref
-
 import numpy as np
 
 from ..backends import TRACING, namespace_of, tracing_namespace
-from ..graph import FREED, _next_index, is_grad_enabled
-from ..memory.accounting import owner_of
+from ..engine import versions
+from ..graph import is_grad_enabled
 from ..tensor import Tensor
 from . import views
 
-_mutated = {}        # id(buffer owner) -> (moment of the last in-place write, what wrote it)
-
-
 def mark_mutated(t, what):
-    """Record an in-place write into t's buffer."""
+    """Record an in-place write into t's buffer (engine/versions.py checks it in backward)."""
     if TRACING and getattr(t.data, "_xp", None) is None:
         _adopt(t)
-    owner = _buffer_owner(t.data)
-    key = id(owner)
-    if key not in _mutated:
-        try:
-            weakref.finalize(owner, _mutated.pop, key, None)      # the entry dies with the buffer
-        except TypeError:
-            pass
-    _mutated[key] = (_next_index(), what)
+    versions.mark(t.data, what)
 
 
 def _adopt(t):
@@ -66,38 +51,6 @@ def _xp(data, other):
     (a real array written with a traced value is a write the trace records), else the
     buffer's own."""
     return tracing_namespace((data, other)) or namespace_of(data) if TRACING else namespace_of(data)
-
-
-def _buffer_owner(a):
-    """What owns a's buffer, on the host (the pool's holder) or a device (the root array)."""
-    return owner_of(a) if isinstance(a, np.ndarray) else _device_owner(a)
-
-
-def _device_owner(a):
-    while getattr(a, "base", None) is not None:
-        a = a.base
-    return a
-
-
-def check_saved(node):
-    """Raise if a value `node` saved was written in place after the node was made.
-    Backward calls this for each node, only once some in-place write happened."""
-    saved = node.saved
-    if saved is FREED or not saved:
-        return
-    for k, a in enumerate(saved):
-        if not hasattr(a, "base") or isinstance(a, np.generic):
-            continue
-        owner = _buffer_owner(a)
-        m = _mutated.get(id(owner))
-        if m is not None and m[0] > node.index:
-            names = list(node.op.retain)
-            what = names[k] if k < len(names) else "saved value"
-            label = "its output" if what == "out" else f"its input {what!r}"
-            raise RuntimeError(
-                f"gpuad: {node.op.name} (node #{node.index}) saved {label} (shape {tuple(a.shape)}, "
-                f"{a.dtype}) for its gradient, and {m[1]} modified it in place afterwards, so the "
-                f"gradient would be wrong. Modify a copy instead (t = t.clone(), or an out-of-place op).")
 
 
 def writes(t, name, other=None):
@@ -124,9 +77,9 @@ def write_back(t, result, name):
     if node is not None and node.saved:
         # the op may have saved t's old values (mul_ saves them for the other input's
         # gradient): keep a copy of those, since the buffer is about to change
-        mine = id(_buffer_owner(t.data))
+        mine = id(versions.buffer_owner(t.data))
         node.saved = tuple(a.copy() if hasattr(a, "base") and not isinstance(a, np.generic)
-                           and id(_buffer_owner(a)) == mine else a for a in node.saved)
+                           and id(versions.buffer_owner(a)) == mine else a for a in node.saved)
     # t may view another tensor's buffer: its bases move onto nodes that see this write
     # (computed now, while they still hold the old values), and their other views follow
     moved = views.rebase(t, result)

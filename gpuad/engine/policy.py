@@ -1,8 +1,8 @@
-"""How backward combines gradients: one policy, for the walk and for the planner.
+"""How backward combines gradients: one policy, for the walk on arrays and on sizes.
 
-The reverse walk (autograd.py) asks this module what to do with each
-gradient; the memory planner (memory/planner.py) runs the same functions on
-abstract arrays and sizes to predict the peak. Nothing here is written twice.
+The reverse walk (engine/walk.py) asks this module what to do with each
+gradient; the planner (engine/plan.py) is the same walk on abstract arrays,
+so it asks the same questions. Nothing here is written twice.
 
 Ownership: the engine *owns* a gradient buffer when nothing outside backward
 can see it (not a view of another array, not the caller's, not a saved
@@ -19,7 +19,7 @@ value), so it may write into it.
 - a leaf's .grad keeps an owned buffer as it is and copies one it does not own.
 
 >>> import numpy as np
->>> from gpuad.accumulate import accumulate
+>>> from gpuad.engine.policy import accumulate
 >>> from gpuad.backends import numpy_ns
 >>> a, b = np.ones(1 << 20), np.ones(1 << 20)
 >>> total, owned = accumulate(numpy_ns, a, False, b, True, records=False)
@@ -31,10 +31,10 @@ False
 """
 import numpy as np
 
-from .dtypes import grad_dtype
-from .memory.pool import INPLACE_MIN
-from .backends.abstract import AbstractArray
-from .ops.elementwise import unbroadcast
+from ..backends.abstract import AbstractArray
+from ..dtypes import grad_dtype
+from ..errors import BackwardError
+from ..memory.pool import INPLACE_MIN
 
 _ndarray = np.ndarray
 _ARRAY_TYPES = (np.ndarray, AbstractArray)
@@ -77,6 +77,27 @@ def route(xp, gi, g, donated, grads, parent, op, records):
     return gi, owned
 
 
+def unbroadcast(xp, g, shape):
+    """Sum `g` over the axes that broadcasting added or stretched to reach `shape`.
+
+    The one helper every binary VJP relies on (through the engine).
+
+    >>> import numpy as np
+    >>> from gpuad.backends import numpy_ns
+    >>> unbroadcast(numpy_ns, np.ones((4, 2, 3)), (2, 1)).tolist()
+    [[12.0], [12.0]]
+    """
+    gshape = g.shape
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1)
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=False)
+        if len(shape) != g.ndim or tuple(g.shape) != tuple(shape):
+            g = xp.reshape(g, shape)
+    return g
+
+
 def fit(xp, gi, parent, op):
     """Sum a broadcast gradient back to the input's shape."""
     try:
@@ -84,7 +105,6 @@ def fit(xp, gi, parent, op):
     except ValueError:
         out = None
     if out is None or tuple(out.shape) != tuple(parent.shape):
-        from .autograd import BackwardError
         raise BackwardError(f"gpuad: the VJP of {op.name} returned a gradient of shape {tuple(gi.shape)} "
                             f"for an input of shape {parent.shape}")
     return out
