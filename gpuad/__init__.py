@@ -10,8 +10,10 @@
 from .dtypes import float16, float32, float64, int32, int64, bool_, bfloat16, as_dtype
 from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled
 from .tensor import Tensor, tensor
-from .ops.api import *  # noqa: F401,F403  (every public op: hand-written and generated from declarations)
-from .ops import unary  # noqa: F401
+from . import ops, surface
+from .surface import unary, primitive  # noqa: F401  (declare and publish a primitive)
+surface.build()
+globals().update(surface.FUNCTIONS)       # gpuad.<name>: every public op, hand-written or generated
 from .creation import (zeros, ones, empty, full, zeros_like, ones_like, full_like, arange, linspace, eye,
                        randn, rand, randint, from_numpy, randn_like, rand_like, multinomial, from_dlpack)
 from .random import manual_seed, get_rng_state, set_rng_state, Generator

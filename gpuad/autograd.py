@@ -167,7 +167,11 @@ def _namespace(seeds, create_graph):
 
 
 def tensor_backward(self, grad=None, retain_graph=False, create_graph=False):
-    """Tensor.backward: accumulate d(self)/d(leaf) into every leaf's .grad.
+    """Tensor.backward: accumulate d(self)/d(leaf) into every leaf's .grad (reverse mode).
+
+    grad is required unless self has one element. retain_graph=True keeps the
+    saved values so backward can run again; create_graph=True records the
+    backward pass, for higher derivatives.
 
     >>> import gpuad
     >>> x = gpuad.tensor([1.0, 2.0], requires_grad=True)

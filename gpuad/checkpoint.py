@@ -33,7 +33,7 @@ from .engine import walk
 from .engine.walk import run
 from .graph import Node, CheckpointScope, _Mode
 from .memory.accounting import accountant
-from .ops import api
+from .ops import composite as C
 from .ops.registry import primitive
 from .random import get_rng_state, set_rng_state
 from .schedule import Chain, Schedule, optimal, segments_tree, sqrt_segments
@@ -146,7 +146,7 @@ def _check_same(p, outs):
 
 
 def _pack(outs):
-    return api.concat([api.reshape(o, (-1,)) for o in outs])
+    return C.concat([C.reshape(o, (-1,)) for o in outs])
 
 
 def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
@@ -221,7 +221,7 @@ def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
     offset = 0
     for i in grads_for:
         n = int(np.prod(outs[i].shape))
-        outs[i] = api.reshape(root[offset:offset + n], outs[i].shape)
+        outs[i] = C.reshape(root[offset:offset + n], outs[i].shape)
         offset += n
     return type(out)(outs)
 

@@ -83,7 +83,7 @@ def gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, raise_excep
     True
     """
     from .graph import enable_grad
-    from .ops import api
+    from .ops import composite as C
 
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
@@ -103,9 +103,9 @@ def gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0, raise_excep
             diff = [x for x in xs if isinstance(x, Tensor) and x.requires_grad]
             out = f(*xs)
             if out._node is None:
-                return api.concat([api.reshape(x * 0.0, (-1,)) for x in diff])
+                return C.concat([C.reshape(x * 0.0, (-1,)) for x in diff])
             grads = autograd.grad(out, diff, grad_outputs=u, create_graph=True, allow_unused=True)
-            return api.concat([api.reshape(g if g is not None else x * 0.0, (-1,))
+            return C.concat([C.reshape(g if g is not None else x * 0.0, (-1,))
                                for g, x in zip(grads, diff)])
 
     vjp_of_f.__name__ = f"vjp of {getattr(f, '__name__', 'f')}"

@@ -236,16 +236,6 @@ class Tensor:
 
     # -- autograd --------------------------------------------------------------
 
-    def backward(self, grad=None, retain_graph=False, create_graph=False):
-        """Accumulate d(self)/d(leaf) into every leaf's .grad (reverse mode).
-
-        grad is required unless self has one element. retain_graph=True keeps
-        the saved values so backward can run again; create_graph=True records
-        the backward pass, for higher derivatives.
-        """
-        from .autograd import backward
-        backward(self, grad, retain_graph=retain_graph, create_graph=create_graph)
-
     def detach(self):
         """The same data as a GREY tensor: the lecture's stop-gradient."""
         return Tensor._from(_stop(self.data))
@@ -358,9 +348,9 @@ class Tensor:
         """Whether every element (along dim) is true: a bool tensor, as torch."""
         return Tensor._from(_as_array(self.data.all(axis=dim, keepdims=keepdim)))
 
-    # Operators and op methods (+, *, .sum(), .reshape(), ...) are installed by
-    # gpuad.ops (install.py from the primitives' declarations, methods.py for
-    # the hand-written functions), so this module imports no op.
+    # Operators, op methods (+, *, .sum(), .reshape(), ...) and backward() are
+    # installed by gpuad/surface.py (from the primitives' declarations, and
+    # ops/methods.py for the hand-written ones): this module imports no op.
 
 
 def _as_array(v):

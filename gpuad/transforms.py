@@ -15,7 +15,7 @@ inside a transform), the result stays in its graph, so grad(grad(f)) works.
 import numpy as np
 
 from . import autograd
-from .ops import api
+from .ops import composite as C
 from .pytree import tree_flatten, tree_unflatten
 from .tensor import Tensor
 
@@ -31,7 +31,7 @@ def _argnums(argnums, n):
 def _leaf(x):
     """A fresh BLACK leaf for x (a Tensor, array or number); (leaf, whether x was BLACK)."""
     if isinstance(x, Tensor) and x.requires_grad:
-        return api.multiply(x, 1), True      # a fresh node inside the outer graph (nesting)
+        return C.multiply(x, 1), True      # a fresh node inside the outer graph (nesting)
     data = x.data if isinstance(x, Tensor) else x
     if getattr(data, "_xp", None) is not None:
         t = Tensor._from(data.copy())        # a traced array (gpuad.compile, gpuad.jvp)

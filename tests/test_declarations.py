@@ -36,7 +36,7 @@ def test_fixture_op_gets_function_method_namespace_entry_and_cases():
 def test_unregister_removes_everything_installed():
     op = gpuad.unary("_tmp_op", "x", "1.0", fwd=lambda xp, x: xp.add(x, 0.0))
     assert hasattr(gpuad, "_tmp_op") and hasattr(gpuad.Tensor, "_tmp_op") and op.name in REGISTRY
-    gpuad.ops.install.unregister("_tmp_op")
+    gpuad.surface.unregister("_tmp_op")
     assert not hasattr(gpuad, "_tmp_op") and not hasattr(gpuad.Tensor, "_tmp_op") and "_tmp_op" not in REGISTRY
 
 

@@ -114,4 +114,4 @@ def test_device_out_of_memory_says_what_to_do():
                                               r"bytes.*checkpoint_sequential\(layers, x, budget_bytes=\.\.\.\)"):
             hog(gpuad.ones(3))
     finally:
-        gpuad.ops.install.unregister("_test_hog")
+        gpuad.surface.unregister("_test_hog")

@@ -207,7 +207,7 @@ def test_gradcheck_reports_the_op_and_both_numbers():
         with pytest.raises(gpuad.GradcheckError, match=r"_test_wrong_sin w\.r\.t\. input 0.*VJP gives .* finite differences give"):
             gradcheck(lambda x: wrong(x), (r(3),))
     finally:
-        gpuad.ops.install.unregister("_test_wrong_sin")
+        gpuad.surface.unregister("_test_wrong_sin")
 
 
 def _weighted_backward(fn, inputs, hooked):

@@ -12,13 +12,13 @@ backward; mse_loss is composed from primitives.
 import numpy as np
 
 from ..backends import namespace_of
-from ..ops import api, fused as N
+from ..ops import composite as C, fused as N
 from ..ops.dispatch import apply
 from ..random import default_generator
 from ..tensor import Tensor
 
-relu, tanh, sigmoid, gelu, softplus = api.relu, api.tanh, api.sigmoid, api.gelu, api.softplus
-softmax, log_softmax = api.softmax, api.log_softmax
+relu, tanh, sigmoid, gelu, softplus = C.relu, C.tanh, C.sigmoid, C.gelu, C.softplus
+softmax, log_softmax = C.softmax, C.log_softmax
 
 
 def _t(x):
@@ -74,11 +74,11 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
         warnings.warn(f"gpuad.mse_loss: using a target size {st} that is different to the input size {si}; "
                       f"this will likely lead to incorrect results due to broadcasting (as torch warns)",
                       UserWarning, stacklevel=2)
-    d = api.subtract(input, target)
-    sq = api.multiply(d, d)
+    d = C.subtract(input, target)
+    sq = C.multiply(d, d)
     if reduction == "none":
         return sq
-    return api.mean(sq) if reduction == "mean" else api.sum(sq)
+    return C.mean(sq) if reduction == "mean" else C.sum(sq)
 
 
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -157,7 +157,7 @@ def _assume_none(mask, what):
 def _indexed_cross_entropy(logits, t, ignored, weight, reduction, eps):
     """torch's loss with class weights, ignored targets and label smoothing, composed."""
     n, c = logits.shape
-    logp = api.log_softmax(logits, dim=1)
+    logp = C.log_softmax(logits, dim=1)
     safe = np.where(ignored, 0, t)
     keep = Tensor._from((~ignored).astype(logits.dtype))
     w = _t(weight).astype(logits.dtype) if weight is not None else None
@@ -179,7 +179,7 @@ def _soft_cross_entropy(logits, target, weight, reduction, eps):
     p = _t(target).astype(logits.dtype)
     if eps:
         p = p * (1 - eps) + eps / c
-    logp = api.log_softmax(logits, dim=1)
+    logp = C.log_softmax(logits, dim=1)
     terms = logp * p if weight is None else logp * p * _t(weight).astype(logits.dtype)
     losses = -terms.sum(dim=1)
     if reduction == "none":
@@ -292,7 +292,7 @@ def embedding(input, weight, padding_idx=None):  # noqa: A002
     out = weight[ids]
     if padding_idx is not None:
         pad = padding_idx % weight.shape[0]
-        out = api.where(np.expand_dims(ids == pad, -1), out.detach(), out)     # no gradient to that row
+        out = C.where(np.expand_dims(ids == pad, -1), out.detach(), out)     # no gradient to that row
     return out
 
 
@@ -310,7 +310,7 @@ def dropout(x, p=0.5, training=True, generator=None):
     """
     if not 0.0 <= p < 1.0:
         if p == 1.0:
-            return api.multiply(x, 0.0)
+            return C.multiply(x, 0.0)
         raise ValueError(f"gpuad.dropout: p must be in [0, 1], got {p}")
     x = _t(x)
     if not training or p == 0.0:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dtypes import as_dtype, default_float
 from ..graph import is_grad_enabled
-from ..ops import api
+from ..ops import composite as C
 from ..random import default_generator
 from ..backends import namespace_of
 from ..tensor import Tensor
@@ -342,7 +342,7 @@ class ResidualBlock(Module):
         self.body = Linear(width, width, activation=activation, dtype=dtype)
 
     def forward(self, h):
-        return api.add(self.body(h), h)
+        return C.add(self.body(h), h)
 
 
 class ResNet(Sequential):
@@ -385,12 +385,12 @@ class RNN(Module):
         u = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
         h = h0 if h0 is not None else Tensor._from(
             namespace_of(x.data).zeros((B, self.hidden_size), dtype=self.weight_hh_l0.dtype))
-        act = api.tanh if self.activation == "tanh" else api.relu
+        act = C.tanh if self.activation == "tanh" else C.relu
         outs = []
         for t in range(T):
-            h = act(api.add(u[t], F.linear(h, self.weight_hh_l0, self.bias_hh_l0)))
+            h = act(C.add(u[t], F.linear(h, self.weight_hh_l0, self.bias_hh_l0)))
             outs.append(h)
-        return api.stack(outs), h
+        return C.stack(outs), h
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}"
@@ -418,15 +418,15 @@ class _Activation(Module):
 
 
 class Tanh(_Activation):
-    fn = staticmethod(api.tanh)
+    fn = staticmethod(C.tanh)
 
 
 class ReLU(_Activation):
-    fn = staticmethod(api.relu)
+    fn = staticmethod(C.relu)
 
 
 class Sigmoid(_Activation):
-    fn = staticmethod(api.sigmoid)
+    fn = staticmethod(C.sigmoid)
 
 
 class GELU(Module):
@@ -439,7 +439,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
-        return api.gelu(x, approximate=self.approximate)
+        return C.gelu(x, approximate=self.approximate)
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends import namespace_of
 from ..dtypes import as_dtype, default_float
-from ..ops import api
+from ..ops import composite as C
 from ..random import default_generator
 from ..tensor import Tensor
 from . import functional as F
@@ -128,8 +128,8 @@ class MultiheadAttention(Module):
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
-                scores = api.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
-            p = api.softmax(scores, dim=-1)
+                scores = C.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+            p = C.softmax(scores, dim=-1)
             weights = p.mean(dim=1) if average_attn_weights else p
             out = (F.dropout(p, drop) if drop else p) @ v
         else:

@@ -1,19 +1,20 @@
-"""Ops: one declaration per primitive, grouped by kind, and the entry points made from them.
+"""Ops: one declaration per primitive, grouped by kind, and the functions made from them.
 
-registry.py     Primitive: the declaration (forward, VJP, what it saves, kind, kernels)
-dispatch.py     apply(): kernel choice, record, account (the one core)
-abstract.py     abstract arrays: the shape-and-dtype rule, and the planner's view of a VJP
-derivatives.py  the table of simple unary elementwise ops, one line each
-elementwise.py reduce.py shape.py linalg.py fused.py   the other primitives
-api.py          the hand-written public functions (argument checks, composites)
-install.py      gpuad.<name>, Tensor methods and operators, namespace entries, from the declarations
-methods.py      Tensor methods that are hand-written functions
-namespace.py    the same vocabulary on Tensors, so VJPs can record themselves
+dispatch.py      apply(): kernel choice, record, account (the one core every op runs)
+registry.py      Primitive: the declaration (forward, VJP, what it saves, kind, kernels)
+derivatives.py   the table of simple unary elementwise ops, one line each
+elementwise.py reduce.py shape.py contraction.py scan.py   the other primitives
+fused.py attention.py norms.py   fused primitives (one kernel, their own backward)
+composite.py     the hand-written public functions (argument checks) and composite ops
+indexing.py      index, selection and arrangement ops, composed from primitives
+views.py         which tensor views which (for writes through views)
+inplace.py       in-place ops, and writes through views
+namespace.py     numpy's vocabulary on Tensors: the create_graph `xp`
+methods.py       the hand-written Tensor methods
+
+Importing this package loads the declarations only; gpuad/surface.py makes
+the public functions, methods and operators from them.
 """
 from . import registry, derivatives, elementwise, reduce, shape, contraction, fused, scan, attention, norms  # noqa: F401
-from . import api, install, methods
 from .registry import REGISTRY, Primitive, primitive  # noqa: F401
 from .derivatives import unary  # noqa: F401
-
-install.install_all()
-methods.install()

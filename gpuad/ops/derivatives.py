@@ -38,15 +38,17 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
           operator=None, doc=None, float_result=True):
     """Declare unary elementwise primitive `name` from its derivative `d`: an
     expression of the kept value (named `x` or `out`), `xp` and `params`.
+    This records the declaration; gpuad.unary also publishes it (gpuad.<name>,
+    the Tensor method: gpuad/surface.py).
 
     >>> from gpuad.ops.derivatives import unary
     >>> cube = unary("_doc_cube", "x", "xp.multiply(3.0, xp.multiply(x, x))",
     ...              fwd=lambda xp, x: xp.multiply(x, xp.multiply(x, x)))
     >>> import gpuad
     >>> x = gpuad.tensor(2.0, dtype="float64", requires_grad=True)
-    >>> gpuad._doc_cube(x).backward(); x.grad.item()
+    >>> cube(x).backward(); x.grad.item()
     12.0
-    >>> gpuad.ops.install.unregister("_doc_cube")
+    >>> gpuad.surface.unregister("_doc_cube")
     """
     forward = fwd if fwd is not None else _xp_function(name)
     forward.__doc__ = doc or forward.__doc__ or f"{name}(x), elementwise."

@@ -33,7 +33,6 @@ from ..graph import _Mode, new_node
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor
-from .registry import BINARY
 
 _ndarray = np.ndarray
 _new = object.__new__
@@ -292,7 +291,7 @@ def _forward_error(op, arrays, e):
     if not isinstance(e, (ValueError, TypeError)):
         return e
     _check_devices(op, arrays)                   # a CPU and a GPU operand: say so
-    if (op.kind == BINARY or op.name == "matmul") and isinstance(e, ValueError) and len(arrays) == 2:
+    if (op.broadcasts or op.name == "matmul") and isinstance(e, ValueError) and len(arrays) == 2:
         sx, sy = (tuple(getattr(a, "shape", ())) for a in arrays)
         if op.name == "matmul":
             return ValueError(f"gpuad.matmul: shapes {sx} and {sy} are not aligned ({e})")

@@ -24,12 +24,13 @@ import numpy as np
 from ..backends import namespace_of
 
 from . import reduce as R, scan, shape as S
+from .composite import amax, amin, concatenate, maximum, minimum, where, _nonempty
 from .dispatch import apply
 from ..tensor import Tensor
 
 __all__ = ["argmax", "argmin", "sort", "argsort", "topk", "gather", "take_along_dim", "index_select",
            "masked_fill", "tril", "triu", "flip", "roll", "split", "chunk", "repeat", "tile", "scatter_add",
-           "index_add", "cumsum", "cumprod", "prod", "max_along", "min_along"]
+           "index_add", "cumsum", "cumprod", "prod", "max", "min"]
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])   # torch.return_types.max and friends
 
@@ -91,7 +92,7 @@ def take_along_dim(x, indices, dim=None):
         return x.reshape(-1)[_data(indices, xp).reshape(-1)]
     d = _dim(x, dim, "take_along_dim")
     idx = _data(indices, xp)
-    shape = [max(a, b) if i != d else b for i, (a, b) in enumerate(zip(x.shape, idx.shape))]
+    shape = [builtins.max(a, b) if i != d else b for i, (a, b) in enumerate(zip(x.shape, idx.shape))]
     idx = xp.broadcast_to(idx, shape)
     return x[_along(idx, d)]
 
@@ -105,12 +106,10 @@ def index_select(x, dim, index):
 
 def masked_fill(x, mask, value):
     """x with value where mask is true (a selection: the gradient there is 0)."""
-    from .api import where
     return where(mask, value, x)
 
 
 def _tri(x, diagonal, lower):
-    from .api import where
     x = _t(x)
     if x.ndim < 2:
         raise ValueError(f"gpuad.{'tril' if lower else 'triu'}: needs at least 2 dimensions, got shape {x.shape}")
@@ -141,7 +140,6 @@ def flip(x, dims):
 
 def roll(x, shifts, dims=None):
     """Shift elements along dims, wrapping around (torch.roll)."""
-    from .api import concatenate
     x = _t(x)
     if dims is None:
         return roll(x.reshape(-1), shifts, 0).reshape(x.shape)
@@ -272,6 +270,36 @@ def _picked(x, idx, d, keepdim):
     else:
         idx = idx_k
     return ValuesIndices(values, Tensor._from(idx))
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """As torch.max: the largest value of all; along a dim, (values, indices) with the
+    gradient to the first maximum; of two tensors, the elementwise maximum.
+
+    >>> import gpuad
+    >>> x = gpuad.tensor([[1.0, 4.0], [3.0, 2.0]])
+    >>> x.max().item(), x.max(dim=0).values.tolist(), x.max(1).indices.tolist()
+    (4.0, [3.0, 4.0], [1, 0])
+    """
+    return _extreme("max", x, dim, keepdim, axis, keepdims)
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """As torch.min: the smallest value; along a dim, (values, indices); of two tensors,
+    the elementwise minimum."""
+    return _extreme("min", x, dim, keepdim, axis, keepdims)
+
+
+def _extreme(name, x, dim, keepdim, axis, keepdims):
+    largest = name == "max"
+    if isinstance(dim, Tensor):                       # torch.max(a, b): elementwise
+        return (maximum if largest else minimum)(x, dim)
+    dim = dim if axis is None else axis
+    keepdim = keepdim if keepdims is None else keepdims
+    if dim is None:
+        return (amax if largest else amin)(x)
+    _nonempty(name, x, dim)
+    return (max_along if largest else min_along)(x, dim, keepdim)
 
 
 def max_along(x, dim, keepdim=False):

@@ -28,6 +28,7 @@ from ..engine import versions
 from ..graph import is_grad_enabled
 from ..tensor import Tensor
 from . import views
+from .composite import astype, broadcast_to, getitem, reshape, setitem, transpose
 
 def mark_mutated(t, what):
     """Record an in-place write into t's buffer (engine/versions.py checks it in backward)."""
@@ -43,7 +44,7 @@ def _adopt(t):
     tracer = TRACING[-1].adopt(t.data)
     if tracer is not None:
         t.data = tracer
-        views.adopt(t)
+        adopt_views(t)
 
 
 def _xp(data, other):
@@ -71,8 +72,7 @@ def write_back(t, result, name):
         raise RuntimeError(f"gpuad.{name}: the result has shape {result.shape}, which cannot be written "
                            f"in place into a tensor of shape {t.shape}")
     if result.dtype != t.dtype:
-        from . import api
-        result = api.astype(result, t.dtype)       # in place keeps t's dtype, as in torch
+        result = astype(result, t.dtype)       # in place keeps t's dtype, as in torch
     node = result._node
     if node is not None and node.saved:
         # the op may have saved t's old values (mul_ saves them for the other input's
@@ -82,28 +82,27 @@ def write_back(t, result, name):
                            and id(versions.buffer_owner(a)) == mine else a for a in node.saved)
     # t may view another tensor's buffer: its bases move onto nodes that see this write
     # (computed now, while they still hold the old values), and their other views follow
-    moved = views.rebase(t, result)
+    moved = rebase(t, result)
     _xp(t.data, result.data).copyto(t.data, result.data)
     mark_mutated(t, name)
     t._node = node
-    views.settle(t, moved)
+    settle(t, moved)
     return t
 
 
-def binary_(t, op, other, name):
-    """t <op>= other, in place: `op` is the primitive (add, subtract, multiply, divide)."""
+def binary_(t, fn, other, name):
+    """t <fn>= other, in place: `fn` is the public function of a binary primitive (add,
+    subtract, multiply, divide), named as numpy's ufunc."""
     if not writes(t, name, other):
         od = other.data if isinstance(other, Tensor) else other
-        getattr(_xp(t.data, od), op.name)(t.data, od, out=t.data)
+        getattr(_xp(t.data, od), fn.__name__)(t.data, od, out=t.data)
         mark_mutated(t, name)
         return t
-    from .install import function_of
-    return write_back(t, function_of(op)(t, other), name)
+    return write_back(t, fn(t, other), name)
 
 
 def assign_(t, value, name, index=None):
     """t[index] = value (index None: all of t), recorded when anything requires grad."""
-    from . import api
     if not writes(t, name, value):
         vd = value.data if isinstance(value, Tensor) else value
         traced = getattr(vd, "_xp", None)
@@ -113,11 +112,86 @@ def assign_(t, value, name, index=None):
             # a traced value into a constant's numpy buffer (gpuad.compile, jvp), which
             # cannot hold it: the tensor takes the traced result, and its views follow
             t.data = traced.setitem(t.data, index, vd)
-            views.adopt(t)
+            adopt_views(t)
         else:
             t.data[index] = vd
         mark_mutated(t, name)
         return t
     if index is None:
         index = Ellipsis
-    return write_back(t, api.setitem(t, index, value), name)
+    return write_back(t, setitem(t, index, value), name)
+
+
+# --- writes through views (the record is ops/views.py) -------------------------------
+
+_REMAKE = {"getitem": getitem, "reshape": reshape, "transpose": transpose, "broadcast_to": broadcast_to}
+
+
+def _derive(base, how):
+    name, arg = how
+    return _REMAKE[name](base, arg)
+
+
+def _undo(base, how, value):
+    """base with `value` written where its view `how` looks: recorded, out of place."""
+    name, arg = how
+    if name == "getitem":
+        return setitem(base, arg, value)
+    if name == "reshape":
+        return reshape(value, tuple(base.shape))
+    if name == "transpose":
+        return transpose(value, tuple(int(i) for i in np.argsort(arg)))
+    raise RuntimeError(f"gpuad: an in-place write into a {name} view (of shape {tuple(value.shape)}) "
+                       f"would write several elements into one place; write into a copy (.clone())")
+
+
+def rebase(t, result):
+    """Before `result`'s values are copied into view t: move t's bases onto nodes that
+    include the write (each base = its old value with the view's part replaced).
+    Returns the roots whose other views must be derived again (after the copy)."""
+    value = result
+    moved = []
+    for view, base, how in views.chain(t):
+        if base._node is None and value._node is None:
+            break                       # nothing records: the buffer write is all there is
+        value = _undo(base, how, value)
+        moved.append((base, value._node))
+    return moved
+
+
+def settle(t, moved):
+    """After the copy: the bases take their new nodes, and every live view of them
+    other than t is derived again, so its gradient flows through the write too."""
+    for base, node in moved:
+        base._node = node
+    roots = [b for b, _ in moved] or [t]
+    for root in roots[-1:]:
+        _refresh(root, skip=t)
+
+
+def _refresh(base, skip):
+    kids = views.views_of(id(base))
+    if not kids:
+        return
+    kids[:] = [r for r in kids if r() is not None]
+    for ref in list(kids):
+        v = ref()
+        if v is None:
+            continue
+        if v is not skip:
+            entry = views.how_made(v)
+            if entry is not None and base._node is not None:
+                fresh = _derive(base, entry[2])
+                v._node = fresh._node
+        _refresh(v, skip)
+
+
+def adopt_views(t):
+    """t's data was replaced by a traced value (gpuad.compile): its views' data follow."""
+    kids = views.views_of(id(t))
+    for ref in list(kids or ()):
+        v = ref()
+        entry = views.how_made(v) if v is not None else None
+        if entry is not None:
+            v.data = _derive(t, entry[2]).data
+            adopt_views(v)

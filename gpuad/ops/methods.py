@@ -1,50 +1,48 @@
-"""Tensor methods that call ops, installed onto Tensor by the ops package.
+"""The hand-written Tensor methods: the public functions PyTorch also has as methods
+(with their dim/keepdim spellings), conversions and the in-place ops.
 
-tensor.py holds the data and the autograd API and imports no op; the ops
-install what they offer: install.py the methods and operators declared on
-primitives, this module the hand-written public functions that PyTorch also
-has as methods (with their dim/keepdim spellings) and a few conversions.
+tensor.py holds the data and imports no op; gpuad/surface.py installs this
+table onto Tensor, after the methods and operators the primitives declare.
 
 >>> import gpuad
 >>> x = gpuad.tensor([[1.0, 2.0], [3.0, 4.0]])
 >>> x.sum(dim=0).tolist(), x.T.shape, x.double().dtype
 ([4.0, 6.0], (2, 2), dtype('float64'))
 """
-from . import api, inplace
-from .elementwise import add, subtract, multiply, divide
+from . import composite as C, indexing, inplace
 from ..backends import namespace_of
 from ..tensor import Tensor
 
-# Tensor.<name> is api.<name>: the first argument is the tensor itself.
-_SAME = ("sum", "mean", "max", "min", "amax", "amin", "var", "std", "logsumexp", "softmax", "log_softmax",
-         "reshape", "view", "transpose", "permute", "swapaxes", "flatten", "squeeze", "unsqueeze", "expand_dims",
-         "matmul", "clamp", "clip", "square", "gelu", "softplus", "astype",
-         "argmax", "argmin", "sort", "argsort", "topk", "gather", "take_along_dim", "index_select", "masked_fill",
-         "tril", "triu", "flip", "roll", "split", "chunk", "repeat", "tile", "cumsum", "cumprod", "prod",
-         "scatter_add", "index_add", "norm")
+# Tensor.<name> is gpuad.<name>: the first argument is the tensor itself.
+_COMPOSITE = ("sum", "mean", "amax", "amin", "var", "std", "logsumexp", "softmax", "log_softmax",
+              "reshape", "view", "transpose", "permute", "swapaxes", "flatten", "squeeze", "unsqueeze",
+              "expand_dims", "matmul", "clamp", "clip", "square", "gelu", "softplus", "astype", "norm")
+_INDEXING = ("max", "min", "argmax", "argmin", "sort", "argsort", "topk", "gather", "take_along_dim",
+             "index_select", "masked_fill", "tril", "triu", "flip", "roll", "split", "chunk", "repeat", "tile",
+             "cumsum", "cumprod", "prod", "scatter_add", "index_add")
 
 
 def _broadcast_to(self, *shape):
-    return api.broadcast_to(self, api._as_shape(shape))
+    return C.broadcast_to(self, C._as_shape(shape))
 
 
 def _to(self, target):
     """to(dtype) casts; to('cuda') / to('cpu') moves (a GREY copy on the new device)."""
     if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
         return self._to_device(target)
-    return api.astype(self, target)
+    return C.astype(self, target)
 
 
 def _clone(self):
     """A copy that stays in the graph (gradient flows through)."""
-    return api.multiply(self, 1)
+    return C.multiply(self, 1)
 
 
-def _binary_inplace(op, name):
+def _binary_inplace(fn, name):
     def method(self, other):
-        return inplace.binary_(self, op, other, name)
+        return inplace.binary_(self, fn, other, name)
     method.__name__ = name
-    method.__doc__ = f"In place: self {op.name} other (recorded when anything requires grad; see gpuad.ops.inplace)."
+    method.__doc__ = f"In place: self {fn.__name__} other (recorded when anything requires grad; see gpuad.ops.inplace)."
     return method
 
 
@@ -71,7 +69,7 @@ def _clamp_(self, min=None, max=None):  # noqa: A002
         namespace_of(self.data).clip(self.data, lo, hi, out=self.data)
         inplace.mark_mutated(self, "clamp_")
         return self
-    return inplace.write_back(self, api.clamp(self, min, max), "clamp_")
+    return inplace.write_back(self, C.clamp(self, min, max), "clamp_")
 
 
 def _setitem(self, index, value):
@@ -81,24 +79,18 @@ def _setitem(self, index, value):
     inplace.assign_(self, value, "__setitem__", index)
 
 
-def install():
-    for name in _SAME:
-        setattr(Tensor, name, getattr(api, name))
-    Tensor.broadcast_to = Tensor.expand = _broadcast_to
-    Tensor.T = property(lambda self: api.transpose(self))
-    Tensor.__getitem__ = api.getitem
-    Tensor.__pos__ = lambda self: self
-    Tensor.to = _to
-    Tensor.float = lambda self: api.astype(self, "float32")
-    Tensor.double = lambda self: api.astype(self, "float64")
-    Tensor.half = lambda self: api.astype(self, "float16")
-    Tensor.bfloat16 = lambda self: api.astype(self, "bfloat16")
-    Tensor.clone = _clone
-    for op, name in ((add, "add"), (subtract, "sub"), (multiply, "mul"), (divide, "div")):
-        setattr(Tensor, name + "_", _binary_inplace(op, name + "_"))
-    for op, dunder, spelled in ((add, "__iadd__", "+="), (subtract, "__isub__", "-="), (multiply, "__imul__", "*="),
-                                (divide, "__itruediv__", "/=")):
-        setattr(Tensor, dunder, _binary_inplace(op, spelled))
-    Tensor.fill_, Tensor.zero_, Tensor.copy_, Tensor.clamp_ = _fill_, _zero_, _copy_, _clamp_
-    Tensor.clip_ = _clamp_
-    Tensor.__setitem__ = _setitem
+def table():
+    """{Tensor attribute: value}, for gpuad/surface.py to install."""
+    t = {name: getattr(C, name) for name in _COMPOSITE}
+    t.update((name, getattr(indexing, name)) for name in _INDEXING)
+    t.update(broadcast_to=_broadcast_to, expand=_broadcast_to, T=property(lambda self: C.transpose(self)),
+             __getitem__=C.getitem, __pos__=lambda self: self, to=_to, clone=_clone,
+             float=lambda self: C.astype(self, "float32"), double=lambda self: C.astype(self, "float64"),
+             half=lambda self: C.astype(self, "float16"), bfloat16=lambda self: C.astype(self, "bfloat16"),
+             fill_=_fill_, zero_=_zero_, copy_=_copy_, clamp_=_clamp_, clip_=_clamp_, __setitem__=_setitem)
+    for fn, name in ((C.add, "add"), (C.subtract, "sub"), (C.multiply, "mul"), (C.divide, "div")):
+        t[name + "_"] = _binary_inplace(fn, name + "_")
+    for fn, dunder, spelled in ((C.add, "__iadd__", "+="), (C.subtract, "__isub__", "-="),
+                                (C.multiply, "__imul__", "*="), (C.divide, "__itruediv__", "/=")):
+        t[dunder] = _binary_inplace(fn, spelled)
+    return t

@@ -13,14 +13,15 @@ True
 """
 import numpy as np
 
-from . import api
+from . import composite as C, indexing as I
 from ..backends import namespace_of
+from ..backends.devices import to_device
 from ..tensor import Tensor
 
 
 class TensorNamespace:
     """Hand-written entries where numpy's signature differs from gpuad's function;
-    install.py adds one entry per primitive (out= dropped). `device`: where the
+    gpuad/surface.py adds one entry per primitive (out= dropped). `device`: where the
     constants a VJP makes (ones, arange, asarray of a host mask) are put: the device
     of the gradients it runs on (tensor_ns_on)."""
     name = "tensor"
@@ -29,68 +30,67 @@ class TensorNamespace:
         self.device = device
 
     def _const(self, arr):
-        from ..backends.devices import to_device
         return Tensor._from(to_device(arr, self.device))        # a constant (GREY)
 
     def asarray(self, a, dtype=None):
         if isinstance(a, Tensor):
-            return a if dtype is None or a.dtype == dtype else api.astype(a, dtype)
+            return a if dtype is None or a.dtype == dtype else C.astype(a, dtype)
         return self._const(np.asarray(a, dtype=dtype))
 
     def buffer(self, shape, dtype):
         return None                    # recorded ops allocate their own outputs
 
     def getitem(self, a, index):
-        return api.getitem(a, index)
+        return C.getitem(a, index)
 
     def transpose(self, a, axes=None):
-        return api.transpose(a, axes) if axes is not None else api.transpose(a)
+        return C.transpose(a, axes) if axes is not None else C.transpose(a)
 
     def swapaxes(self, a, i, j):
-        return api.swapaxes(a, i, j)
+        return C.swapaxes(a, i, j)
 
     def reshape(self, a, shape):
-        return api.reshape(a, shape)
+        return C.reshape(a, shape)
 
     def astype(self, a, dtype):
-        return api.astype(a, dtype)
+        return C.astype(a, dtype)
 
     def sum(self, a, axis=None, keepdims=False):
-        return api.sum(a, axis, keepdims)
+        return C.sum(a, axis, keepdims)
 
     def mean(self, a, axis=None, keepdims=False):
-        return api.mean(a, axis, keepdims)
+        return C.mean(a, axis, keepdims)
 
     def max(self, a, axis=None, keepdims=False):
-        return api.amax(a, axis, keepdims)
+        return C.amax(a, axis, keepdims)
 
     def min(self, a, axis=None, keepdims=False):
-        return api.amin(a, axis, keepdims)
+        return C.amin(a, axis, keepdims)
 
     def concatenate(self, arrays, axis=0):
-        return api.concatenate(arrays, axis)
+        return C.concatenate(arrays, axis)
 
     def stack(self, arrays, axis=0):
-        return api.stack(arrays, axis)
+        return C.stack(arrays, axis)
 
     def setitem(self, a, index, value):
-        return api.setitem(a, index, value)
+        return C.setitem(a, index, value)
 
     def zero_where(self, a, drop):
-        return api.where(drop, 0.0, a)         # recorded: never in place
+        return C.where(drop, 0.0, a)         # recorded: never in place
 
     def logical_and(self, a, b):
         a, b = (t.data if isinstance(t, Tensor) else t for t in (a, b))
         return Tensor._from(namespace_of(a).logical_and(a, b))       # a mask: a constant (GREY)
 
     def flip(self, a, axis):
-        return api.flip(a, axis)
+        return I.flip(a, axis)
 
     def cumsum(self, a, axis):
-        return api.cumsum(a, axis)
+        return I.cumsum(a, axis)
 
     def cumprod(self, a, axis):
-        return api.cumprod(a, axis)
+        return I.cumprod(a, axis)
 
     def zeros_like(self, a, dtype=None):
         return self._const(np.zeros(a.shape, dtype or a.dtype))
@@ -99,7 +99,7 @@ class TensorNamespace:
         return self._const(np.ones(shape, dtype=dtype))
 
     def einsum(self, equation, *operands, optimize=True):
-        return api.einsum(equation, *operands)
+        return C.einsum(equation, *operands)
 
     def arange(self, n, dtype=None):
         return self._const(np.arange(n, dtype=dtype))

@@ -50,7 +50,9 @@ abstract arrays: nothing about it is declared twice.
 >>> REGISTRY["matmul"].abstract(AbstractArray((5, 3), "float32"), AbstractArray((3, 2), "float32"))
 AbstractArray((5, 2), float32)
 """
+from ..backends.abstract import abstract_ns
 from ..generated import load
+from .dispatch import apply
 
 REGISTRY = {}
 
@@ -78,7 +80,7 @@ class Primitive:
     __slots__ = ("name", "fwd", "vjp", "inputs", "nin", "retain", "kind", "elementwise", "differentiable",
                  "has_aux", "fwd_temps", "vjp_temps", "method", "operator", "export", "domain", "kernels",
                  "dtypes", "float_result",
-                 "plan_vjp", "replaces_grads", "inner_peak", "_sources", "_conditions", "_savers", "_all_inputs",
+                 "broadcasts", "_sources", "_conditions", "_savers", "_all_inputs",
                  "__name__", "__wrapped__", "__dict__")
 
     def __init__(self, name, fwd, inputs=("x",), kind=OTHER, retain=None, differentiable=True, has_aux=False,
@@ -99,6 +101,7 @@ class Primitive:
         # Unary elementwise: a gradient has its input's shape and dtype already,
         # so the engine skips the unbroadcast and cast checks (the hot path).
         self.elementwise = kind == UNARY
+        self.broadcasts = kind == BINARY        # shape errors name both operands (dispatch)
         self.differentiable = differentiable
         self.has_aux = has_aux
         self.fwd_temps, self.vjp_temps = fwd_temps, vjp_temps
@@ -106,9 +109,6 @@ class Primitive:
         self.kernels = {}
         self.dtypes = dtypes                # two operands: "promote" (torch's rules) or "same" (else an error)
         self.float_result = float_result    # integer inputs give the default float (exp, true division)
-        self.plan_vjp = None        # the planner's stand-in for a VJP it cannot run abstractly
-        self.replaces_grads = False  # a VJP that continues its inputs' pending sums (checkpoint)
-        self.inner_peak = None       # bytes the VJP itself holds at once (checkpoint), for the planner
         position = {n: i for i, n in enumerate(self.inputs) if n != "*"}
         self._all_inputs = self.retain == {"*": None}        # variadic: keep every input
         for item, cond in ({} if self._all_inputs else self.retain).items():
@@ -122,9 +122,7 @@ class Primitive:
         self.__doc__ = fwd.__doc__
         self.__name__ = name
         self.__wrapped__ = fwd
-        REGISTRY[name] = self
-        from . import install
-        install.announce(self)
+        REGISTRY[name] = self           # recorded, and nothing else: gpuad/surface.py publishes it
 
     # -- the declaration's parts --------------------------------------------------
 
@@ -166,11 +164,9 @@ class Primitive:
     def abstract(self, *avals, **params):
         """The shape-and-dtype rule: the forward on abstract arrays (see abstract.py).
         Returns an AbstractArray, or (out, aux) for primitives with aux."""
-        from ..backends.abstract import abstract_ns
         return self.fwd(abstract_ns, *avals, **params)
 
     def __call__(self, *args, **params):
-        from .dispatch import apply
         return apply(self, args, params)
 
     def __repr__(self):

@@ -1,6 +1,9 @@
 """Tensors that view another tensor's buffer, and what an in-place write through one does
 to the other's gradient (torch's view + in-place semantics, its CopySlices).
 
+This module keeps the record (which tensor views which, and how); writing
+through a view, which makes the views again, is in ops/inplace.py.
+
 A reshape, transpose or basic index of a tensor shares its buffer: numpy's view.
 A recorded in-place op on such a view changes the base's values too, so the base
 must move onto a node that knows it: the base becomes setitem(base, index, new
@@ -59,7 +62,17 @@ def base_of(t):
     return entry[1] if entry is not None and entry[0]() is t else None
 
 
-def _chain(t):
+def how_made(v):
+    """(weakref to v, its base, how) when v is a registered view, else None."""
+    return _base.get(id(v))
+
+
+def views_of(key):
+    """The list of weakrefs to the views made of the tensor with id `key` (or None)."""
+    return _views.get(key)
+
+
+def chain(t):
     """[(view, base, how)] from t up to the tensor that owns the buffer."""
     out = []
     while True:
@@ -70,90 +83,15 @@ def _chain(t):
         t = entry[1]
 
 
-# The public functions a view is made again with, and written through: api.py puts them
-# here when it is defined (this module sits below api and never imports it).
-OPS = {}
-
-
-def _derive(base, how):
-    name, arg = how
-    return OPS[name](base, arg)
-
-
-def _undo(base, how, value):
-    """base with `value` written where its view `how` looks: recorded, out of place."""
-    name, arg = how
-    if name == "getitem":
-        return OPS["setitem"](base, arg, value)
-    if name == "reshape":
-        return OPS["reshape"](value, tuple(base.shape))
-    if name == "transpose":
-        return OPS["transpose"](value, tuple(int(i) for i in np.argsort(arg)))
-    raise RuntimeError(f"gpuad: an in-place write into a {name} view (of shape {tuple(value.shape)}) "
-                       f"would write several elements into one place; write into a copy (.clone())")
-
-
 def check_writable(t, op_name, grad_enabled):
     """Refuse, as torch does, a recorded in-place op on a view of a leaf that requires grad."""
-    chain = _chain(t)
-    if not chain or not grad_enabled:
+    links = chain(t)
+    if not links or not grad_enabled:
         return
-    root = chain[-1][1]
+    root = links[-1][1]
     node = root._node
     if node is not None and node.op is None:
         raise RuntimeError(
             f"gpuad.{op_name}: a view of a leaf tensor that requires grad (shape {tuple(root.shape)}) is "
             f"used in an in-place operation, which would lose what the leaf's gradient is taken of. "
             f"Work on a copy (t.clone()), or update it inside `with gpuad.no_grad():`.")
-
-
-def rebase(t, result):
-    """Before `result`'s values are copied into view t: move t's bases onto nodes that
-    include the write (each base = its old value with the view's part replaced).
-    Returns the roots whose other views must be derived again (after the copy)."""
-    value = result
-    moved = []
-    for view, base, how in _chain(t):
-        if base._node is None and value._node is None:
-            break                       # nothing records: the buffer write is all there is
-        value = _undo(base, how, value)
-        moved.append((base, value._node))
-    return moved
-
-
-def settle(t, moved):
-    """After the copy: the bases take their new nodes, and every live view of them
-    other than t is derived again, so its gradient flows through the write too."""
-    for base, node in moved:
-        base._node = node
-    roots = [b for b, _ in moved] or [t]
-    for root in roots[-1:]:
-        _refresh(root, skip=t)
-
-
-def _refresh(base, skip):
-    kids = _views.get(id(base))
-    if not kids:
-        return
-    kids[:] = [r for r in kids if r() is not None]
-    for ref in list(kids):
-        v = ref()
-        if v is None:
-            continue
-        if v is not skip:
-            entry = _base.get(id(v))
-            if entry is not None and base._node is not None:
-                fresh = _derive(base, entry[2])
-                v._node = fresh._node
-        _refresh(v, skip)
-
-
-def adopt(t):
-    """t's data was replaced by a traced value (gpuad.compile): its views' data follow."""
-    kids = _views.get(id(t))
-    for ref in list(kids or ()):
-        v = ref()
-        entry = _base.get(id(v)) if v is not None else None
-        if entry is not None:
-            v.data = _derive(t, entry[2]).data
-            adopt(v)

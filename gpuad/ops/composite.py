@@ -3,7 +3,8 @@ one primitive; and the composite ops (mean, square, clamp, logsumexp,
 squeeze, ...), written from primitives, with no VJP of their own.
 
 Primitives that need no argument handling get a generated function instead
-(gpuad/ops/install.py), which also lands in this module.
+(gpuad/surface.py). The few generated ones the functions here call are made
+here, explicitly, from their declarations (the same objects gpuad.<name> is).
 
 Both numpy's and PyTorch's spellings are accepted where they differ
 (axis/dim, keepdims/keepdim, concatenate/cat).
@@ -17,21 +18,25 @@ import builtins
 
 import numpy as np
 
-from . import derivatives as D, elementwise as E, fused as N, indexing as I, contraction as L, reduce as R, shape as S
+from . import derivatives as D, elementwise as E, fused as N, contraction as L, reduce as R, shape as S
 from . import views
-from .indexing import *  # noqa: F401,F403  (public: gather, sort, topk, cumsum, ...)
-from .dispatch import apply, apply2
+from .dispatch import apply, apply2, binary_entry, unary_entry
 from ..backends import namespace_of
-from ..dtypes import is_floating, result_type
+from ..dtypes import as_dtype, is_floating, result_type
 from ..tensor import Tensor
 
-# The public names; install.py appends the generated ones.
-__all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "max", "min", "amax", "amin",
+# The hand-written public names (gpuad/surface.py adds the generated ones).
+__all__ = ["square", "gelu", "softplus", "where", "clamp", "clip", "astype", "sum", "amax", "amin",
            "mean", "var", "std", "logsumexp", "reshape", "view", "transpose", "permute", "swapaxes",
            "broadcast_to", "expand", "expand_dims", "unsqueeze", "squeeze", "flatten", "concatenate", "concat",
            "cat", "stack", "getitem", "setitem", "matmul", "dot", "softmax", "log_softmax", "einsum", "norm",
-           "vector_norm"] + [
-    n for n in I.__all__ if n not in ("max_along", "min_along")]
+           "vector_norm"]
+
+# The generated functions of the primitives used below (and by nn), made here once.
+add, subtract, multiply, divide = (binary_entry(op) for op in (E.add, E.subtract, E.multiply, E.divide))
+maximum, minimum = binary_entry(E.maximum), binary_entry(E.minimum)
+exp, log, sqrt, tanh, sigmoid, relu = (unary_entry(op) for op in (D.exp, D.log, D.sqrt, D.tanh, D.sigmoid, D.relu))
+ENTRIES = (add, subtract, multiply, divide, maximum, minimum, exp, log, sqrt, tanh, sigmoid, relu)
 
 
 def _shape_of(x):
@@ -109,7 +114,6 @@ clip = clamp
 
 def astype(x, dtype):
     """Cast to `dtype`; gradients are cast back."""
-    from ..dtypes import as_dtype
     dtype = as_dtype(dtype)
     if x.dtype == dtype:
         return x
@@ -167,36 +171,6 @@ def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = _axis_kw("amin", axis, dim, keepdims, keepdim)
     _nonempty("amin", x, axis)
     return _reduce(R.min, x, axis, keepdims)
-
-
-def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
-    """As torch.max: the largest value of all; along a dim, (values, indices) with the
-    gradient to the first maximum; of two tensors, the elementwise maximum.
-
-    >>> import gpuad
-    >>> x = gpuad.tensor([[1.0, 4.0], [3.0, 2.0]])
-    >>> x.max().item(), x.max(dim=0).values.tolist(), x.max(1).indices.tolist()
-    (4.0, [3.0, 4.0], [1, 0])
-    """
-    return _extreme("max", x, dim, keepdim, axis, keepdims)
-
-
-def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
-    """As torch.min: the smallest value; along a dim, (values, indices); of two tensors,
-    the elementwise minimum."""
-    return _extreme("min", x, dim, keepdim, axis, keepdims)
-
-
-def _extreme(name, x, dim, keepdim, axis, keepdims):
-    largest = name == "max"
-    if isinstance(dim, Tensor):                       # torch.max(a, b): elementwise
-        return (maximum if largest else minimum)(x, dim)
-    dim = dim if axis is None else axis
-    keepdim = keepdim if keepdims is None else keepdims
-    if dim is None:
-        return (amax if largest else amin)(x)
-    _nonempty(name, x, dim)
-    return (I.max_along if largest else I.min_along)(x, dim, keepdim)
 
 
 def _nonempty(name, x, axis):
@@ -571,5 +545,3 @@ def log_softmax(x, axis=-1, *, dim=None):
         return apply(N.log_softmax, (reshape(x, (1,)),), {"axis": 0}).reshape(())
     return apply(N.log_softmax, (x,), {"axis": _softmax_axis("log_softmax", x, axis, dim)})
 
-
-views.OPS.update(getitem=getitem, setitem=setitem, reshape=reshape, transpose=transpose, broadcast_to=broadcast_to)
