@@ -580,7 +580,7 @@ def checkpoint_step(rounds):
 
 def bandwidth():
     import cupy
-    from gpuad.backends.fused_kernels import host as _get
+    from gpuad.ops.fused_kernels import host as _get
     n = 256 * 2 ** 20                                   # 1 GiB of float32
     a = cupy.random.standard_normal(n, dtype=cupy.float32)
     b = cupy.empty_like(a)

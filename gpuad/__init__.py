@@ -25,7 +25,7 @@ from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule, linalg
 from .serialization import save, load
 from .providers import set_kernels, get_kernels, set_float32_matmul_precision, get_float32_matmul_precision
-from .backends import fused_kernels  # noqa: F401  (registers the providers' kernels)
+from .ops import fused_kernels  # noqa: F401  (registers the providers' kernels)
 from .backends.devices import set_default_device, get_default_device
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
 from .forward import jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402

@@ -2,7 +2,7 @@
 
 A provider registers its kernels per primitive
 (`primitive.register_kernel("triton", forward, backward)`, see
-gpuad/backends/fused_kernels.py); apply() picks them by the arrays' device
+gpuad/ops/fused_kernels.py); apply() picks them by the arrays' device
 and the provider chosen here, and op bodies hold only the generic xp code.
 
 On a CUDA array the default is Triton when it imports, else CuPy's own
@@ -153,8 +153,7 @@ def load_kernel_module(name):
         if "gpuad.kernels" in sys.modules:
             raise
     import importlib.util
-    import gpuad
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(gpuad.__file__))), "kernels")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")   # beside gpuad/
     spec = importlib.util.spec_from_file_location("gpuad.kernels", os.path.join(path, "__init__.py"),
                                                   submodule_search_locations=[path])
     mod = importlib.util.module_from_spec(spec)

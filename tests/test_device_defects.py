@@ -219,7 +219,7 @@ def test_attention_grid_puts_batch_and_heads_on_axis_x_and_dots_take_the_precisi
     """CUDA caps grid y at 65,535: batch x heads goes on x. Every tl.dot takes the
     precision set_float32_matmul_precision chose."""
     import inspect
-    from gpuad.backends.fused_kernels import host
+    from gpuad.ops.fused_kernels import host
     from kernels import attention as A
     src = inspect.getsource(A)
     assert src.count("tl.dot(") == src.count("input_precision=PRECISION")

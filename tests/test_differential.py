@@ -205,7 +205,7 @@ THRESHOLDS = {
     "gpuad/compiler/passes/fuse.py:CHUNK": "elements",
     "gpuad/compiler/passes/fuse.py:TINY": "elements",
     "gpuad/compiler/passes/fold.py:MAX_FOLD": "elements",
-    "gpuad/backends/__init__.py:_ERF_CHUNK": "elements",
+    "gpuad/backends/numpy_backend.py:_ERF_CHUNK": "elements",
     "gpuad/compiler/triton_codegen.py:BLOCK": "elements",
     "gpuad/compiler/pipeline.py:SHARE_MIN": "bytes",
     "gpuad/compiler/passes/cse.py:SMALL": "bytes",

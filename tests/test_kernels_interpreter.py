@@ -45,7 +45,7 @@ TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float16": dict(rtol=1e-2, atol=1e
 @pytest.fixture
 def provider(monkeypatch):
     """Select the Triton kernels and count their launches."""
-    from gpuad.backends.fused_kernels import host
+    from gpuad.ops.fused_kernels import host
     gpuad.set_kernels("triton")
     tk = host("triton")
     calls = []
@@ -225,7 +225,7 @@ def test_cross_entropy_keeps_the_log_sum_exp_in_float32_for_float16_logits(provi
 def test_float32_matmul_precision_reaches_the_triton_kernels(provider, monkeypatch):
     from gpuad.backends import triton_backend
     seen = []
-    tk = gpuad.backends.fused_kernels.host("triton")
+    tk = gpuad.ops.fused_kernels.host("triton")
     orig = tk.fwd
 
     class Spy:
@@ -258,7 +258,7 @@ def test_norm_kernels_match_numpy(provider, monkeypatch, dtype, affine, norm):
     w, b = (rng.standard_normal(37).astype(dtype) for _ in range(2))
     g = rng.standard_normal((3, 5, 37)).astype(dtype)
     calls = []
-    tk = gpuad.backends.fused_kernels.host("triton")
+    tk = gpuad.ops.fused_kernels.host("triton")
     for name in ("layer_norm_forward", "layer_norm_backward"):
         orig = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
@@ -303,7 +303,7 @@ def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, kind):
     g = rng.standard_normal((2, 19, 20)).astype(dtype)
     mask = _attention_mask(kind, rng)
     calls = []
-    tk = gpuad.backends.fused_kernels.host("triton")
+    tk = gpuad.ops.fused_kernels.host("triton")
     for name in ("attention_forward", "attention_backward"):
         def ran(*a, _o=getattr(tk, name), _n=name, **kw):     # counted only when the kernels ran (not declined)
             r = _o(*a, **kw)
@@ -331,7 +331,7 @@ def test_attention_kernels_match_numpy(provider, monkeypatch, dtype, kind):
 def test_masked_attention_above_head_dim_128_runs_the_generic_code(provider):
     """Masked tiles spill above head dim 128 on sm_90 (tests/test_kernels_aot.py), so the
     kernels decline them; unmasked ones run up to 256."""
-    tk = gpuad.backends.fused_kernels.host("triton")
+    tk = gpuad.ops.fused_kernels.host("triton")
     q, v = np.zeros((1, 4, 160), np.float32), np.zeros((1, 4, 16), np.float32)
     assert tk._attention_declines(q, q, v, np.ones((4, 4), bool))
     assert not tk._attention_declines(q, q, v, None)
@@ -341,7 +341,7 @@ def test_masked_attention_above_head_dim_128_runs_the_generic_code(provider):
 def test_attention_masks_that_would_need_a_larger_copy_run_the_generic_code(provider):
     """The kernels index a mask by batch x head and row; a mask broadcast over some
     batch dims but not others would have to be copied per head, so they decline it."""
-    tk = gpuad.backends.fused_kernels.host("triton")
+    tk = gpuad.ops.fused_kernels.host("triton")
     m, batch_stride, row_stride = tk._attention_mask(np, np.ones((1, 1, 1, 5), bool), (2, 3), 4, 5)
     assert m.shape == (1, 5) and batch_stride == 0 and row_stride == 0
     m, batch_stride, row_stride = tk._attention_mask(np, np.zeros((2, 3, 4, 5), np.float32), (2, 3), 4, 5)

@@ -15,7 +15,7 @@ import math
 import cupy
 import cupyx
 
-from . import ArrayNamespace
+from .numpy_backend import ArrayNamespace
 from ..memory.accounting import accountant
 
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..backends import writeable
+from ..errors import TraceError
 
 
 class Bucket:
@@ -145,7 +146,6 @@ class Reducer:
                 f"backward()")
         arr = tensor.grad.data
         if getattr(arr, "_xp", None) is not None:
-            from ..compiler.trace import TraceError
             raise TraceError("DistributedDataParallel cannot run inside gpuad.compile: its all-reduce "
                              "is not traced. Compile the forward alone, or train without compile.")
         if not st.callback_queued:

@@ -25,7 +25,7 @@ class DistributedSampler:
 
     def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False):
         if num_replicas is None or rank is None:
-            from . import get_rank, get_world_size
+            from .collectives import get_rank, get_world_size
             num_replicas = get_world_size() if num_replicas is None else num_replicas
             rank = get_rank() if rank is None else rank
         if not 0 <= rank < num_replicas:

@@ -38,7 +38,7 @@ from ..backends.devices import is_out_of_memory, out_of_memory
 from ..errors import BackwardError
 from ..graph import FREED, _Mode, reachable
 from ..memory.accounting import accountant, owner_of
-from ..ops.dispatch import vjp_for
+from ..providers import provider_name
 from ..tensor import Tensor
 from .policy import DONATE_MIN, accumulate, leaf_keeps, route
 from .versions import MUTATED, check_saved
@@ -175,6 +175,20 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
         if watch is not None:
             watch.finish(roots, retain_graph)
     return found
+
+
+def vjp_for(op, xp):
+    """The function that computes op's gradients on xp's arrays: the provider's
+    backward kernel where one is registered (falling back to the VJP when it
+    declines), else the VJP itself."""
+    kernel = op.kernels.get(provider_name(xp)) if op.kernels else None
+    if kernel is None or kernel.backward is None:
+        return op.vjp
+
+    def with_kernel(xp, g, saved, node, donate):
+        grads = kernel.backward(xp, g, saved, node, donate)
+        return grads if grads is not None else op.vjp(xp, g, saved, node, donate)
+    return with_kernel
 
 
 def _route(xp, raw, g, donate, grads, parent, op, create_graph, watch):

@@ -149,9 +149,9 @@ def _traced(a):
 
 
 def _assume_none(mask, what):
-    """While tracing: take the branch for an all-False mask, and have the replay check it."""
-    from ..compiler.trace import assume_none
-    return assume_none(mask, what)
+    """While tracing: take the branch for an all-False mask, and have the replay check it
+    (the traced array's own namespace records the check)."""
+    return mask._xp.assume_none(mask, what)
 
 
 def _indexed_cross_entropy(logits, t, ignored, weight, reduction, eps):

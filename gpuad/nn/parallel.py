@@ -43,9 +43,9 @@ class DistributedDataParallel(Module):
 
     def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False, gradient_as_bucket_view=False):
         super().__init__()
-        from .. import distributed as dist
+        from ..distributed.collectives import require_world
         from ..distributed.reducer import Reducer
-        world = dist._require()
+        world = require_world()
         self.module = module
         named = list(module.named_parameters())
         _check_same_parameters(named, world)

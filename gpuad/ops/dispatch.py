@@ -270,20 +270,6 @@ def _raise_forward_error(op, arrays, e):
     raise err from None
 
 
-def vjp_for(op, xp):
-    """The function that computes op's gradients on xp's arrays: the provider's
-    backward kernel where one is registered (falling back to the VJP when it
-    declines), else the VJP itself."""
-    kernel = op.kernels.get(provider_name(xp)) if op.kernels else None
-    if kernel is None or kernel.backward is None:
-        return op.vjp
-
-    def with_kernel(xp, g, saved, node, donate):
-        grads = kernel.backward(xp, g, saved, node, donate)
-        return grads if grads is not None else op.vjp(xp, g, saved, node, donate)
-    return with_kernel
-
-
 def _forward_error(op, arrays, e):
     """gpuad's message for a backend error, or the error itself."""
     if is_out_of_memory(e):

@@ -2,7 +2,7 @@
 an activation, softmax cross-entropy, dropout.
 
 Op bodies here are the generic xp code; GPU providers register their own
-kernels for these primitives (gpuad/backends/fused_kernels.py), chosen by
+kernels for these primitives (gpuad/ops/fused_kernels.py), chosen by
 apply() from the arrays' device.
 
 softmax and log_softmax

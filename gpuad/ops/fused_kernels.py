@@ -16,7 +16,7 @@ op body changes.
 import numpy as np
 
 from .. import providers
-from ..ops import attention, fused, norms
+from . import attention, fused, norms
 
 _hosts = {}
 
@@ -26,10 +26,10 @@ def host(name):
     p = _hosts.get(name)
     if p is None:
         if name == "triton":
-            from .triton_backend import TritonKernels
+            from ..backends.triton_backend import TritonKernels
             p = TritonKernels(interpret=providers.interpreting())
         else:
-            from .cupy_backend import CupyKernels
+            from ..backends.cupy_backend import CupyKernels
             p = CupyKernels()
         _hosts[name] = p
     return p
