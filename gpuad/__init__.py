@@ -18,7 +18,6 @@ from .creation import (zeros, ones, empty, full, zeros_like, ones_like, full_lik
                        randn, rand, randint, from_numpy, randn_like, rand_like, multinomial, from_dlpack)
 from .random import manual_seed, get_rng_state, set_rng_state, Generator
 from . import autograd
-from .transforms import grad, value_and_grad, vjp
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from . import nn, optim, distributed
 from .checkpoint import checkpoint, checkpoint_sequential
@@ -28,7 +27,8 @@ from .providers import set_kernels, get_kernels, set_float32_matmul_precision, g
 from .ops import fused_kernels  # noqa: F401  (registers the providers' kernels)
 from .backends.devices import set_default_device, get_default_device
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
-from .forward import jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402
+from . import func  # noqa: E402
+from .func import grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402
 from .pytree import tree_flatten, tree_unflatten, tree_map  # noqa: E402
 
 __version__ = "0.1.0"

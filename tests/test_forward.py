@@ -6,7 +6,7 @@ import pytest
 
 import gpuad
 from gpuad.compiler.capture import capture
-from gpuad.forward import RULES
+from gpuad.func.forward_mode import RULES
 from tests.test_ops_gradcheck import all_cases
 
 R = np.random.default_rng(11)
@@ -224,7 +224,7 @@ def test_jacobian_auto_chooses_the_matrix_chain_order_and_all_modes_agree(widths
 
 
 def test_chain_plan_is_the_matrix_chain_optimum():
-    from gpuad.forward import chain_plan
+    from gpuad.func.chain import chain_plan
     # hourglass: reverse into the bottleneck, forward out of it, one outer product
     cost, plan = chain_plan([512, 8, 512], [2 * 512 * 8, 2 * 8 * 512])
     assert plan == ("split", 1, ("reverse", 0, 1), ("forward", 1, 2))

@@ -1,4 +1,4 @@
-"""Forward mode: jvp, and the Jacobians built on it (jacfwd, jacrev, hessian).
+"""Forward mode: jvp (the Jacobians built on it are in jacobians.py).
 
 gpuad.compile's tracer already turns any function into a graph of `xp`
 primitives: the numpy vocabulary every forward and every VJP is written in.
@@ -22,12 +22,14 @@ import weakref
 
 import numpy as np
 
-from .compiler.capture import build_result, capture
-from .compiler.ir import Literal, Var, map_leaves
-from .backends import namespace_of
-from .compiler.trace import resolve
-from .pytree import tree_flatten, tree_unflatten
-from .tensor import Tensor
+from ..compiler.capture import build_result, capture
+from ..compiler.ir import Literal, Var, map_leaves
+from .. import autograd
+from ..backends import _cupy_namespace, namespace_of, numpy_ns
+from ..graph import is_grad_enabled
+from ..compiler.trace import resolve
+from ..pytree import tree_flatten, tree_unflatten
+from ..tensor import Tensor
 
 _SQRT_PI = math.sqrt(math.pi)
 
@@ -373,7 +375,7 @@ def _traced(f, primals):
     """(capture, flat primal Tensors, spec, args) for f(*primals), primals being pytrees.
     The trace is reused while f's arguments and reachable state keep their shapes
     (the guard key of gpuad.compile)."""
-    from .compiler.state import discover, guard_key
+    from ..compiler.state import discover, guard_key
     leaves, spec = tree_flatten(tuple(primals))
     leaves = [_as_tensor(x) for x in leaves]
     args = tree_unflatten(spec, leaves)
@@ -406,7 +408,7 @@ def _results(cap, env, tan):
 def _tangent_inputs(cap, spec, tangent_leaves):
     """One tangent per graph input: for an argument, the tangent at the same place in the
     tangents' pytree (found by the argument's path); None for state."""
-    from .compiler.capture import ArgGradSlot, ArgSlot
+    from ..compiler.capture import ArgGradSlot, ArgSlot
     tangent_args = tree_unflatten(spec, [_Leaf(t) for t in tangent_leaves])
     call = (list(tangent_args), {})
     out = []
@@ -420,7 +422,6 @@ def _tangent_inputs(cap, spec, tangent_leaves):
 
 
 def _namespace(device):
-    from .backends import numpy_ns, _cupy_namespace
     return numpy_ns if device == "cpu" else _cupy_namespace()
 
 
@@ -461,7 +462,6 @@ def jvp(f, primals, tangents, has_aux=False):
 
 
 def _needs_reverse(primals):
-    from .graph import is_grad_enabled
     return is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad
                                      for x in tree_flatten(tuple(primals))[0])
 
@@ -470,7 +470,6 @@ def _jvp_by_double_vjp(f, leaves, spec, t_leaves, has_aux):
     """J t when the result must stay differentiable (grad of jvp): J t = d/du <J^T u, t>,
     two reverse passes with create_graph, so the answer is recorded and reverse mode
     can differentiate it again (about three backward passes' work)."""
-    from . import autograd
     xs = [x * 1 if isinstance(x, Tensor) and x.requires_grad else _as_tensor(x).detach().requires_grad_(True)
           for x in leaves]
     out = f(*tree_unflatten(spec, xs))
@@ -501,246 +500,7 @@ def _refuse_reverse_over_forward(primals, who):
     """Forward mode runs on numbers, outside autograd: differentiating its result again
     by reverse mode would silently give zeros, so it is refused (jvp of grad, forward
     over reverse, is the supported order)."""
-    from .graph import is_grad_enabled
     if is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in tree_flatten(tuple(primals))[0]):
         raise NotImplementedError(f"gpuad.{who}: reverse mode through forward mode (grad of {who}) is not "
                                   f"supported yet; differentiate with jacrev or hessian instead, or pass "
                                   f"primals that do not require grad (detach them)")
-
-
-def _argnums(argnums, n, who):
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    for a in nums:
-        if not -n <= a < n:
-            raise ValueError(f"gpuad.{who}: argnums {argnums!r} out of range for {n} arguments")
-    return tuple(a % n for a in nums)
-
-
-def _basis(shape, dtype):
-    n = int(np.prod(shape))
-    for i in range(n):
-        e = np.zeros(n, dtype)
-        e[i] = 1
-        yield e.reshape(shape)
-
-
-def jacfwd(f, argnums=0, has_aux=False):
-    """The Jacobian of f by forward mode: one jvp per input element (JAX's jacfwd).
-    Output shape: out.shape + in.shape, per argnum.
-
-    >>> import gpuad
-    >>> gpuad.jacfwd(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
-    [[2.0, 0.0], [0.0, 4.0]]
-    """
-    def wrapped(*args):
-        _refuse_reverse_over_forward(args, "jacfwd")
-        nums = _argnums(argnums, len(args), "jacfwd")
-        cap, leaves, spec, targs = _traced(f, args)
-        values = _input_values(cap, targs)
-        outs, aux = None, None
-        per_arg = []
-        for a in nums:
-            sub_leaves, _ = tree_flatten(targs[a])
-            cols = []
-            for x in sub_leaves:
-                for e in _basis(x.shape, x.dtype):
-                    t_leaves = [e if y is x else None for y in leaves]
-                    env, tan = run(cap.graph, values, _tangent_inputs(cap, spec, t_leaves), cap.device)
-                    value, tangent = _results(cap, env, tan)
-                    if has_aux:
-                        value, aux = value
-                        tangent = tangent[0]
-                    outs = value
-                    cols.append(tangent)
-            per_arg.append(_stack_columns(cols, outs, targs[a]))
-        jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
-        return (jac, aux) if has_aux else jac
-    return wrapped
-
-
-def _stack_columns(cols, out, arg):
-    """Columns (one output pytree per input element) as out.shape + arg.shape."""
-    arg_leaves, arg_spec = tree_flatten(arg)
-    out_leaves, out_spec = tree_flatten(out)
-    per_out = []
-    for k, o in enumerate(out_leaves):
-        blocks, start = [], 0
-        for x in arg_leaves:
-            n = int(np.prod(x.shape))
-            cs = [tree_flatten(c)[0][k].data for c in cols[start:start + n]]
-            start += n
-            m = np.stack(cs, axis=-1).reshape(tuple(o.shape) + tuple(x.shape)) if cs else \
-                namespace_of(o.data).zeros(tuple(o.shape) + tuple(x.shape), o.dtype)
-            blocks.append(Tensor._from(m))
-        per_out.append(tree_unflatten(arg_spec, blocks))
-    return tree_unflatten(out_spec, per_out)
-
-
-def jacrev(f, argnums=0, has_aux=False):
-    """The Jacobian of f by reverse mode: one vjp per output element (JAX's jacrev).
-
-    >>> import gpuad
-    >>> gpuad.jacrev(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
-    [[2.0, 0.0], [0.0, 4.0]]
-    """
-    from . import autograd
-
-    def wrapped(*args):
-        nums = _argnums(argnums, len(args), "jacrev")
-        args = [_as_tree_tensors(a) for a in args]
-        diff = []
-        for a in nums:
-            leaves, spec = tree_flatten(args[a])
-            fresh = [Tensor(x.data).requires_grad_(True) if not x.requires_grad else x * 1 for x in leaves]
-            args[a] = tree_unflatten(spec, fresh)
-            diff.append((fresh, spec))
-        out = f(*args)
-        aux = None
-        if has_aux:
-            out, aux = out
-        out_leaves, out_spec = tree_flatten(out)
-        flat_in = [x for fresh, _ in diff for x in fresh]
-        rows = {i: [] for i in range(len(out_leaves))}
-        for k, o in enumerate(out_leaves):
-            for e in _basis(o.shape, o.dtype):
-                if o._node is None:
-                    gs = [None] * len(flat_in)
-                else:
-                    gs = autograd.grad(o, flat_in, grad_outputs=Tensor(e, device=o.device), retain_graph=True,
-                                       allow_unused=True)
-                rows[k].append([_z(x.data) if g is None else g.data for g, x in zip(gs, flat_in)])
-        per_arg = []
-        offset = 0
-        for fresh, spec in diff:
-            per_out = []
-            for k, o in enumerate(out_leaves):
-                blocks = []
-                for j, x in enumerate(fresh):
-                    m = np.stack([r[offset + j] for r in rows[k]], axis=0) if rows[k] else \
-                        namespace_of(x.data).zeros((0,) + x.shape, x.dtype)
-                    blocks.append(Tensor._from(m.reshape(tuple(o.shape) + tuple(x.shape))))
-                per_out.append(tree_unflatten(spec, blocks))
-            per_arg.append(tree_unflatten(out_spec, per_out))
-            offset += len(fresh)
-        jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
-        return (jac, aux) if has_aux else jac
-    return wrapped
-
-
-def _as_tree_tensors(a):
-    leaves, spec = tree_flatten(a)
-    return tree_unflatten(spec, [_as_tensor(x) for x in leaves])
-
-
-def hessian(f, argnums=0):
-    """Forward over reverse: jacfwd(jacrev(f)) (JAX's hessian).
-
-    >>> import gpuad
-    >>> gpuad.hessian(lambda x: (x ** 3).sum())(gpuad.tensor([1.0, 2.0])).tolist()
-    [[6.0, 0.0], [0.0, 12.0]]
-    """
-    return jacfwd(_grad_of(f, argnums), argnums)
-
-
-def _grad_of(f, argnums):
-    from .transforms import grad
-    return grad(f, argnums)
-
-
-# -- the Jacobian of a chain, in the order the matrix-chain program chooses -------------
-
-def chain_plan(dims, costs):
-    """The cheapest way to form J = J_L ... J_1 for a chain with widths dims = [n0, ..., nL]
-    and per-layer costs (the FLOPs of one pass through layer i, forward or backward).
-
-    A segment of layers (i, j] is formed directly by forward mode (n_i jvps through it)
-    or reverse mode (n_j vjps), or split at m and multiplied (n_j n_m n_i multiply-adds),
-    the split chosen by the matrix-chain dynamic program (Cormen et al. 15.2; the lecture:
-    reverse mode is optimal only when widths shrink toward the output). Returns (cost,
-    plan), plan = ("forward"|"reverse", i, j) or ("split", m, left, right).
-
-    >>> chain_plan([512, 8, 512], [512 * 8, 8 * 512])[1]
-    ('split', 1, ('reverse', 0, 1), ('forward', 1, 2))
-    """
-    L = len(dims) - 1
-    pre = [0]
-    for c in costs:
-        pre.append(pre[-1] + c)
-    best = {}
-    for length in range(1, L + 1):
-        for i in range(0, L - length + 1):
-            j = i + length
-            seg = pre[j] - pre[i]
-            fwd, rev = dims[i] * seg, dims[j] * seg
-            choice = (fwd, ("forward", i, j)) if fwd <= rev else (rev, ("reverse", i, j))
-            for m in range(i + 1, j):
-                c = best[(i, m)][0] + best[(m, j)][0] + dims[j] * dims[m] * dims[i]
-                if c < choice[0]:
-                    choice = (c, ("split", m, best[(i, m)][1], best[(m, j)][1]))
-            best[(i, j)] = choice
-    return best[(0, L)]
-
-
-def _layer_cost(layer, x, y):
-    """FLOPs of one pass through a layer: 2 n_in n_out for a dense map (its weight
-    matrices' sizes when it has parameters), else the elements it touches."""
-    params = [p for p in getattr(layer, "parameters", lambda: [])() if p.ndim == 2]
-    if params:
-        return sum(2 * int(np.prod(p.shape)) for p in params)
-    return int(np.prod(x.shape)) + int(np.prod(y.shape))
-
-
-def jacobian(f, x, mode="auto", return_plan=False):
-    """The Jacobian d f(x) / d x, as an (f(x).size, x.size) matrix.
-
-    f: a function, or a chain of maps (a list of callables or an nn.Sequential). For a
-    chain, mode="auto" records each layer's width once, n0 -> n1 -> ... -> nL, and forms
-    J = J_L ... J_1 in the order chain_plan chooses: forward, reverse, or mixed, split
-    where the matrix-chain program puts the product. mode="forward"|"reverse" forces
-    one. return_plan=True also returns (plan, its modelled cost in FLOPs).
-
-    >>> import gpuad
-    >>> J, (plan, cost) = gpuad.jacobian([lambda x: x * 2, gpuad.sin], gpuad.zeros(3), return_plan=True)
-    >>> J.shape, plan[0]
-    ((3, 3), 'forward')
-    """
-    if mode not in ("auto", "forward", "reverse"):
-        raise ValueError(f"gpuad.jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
-    layers = list(f) if isinstance(f, (list, tuple)) or type(f).__name__ == "Sequential" else [f]
-    from .graph import no_grad
-    xs = [x]
-    with no_grad():
-        for layer in layers:
-            xs.append(layer(xs[-1]))
-    dims = [int(np.prod(v.shape)) for v in xs]
-    costs = [_layer_cost(layer, a, b) for layer, a, b in zip(layers, xs, xs[1:])]
-    L = len(layers)
-    seg = sum(costs)
-    if mode == "forward":
-        cost, plan = dims[0] * seg, ("forward", 0, L)
-    elif mode == "reverse":
-        cost, plan = dims[L] * seg, ("reverse", 0, L)
-    else:
-        cost, plan = chain_plan(dims, costs)
-    J = _evaluate(plan, layers, xs)
-    return (J, (plan, cost)) if return_plan else J
-
-
-def _segment(layers, i, j):
-    def run(v):
-        for layer in layers[i:j]:
-            v = layer(v)
-        return v
-    return run
-
-
-def _evaluate(plan, layers, xs):
-    kind = plan[0]
-    if kind == "split":
-        _, m, left, right = plan
-        return Tensor._from(np.matmul(_evaluate(right, layers, xs).data, _evaluate(left, layers, xs).data))
-    _, i, j = plan
-    fn = _segment(layers, i, j)
-    jac = (jacfwd if kind == "forward" else jacrev)(fn)(xs[i])
-    n_out, n_in = int(np.prod(xs[j].shape)), int(np.prod(xs[i].shape))
-    return Tensor._from(jac.data.reshape(n_out, n_in))

@@ -1,5 +1,5 @@
 """JAX-style function transforms: grad, value_and_grad, vjp (on pytrees: dicts, lists
-and tuples of Tensors, as JAX); forward mode is in gpuad/forward.py.
+and tuples of Tensors, as JAX); forward mode is in forward_mode.py.
 
 They wrap the engine: arguments become fresh BLACK leaves, f runs once, and
 autograd.grad differentiates it. If an argument is already BLACK (a transform
@@ -14,10 +14,10 @@ inside a transform), the result stays in its graph, so grad(grad(f)) works.
 """
 import numpy as np
 
-from . import autograd
-from .ops import composite as C
-from .pytree import tree_flatten, tree_unflatten
-from .tensor import Tensor
+from .. import autograd
+from ..ops import composite as C
+from ..pytree import tree_flatten, tree_unflatten
+from ..tensor import Tensor
 
 
 def _argnums(argnums, n):
