@@ -26,6 +26,8 @@ through their nodes, not their tensors.
 import contextlib
 import itertools
 
+from .generated import load
+
 _next_index = itertools.count().__next__
 
 
@@ -87,25 +89,36 @@ class Node:
         return f"<Node #{self.index} {name} {self.shape} {self.dtype}>"
 
 
-def new_node(op, parents, saved, params, needs, shape, dtype):
-    """The one constructor: every node, leaf or op, recorded or recomputed, is made here.
-    (A plain function: calling a class with __init__ costs twice as much, on every op.)"""
-    n = _new(Node)
-    n.op = op
-    n.parents = parents
-    n.saved = saved
-    n.params = params
-    n.needs = needs
-    n.index = _next_index()
-    n.shape = shape
-    n.dtype = dtype
-    n.grad = None      # the gradient arriving during backward, popped once consumed
-    n.owned = False    # True when backward may write into .grad in place (gpuad/accumulate.py)
-    n.extra = None     # Extra: tensor weakref and hooks; None on the hot path
-    return n
+# The one constructor, as source: every node, leaf or op, recorded or recomputed, is made
+# by these lines. new_node() below is compiled from them; apply()'s generated core
+# (ops/dispatch.py) splices them in, since a call there costs about a twelfth of a
+# recorded 1-element op (`python -m bench overhead`). One text, so the two cannot differ.
+# (Not a class with __init__: calling one costs twice a plain function, on every op.)
+NEW_NODE = """
+n = _new(Node)
+n.op = op
+n.parents = parents
+n.saved = saved
+n.params = params
+n.needs = needs
+n.index = _next_index()
+n.shape = shape
+n.dtype = dtype
+n.grad = None      # the gradient arriving during backward, popped once consumed
+n.owned = False    # True when backward may write into .grad in place (engine/policy.py)
+n.extra = None     # Extra: tensor weakref and hooks; None on the hot path
+"""
+
+
+def indented(source, spaces):
+    """source with every line indented by `spaces` (to splice it into a generated body)."""
+    return "".join(" " * spaces + line + "\n" for line in source.strip("\n").splitlines())
 
 
 _new = object.__new__
+new_node = load("def new_node(op, parents, saved, params, needs, shape, dtype):\n"
+                + indented(NEW_NODE, 4) + "    return n\n", "graph new_node", globals())["new_node"]
+new_node.__doc__ = "The one constructor of a Node (see NEW_NODE)."
 
 
 def reachable(roots):

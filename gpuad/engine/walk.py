@@ -126,37 +126,44 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                 watch.vjp(node, g, saved, grads)
             finished = None
             for parent, raw in zip(node.parents, grads):
-                if early is not None and parent in early:
-                    if raw is not None:
-                        _send(xp, parent, raw, g, donate, grads, op, create_graph, watch)
+                if early is not None and parent in early:    # a hooked leaf: summed here, finished early
                     early[parent] -= 1
                     if early[parent] == 0:
                         finished = (finished or []) + [parent]
+                    if raw is None:
+                        continue
+                elif parent is None or raw is None or (needed is not None and parent not in needed):
                     continue
-                if parent is None or raw is None or (needed is not None and parent not in needed):
-                    continue
-                if parent.grad is None:
-                    if op.elementwise and not create_graph:      # route()'s first rule, inline: the hot path
-                        gi, gi_owned = raw, raw is not g or donate
-                        if watch is not None:
-                            watch.routed(parent, gi, gi_owned)
-                    else:
-                        gi, gi_owned = _route(xp, raw, g, donate, grads, parent, op, create_graph, watch)
+                if op.elementwise and not create_graph:      # route()'s first rule, inline: the hot path
+                    gi, gi_owned = raw, raw is not g or donate
+                else:
+                    gi, gi_owned = route(xp, raw, g, donate, grads, parent, op, create_graph)
+                if watch is not None:
+                    watch.routed(parent, raw, gi, gi_owned, op)
+                pg = parent.grad
+                if pg is None:
                     parent.grad = gi
                     parent.owned = gi_owned
-                    if nxt is None:
+                    if early is not None and parent in early:
+                        pass                 # (never pushed: _finish_leaves visits it)
+                    elif nxt is None:
                         nxt = parent
                     elif parent.index > nxt.index:
                         _heappush(heap, (-nxt.index, nxt))
                         nxt = parent
                     else:
                         _heappush(heap, (-parent.index, parent))
+                elif op in TAKES_PENDING:
+                    parent.grad, parent.owned = gi, gi_owned
                 else:
-                    _send(xp, parent, raw, g, donate, grads, op, create_graph, watch)
+                    parent.grad, parent.owned = accumulate(xp, pg, parent.owned, gi, gi_owned, create_graph)
+                    if watch is not None:
+                        watch.accumulated(pg, parent.grad, gi)
+                    pg = None         # a replaced sum is dead: hold it through no later allocation
             if watch is not None:
                 watch.mark(op.name)
             # Hold nothing of this node into the next one's VJP (the planner sees what we hold).
-            g = grads = raw = gi = saved = None
+            g = grads = raw = gi = None
             if finished is not None:
                 _finish_leaves(early, finished, create_graph, found, watch)
     except Exception as e:
@@ -189,29 +196,6 @@ def vjp_for(op, xp):
         grads = kernel.backward(xp, g, saved, node, donate)
         return grads if grads is not None else op.vjp(xp, g, saved, node, donate)
     return with_kernel
-
-
-def _route(xp, raw, g, donate, grads, parent, op, create_graph, watch):
-    gi, gi_owned = route(xp, raw, g, donate, grads, parent, op, create_graph)
-    if watch is not None:
-        if gi is not raw:
-            watch.allocated(gi, op.name + " (backward)")
-        watch.routed(parent, gi, gi_owned)
-    return gi, gi_owned
-
-
-def _send(xp, parent, raw, g, donate, grads, op, create_graph, watch):
-    """One VJP output to a parent whose gradient may already be pending: route it, then
-    start the parent's gradient with it, replace it (TAKES_PENDING), or add it in.
-    (The main loop inlines the first case, the common one, and pushes the parent.)"""
-    gi, gi_owned = _route(xp, raw, g, donate, grads, parent, op, create_graph, watch)
-    pg = parent.grad
-    if pg is None or op in TAKES_PENDING:
-        parent.grad, parent.owned = gi, gi_owned
-    else:
-        parent.grad, parent.owned = accumulate(xp, pg, parent.owned, gi, gi_owned, create_graph)
-        if watch is not None:
-            watch.accumulated(pg, parent.grad, gi)
 
 
 def _needed_nodes(roots, targets):
@@ -384,7 +368,9 @@ class _Watch:
         if self.events is not None:
             self.events.append(("visit", node.index, node.op.name if node.op is not None else "leaf"))
 
-    def routed(self, parent, gi, owned):
+    def routed(self, parent, raw, gi, owned, op):
+        if self.acct is not None and gi is not raw:
+            self.acct.alloc(gi, op.name + " (backward)")      # summed back to the input's shape, or cast
         if self.events is not None:
             self.events.append(("route", parent.index, tuple(gi.shape), str(gi.dtype), owned))
 

@@ -29,7 +29,7 @@ from ..backends import TRACING, namespace_of, numpy_ns, device_of, tracing_names
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..generated import load
-from ..graph import _Mode, new_node
+from ..graph import NEW_NODE, Node, _Mode, _new, _next_index, indented
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor
@@ -79,8 +79,9 @@ _NEEDS2 = ((False, False), (False, True), (True, False), (True, True))
 # The core, after an entry has unpacked its arguments and chosen xp. The entry
 # fills in how it spells its arrays, its parents, the forward call for its
 # arity (a *args call costs more here), whether no input is BLACK, and the
-# needs (one bool per input: does a gradient flow there). Tuples are built only
-# where used: a no-grad op builds none.
+# needs (one bool per input: does a gradient flow there) with the saver for
+# them (the unary and binary entries look theirs up when they are made, not per
+# op). Tuples are built only where used: a no-grad op builds none.
 _CORE = """
     try:
         if op.kernels:
@@ -115,10 +116,13 @@ _CORE = """
         if parents is None:
             return t
         parents = tuple(parents)
-    needs = {needs}
-    saver = op._savers.get(needs) or op.saver(needs)
+    {needs_and_saver}
     saved = saver({arrays}, out)
-    t._node = new_node(op, parents, saved + aux if aux else saved, params, needs, out.shape, out.dtype)
+    if aux:
+        saved = saved + aux
+    shape, dtype = out.shape, out.dtype
+""" + indented(NEW_NODE, 4) + """
+    t._node = n
     return t
 """
 
@@ -146,7 +150,8 @@ def apply(op, args, params):
         down = _BF16 if params is None or params.get("dtype") is None else None
 """ + _CORE.format(arrays="arrays", call="op.fwd(xp, *arrays, **params) if params else op.fwd(xp, *arrays)",
                    grey="parents.count(None) == len(parents)", parents="parents",
-                   needs="tuple([p is not None for p in parents])")
+                   needs_and_saver="needs = tuple([p is not None for p in parents])\n"
+                                   "    saver = op._savers.get(needs) or op.saver(needs)")
 
 
 def _indented(core):
@@ -157,6 +162,7 @@ _UNARY = """
 def unary_entry(op):
     \"\"\"The function x -> op(x): unpack one Tensor (or make one), then the core.\"\"\"
     params = None
+    saver = op.saver(_NEEDS1)
 
     def entry(x):
         if not isinstance(x, Tensor):
@@ -169,7 +175,7 @@ def unary_entry(op):
             xd, down = _unary_dtype(op, xd)    # exp of an integer is float32 (torch); bfloat16 runs in float32
         xp = numpy_ns if type(xd) is _ndarray else namespace_of(xd)
 """ + _indented(_CORE).format(arrays="(xd,)", call="op.fwd(xp, xd)", grey="xn is None", parents="(xn,)",
-                              needs="_NEEDS1 if parents[0] is not None else (False,)") + """
+                              needs_and_saver="needs = _NEEDS1         # (x is BLACK, its node mapped or not)") + """
     entry.__name__ = entry.__qualname__ = op.name
     return entry
 """
@@ -178,6 +184,7 @@ _BINARY = """
 def binary_entry(op):
     \"\"\"The function (x, y) -> op(x, y) for Tensors and constants, then the core.\"\"\"
     params = None
+    savers = tuple(op.saver(needs) for needs in _NEEDS2)
 
     def entry(x, y):
         if isinstance(x, Tensor):
@@ -214,7 +221,8 @@ def binary_entry(op):
         xp = numpy_ns if type(first) is _ndarray and not TRACING else _namespace(op, first, (x, y), (xd, yd))
 """ + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
                               parents="(xn, yn)",
-                              needs="_NEEDS2[(parents[0] is not None) * 2 + (parents[1] is not None)]") + """
+                              needs_and_saver="k = (parents[0] is not None) * 2 + (parents[1] is not None)\n"
+                                              "        needs, saver = _NEEDS2[k], savers[k]") + """
     entry.__name__ = entry.__qualname__ = op.name
     return entry
 """
