@@ -19,9 +19,8 @@ import functools
 import time
 import warnings
 
-from ..tensor import Tensor
 from ..errors import CompileWarning
-from .capture import build_result, capture
+from .capture import capture
 from .state import describe_change, discover, guard_key
 from .trace import GuardError, TraceError
 from . import pipeline

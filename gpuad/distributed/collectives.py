@@ -9,7 +9,6 @@ import os
 import sys
 
 from .. import config
-from .handle import DistributedError, Handle
 
 DEFAULT_TIMEOUT = 300.0
 

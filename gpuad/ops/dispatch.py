@@ -29,7 +29,7 @@ from ..backends import TRACING, namespace_of, numpy_ns, device_of, tracing_names
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..generated import load
-from ..graph import NEW_NODE, Node, _Mode, _new, _next_index, indented
+from ..graph import NEW_NODE, Node, _Mode, _next_index, indented  # (used by the generated core)
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor

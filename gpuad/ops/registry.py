@@ -25,17 +25,18 @@ What the declaration carries:
     dtypes      two operands: "promote" (torch's rules, gpuad/dtypes.py) or "same"
                 (mixing dtypes is an error, as torch's matmul)
     float_result   integer inputs give the default float (exp, true division)
-    method, operator, export   what the installer generates (gpuad/ops/install.py):
+    method, operator, export   what gpuad/surface.py publishes for it:
                 a Tensor method, the operator dunders, a gpuad.<name> function
     domain      (lo, hi): where the op is smooth, for the generated gradcheck case
     kernels     per provider ("triton", "cupy"): (forward, backward) replacing the
-                generic code on that provider's arrays (register_kernel)
+                generic code on that provider's arrays (register_kernel); "abstract"
+                is the planner's stand-in for a VJP that cannot run on sizes
 
 The shape-and-dtype rule is the forward itself run on abstract arrays
 (`Primitive.abstract`, see abstract.py): it cannot disagree with the code.
 
 `donate` tells the VJP it may overwrite `g` (the engine owns it and nobody
-reads it afterwards; see gpuad/accumulate.py), so it writes its result there
+reads it afterwards; see gpuad/engine/policy.py), so it writes its result there
 instead of allocating. The planner learns which gradients are written into
 `g`, which are views of it and which are fresh by running the same VJP on
 abstract arrays: nothing about it is declared twice.
