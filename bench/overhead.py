@@ -82,4 +82,42 @@ def run(full=False):
     targets.table("overhead").print()
     for n in notes:
         print("  " + n)
-    return harness.write_report("overhead", data, [table, targets.table("overhead")], notes)
+    split = _breakdown(gpuad, xg, rounds)
+    data["breakdown_us"] = split
+    btable = harness.Table("overhead: where gpuad's time per op goes (gpuad alone, no torch variant "
+                           "interleaved; median of rounds)", ["part", "us per op"])
+    for k, v in split.items():
+        btable.add(k, v)
+    btable.print()
+    return harness.write_report("overhead", data, [table, targets.table("overhead"), btable], notes)
+
+
+def _breakdown(gpuad, xg, rounds):
+    """gpuad's own split of a recorded op: forward, the walk, and the collector's share."""
+    import gc
+
+    def fwd():
+        _chain(xg)
+
+    def fwd_bwd():
+        _chain(xg).sum().backward()
+
+    def nograd():
+        with gpuad.no_grad():
+            _chain(xg)
+    on = harness.measure({"fwd": fwd, "fwd+bwd": fwd_bwd, "no-grad": nograd}, rounds=rounds, warmup=3,
+                         label="overhead breakdown")
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        off = harness.measure({"fwd+bwd": fwd_bwd}, rounds=rounds, warmup=3, label="overhead, collector off")
+    finally:
+        if was:
+            gc.enable()
+    us = {k: harness.median(v) / N_OPS * 1e6 for k, v in on.items()}
+    return {"forward+backward, alone": us["fwd+bwd"],
+            "recorded forward": us["fwd"],
+            "of which recording (forward minus no-grad)": us["fwd"] - us["no-grad"],
+            "the backward walk (forward+backward minus forward)": us["fwd+bwd"] - us["fwd"],
+            "the garbage collector (forward+backward, collector on minus off)":
+                us["fwd+bwd"] - harness.median(off["fwd+bwd"]) / N_OPS * 1e6}
