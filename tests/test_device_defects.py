@@ -220,7 +220,7 @@ def test_attention_grid_puts_batch_and_heads_on_axis_x_and_dots_take_the_precisi
     precision set_float32_matmul_precision chose."""
     import inspect
     from gpuad.ops.fused_kernels import host
-    from kernels import attention as A
+    from kernels import flash_attention as A
     src = inspect.getsource(A)
     assert src.count("tl.dot(") == src.count("input_precision=PRECISION")
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -224,9 +224,9 @@ NOT_SIZES = {
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
     "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",
-    "kernels/attention.py:MAX_HEAD_DIM": "a head dimension: the Triton kernel's limit, tested in test_attention",
-    "kernels/attention.py:MAX_HEAD_DIM_MASKED": "a head dimension: the Triton kernel's limit, tested in test_attention",
-    "kernels/attention.py:MAX_HEAD_DIM_IEEE_BACKWARD": "a head dimension: the fp32 IEEE backward kernel's limit "
+    "kernels/flash_attention.py:MAX_HEAD_DIM": "a head dimension: the Triton kernel's limit, tested in test_attention",
+    "kernels/flash_attention.py:MAX_HEAD_DIM_MASKED": "a head dimension: the Triton kernel's limit, tested in test_attention",
+    "kernels/flash_attention.py:MAX_HEAD_DIM_IEEE_BACKWARD": "a head dimension: the fp32 IEEE backward kernel's limit "
                                                        "(a GPU's; the interpreter takes any)",
 }
 

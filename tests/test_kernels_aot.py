@@ -6,7 +6,7 @@ Each GEMM kernel: every kept tile in fp32, fp16 and bf16 with the gelu
 activation (the most registers: erf in the epilogue and prologue), and every
 activation on the first kept tile; the bias-gradient, cross-entropy and
 layer-norm kernels in every dtype; the three attention kernels at head dims
-16-256 with the launch options the host uses (kernels/attention.py).
+16-256 with the launch options the host uses (kernels/flash_attention.py).
 A kernel that ptxas cannot allocate registers for fails here too. The compiles run in one subprocess (this one interprets Triton
 kernels, TRITON_INTERPRET=1), two at a time. Skips where the Triton wheel lacks
 the CUDA backend tools.
@@ -26,7 +26,7 @@ if not any(os.path.exists(os.path.join(BIN, n)) for n in ("ptxas-blackwell", "pt
     pytest.skip("this Triton wheel has no CUDA backend tools (ptxas)", allow_module_level=True)
 
 sys.path.insert(0, ROOT)
-from kernels import attention as T  # noqa: E402  (the tile choices only: nothing compiles in this process)
+from kernels import flash_attention as T  # noqa: E402  (the tile choices only: nothing compiles in this process)
 from kernels import linear as L  # noqa: E402
 
 DTYPES = {"float32": ("fp32", 4), "float16": ("fp16", 2), "bfloat16": ("bf16", 2)}
@@ -80,7 +80,7 @@ def _cases():
                             continue                     # the host runs the generic code there
                         launch = T.attention_launch(d, d, backward=name != "fwd", masked=not causal, ieee=ieee)
                         cases[f"attention-{name}-{dtype}-{precision}-d{d}-{'causal' if causal else 'mask'}"] = {
-                            "module": "attention", "kernel": f"attention_{name}_kernel",
+                            "module": "flash_attention", "kernel": f"attention_{name}_kernel",
                             "ptrs": {"*": "*" + ty, "lse_ptr": "*fp32", "d_ptr": "*fp32", "mask_ptr": "*fp32"},
                             "constexprs": {"CAUSAL": causal, "HAS_MASK": not causal, "PRECISION": precision} | {
                                 k: v for k, v in launch.items() if k.startswith("BLOCK")},

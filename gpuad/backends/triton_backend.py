@@ -83,7 +83,7 @@ class TritonKernels:
         import triton
         L, X = K.load_kernel_module("linear"), K.load_kernel_module("softmax_xent")
         self.N = K.load_kernel_module("layer_norm")
-        self.A = K.load_kernel_module("attention")
+        self.A = K.load_kernel_module("flash_attention")
         self.interpret = interpret
         self.triton = triton
         self.L, self.X = L, X
