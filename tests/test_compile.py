@@ -177,6 +177,8 @@ def test_shape_change_retraces_and_repeated_retracing_warns():
 
 
 def test_training_mode_and_optimizer_settings_are_in_the_key():
+    """Numeric settings are read at each replay (a new lr needs no retrace); whether a
+    setting is zero (SGD's `if momentum:`) and the training mode are in the key."""
     m = nn.Linear(3, 2)
     opt = optim.SGD(m.parameters(), lr=0.1)
 
@@ -192,9 +194,15 @@ def test_training_mode_and_optimizer_settings_are_in_the_key():
     before = m.weight.numpy().copy()
     f(x)
     np.testing.assert_allclose(m.weight.numpy(), before - 0.2 * 4, rtol=1e-6)
+    assert f.traces == 1
+    opt.param_groups[0]["momentum"] = 0.9          # zero to nonzero: another branch of the update,
+    f(x)                                           # which makes a momentum buffer: its state differs
+    f(x)                                           # from the next call's
+    opt.param_groups[0]["momentum"] = 0.8
+    f(x)
     m.eval()
     f(x)
-    assert len(f.cache) == 4
+    assert f.traces == 4          # (the first call, without gradients yet, ran eagerly)
 
 
 def test_item_inside_a_step_names_the_line():

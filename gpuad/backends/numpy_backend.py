@@ -41,6 +41,13 @@ class ArrayNamespace:
     def getitem(self, a, index):
         return a[index]
 
+    def dropout_keep(self, seed, tile, shape, p):
+        """Attention dropout's keep mask for one tile, scaled by 1/(1-p), float32: drawn on
+        the host from the node's seed and the tile's number (so its backward, and a
+        compiled replay, draw the same mask), then put on this namespace's device."""
+        rng = np.random.default_rng((int(seed), int(tile)))
+        return self.asarray((rng.random(shape) >= p).astype(np.float32) / (1.0 - p))
+
     def scatter_add(self, g, shape, index, unique):
         """zeros(shape) with g added at index: the VJP of a[index].
 

@@ -23,8 +23,8 @@ import numpy as np
 from ..memory.accounting import accountant
 from ..random import default_generator
 from ..tensor import Tensor
-from .state import DataSlot, GradSlot, ItemSlot, discover
-from .trace import DrawingRNG, Trace, TraceError, Tracer, tracing
+from .state import DataSlot, GradSlot, ItemSlot, SettingSlot, discover, numeric_setting
+from .trace import DrawingRNG, Trace, TraceError, Tracer, WeakNumber, tracing
 
 
 class Capture:
@@ -107,6 +107,7 @@ def capture(fn, args, kwargs, found=None):
     devices = set()
     old_acct, accountant.active = accountant.active, None
     generators = {id(x): (x, x.rng) for x in [default_generator] + found.generators}
+    settings = []
     try:
         for data_slot, grad_slot, t, prefix in tensors:
             tracer = swap_in(data_slot, t.data, prefix)
@@ -123,19 +124,70 @@ def capture(fn, args, kwargs, found=None):
                     st[k] = tracer
         for gen, _ in generators.values():
             gen.rng = DrawingRNG(tr, gen)
+        settings[:] = _swap_settings(tr, found, reads, next(iter(devices), "cpu"))
         with tracing(tr):
             out = fn(*args, **kwargs)
         result = _result_tree(tr, out)
         writes = _writes(tr, swapped, tensors, found, call_args, snapshot)
+        _check_settings(settings)
     finally:
         accountant.active = old_acct
         _restore(snapshot, generators)
+        _restore_settings(settings)
     for arr, v in tr.ext_inputs:
         reads.append(arr)
     ext_writes = [(arr, var) for arr, var in tr.external.values() if var is not _input_var(tr, arr)]
     cap = Capture(g, reads, result, writes, ext_writes)
     cap.device = next(iter(devices), "cpu")
     return cap
+
+
+def _swap_settings(tr, found, reads, device):
+    """Every number in the optimizers' param groups (lr, betas, eps, momentum, weight
+    decay, ...) becomes a WeakNumber input read at each replay; a 0-d array setting, a
+    plain input. Returns [(group, key, original, what was put there)] to check and undo."""
+    from ..backends import _cupy_namespace, numpy_ns
+    xp = numpy_ns if device == "cpu" else _cupy_namespace()
+    swapped = []
+    n = 0
+    for opt in found.optimizers:
+        for group in opt.param_groups:
+            for key, v in list(group.items()):
+                if key in ("params", "initial_lr"):
+                    continue
+                items = list(v) if isinstance(v, (tuple, list)) else [v]
+                new = []
+                for i, x in enumerate(items):
+                    index = i if isinstance(v, (tuple, list)) else None
+                    if numeric_setting(x):
+                        dt = np.dtype(np.float64 if isinstance(x, (float, np.floating)) else np.int64)
+                        t = WeakNumber(tr, tr.graph.input((), dt, f"h{n}"), x.item() if hasattr(x, "item") else x)
+                    elif hasattr(x, "shape") and x.shape == () and x.dtype.kind in "iuf":
+                        dt = x.dtype
+                        t = tr.new_input((), dt, f"h{n}")
+                    else:
+                        new.append(x)
+                        continue
+                    reads.append(SettingSlot(group, key, index, dt, xp))
+                    n += 1
+                    new.append(t)
+                if any(a is not b for a, b in zip(new, items)):
+                    group[key] = type(v)(new) if isinstance(v, (tuple, list)) else new[0]
+                    swapped.append((group, key, v, group[key]))
+    return swapped
+
+
+def _check_settings(settings):
+    for group, key, _, mine in settings:
+        if group[key] is not mine:
+            raise TraceError(f"gpuad.compile: the step changed the optimizer setting {key!r}; a replay "
+                             f"reads settings, it does not write them. Step the lr scheduler (or change "
+                             f"the setting) outside the compiled function")
+
+
+def _restore_settings(settings):
+    for group, key, original, _ in reversed(settings):
+        group[key] = original
 
 
 def _input_var(tr, arr):

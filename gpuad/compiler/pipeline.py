@@ -16,7 +16,7 @@ import numpy as np
 from ..memory.accounting import accountant
 from .ir import iter_vars
 from .capture import rebuild, result_vars
-from .state import Slot
+from .state import SettingSlot, Slot
 from .trace import GuardError
 from . import codegen
 from .passes import buffers, cse, dce, fold, fuse, remat
@@ -178,10 +178,10 @@ def _escaping(cap, graph, before):
 
 
 def _is_arg(reads):
-    """Per input: does each call bring a new array (an argument, a random draw)? Those
-    are copied into a CUDA graph's own buffers; state is captured by pointer."""
+    """Per input: does each call bring a new array (an argument, a random draw, an optimizer
+    setting)? Those are copied into a CUDA graph's own buffers; state is captured by pointer."""
     from .capture import ArgSlot
-    return [isinstance(r, (ArgSlot, DrawSlot)) for r in reads]
+    return [isinstance(r, (ArgSlot, DrawSlot, SettingSlot)) for r in reads]
 
 
 class DrawSlot(Slot):
@@ -189,12 +189,12 @@ class DrawSlot(Slot):
     generator on the host, as eager draws it, then copied to the device (N bytes), so the
     replay (and its CUDA graph) only reads it."""
 
-    def __init__(self, kind, shape, dtype, generator, xp):
-        self.kind, self.shape, self.dtype, self.generator, self.xp = kind, shape, dtype, generator, xp
+    def __init__(self, kind, shape, dtype, generator, extra, xp):
+        self.kind, self.shape, self.dtype, self.generator, self.extra, self.xp = kind, shape, dtype, generator, extra, xp
 
     def get(self, args):
         from .prims import random_draw
-        return self.xp.asarray(random_draw(self.kind, self.shape, self.dtype, self.generator))
+        return self.xp.asarray(random_draw(self.kind, self.shape, self.dtype, self.generator, self.extra))
 
     def __repr__(self):
         return f"draw {self.kind}{list(self.shape)}"
@@ -228,9 +228,9 @@ def _hoist_draws(graph, reads, xp):
     kept, reads = [], list(reads)
     for e in g.eqns:
         if e.prim == "random_draw":
-            kind, shape, dtype, generator = e.args[:4]
+            kind, shape, dtype, generator, extra = e.args[:5]
             g.inputs = g.inputs + [e.out]
-            reads.append(DrawSlot(kind, shape, dtype, generator, xp))
+            reads.append(DrawSlot(kind, shape, dtype, generator, extra, xp))
         else:
             kept.append(e)
     g.eqns = kept

@@ -36,13 +36,18 @@ def ufunc_at(name, a, index, b=None, xp=None):
     return out
 
 
-def random_draw(kind, shape, dtype, generator, xp=None):
+def random_draw(kind, shape, dtype, generator, extra=(), xp=None):
     """The next draw from a gpuad Generator, as the eager call made it (drawn on the
-    host, then moved to the device, as eager dropout does)."""
-    if kind == "random":
-        a = generator.rng.random(shape, dtype=dtype)
-    else:
-        a = generator.rng.standard_normal(shape, dtype=dtype)
+    host, then moved to the device, as eager dropout does). `extra`: the draw's numbers
+    (low and high, loc and scale, n and p). A 0-d shape gives a 0-d array, with the
+    value numpy's scalar draw gives."""
+    rng = generator.rng
+    if kind in ("random", "standard_normal"):
+        a = getattr(rng, kind)(shape, dtype=dtype)
+    elif kind == "integers":
+        a = rng.integers(extra[0], extra[1], size=shape, dtype=dtype)
+    else:                                   # uniform, normal, binomial: float64 or int64, as numpy
+        a = getattr(rng, kind)(*extra, size=shape)
     return a if xp is None or xp.module is np else xp.module.asarray(a)
 
 

@@ -181,6 +181,32 @@ class ItemSlot(Slot):
         return f"state[{self.key!r}]"
 
 
+class SettingSlot(Slot):
+    """A number in an optimizer's param group (lr, betas[0], eps, ...), read afresh at each
+    replay as a 0-d array on the step's device: a scheduler's change takes effect at the
+    next call, as in eager, without a retrace."""
+
+    def __init__(self, group, key, index, dtype, xp):
+        self.group, self.key, self.index, self.dtype, self.xp = group, key, index, dtype, xp
+
+    def get(self, args):
+        v = self.group[self.key]
+        if self.index is not None:
+            v = v[self.index]
+        return self.xp.asarray(np.asarray(v, self.dtype))
+
+    def set(self, args, value):
+        raise RuntimeError(f"gpuad.compile: the step wrote the optimizer setting {self.key!r}")
+
+    def __repr__(self):
+        return f"setting[{self.key!r}]" + ("" if self.index is None else f"[{self.index}]")
+
+
+def numeric_setting(v):
+    """Whether an optimizer setting is a number read at replay (not a guard key by value)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def _device(a):
     return "cuda" if type(a).__module__.startswith("cupy") else "cpu"
 
@@ -203,7 +229,7 @@ def guard_key(found, args, kwargs):
                       if t.grad is not None else None) for t in found.tensors))
     key.append(tuple(m.training for m in found.modules))
     for opt in found.optimizers:
-        key.append(tuple(tuple(sorted((k, _setting(v)) for k, v in g.items() if k != "params"))
+        key.append(tuple(tuple(sorted((k, _setting(v)) for k, v in g.items() if k not in ("params", "initial_lr")))
                          for g in opt.param_groups))
         key.append(tuple((id(p), tuple(sorted((k, _abstract_key(v)) for k, v in st.items())))
                          for p, st in opt.state.items()))
@@ -212,7 +238,15 @@ def guard_key(found, args, kwargs):
 
 
 def _setting(v):
-    return tuple(v) if isinstance(v, list) else v
+    """A setting's part of the key: numbers are read at each replay, so only their type and
+    whether they are zero (`if momentum:`) count; 0-d arrays by shape and dtype."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_setting(x) for x in v)
+    if numeric_setting(v):
+        return ("number", type(v).__name__, bool(v))
+    if hasattr(v, "shape"):
+        return ("array", tuple(v.shape), str(v.dtype), _device(v))
+    return v
 
 
 def _arg_key(a):

@@ -169,6 +169,11 @@ class Trace:
         if prim in _WRITES_ARG:
             raise TraceError(f"gpuad.compile: xp.{prim} writes into its argument and has no traced form\n"
                              f"  at {user_line()}")
+        if ufunc is not None and any(isinstance(a, WeakNumber) for a in args):
+            weak = self._weak_call(ufunc, prim, args, kw)
+            if weak is not None:
+                return weak if out is None else self.write(out, weak.var)
+            args = self._weak_cast(args, ufunc.nin)
         aval = self._aval(prim, args, kw)
         if isinstance(aval, (Tracer, np.ndarray)) and any(aval is a for a in args):
             # a shape rule that hands back its argument: an alias (astype to the same dtype)
@@ -194,6 +199,23 @@ class Trace:
         if out is not None:
             return self.write(out, result.var)
         return result
+
+    def _weak_call(self, ufunc, prim, args, kw):
+        """A ufunc of numbers only (settings and Python numbers): a weak number again, as
+        Python's arithmetic on floats gives a float; None when an array takes part."""
+        if any(hasattr(a, "dtype") and not isinstance(a, WeakNumber) for a in args[:ufunc.nin]) or kw:
+            return None
+        t = self.call(prim, tuple(a.strong() if isinstance(a, WeakNumber) else a for a in args), {})
+        known = ufunc(*(a.known if isinstance(a, WeakNumber) else a for a in args[:ufunc.nin]))
+        return WeakNumber(self, t.var, known.item() if hasattr(known, "item") else known)
+
+    def _weak_cast(self, args, nin):
+        """A weak number met with arrays takes their dtype (NEP 50: lr * a float32
+        gradient is float32, as with a Python float), cast here, as numpy casts it."""
+        arrays = [a.dtype for a in args[:nin] if hasattr(a, "dtype") and not isinstance(a, WeakNumber)]
+        dt = np.result_type(*arrays, *(a.known for a in args[:nin] if isinstance(a, WeakNumber)))
+        return tuple(self.call("astype", (a.strong(), dt), {}) if isinstance(a, WeakNumber) else a
+                     for a in args)
 
     @staticmethod
     def _root_of(args):
@@ -244,15 +266,15 @@ class Trace:
         draw recorded after that state (a checkpoint's recompute sees its mask again)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if self.draw_pos < len(self.draws):
-            k, s, d, t = self.draws[self.draw_pos]
-            if (k, s) != (kind, shape):
+            k, s, d, a, t = self.draws[self.draw_pos]
+            if (k, s, a) != (kind, shape, args):
                 raise TraceError("gpuad.compile: a generator state was restored and the draws that "
                                  "followed differ from the first ones")
             self.draw_pos += 1
             return t
         var = self.graph.add_eqn("random_draw", (kind, shape) + tuple(args), {}, shape, dtype)
         t = Tracer(self, var)
-        self.draws.append((kind, shape, dtype, t))
+        self.draws.append((kind, shape, dtype, args, t))
         self.draw_pos += 1
         return t
 
@@ -556,6 +578,28 @@ class Tracer(AbstractArray):
         return f"Tracer({self.var}:{self.dtype}{list(self.shape)})"
 
 
+class WeakNumber(Tracer):
+    """A number the step reads from an optimizer's settings (lr, betas, eps, momentum,
+    weight_decay), traced as a 0-d input that each replay reads afresh: a scheduler's
+    new lr takes effect at the next call, with no retrace. It keeps a Python number's
+    rules: met with arrays it takes their dtype (weak, NEP 50), arithmetic among such
+    numbers gives one again, and its truthiness (`if momentum:`) is the value it had
+    when traced, which the guard key holds."""
+
+    __slots__ = ("known",)
+
+    def __init__(self, trace, var, known):
+        Tracer.__init__(self, trace, var)
+        self.known = known
+
+    def strong(self):
+        """The same value as a plain 0-d traced array."""
+        return Tracer(self.trace, self.var)
+
+    def __bool__(self):
+        return bool(self.known)
+
+
 class DrawingRNG:
     """Stands in for a numpy Generator while tracing: each draw becomes a recorded
     `random_draw` that the replay takes from the real generator, in order."""
@@ -565,15 +609,39 @@ class DrawingRNG:
         self.generator = generator
         self.bit_generator = _StateToken(self)
 
+    def _draw(self, kind, size, dtype, extra=()):
+        for v in extra:
+            if hasattr(v, "shape") or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TraceError(f"gpuad.compile: a {kind}() draw with array or traced parameters is not "
+                                 f"traced; give it numbers\n  at {user_line()}")
+        dtype = np.dtype(dtype)
+        return self.trace.draw(kind, () if size is None else size, dtype,
+                               (dtype, self.generator, tuple(v.item() if hasattr(v, "item") else v for v in extra)))
+
     def random(self, size=None, dtype=np.float64):
-        return self.trace.draw("random", size, np.dtype(dtype), (np.dtype(dtype), self.generator))
+        return self._draw("random", size, dtype)
 
     def standard_normal(self, size=None, dtype=np.float64):
-        return self.trace.draw("standard_normal", size, np.dtype(dtype), (np.dtype(dtype), self.generator))
+        return self._draw("standard_normal", size, dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        if high is None:
+            low, high = 0, low
+        return self._draw("integers", size, dtype, (low, high + 1 if endpoint else high))
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._draw("uniform", size, np.float64, (low, high))
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return self._draw("normal", size, np.float64, (loc, scale))
+
+    def binomial(self, n, p, size=None):
+        return self._draw("binomial", size, np.int64, (n, p))
 
     def __getattr__(self, name):
-        raise TraceError(f"gpuad.compile: the generator's {name}() is not traced (only random and "
-                         f"standard_normal draws are); draw outside the compiled function\n  at {user_line()}")
+        raise TraceError(f"gpuad.compile: the generator's {name}() is not traced (random, standard_normal, "
+                         f"integers, uniform, normal and binomial draws are); draw outside the compiled "
+                         f"function\n  at {user_line()}")
 
 
 class _StateToken:

@@ -230,7 +230,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     params = {"mask": mask, "causal": bool(is_causal),
               "scale": float(scale) if scale is not None else A.default_scale(q.shape[-1])}
     if dropout_p:
-        params.update(dropout_p=float(dropout_p), seed=int(default_generator.rng.integers(2 ** 63)))
+        # the seed is drawn from gpuad's generator (a traced draw under gpuad.compile, so each
+        # replay draws a new one) and kept on the node for the backward
+        params.update(dropout_p=float(dropout_p), seed=default_generator.rng.integers(2 ** 63))
     return apply(A.scaled_dot_product_attention, (q, k, v), params)
 
 

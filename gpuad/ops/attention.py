@@ -55,12 +55,10 @@ def _masked(xp, scores, mask, causal, s0, s1, length, keys):
 
 
 def _dropout_masks(xp, seed, shape_of_tile, p, tiles):
-    """Per tile, the keep mask scaled by 1/(1-p), drawn in tile order from the node's own seed
-    (drawn from gpuad's generator at the forward), so the backward draws the same ones;
-    drawn on the host and put on xp's device."""
-    rng = np.random.default_rng(seed)
-    return [xp.asarray((rng.random(shape_of_tile(s0, s1)) >= p).astype(np.float32) / (1.0 - p))
-            for s0, s1 in tiles]
+    """Per tile, the keep mask scaled by 1/(1-p), from the node's own seed (drawn from gpuad's
+    generator at the forward: under gpuad.compile a traced draw) and the tile's number, so
+    the backward and every replay draw the same ones (xp.dropout_keep)."""
+    return [xp.dropout_keep(seed, k, shape_of_tile(s0, s1), p) for k, (s0, s1) in enumerate(tiles)]
 
 
 @primitive("scaled_dot_product_attention", inputs=("q", "k", "v"), kind=FUSED,
@@ -71,7 +69,7 @@ def scaled_dot_product_attention(xp, q, k, v, mask=None, causal=False, scale=1.0
     length, keys = q.shape[-2], k.shape[-2]
     tiles = _tiles(keys)
     drops = _dropout_masks(xp, seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
-        if dropout_p and xp.name != "abstract" else [None] * len(tiles)
+        if dropout_p else [None] * len(tiles)
     m = row_sum = acc = None
     qs = xp.multiply(q, scale)                       # the scale folded into q once (L E), not into each tile (L S)
     for (s0, s1), drop in zip(tiles, drops):
@@ -114,7 +112,7 @@ def _attention_vjp(xp, g, saved, node, donate):
         _, (lse,) = scaled_dot_product_attention.fwd(xp, q, k, v, **p_)
     tiles = _tiles(keys)
     drops = _dropout_masks(xp, seed, lambda s0, s1: tuple(q.shape[:-1]) + (s1 - s0,), dropout_p, tiles) \
-        if dropout_p and xp.name != "abstract" else [None] * len(tiles)
+        if dropout_p else [None] * len(tiles)
     big_d = xp.sum(xp.multiply(g, out), axis=-1, keepdims=True)          # D = rowsum(dO * O), once
     nq, nk, nv = node.needs
     dq, dks, dvs = None, [], []

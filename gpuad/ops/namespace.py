@@ -14,7 +14,7 @@ True
 import numpy as np
 
 from . import composite as C, indexing as I
-from ..backends import namespace_of
+from ..backends import namespace_of, numpy_ns
 from ..backends.devices import to_device
 from ..tensor import Tensor
 
@@ -100,6 +100,9 @@ class TensorNamespace:
 
     def einsum(self, equation, *operands, optimize=True):
         return C.einsum(equation, *operands)
+
+    def dropout_keep(self, seed, tile, shape, p):
+        return self._const(numpy_ns.dropout_keep(seed, tile, shape, p))     # a mask: a constant (GREY)
 
     def arange(self, n, dtype=None):
         return self._const(np.arange(n, dtype=dtype))
