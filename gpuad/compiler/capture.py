@@ -20,11 +20,13 @@ so tracing changes nothing: the first replay computes the first call.
 """
 import numpy as np
 
+from ..backends.abstract import AbstractArray
+from ..dtypes import grad_dtype
 from ..memory.accounting import accountant
 from ..random import default_generator
 from ..tensor import Tensor
 from .state import DataSlot, GradSlot, ItemSlot, SettingSlot, discover, numeric_setting
-from .trace import DrawingRNG, Trace, TraceError, Tracer, WeakNumber, tracing
+from .trace import DrawingRNG, ItemValue, Trace, TraceError, Tracer, WeakNumber, tracing
 
 
 class Capture:
@@ -70,7 +72,11 @@ class ArgGradSlot(ArgSlot, GradSlot):
         GradSlot.set(self, args, value)
 
 
-def capture(fn, args, kwargs, found=None):
+def capture(fn, args, kwargs, found=None, phantom_grads=False):
+    """Trace one call of fn (see the module docstring). phantom_grads: a tensor that
+    requires grad and has none is given a gradient input anyway, so the capture tells
+    whether the step reads gradients it finds (`grads_read`): a step that starts with
+    zero_grad() does not, and its trace serves calls with and without them."""
     found = discover(fn) if found is None else found
     tr = Trace()
     g = tr.graph
@@ -87,10 +93,10 @@ def capture(fn, args, kwargs, found=None):
     snapshot = _snapshot(tensors, found)
     counters = {}
 
-    def swap_in(slot, arr, prefix):
+    def swap_in(slot, arr, prefix, like=None):
         if not hasattr(arr, "shape") or not hasattr(arr, "dtype") or isinstance(arr, (np.generic, Tracer)):
             return None
-        device = "cuda" if type(arr).__module__.startswith("cupy") else "cpu"
+        device = "cuda" if type(like if like is not None else arr).__module__.startswith("cupy") else "cpu"
         if devices and device not in devices:
             raise TraceError(f"gpuad.compile: the step reads arrays on the CPU and on a GPU ({slot}); "
                              f"move them to one device")
@@ -105,6 +111,8 @@ def capture(fn, args, kwargs, found=None):
 
     call_args = (list(args), dict(kwargs))
     devices = set()
+    grad_vars = set()                 # the gradient inputs' Vars (real and phantom)
+    snapshot_data = {id(t): t.data for _, _, t, _ in tensors}
     old_acct, accountant.active = accountant.active, None
     generators = {id(x): (x, x.rng) for x in [default_generator] + found.generators}
     settings = []
@@ -117,6 +125,11 @@ def capture(fn, args, kwargs, found=None):
                 gt = swap_in(grad_slot, t.grad.data, "g")
                 if gt is not None:
                     t.grad = Tensor._from(gt)
+                    grad_vars.add(gt.var.id)
+            elif phantom_grads and t.requires_grad and tracer is not None:
+                gt = swap_in(grad_slot, AbstractArray(tracer.shape, grad_dtype(tracer.dtype)), "g", like=snapshot_data[id(t)])
+                t.grad = Tensor._from(gt)
+                grad_vars.add(gt.var.id)
         for st in found.state_dicts:
             for k, v in list(st.items()):
                 tracer = swap_in(ItemSlot(st, k), v, "s")
@@ -139,7 +152,17 @@ def capture(fn, args, kwargs, found=None):
     ext_writes = [(arr, var) for arr, var in tr.external.values() if var is not _input_var(tr, arr)]
     cap = Capture(g, reads, result, writes, ext_writes)
     cap.device = next(iter(devices), "cpu")
+    cap.grads_read = _reads_any(cap, grad_vars)
     return cap
+
+
+def _reads_any(cap, var_ids):
+    """Whether the step reads one of these inputs: an equation takes it, it is returned,
+    or it is written somewhere. (A gradient the step replaced before reading it is not
+    read: zero_grad(), then backward.)"""
+    outs = [v for v in result_vars(cap.result)] + [v for _, v, _ in cap.writes if v is not None] + \
+        [v for _, v in cap.ext_writes]
+    return any(v.id in var_ids for e in cap.graph.eqns for v in e.invars()) or any(v.id in var_ids for v in outs)
 
 
 def _swap_settings(tr, found, reads, device):
@@ -206,6 +229,8 @@ def _result_tree(tr, out):
             raise TraceError("gpuad.compile: the step returned a Tensor it did not compute from "
                              "its inputs or state; return it from outside the compiled function")
         return ("T", out.data.var)
+    if isinstance(out, ItemValue):
+        return ("I", out.var)              # a .item(): a Python number after each replay
     if isinstance(out, Tracer):
         return ("A", out.var)
     if isinstance(out, (list, tuple)):
@@ -220,9 +245,9 @@ def _result_tree(tr, out):
 
 def build_result(result, leaf):
     """The step's return value from its _result_tree: leaf(kind, var) gives each array
-    ("T": the step returned a Tensor, "A": an array)."""
+    ("T": the step returned a Tensor, "A": an array, "I": a .item() number)."""
     kind = result[0]
-    if kind in ("T", "A"):
+    if kind in ("T", "A", "I"):
         return leaf(kind, result[1])
     if kind == "py":
         return result[1]
@@ -234,7 +259,8 @@ def build_result(result, leaf):
 
 def rebuild(result, values):
     """The step's return value at replay: Tensors around the computed arrays."""
-    return build_result(result, lambda kind, v: Tensor._from(values[v.id]) if kind == "T" else values[v.id])
+    return build_result(result, lambda kind, v: Tensor._from(values[v.id]) if kind == "T" else
+                        values[v.id].item() if kind == "I" else values[v.id])
 
 
 def result_vars(result):

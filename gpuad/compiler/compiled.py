@@ -25,7 +25,7 @@ from .state import describe_change, discover, guard_key
 from .trace import GuardError, TraceError
 from . import pipeline
 
-RETRACE_WARN = 8         # warn when one function has traced this many times
+RETRACE_WARN = 2         # warn, naming what changed, once a step has been traced again this many times
 
 
 class Compiled:
@@ -41,29 +41,46 @@ class Compiled:
         self.fallback = fallback
         self.passes = passes
         self.cuda_graphs = cuda_graphs
-        self.cache = {}
-        self.traces = 0
+        self.cache = {}          # guard key -> entry, for steps that read the gradients they find
+        self.any_grads = {}      # guard key without gradients -> entry, for steps that do not
+        self.traces = 0          # traces after the first: retraces
+        self.history = []        # why each trace happened, in words (explain())
         self._last_key = None
         self.eager_keys = set()
+        self.warmed_up = False   # the first call ran eagerly (it made the optimizer's state)
 
     def _entry(self, args, kwargs):
         found = discover(self.fn, ())
         key = guard_key(found, args, kwargs)
-        entry = self.cache.get(key)
+        base = tuple(item for item in key if item[0][0] != "gradient")
+        entry = self.any_grads.get(base) or self.cache.get(key)
         if entry is None and key not in self.eager_keys:
-            entry = self._trace(key, found, args, kwargs)
+            if self._last_key is None and not self.warmed_up and _creates_state(found):
+                # the first call of a training step makes its optimizer's state: run it eagerly,
+                # and trace the next, which the rest of the run looks like (one trace, not two)
+                self.warmed_up = True
+                return None
+            entry = self._trace(key, base, found, args, kwargs)
         return entry
 
-    def _trace(self, key, found, args, kwargs):
+    def _trace(self, key, base, found, args, kwargs):
+        why = "the first trace" if self._last_key is None else describe_change(self._last_key, key)
+        self.history.append(why)
         if self._last_key is not None:
             self.traces += 1
             if self.traces >= RETRACE_WARN:
-                warnings.warn(f"gpuad.compile: {self.fn.__name__} traced {self.traces + 1} times; the last "
-                              f"change: {describe_change(self._last_key, key)}", CompileWarning, stacklevel=4)
+                warnings.warn(f"gpuad.compile: {self.fn.__name__} traced {self.traces + 1} times; what changed "
+                              f"this time: {why} (step.explain() lists every trace)", CompileWarning,
+                              stacklevel=4)
         self._last_key = key
         t0 = time.perf_counter()
         try:
-            cap = capture(self.fn, args, kwargs, found)
+            # traced with a gradient input for every parameter: a step that does not read the
+            # gradients it finds (zero_grad() first) then serves calls with and without them
+            cap = capture(self.fn, args, kwargs, found, phantom_grads=True)
+            agnostic = not cap.grads_read
+            if not agnostic and any(t.requires_grad and t.grad is None for t in found.tensors):
+                cap = capture(self.fn, args, kwargs, found)     # it reads them: trace this call as it is
         except TraceError as e:
             if self.fallback == "error":
                 raise
@@ -73,8 +90,31 @@ class Compiled:
         entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes, groups=_groups(),
                                cuda_graphs=self.cuda_graphs)
         entry.compile_seconds = time.perf_counter() - t0
-        self.cache[key] = entry
+        if agnostic:
+            self.any_grads[base] = entry
+        else:
+            self.cache[key] = entry
         return entry
+
+    def explain(self):
+        """Why the step was traced each time, in words: what changed in what the replay
+        assumes (argument shapes, a setting that became zero, a module's mode, ...).
+
+        >>> import gpuad
+        >>> f = gpuad.compile(lambda x: (x * 2).sum())
+        >>> _ = f(gpuad.ones(3)); _ = f(gpuad.ones(3)); _ = f(gpuad.ones(4))
+        >>> print(f.explain())
+        <lambda>: traced 2 times
+          1. the first trace
+          2. argument 0: ('T', (3,), 'float32', False, 'cpu') -> ('T', (4,), 'float32', False, 'cpu')
+        """
+        n = self.traces + (self._last_key is not None)
+        lines = [f"{self.fn.__name__}: traced {n} time{'s' if n != 1 else ''}"]
+        if self.warmed_up:
+            lines.append("  (its first call ran eagerly: it made the optimizer's state, which every later "
+                         "call finds)")
+        lines += [f"  {i}. {why}" for i, why in enumerate(self.history, 1)]
+        return "\n".join(lines)
 
     def __call__(self, *args, **kwargs):
         entry = self._entry(args, kwargs)
@@ -124,6 +164,11 @@ class Compiled:
                 except triton_codegen.Unsupported as u:
                     parts.append(f"# group {e.params['kernel'].name}: no Triton kernel ({u})\n")
         return "\n".join(parts)
+
+
+def _creates_state(found):
+    """Whether a reachable optimizer has no state yet for a parameter that requires grad."""
+    return any(not opt.state.get(p) for opt in found.optimizers for p in opt.params)
 
 
 def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None, cuda_graphs=True):

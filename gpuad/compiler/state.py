@@ -219,22 +219,29 @@ def _abstract_key(a):
     return ("py", a)
 
 
-def guard_key(found, args, kwargs):
-    """What a replay assumes: each argument's shape, dtype and requires_grad (Python
-    values by value), the identity, shape and gradient of each reachable Tensor,
-    modules' training flags, optimizers' settings and the shape of their state."""
+def guard_key(found, args, kwargs, grads=True):
+    """What a replay assumes, as ((where, what), ...): each argument's shape, dtype and
+    requires_grad (Python values by value), the identity and shape of each reachable
+    Tensor and (grads=True) whether it has a gradient and its shape, modules' training
+    flags, optimizers' settings (numbers by type and whether they are zero: their values
+    are read at each replay) and the shape of their state. `where` names the part, so
+    describe_change can say what changed."""
     from .trace import Tracer
-    key = [tuple(_arg_key(a) for a in args), tuple(sorted((k, _arg_key(v)) for k, v in kwargs.items()))]
-    key.append(tuple((id(t), _abstract_key(t.data), t.requires_grad, _abstract_key(t.grad.data)
-                      if t.grad is not None else None) for t in found.tensors))
-    key.append(tuple(m.training for m in found.modules))
-    for opt in found.optimizers:
-        key.append(tuple(tuple(sorted((k, _setting(v)) for k, v in g.items() if k not in ("params", "initial_lr")))
-                         for g in opt.param_groups))
-        key.append(tuple((id(p), tuple(sorted((k, _abstract_key(v)) for k, v in st.items())))
-                         for p, st in opt.state.items()))
+    items = [(("argument", i), _arg_key(a)) for i, a in enumerate(args)]
+    items += [(("keyword", k), _arg_key(v)) for k, v in sorted(kwargs.items(), key=lambda kv: kv[0])]
+    for j, t in enumerate(found.tensors):
+        items.append((("tensor", j), (id(t), _abstract_key(t.data), t.requires_grad)))
+        if grads:
+            items.append((("gradient", j), _abstract_key(t.grad.data) if t.grad is not None else None))
+    items += [(("module", j, type(m).__name__), m.training) for j, m in enumerate(found.modules)]
+    for o, opt in enumerate(found.optimizers):
+        for gi, g in enumerate(opt.param_groups):
+            items += [(("setting", o, gi, k), _setting(v)) for k, v in sorted(g.items(), key=lambda kv: kv[0])
+                      if k not in ("params", "initial_lr")]
+        items += [(("state", o, id(p)), tuple(sorted((k, _abstract_key(v)) for k, v in st.items())))
+                  for p, st in opt.state.items()]
     assert not any(isinstance(t.data, Tracer) for t in found.tensors)
-    return tuple(key)
+    return tuple(items)
 
 
 def _setting(v):
@@ -262,10 +269,45 @@ def _arg_key(a):
 
 
 def describe_change(old, new):
-    """Which part of the guard key changed, in words (for the retrace warning)."""
-    parts = ("argument shapes or dtypes", "keyword arguments", "tensors' identity, shape or gradient",
-             "a module's training mode", "an optimizer's settings", "an optimizer's state")
-    for i, (a, b) in enumerate(zip(old, new)):
-        if a != b:
-            return parts[min(i, 4) if i < 4 else 4 + (i - 4) % 2]
-    return "the set of reachable tensors" if len(old) != len(new) else "nothing"
+    """What differs between two guard keys, in words: the part and its two values (for
+    the retrace warning and Compiled.explain())."""
+    before, after = dict(old), dict(new)
+    changes = []
+    for where in list(after) + [w for w in before if w not in after]:
+        if before.get(where, _MISSING) != after.get(where, _MISSING):
+            changes.append(f"{_where(where)}: {_what(before.get(where, _MISSING))} -> "
+                           f"{_what(after.get(where, _MISSING))}")
+    if not changes:
+        return "nothing"
+    more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+    return "; ".join(changes[:3]) + more
+
+
+_MISSING = object()
+
+
+def _where(w):
+    kind = w[0]
+    if kind == "argument":
+        return f"argument {w[1]}"
+    if kind == "keyword":
+        return f"keyword argument {w[1]!r}"
+    if kind == "tensor":
+        return f"reachable tensor #{w[1]}"
+    if kind == "gradient":
+        return f"the gradient of reachable tensor #{w[1]}"
+    if kind == "module":
+        return f"{w[2]} (module #{w[1]}).training"
+    if kind == "setting":
+        return f"optimizer #{w[1]} group {w[2]} setting {w[3]!r}"
+    return f"optimizer #{w[1]}'s state of a parameter"
+
+
+def _what(v):
+    if v is _MISSING:
+        return "absent"
+    if isinstance(v, tuple) and v[:1] == ("number",):
+        return f"{v[1]} {'nonzero' if v[2] else 'zero'}"
+    if isinstance(v, tuple) and len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], tuple):
+        return f"shape {v[1][0]} {v[1][1]}" if v[1] else str(v)
+    return "none" if v is None else str(v)

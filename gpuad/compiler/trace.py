@@ -510,7 +510,17 @@ class Tracer(AbstractArray):
         return self.trace.call(name, args, dict(kwargs))
 
     __array__ = _refuse("converting to a numpy array")
-    item = _refuse(".item()")
+
+    def item(self):
+        """The value as a Python number, known after the replay: an ItemValue the step can
+        compute with and return (it comes back a number); branching on it is refused."""
+        if int(np.prod(self.shape)) != 1:
+            raise ValueError(f"can only convert an array of size 1 to a Python scalar, not shape {self.shape}")
+        kind = np.dtype(self.dtype).kind
+        dt = np.bool_ if kind == "b" else np.int64 if kind in "iu" else np.float64   # Python's bool, int, float
+        v = self.trace.call("reshape", (self, ()), {})
+        return ItemValue(self.trace, self.trace.call("astype", (v, np.dtype(dt)), {}).var)
+
     tolist = _refuse(".tolist()")
     __bool__ = _refuse("bool() of a tensor (an `if` or `while` on a value)")
     sort = partition = put = resize = itemset = byteswap = setfield = _refuse_write()
@@ -576,6 +586,41 @@ class Tracer(AbstractArray):
 
     def __repr__(self):
         return f"Tracer({self.var}:{self.dtype}{list(self.shape)})"
+
+
+def _number_op(name, reflected=False):
+    def op(self, other):
+        if hasattr(other, "shape") and not isinstance(other, ItemValue):
+            return NotImplemented if not isinstance(other, Tracer) else \
+                self.trace.call(name, (other, Tracer(self.trace, self.var)) if reflected
+                                else (Tracer(self.trace, self.var), other), {})
+        a, b = (other, self) if reflected else (self, other)
+        a, b = (Tracer(x.trace, x.var) if isinstance(x, ItemValue) else x for x in (a, b))
+        return ItemValue(self.trace, self.trace.call(name, (a, b), {}).var)
+    return op
+
+
+class ItemValue(Tracer):
+    """A Python number the step took from a traced array (.item()): float64, int64 or bool
+    as Python's float, int and bool, so arithmetic with it is Python's. Returned from the
+    step it comes back a number after each replay; an `if` on it, float() or formatting
+    it needs the value while tracing, and is refused (return it, and log it outside)."""
+
+    __slots__ = ()
+
+    __add__, __radd__ = _number_op("add"), _number_op("add", True)
+    __sub__, __rsub__ = _number_op("subtract"), _number_op("subtract", True)
+    __mul__, __rmul__ = _number_op("multiply"), _number_op("multiply", True)
+    __truediv__, __rtruediv__ = _number_op("divide"), _number_op("divide", True)
+    __pow__, __rpow__ = _number_op("power"), _number_op("power", True)
+
+    def __neg__(self):
+        return ItemValue(self.trace, self.trace.call("negative", (Tracer(self.trace, self.var),), {}).var)
+
+    def __format__(self, spec):
+        return _refuse("formatting a .item() value (to log it)")(self)
+
+    __str__ = __format__
 
 
 class WeakNumber(Tracer):

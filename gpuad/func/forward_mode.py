@@ -399,7 +399,8 @@ def _input_values(cap, args):
 def _results(cap, env, tan):
     """(values pytree, tangents pytree) of the function's return value."""
     xp = _namespace(cap.device)
-    value = build_result(cap.result, lambda kind, v: Tensor._from(xp.asarray(env[v.id])))
+    value = build_result(cap.result, lambda kind, v: env[v.id].item() if kind == "I" else
+                         Tensor._from(xp.asarray(env[v.id])))
     tangent = build_result(cap.result, lambda kind, v: Tensor._from(
         xp.asarray(tan[v.id]) if v.id in tan else _z(xp.asarray(env[v.id]))))
     return value, tangent
