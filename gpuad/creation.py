@@ -9,6 +9,7 @@ Floats default to float32.
 """
 import numpy as np
 
+from .backends import namespace_of, refuse_any
 from .backends.devices import on_device
 from .dtypes import as_dtype, default_float
 from .random import default_generator
@@ -132,25 +133,53 @@ def rand_like(t, dtype=None, generator=None, device=None):
 
 def multinomial(input, num_samples, replacement=False, generator=None):  # noqa: A002
     """Draw num_samples category indices per row of `input` (non-negative weights), with
-    or without replacement, from gpuad's generator (as torch.multinomial).
+    or without replacement, from gpuad's generator (as torch.multinomial), on the
+    weights' device. With replacement, numpy's inverse-CDF rule (one uniform draw per
+    sample); without, the exponential race (Efraimidis-Spirakis: the smallest
+    -log(u) / w, one uniform draw per category). Both are array code, so a compiled step
+    traces them.
 
     >>> import gpuad
     >>> _ = gpuad.manual_seed(0)
     >>> gpuad.multinomial(gpuad.tensor([0.0, 1.0, 0.0]), 2, replacement=True).tolist()
     [1, 1]
+    >>> sorted(gpuad.multinomial(gpuad.tensor([0.0, 1.0, 3.0]), 2).tolist())
+    [1, 2]
     """
-    w = np.asarray(input.numpy() if isinstance(input, Tensor) else input, dtype=np.float64)
-    rows = w.reshape(-1, w.shape[-1]) if w.ndim else None
-    if rows is None or w.ndim > 2:
-        raise ValueError(f"gpuad.multinomial: input must be 1-D or 2-D, got shape {w.shape}")
-    if (rows < 0).any() or not np.isfinite(rows).all() or (rows.sum(1) <= 0).any():
-        raise ValueError("gpuad.multinomial: weights must be finite, non-negative, with a positive sum per row")
-    if not replacement and num_samples > (rows > 0).sum(1).min():
-        raise ValueError(f"gpuad.multinomial: cannot draw {num_samples} samples without replacement from "
-                         f"rows with fewer nonzero weights")
+    w = input.data if isinstance(input, Tensor) else np.asarray(input)
+    if w.ndim not in (1, 2):
+        raise ValueError(f"gpuad.multinomial: input must be 1-D or 2-D, got shape {tuple(w.shape)}")
+    xp = namespace_of(w)
+    n = w.shape[-1]
+    rows = xp.reshape(w, (-1, n)).astype(np.float64)
+    total = xp.sum(rows, axis=1, keepdims=True)
+    refuse_any(xp.logical_or(xp.any(xp.logical_or(rows < 0, xp.logical_not(xp.isfinite(rows))), axis=1),
+                             total[:, 0] <= 0),
+               ValueError("gpuad.multinomial: weights must be finite, non-negative, with a positive sum per row"))
+    if not replacement:
+        refuse_any(xp.sum(rows > 0, axis=1) < num_samples,
+                   ValueError(f"gpuad.multinomial: cannot draw {num_samples} samples without replacement from "
+                              f"rows with fewer nonzero weights"))
     rng = (generator or default_generator).rng
-    out = np.stack([rng.choice(len(r), size=num_samples, replace=replacement, p=r / r.sum()) for r in rows])
-    return _make(out.reshape(w.shape[:-1] + (num_samples,)).astype(np.int64), False, None)
+    if replacement:
+        cdf = xp.cumsum(rows, axis=1)
+        cdf = cdf / cdf[:, -1:]
+        u = _on(xp, rng.random((rows.shape[0], num_samples)))
+        # searchsorted(cdf, u, side="right") per row: how many of the row's cdf values are <= u
+        out = xp.sum(cdf[:, None, :] <= u[:, :, None], axis=2)
+        out = xp.minimum(out, n - 1)
+    else:
+        u = _on(xp, rng.random(rows.shape))
+        with np.errstate(divide="ignore"):
+            keys = -xp.log(u) / rows                     # zero weight: +inf, drawn last (never, as checked)
+        out = xp.argsort(keys, axis=1, kind="stable")[:, :num_samples]
+    out = xp.reshape(out.astype(np.int64), tuple(w.shape[:-1]) + (num_samples,))
+    return Tensor._from(out)
+
+
+def _on(xp, a):
+    """A host draw on xp's device (a traced draw is already where the trace is)."""
+    return a if getattr(a, "_xp", None) is not None or xp.name == "numpy" else xp.asarray(a)
 
 
 def from_dlpack(ext):

@@ -41,6 +41,25 @@ def _cupy_namespace():
     return _cupy_ns
 
 
+def refuse_any(mask, error):
+    """Raise `error` where any element of `mask` is True (a value check: ids in range,
+    finite norms). Under gpuad.compile the values are unknown: the trace takes the branch
+    where none is and the replay checks it; a call that finds one runs eagerly, and raises
+    there, as it would have.
+
+    >>> import numpy as np
+    >>> refuse_any(np.array([False, False]), ValueError("never"))
+    >>> refuse_any(np.array([False, True]), ValueError("an element is set"))
+    Traceback (most recent call last):
+    ValueError: an element is set
+    """
+    xp = getattr(mask, "_xp", None)
+    if xp is not None:
+        xp.assume_none(mask, str(error))
+    elif bool(mask.any()):
+        raise error
+
+
 def writeable(a):
     """Whether a's buffer may be written in place: numpy's flag (a broadcast view is
     read-only); a CuPy array is always writeable (its Flags has no such field)."""

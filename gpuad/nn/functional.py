@@ -11,7 +11,7 @@ backward; mse_loss is composed from primitives.
 """
 import numpy as np
 
-from ..backends import namespace_of
+from ..backends import namespace_of, refuse_any
 from ..ops import composite as C, fused as N
 from ..ops.dispatch import apply
 from ..random import default_generator
@@ -286,16 +286,37 @@ def embedding(input, weight, padding_idx=None):  # noqa: A002
     weight = _t(weight)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"gpuad.embedding: ids must be integers, got {ids.dtype}")
-    if _traced(ids):         # gpuad.compile: the replay checks the range
-        _assume_none((ids < 0) | (ids >= weight.shape[0]), f"an id is outside [0, {weight.shape[0]})")
-    elif ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
-        raise IndexError(f"gpuad.embedding: ids must lie in [0, {weight.shape[0]}), got {int(ids.min())} to "
-                         f"{int(ids.max())}")
+    if ids.size:
+        refuse_any((ids < 0) | (ids >= weight.shape[0]), IndexError(
+            f"gpuad.embedding: ids must lie in [0, {weight.shape[0]})"
+            + ("" if _traced(ids) else f", got {int(ids.min())} to {int(ids.max())}")))
     out = weight[ids]
     if padding_idx is not None:
         pad = padding_idx % weight.shape[0]
         out = C.where(np.expand_dims(ids == pad, -1), out.detach(), out)     # no gradient to that row
     return out
+
+
+def one_hot(tensor, num_classes=-1):
+    """torch.nn.functional.one_hot: int64, shape tensor.shape + (num_classes,), with 1 at
+    each index. num_classes=-1 takes max + 1 (a value: under gpuad.compile give it).
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> F.one_hot(gpuad.tensor([0, 2]), 3).tolist()
+    [[1, 0, 0], [0, 0, 1]]
+    """
+    ids = tensor.data if isinstance(tensor, Tensor) else np.asarray(tensor)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"gpuad.one_hot: class values must be integers, got {ids.dtype}")
+    xp = namespace_of(ids)
+    if num_classes == -1:
+        if _traced(ids):
+            raise TypeError("gpuad.one_hot: under gpuad.compile give num_classes (max + 1 is a value "
+                            "the trace does not know)")
+        num_classes = int(ids.max()) + 1 if ids.size else 0
+    refuse_any((ids < 0) | (ids >= num_classes),
+               ValueError(f"gpuad.one_hot: class values must lie in [0, {num_classes})"))
+    return Tensor._from(xp.equal(ids[..., None], xp.arange(num_classes)).astype(np.int64))
 
 
 def dropout(x, p=0.5, training=True, generator=None):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..backends import namespace_of
+from ..backends import namespace_of, refuse_any
 from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -46,8 +46,11 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     else:
         total = xp.sum(xp.stack([xp.sum(xp.abs(g.data.astype(np.float64)) ** norm_type) for g in grads]))
         total = total ** (1.0 / norm_type)
-    if error_if_nonfinite and not bool(xp.isfinite(total)):
-        raise RuntimeError(f"gpuad.nn.utils.clip_grad_norm_: the total norm of the gradients is {float(total)}")
+    if error_if_nonfinite:
+        # (under gpuad.compile the replay checks it; a call that finds it runs eagerly, and raises here)
+        refuse_any(xp.logical_not(xp.isfinite(total)), RuntimeError(
+            "gpuad.nn.utils.clip_grad_norm_: the total norm of the gradients is not finite"
+            + ("" if getattr(total, "_xp", None) is not None else f" ({float(total)})")))
     scale = xp.minimum(1.0, xp.divide(float(max_norm), total + 1e-6))
     for g in grads:
         g.data *= scale.astype(g.data.dtype)          # in the gradient's dtype, as a Python float would be
