@@ -153,6 +153,7 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False):
     cap = Capture(g, reads, result, writes, ext_writes)
     cap.device = next(iter(devices), "cpu")
     cap.grads_read = _reads_any(cap, grad_vars)
+    cap.branches = list(tr.branches)
     return cap
 
 
@@ -184,14 +185,17 @@ def _swap_settings(tr, found, reads, device):
                     index = i if isinstance(v, (tuple, list)) else None
                     if numeric_setting(x):
                         dt = np.dtype(np.float64 if isinstance(x, (float, np.floating)) else np.int64)
-                        t = WeakNumber(tr, tr.graph.input((), dt, f"h{n}"), x.item() if hasattr(x, "item") else x)
+                        slot = SettingSlot(group, key, index, dt, xp)
+                        t = WeakNumber(tr, tr.graph.input((), dt, f"h{n}"), x.item() if hasattr(x, "item") else x,
+                                       slot)
                     elif hasattr(x, "shape") and x.shape == () and x.dtype.kind in "iuf":
                         dt = x.dtype
+                        slot = SettingSlot(group, key, index, dt, xp)
                         t = tr.new_input((), dt, f"h{n}")
                     else:
                         new.append(x)
                         continue
-                    reads.append(SettingSlot(group, key, index, dt, xp))
+                    reads.append(slot)
                     n += 1
                     new.append(t)
                 if any(a is not b for a, b in zip(new, items)):

@@ -41,8 +41,9 @@ class Compiled:
         self.fallback = fallback
         self.passes = passes
         self.cuda_graphs = cuda_graphs
-        self.cache = {}          # guard key -> entry, for steps that read the gradients they find
-        self.any_grads = {}      # guard key without gradients -> entry, for steps that do not
+        self.cache = {}          # guard key -> [entries], for steps that read the gradients they find
+        self.any_grads = {}      # guard key without gradients -> [entries], for steps that do not
+                                 # (several when the step branches on a setting: one per branch)
         self.traces = 0          # traces after the first: retraces
         self.history = []        # why each trace happened, in words (explain())
         self._last_key = None
@@ -53,18 +54,23 @@ class Compiled:
         found = discover(self.fn, ())
         key = guard_key(found, args, kwargs)
         base = tuple(item for item in key if item[0][0] != "gradient")
-        entry = self.any_grads.get(base) or self.cache.get(key)
+        entries = self.any_grads.get(base) or self.cache.get(key)
+        entry = _holding(entries)
         if entry is None and key not in self.eager_keys:
             if self._last_key is None and not self.warmed_up and _creates_state(found):
                 # the first call of a training step makes its optimizer's state: run it eagerly,
                 # and trace the next, which the rest of the run looks like (one trace, not two)
                 self.warmed_up = True
                 return None
-            entry = self._trace(key, base, found, args, kwargs)
+            entry = self._trace(key, base, found, args, kwargs, entries)
         return entry
 
-    def _trace(self, key, base, found, args, kwargs):
-        why = "the first trace" if self._last_key is None else describe_change(self._last_key, key)
+    def _trace(self, key, base, found, args, kwargs, entries=None):
+        if entries:
+            why = "; ".join(f"{slot} became {'nonzero' if not truth else 'zero'} (the step branches on it)"
+                            for slot, truth in entries[-1].cap.branches if bool(slot.value()) != truth)
+        else:
+            why = "the first trace" if self._last_key is None else describe_change(self._last_key, key)
         self.history.append(why)
         if self._last_key is not None:
             self.traces += 1
@@ -90,10 +96,7 @@ class Compiled:
         entry = pipeline.build(cap, budget_bytes=self.budget_bytes, passes=self.passes, groups=_groups(),
                                cuda_graphs=self.cuda_graphs)
         entry.compile_seconds = time.perf_counter() - t0
-        if agnostic:
-            self.any_grads[base] = entry
-        else:
-            self.cache[key] = entry
+        (self.any_grads.setdefault(base, []) if agnostic else self.cache.setdefault(key, [])).append(entry)
         return entry
 
     def explain(self):
@@ -164,6 +167,14 @@ class Compiled:
                 except triton_codegen.Unsupported as u:
                     parts.append(f"# group {e.params['kernel'].name}: no Triton kernel ({u})\n")
         return "\n".join(parts)
+
+
+def _holding(entries):
+    """The entry whose branches on optimizer settings hold now (SGD's momentum nonzero)."""
+    for e in entries or ():
+        if all(bool(slot.value()) == truth for slot, truth in e.cap.branches):
+            return e
+    return None
 
 
 def _creates_state(found):

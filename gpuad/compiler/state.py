@@ -189,11 +189,12 @@ class SettingSlot(Slot):
     def __init__(self, group, key, index, dtype, xp):
         self.group, self.key, self.index, self.dtype, self.xp = group, key, index, dtype, xp
 
-    def get(self, args):
+    def value(self):
         v = self.group[self.key]
-        if self.index is not None:
-            v = v[self.index]
-        return self.xp.asarray(np.asarray(v, self.dtype))
+        return v if self.index is None else v[self.index]
+
+    def get(self, args):
+        return self.xp.asarray(np.asarray(self.value(), self.dtype))
 
     def set(self, args, value):
         raise RuntimeError(f"gpuad.compile: the step wrote the optimizer setting {self.key!r}")
@@ -245,12 +246,13 @@ def guard_key(found, args, kwargs, grads=True):
 
 
 def _setting(v):
-    """A setting's part of the key: numbers are read at each replay, so only their type and
-    whether they are zero (`if momentum:`) count; 0-d arrays by shape and dtype."""
+    """A setting's part of the key: numbers are read at each replay, so only their type
+    counts (an entry also checks the truth of those its step branched on: SGD's `if
+    momentum:`); 0-d arrays by shape and dtype."""
     if isinstance(v, (list, tuple)):
         return tuple(_setting(x) for x in v)
     if numeric_setting(v):
-        return ("number", type(v).__name__, bool(v))
+        return ("number", type(v).__name__)
     if hasattr(v, "shape"):
         return ("array", tuple(v.shape), str(v.dtype), _device(v))
     return v
@@ -307,7 +309,7 @@ def _what(v):
     if v is _MISSING:
         return "absent"
     if isinstance(v, tuple) and v[:1] == ("number",):
-        return f"{v[1]} {'nonzero' if v[2] else 'zero'}"
+        return f"a {v[1]}"
     if isinstance(v, tuple) and len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], tuple):
         return f"shape {v[1][0]} {v[1][1]}" if v[1] else str(v)
     return "none" if v is None else str(v)

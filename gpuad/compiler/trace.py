@@ -85,6 +85,7 @@ class Trace:
         self.external = {}      # id(real array) -> (array, its current Var)
         self.ext_inputs = []    # (array, Var) in order of first use: captured by reference
         self.draws = []         # (kind, shape, dtype, Tracer) per random draw, in order
+        self.branches = []      # (SettingSlot, truth): optimizer settings the step branched on
         self.draw_pos = 0
 
     # -- values ------------------------------------------------------------------
@@ -207,7 +208,8 @@ class Trace:
             return None
         t = self.call(prim, tuple(a.strong() if isinstance(a, WeakNumber) else a for a in args), {})
         known = ufunc(*(a.known if isinstance(a, WeakNumber) else a for a in args[:ufunc.nin]))
-        return WeakNumber(self, t.var, known.item() if hasattr(known, "item") else known)
+        return WeakNumber(self, t.var, known.item() if hasattr(known, "item") else known)   # (no slot: a
+                                                                    # branch on it is on a value, refused)
 
     def _weak_cast(self, args, nin):
         """A weak number met with arrays takes their dtype (NEP 50: lr * a float32
@@ -629,19 +631,24 @@ class WeakNumber(Tracer):
     new lr takes effect at the next call, with no retrace. It keeps a Python number's
     rules: met with arrays it takes their dtype (weak, NEP 50), arithmetic among such
     numbers gives one again, and its truthiness (`if momentum:`) is the value it had
-    when traced, which the guard key holds."""
+    when traced: the trace records that it branched on it (`trace.branches`), and a call
+    whose setting has the other truthiness traces again."""
 
-    __slots__ = ("known",)
+    __slots__ = ("known", "slot")
 
-    def __init__(self, trace, var, known):
+    def __init__(self, trace, var, known, slot=None):
         Tracer.__init__(self, trace, var)
         self.known = known
+        self.slot = slot                 # where it was read (a SettingSlot), for the branch record
 
     def strong(self):
         """The same value as a plain 0-d traced array."""
         return Tracer(self.trace, self.var)
 
     def __bool__(self):
+        if self.slot is None:             # arithmetic on settings: its truth is a value
+            return _refuse("bool() of a number computed from optimizer settings")(self)
+        self.trace.branches.append((self.slot, bool(self.known)))
         return bool(self.known)
 
 
