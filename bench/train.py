@@ -82,6 +82,17 @@ class _Run:
         self.sched.step()
 
 
+def _tracemalloc_peak(run):
+    import tracemalloc
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    run()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak - base
+
+
 def _profile(run, calls=10):
     """Where a compiled replay spends its time: cProfile's self time by function."""
     import gpuad
@@ -124,6 +135,10 @@ def run(full=False):
     with gpuad.memory.track() as m:
         comp()
     comp_peak = m.stats()["peak_bytes"]
+    # what the process really allocates during one call, over what is live before it
+    # (tracemalloc sees numpy's buffers, the VJPs' temporaries included, which gpuad's
+    # accounting leaves out; the compiled step's arena is allocated once, before)
+    eager_tm, comp_tm = _tracemalloc_peak(eager), _tracemalloc_peak(comp)
     k = 0
     while len(eager.losses) < STEPS:
         for r in ((eager, comp) if k % 2 == 0 else (comp, eager)):
@@ -142,7 +157,10 @@ def run(full=False):
     table.add("second call, s (compiled: traces and compiles)", eager.times[1], first[1])
     table.add("traces", "-", traces)
     table.add("peak MiB (measured over one step)", eager_peak / 2 ** 20, comp_peak / 2 ** 20)
-    table.add("planned peak MiB", "-", entry.plan.peak_bytes / 2 ** 20)
+    table.add("planned peak MiB (arenas + fused groups' scratch + the rest's peak)", "-",
+              entry.plan.peak_bytes / 2 ** 20)
+    table.add("of which the arenas (allocated once, kept between calls)", "-", entry.plan.arena_bytes / 2 ** 20)
+    table.add("tracemalloc: most allocated during a call, MiB", eager_tm / 2 ** 20, comp_tm / 2 ** 20)
     table.add("losses and accuracies bitwise equal", "-", "yes" if same else "NO")
     table.print()
     prof, per_call = _profile(comp)
@@ -162,6 +180,9 @@ def run(full=False):
         print("  " + n)
     data = {"steps": STEPS, "traces": traces, "bitwise": same, "ms": {"eager": t_e, "compiled": t_c},
             "ratio": ratio, "first_call_s": first, "peak_bytes": {"eager": eager_peak, "compiled_measured": comp_peak,
-                                                                  "compiled_planned": entry.plan.peak_bytes},
+                                                                  "compiled_planned": entry.plan.peak_bytes,
+                                                                  "arenas": entry.plan.arena_bytes,
+                                                                  "tracemalloc_eager": eager_tm,
+                                                                  "tracemalloc_compiled": comp_tm},
             "profile_ms": {k: v for k, v, _ in prof}, "explain": comp.fn.explain()}
     return harness.write_report("train", data, [table, ptable, targets.table("train")], notes)
