@@ -213,10 +213,14 @@ def _device(a):
 
 
 def _abstract_key(a):
+    """(shape, dtype, device) of an array. Computed for every tensor at every call: the
+    dtype object and the array's type (numpy's or CuPy's) stand for their names."""
     if a is None:
         return None
-    if isinstance(a, np.ndarray) or hasattr(a, "shape"):
-        return (tuple(a.shape), str(a.dtype), _device(a))
+    if type(a) is np.ndarray:
+        return (a.shape, a.dtype, "cpu")
+    if hasattr(a, "shape"):
+        return (tuple(a.shape), np.dtype(a.dtype), _device(a))
     return ("py", a)
 
 
