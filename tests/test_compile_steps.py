@@ -108,6 +108,7 @@ def test_an_everyday_step_traces_once_and_equals_eager_bitwise(make):
     want, want_params, _, want_next = _run(make, False)
     got, got_params, f, got_next = _run(make, True)
     assert f.traces == 0 and f.warmed_up and len(f.history) == 1, f.explain()
+    _captured_whole(f)
     for a, b in zip(want, got):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
@@ -164,6 +165,15 @@ def test_these_trace_and_replay_as_eager(name):
         for u, v in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
             np.testing.assert_array_equal(_numbers([u])[0], _numbers([v])[0])
     assert f.traces == 0
+    _captured_whole(f)
+
+
+def _captured_whole(f):
+    """On a device, the replay ran as one CUDA graph: no host read inside it (a draw's
+    value, a dropout seed) made the capture fail."""
+    for entries in list(f.cache.values()) + list(f.any_grads.values()):
+        for e in entries:
+            assert not getattr(e.fn, "failed", False), "the CUDA-graph capture failed"
 
 
 @pytest.mark.cpu_only("a host 0-d array as the lr of device parameters: eager's update refuses the numpy "

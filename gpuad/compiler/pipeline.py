@@ -14,7 +14,7 @@ plan, the generated replay, and how its results go back where the step put them.
 import numpy as np
 
 from ..memory.accounting import accountant
-from .ir import iter_vars
+from .ir import Var, iter_vars
 from .capture import rebuild, result_vars
 from .state import SettingSlot, Slot
 from .trace import GuardError
@@ -181,7 +181,7 @@ def _is_arg(reads):
     """Per input: does each call bring a new array (an argument, a random draw, an optimizer
     setting)? Those are copied into a CUDA graph's own buffers; state is captured by pointer."""
     from .capture import ArgSlot
-    return [isinstance(r, (ArgSlot, DrawSlot, SettingSlot)) for r in reads]
+    return [isinstance(r, (ArgSlot, DrawSlot, MaskSlot, SettingSlot)) for r in reads]
 
 
 class DrawSlot(Slot):
@@ -194,10 +194,27 @@ class DrawSlot(Slot):
 
     def get(self, args):
         from .prims import random_draw
-        return self.xp.asarray(random_draw(self.kind, self.shape, self.dtype, self.generator, self.extra))
+        self.last = random_draw(self.kind, self.shape, self.dtype, self.generator, self.extra)
+        return self.xp.asarray(self.last)
 
     def __repr__(self):
         return f"draw {self.kind}{list(self.shape)}"
+
+
+class MaskSlot(Slot):
+    """Attention dropout's mask for one tile, from a draw hoisted out of a device replay
+    (its seed): made on the host after that draw, as eager makes it, then copied to the
+    device, so the replay (and its CUDA graph) reads no host value."""
+
+    def __init__(self, draw, tile, shape, p, xp):
+        self.draw, self.tile, self.shape, self.p, self.xp = draw, tile, shape, p, xp
+
+    def get(self, args):
+        from ..backends import numpy_ns
+        return self.xp.asarray(numpy_ns.dropout_keep(self.draw.last, self.tile, self.shape, self.p))
+
+    def __repr__(self):
+        return f"dropout mask {list(self.shape)}"
 
 
 def _on_device(graph, reads, xp):
@@ -226,11 +243,16 @@ def _hoist_draws(graph, reads, xp):
     a DrawSlot, in the step's order (so the generator gives what eager's draws get)."""
     g = graph.copy()
     kept, reads = [], list(reads)
+    drawn = {}                          # var id -> the DrawSlot that fills it
     for e in g.eqns:
         if e.prim == "random_draw":
             kind, shape, dtype, generator, extra = e.args[:5]
             g.inputs = g.inputs + [e.out]
-            reads.append(DrawSlot(kind, shape, dtype, generator, extra, xp))
+            drawn[e.out.id] = DrawSlot(kind, shape, dtype, generator, extra, xp)
+            reads.append(drawn[e.out.id])
+        elif e.prim == "dropout_keep" and isinstance(e.args[0], Var) and e.args[0].id in drawn:
+            g.inputs = g.inputs + [e.out]              # its seed is a hoisted draw: made right after it
+            reads.append(MaskSlot(drawn[e.args[0].id], *e.args[1:4], xp))
         else:
             kept.append(e)
     g.eqns = kept

@@ -85,7 +85,7 @@ def _poison(buf):
         if buf.dtype.kind in "fc":
             buf.fill(np.nan)
         else:
-            buf.view(np.uint8).fill(0xA5)
+            buf.reshape(-1).view(np.uint8).fill(0xA5)      # (a 0-d array has no byte view of its own)
 
 
 _ptrs = itertools.count(0x7f0000001000, 0x100)
