@@ -255,3 +255,34 @@ def test_explain_names_what_changed():
         f(gpuad.ones(4))
     text = f.explain()
     assert text.splitlines()[0] == "<lambda>: traced 3 times" and "2. argument 0" in text
+
+
+def test_a_disabled_function_runs_eagerly_on_the_values_at_each_call():
+    """gpuad.compiler.disable: the part of a step that cannot trace (formatting .item()s
+    to log them) runs at each call, on that call's values, in the step's order."""
+    log = []
+    w = gpuad.tensor([1.0, 2.0], requires_grad=True)
+    opt = optim.SGD([w], lr=0.1)
+
+    @gpuad.compiler.disable
+    def report(loss, grad, step=None):
+        log.append(f"{step}: loss {loss.item():.4f} grad {grad.numpy().tolist()}")
+
+    def step():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        report(loss, w.grad, step="s")
+        opt.step()
+        return loss
+    f = gpuad.compile(step)
+    want = []
+    w2 = gpuad.tensor([1.0, 2.0], requires_grad=True)
+    for _ in range(4):
+        f()
+        loss = (w2 * w2).sum()
+        want.append(f"s: loss {loss.item():.4f} grad {(2 * w2).numpy().tolist()}")
+        with gpuad.no_grad():
+            w2 -= 0.1 * (2 * w2)
+    assert log == want and f.traces == 0
+    np.testing.assert_array_equal(w.numpy(), w2.numpy())

@@ -5,7 +5,7 @@ capture (what the step reads and writes) -> ir (the SSA graph) -> passes
 (dce, cse, fold, fuse, remat, buffers) -> codegen (straight-line Python over
 a preallocated arena) -> pipeline (run it and put results back) -> compiled (gpuad.compile).
 """
-from .compiled import Compiled, CompileWarning, compile
+from .compiled import Compiled, CompileWarning, compile, disable
 from .trace import TraceError
 
-__all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]
+__all__ = ["compile", "Compiled", "CompileWarning", "TraceError", "disable"]

@@ -22,7 +22,7 @@ import warnings
 from ..errors import CompileWarning
 from .capture import capture
 from .state import describe_change, discover, guard_key
-from .trace import GuardError, TraceError
+from .trace import GuardError, TraceError, active
 from . import pipeline
 
 RETRACE_WARN = 2         # warn, naming what changed, once a step has been traced again this many times
@@ -106,10 +106,10 @@ class Compiled:
         >>> import gpuad
         >>> f = gpuad.compile(lambda x: (x * 2).sum())
         >>> _ = f(gpuad.ones(3)); _ = f(gpuad.ones(3)); _ = f(gpuad.ones(4))
-        >>> print(f.explain())
+        >>> print(f.explain())                                  # doctest: +ELLIPSIS
         <lambda>: traced 2 times
           1. the first trace
-          2. argument 0: ('T', (3,), 'float32', False, 'cpu') -> ('T', (4,), 'float32', False, 'cpu')
+          2. argument 0: ('T', (3,), 'float32', False, ...) -> ('T', (4,), 'float32', False, ...)
         """
         n = self.traces + (self._last_key is not None)
         lines = [f"{self.fn.__name__}: traced {n} time{'s' if n != 1 else ''}"]
@@ -216,3 +216,32 @@ def _groups():
 
 
 __all__ = ["compile", "Compiled", "CompileWarning", "TraceError"]
+
+
+def disable(fn):
+    """Run fn eagerly inside a compiled step: at each call, on the step's values, in the
+    step's order (torch.compiler.disable, jax.debug.callback). For the part of a step that
+    cannot be traced and feeds nothing back into it: logging, metrics, printing .item()s.
+    It returns None inside a compiled step; outside one, fn runs as it is.
+
+    >>> import gpuad
+    >>> seen = []
+    >>> log = gpuad.compiler.disable(lambda loss: seen.append(f"{loss.item():.1f}"))
+    >>> @gpuad.compile
+    ... def step(x):
+    ...     loss = (x * 2).sum()
+    ...     log(loss)
+    ...     return loss
+    >>> for n in (1.0, 2.0, 3.0):
+    ...     _ = step(gpuad.full((2,), n))
+    >>> seen
+    ['4.0', '8.0', '12.0']
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tr = active()
+        if tr is None:
+            return fn(*args, **kwargs)
+        tr.callback(fn, args, kwargs)
+        return None
+    return wrapper

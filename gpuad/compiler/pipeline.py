@@ -356,7 +356,8 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     # slots the step replaces without reading (gradients under zero_grad): cleared before
     # the replay, so last step's gradients (and the arena they live in) are free for it
     entry.clear = [slot for slot, var, in_place in cap.writes if not in_place and id(slot) not in used]
-    if cap.device == "cuda" and cuda_graphs:
+    # (a host callback reads device values mid-replay: such a step runs without a CUDA graph)
+    if cap.device == "cuda" and cuda_graphs and not any(e.prim == "host_callback" for e in graph.eqns):
         from .graphs import CupyGraphs, GraphReplay
         entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids) + [True] * len(checks), CupyGraphs())
     return entry

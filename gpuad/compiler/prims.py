@@ -51,9 +51,37 @@ def random_draw(kind, shape, dtype, generator, extra=(), xp=None):
     return a if xp is None or xp.module is np else xp.module.asarray(a)
 
 
+class _TensorMark:
+    """Marks, in a host callback's arguments, an array that was a Tensor."""
+
+    def __repr__(self):
+        return "TENSOR"
+
+
+TENSOR = _TensorMark()
+
+
+def host_callback(fn, tree, xp=None):
+    """fn(*args, **kwargs) on the replay's values, with the Tensors it was given as Tensors
+    again (gpuad.compiler.disable). Returns a dummy True: the equation's value."""
+    from ..tensor import Tensor
+
+    def back(x):
+        if isinstance(x, tuple) and len(x) == 2 and x[0] is TENSOR:
+            return Tensor._from(x[1])
+        if isinstance(x, (tuple, list)):
+            return type(x)(back(v) for v in x)
+        if isinstance(x, dict):
+            return {k: back(v) for k, v in x.items()}
+        return x
+    args, kwargs = back(tree)
+    fn(*args, **kwargs)
+    return np.bool_(True)
+
+
 def stop_gradient(a, xp=None):
     """a itself: the value of Tensor.detach(). A mark for forward mode (no tangent)."""
     return a
 
 
-HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw", "stop_gradient")
+HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw", "stop_gradient", "host_callback")

@@ -261,6 +261,23 @@ class Trace:
             return AbstractArray(r.shape, r.dtype, base=self._root_of(args) if is_view else None)
         return tuple(wrap(r) for r in res) if isinstance(res, tuple) else wrap(res)
 
+    def callback(self, fn, args, kwargs):
+        """fn(*args, **kwargs), run at each replay on the step's values, in the step's
+        order (gpuad.compiler.disable): recorded as an effect with the values as inputs."""
+        from ..tensor import Tensor
+        from .prims import TENSOR
+
+        def mark(x):
+            if isinstance(x, Tensor):
+                return (TENSOR, x.data)
+            if isinstance(x, (tuple, list)):
+                return type(x)(mark(v) for v in x)
+            if isinstance(x, dict):
+                return {k: mark(v) for k, v in x.items()}
+            return x
+        self.graph.add_eqn("host_callback", self.lift((fn, (mark(tuple(args)), mark(dict(kwargs))))), {},
+                           (), np.bool_)
+
     # -- random draws ------------------------------------------------------------
 
     def draw(self, kind, shape, dtype, args):
