@@ -292,21 +292,14 @@ def describe_change(old, new):
 _MISSING = object()
 
 
+_WHERE = {"argument": "argument {1}", "keyword": "keyword argument {1!r}", "tensor": "reachable tensor #{1}",
+          "gradient": "the gradient of reachable tensor #{1}", "module": "{2} (module #{1}).training",
+          "setting": "optimizer #{1} group {2} setting {3!r}", "state": "optimizer #{1}'s state of a parameter"}
+
+
 def _where(w):
-    kind = w[0]
-    if kind == "argument":
-        return f"argument {w[1]}"
-    if kind == "keyword":
-        return f"keyword argument {w[1]!r}"
-    if kind == "tensor":
-        return f"reachable tensor #{w[1]}"
-    if kind == "gradient":
-        return f"the gradient of reachable tensor #{w[1]}"
-    if kind == "module":
-        return f"{w[2]} (module #{w[1]}).training"
-    if kind == "setting":
-        return f"optimizer #{w[1]} group {w[2]} setting {w[3]!r}"
-    return f"optimizer #{w[1]}'s state of a parameter"
+    """A guard key part's place, in words."""
+    return _WHERE[w[0]].format(*w)
 
 
 def _what(v):
