@@ -239,7 +239,8 @@ def _budget(targets, notes):
         measured = _replay_peak(free)
         budgeted = gpuad.compile(_mlp(**kw), budget_bytes=peak // 2)
         try:
-            budgeted()
+            budgeted()                      # (runs eagerly: it makes the optimizer's state)
+            budgeted()                      # traces, and plans within the budget
         except BudgetError as e:
             least = int(e.args[0].rsplit("is ", 1)[1].split(" B")[0].replace(",", ""))
             rows.append((name, peak, measured, "-", f"no: least {least / peak:.2f}x", "-"))

@@ -343,8 +343,9 @@ def _compiled_case(label, eager, compiled, torch_step, rounds, torch_compile=Tru
     variants = {f"{label}: gpuad eager (triton)": eager, f"{label}: gpuad compiled": compiled}
     peaks, notes = {}, []
     for name, fn in variants.items():
-        fn()
-        fn()                                # the compiled step captures its CUDA graph on call 2
+        fn()                                # a compiled training step: eager (it makes the optimizer's state),
+        fn()                                # then traced,
+        fn()                                # then captured as a CUDA graph on its first replay
         _sync()
         with memory.track():
             memory.accountant.device_peak_bytes = memory.accountant.device_live_bytes
