@@ -34,5 +34,10 @@ class DeviceOutOfMemory(MemoryError):
     """A device allocation failed; the message says what was asked, what is live, and what to do."""
 
 
+class NoTritonForm(Exception):
+    """A fused group's member has no Triton form (log1p, power, ...): the group runs on
+    numpy, or CuPy, instead. Internal: gpuad.compile catches it."""
+
+
 class DistributedError(RuntimeError):
     """A collective did not complete: a rank died, raised, or called another collective."""

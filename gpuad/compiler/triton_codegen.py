@@ -43,6 +43,7 @@ import numpy as np
 from .. import config
 from .ir import Literal, Var
 from .passes.fuse import _padded
+from ..errors import NoTritonForm
 
 MAX_ROW = 1 << 14           # a row reduction keeps one row in registers
 BLOCK = 1024                # elements per program of a pointwise kernel
@@ -66,8 +67,7 @@ _FILL = {"sum": "0.0", "mean": "0.0", "max": "float('-inf')", "amax": "float('-i
          "min": "float('inf')", "amin": "float('inf')"}
 
 
-class Unsupported(Exception):
-    """A member with no Triton form here (log1p, power, ...): the group stays on numpy."""
+Unsupported = NoTritonForm     # a member with no Triton form here (log1p, power, ...): the group stays on numpy
 
 
 def _tl(dtype):
