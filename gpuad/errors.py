@@ -18,6 +18,16 @@ class GuardError(RuntimeError):
     """A replay met a value its trace assumed otherwise (gpuad.compile retraces or falls back)."""
 
 
+class BranchError(GuardError):
+    """A replay met another value where its step branched on one (fallback="eager" traces
+    such a step on the values of the call, and takes the path that call took): another
+    path, traced or to be traced. `site`: the user's line; `value`: what it is now."""
+
+    def __init__(self, message, site=None, value=None):
+        GuardError.__init__(self, message)
+        self.site, self.value = site, value
+
+
 class CompileWarning(UserWarning):
     """gpuad.compile retraced often, or fell back to eager."""
 

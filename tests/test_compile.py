@@ -219,13 +219,19 @@ def test_item_inside_a_step_names_the_line():
         gpuad.compile(lambda x: x.numpy())(gpuad.ones(3))
 
 
-def test_fallback_eager_runs_and_warns():
+def test_fallback_eager_traces_each_path_a_value_branch_takes():
+    """(tests/test_compile_branches.py holds the rest: loops, sizes, data uses, devices.)"""
     def step(x):
-        return x * 2 if float(x.sum()) > 0 else x * 3
+        return x * 2 if x.sum() > 0 else x * 3
     f = gpuad.compile(step, fallback="eager")
-    with pytest.warns(CompileWarning, match="eagerly"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert f(gpuad.ones(2)).tolist() == [2.0, 2.0]
-    assert f(-gpuad.ones(2)).tolist() == [-3.0, -3.0]
+        assert f(-gpuad.ones(2)).tolist() == [-3.0, -3.0]
+        assert f(gpuad.ones(2) * 4).tolist() == [8.0, 8.0]         # the first path, replayed
+    assert f.traces == 1 and "another path: bool() of a tensor" in f.explain()
+    with pytest.raises(TraceError, match="bool.*fallback='eager'"):
+        gpuad.compile(step)(gpuad.ones(2))
     with pytest.raises(ValueError, match="fallback"):
         gpuad.compile(step, fallback="maybe")
 

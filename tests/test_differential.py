@@ -223,6 +223,8 @@ NOT_SIZES = {
     "gpuad/compiler/passes/remat.py:MAX_STALE": "a count of search steps",
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
     "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
+    "gpuad/compiler/compiled.py:MAX_PATHS": "a count of traced paths (tested in test_compile_branches)",
+    "gpuad/compiler/compiled.py:VARYING": "a count of values met at a branch (tested in test_compile_branches)",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",
     "kernels/flash_attention.py:MAX_HEAD_DIM": "a head dimension: the Triton kernel's limit, tested in test_attention",
     "kernels/flash_attention.py:MAX_HEAD_DIM_MASKED": "a head dimension: the Triton kernel's limit, tested in test_attention",

@@ -25,6 +25,7 @@ from ..dtypes import grad_dtype
 from ..memory.accounting import accountant
 from ..random import default_generator
 from ..tensor import Tensor
+from .concrete import Concrete
 from .state import DataSlot, GradSlot, ItemSlot, SettingSlot, discover, numeric_setting
 from .trace import DrawingRNG, ItemValue, Trace, TraceError, Tracer, WeakNumber, tracing
 
@@ -72,13 +73,17 @@ class ArgGradSlot(ArgSlot, GradSlot):
         GradSlot.set(self, args, value)
 
 
-def capture(fn, args, kwargs, found=None, phantom_grads=False):
+def capture(fn, args, kwargs, found=None, phantom_grads=False, values=False):
     """Trace one call of fn (see the module docstring). phantom_grads: a tensor that
     requires grad and has none is given a gradient input anyway, so the capture tells
     whether the step reads gradients it finds (`grads_read`): a step that starts with
-    zero_grad() does not, and its trace serves calls with and without them."""
+    zero_grad() does not, and its trace serves calls with and without them. values: the
+    step may branch on values; they are this call's (gpuad.compiler.concrete), and each
+    replay checks them."""
     found = discover(fn) if found is None else found
     tr = Trace()
+    if values:
+        tr.concrete = Concrete(tr)
     g = tr.graph
     reads, swapped = [], []
     tensors = []
@@ -105,6 +110,8 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False):
         n = counters.get(prefix, 0)
         counters[prefix] = n + 1
         tracer = tr.new_input(arr.shape, arr.dtype, f"{prefix}{n}")
+        if tr.concrete is not None and not isinstance(arr, AbstractArray):
+            tr.concrete.bind(tracer.var, arr)
         reads.append(slot)
         swapped.append((slot, tracer, tracer.var))
         return tracer
@@ -135,8 +142,13 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False):
                 tracer = swap_in(ItemSlot(st, k), v, "s")
                 if tracer is not None:
                     st[k] = tracer
-        for gen, _ in generators.values():
+        for gen, rng in generators.values():
+            if tr.concrete is not None:
+                tr.concrete.generator(gen, rng)
             gen.rng = DrawingRNG(tr, gen)
+        if tr.concrete is not None and "cuda" in devices:
+            from ..backends import _cupy_namespace
+            tr.concrete.xp = _cupy_namespace()
         settings[:] = _swap_settings(tr, found, reads, next(iter(devices), "cpu"))
         with tracing(tr):
             out = fn(*args, **kwargs)
@@ -188,10 +200,14 @@ def _swap_settings(tr, found, reads, device):
                         slot = SettingSlot(group, key, index, dt, xp)
                         t = WeakNumber(tr, tr.graph.input((), dt, f"h{n}"), x.item() if hasattr(x, "item") else x,
                                        slot)
+                        if tr.concrete is not None:
+                            tr.concrete.bind(t.var, xp.asarray(np.asarray(x, dt)))
                     elif hasattr(x, "shape") and x.shape == () and x.dtype.kind in "iuf":
                         dt = x.dtype
                         slot = SettingSlot(group, key, index, dt, xp)
                         t = tr.new_input((), dt, f"h{n}")
+                        if tr.concrete is not None:
+                            tr.concrete.bind(t.var, x)
                     else:
                         new.append(x)
                         continue

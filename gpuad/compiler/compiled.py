@@ -19,13 +19,18 @@ import functools
 import time
 import warnings
 
-from ..errors import CompileWarning
+import numpy as np
+
+from ..errors import BranchError, CompileWarning
 from .capture import capture
 from .state import describe_change, discover, guard_key
 from .trace import GuardError, TraceError, active
 from . import pipeline
 
 RETRACE_WARN = 2         # warn, naming what changed, once a step has been traced again this many times
+MAX_PATHS = 8            # fallback="eager": paths traced per set of arguments before they run eagerly
+VARYING = 3              # ... or values seen at one branch site: more, and it is data, not a branch
+_PATH = "another path"
 
 
 class Compiled:
@@ -49,44 +54,54 @@ class Compiled:
         self._last_key = None
         self.eager_keys = set()
         self.warmed_up = False   # the first call ran eagerly (it made the optimizer's state)
+        self.sites = {}          # fallback="eager": branch site -> the values a replay met there
 
-    def _entry(self, args, kwargs):
+    def _entries(self, args, kwargs):
+        """(the traced paths these arguments may take, most recently taken first; what a new
+        path is traced with), tracing the first now if there is none; None to run eagerly."""
         found = discover(self.fn, ())
         key = guard_key(found, args, kwargs)
         base = tuple(item for item in key if item[0][0] != "gradient")
         entries = self.any_grads.get(base) or self.cache.get(key)
-        entry = _holding(entries)
-        if entry is None and key not in self.eager_keys:
+        held = _holding(entries)
+        where = (key, base, found)
+        if key in self.eager_keys:
+            return None
+        if not held:
             if self._last_key is None and not self.warmed_up and _creates_state(found):
                 # the first call of a training step makes its optimizer's state: run it eagerly,
                 # and trace the next, which the rest of the run looks like (one trace, not two)
                 self.warmed_up = True
                 return None
             entry = self._trace(key, base, found, args, kwargs, entries)
-        return entry
+            if entry is None:
+                return None
+            held = [entry]
+        return held, where
 
-    def _trace(self, key, base, found, args, kwargs, entries=None):
-        if entries:
+    def _trace(self, key, base, found, args, kwargs, entries=None, why=None):
+        if why is None and entries:
             why = "; ".join(f"{slot} became {'nonzero' if not truth else 'zero'} (the step branches on it)"
                             for slot, truth in entries[-1].cap.branches if bool(slot.value()) != truth)
-        else:
+        elif why is None:
             why = "the first trace" if self._last_key is None else describe_change(self._last_key, key)
         self.history.append(why)
         if self._last_key is not None:
             self.traces += 1
-            if self.traces >= RETRACE_WARN:
+            if self.traces >= RETRACE_WARN and not why.startswith(_PATH):
                 warnings.warn(f"gpuad.compile: {self.fn.__name__} traced {self.traces + 1} times; what changed "
                               f"this time: {why} (step.explain() lists every trace)", CompileWarning,
                               stacklevel=4)
         self._last_key = key
         t0 = time.perf_counter()
+        values = self.fallback == "eager"
         try:
             # traced with a gradient input for every parameter: a step that does not read the
             # gradients it finds (zero_grad() first) then serves calls with and without them
-            cap = capture(self.fn, args, kwargs, found, phantom_grads=True)
+            cap = capture(self.fn, args, kwargs, found, phantom_grads=True, values=values)
             agnostic = not cap.grads_read
             if not agnostic and any(t.requires_grad and t.grad is None for t in found.tensors):
-                cap = capture(self.fn, args, kwargs, found)     # it reads them: trace this call as it is
+                cap = capture(self.fn, args, kwargs, found, values=values)   # it reads them: trace this call as it is
         except TraceError as e:
             if self.fallback == "error":
                 raise
@@ -98,6 +113,28 @@ class Compiled:
         entry.compile_seconds = time.perf_counter() - t0
         (self.any_grads.setdefault(base, []) if agnostic else self.cache.setdefault(key, [])).append(entry)
         return entry
+
+    def _new_path(self, where, miss, args, kwargs):
+        """No traced path holds for this call: trace the one it takes (fallback="eager"), or,
+        past MAX_PATHS, or where a value keeps changing, run these arguments eagerly."""
+        key, base, found = where
+        seen = self.sites.setdefault(miss.site, [])
+        if miss.value is not None and not any(_same_value(miss.value, v) for v in seen):
+            seen.append(miss.value)
+        paths = len(self.any_grads.get(base) or self.cache.get(key) or ())
+        if paths >= MAX_PATHS or len(seen) > VARYING:
+            self.eager_keys.add(key)
+            reason = (f"{miss.site} changes from call to call ({len(seen)} values so far): the step uses it "
+                      f"as data, not as a branch; return it, or log it through gpuad.compiler.disable"
+                      if len(seen) > VARYING else f"{paths} paths are traced (MAX_PATHS)")
+            warnings.warn(f"gpuad.compile: {self.fn.__name__} runs eagerly for these arguments from now on: "
+                          f"{reason}", CompileWarning, stacklevel=3)
+            return self.fn(*args, **kwargs)
+        entry = self._trace(key, base, found, args, kwargs,
+                            why=f"{_PATH}: {miss.site} differs from every traced path's")
+        if entry is None:
+            return self.fn(*args, **kwargs)
+        return entry.run(args, kwargs)
 
     def explain(self):
         """Why the step was traced each time, in words: what changed in what the replay
@@ -120,30 +157,44 @@ class Compiled:
         return "\n".join(lines)
 
     def __call__(self, *args, **kwargs):
-        entry = self._entry(args, kwargs)
-        if entry is None:
+        got = self._entries(args, kwargs)
+        if got is None:
             return self.fn(*args, **kwargs)
-        if not entry.guarded:
-            return entry.run(args, kwargs)
-        states = entry.rng_states()
-        try:
-            return entry.run(args, kwargs)
-        except GuardError as e:
-            # the replay writes nothing back before it ends, so this call runs eagerly from
-            # where it started (the generators too): eager's result, and a warning
-            entry.restore_rng(states)
-            if not entry.warned:
-                entry.warned = True
-                warnings.warn(f"{e}; this call of {self.fn.__name__} ran eagerly (and will whenever "
-                              f"that happens again)", CompileWarning, stacklevel=2)
-            return self.fn(*args, **kwargs)
+        entries, where = got
+        if len(entries) == 1 and not entries[0].guarded:
+            return entries[0].run(args, kwargs)
+        miss = None
+        for entry in entries:
+            states = entry.rng_states()
+            try:
+                out = entry.run(args, kwargs)
+            except BranchError as e:
+                # another path: this replay stopped before writing anything back
+                entry.restore_rng(states)
+                miss = e
+                continue
+            except GuardError as e:
+                # the replay writes nothing back before it ends, so this call runs eagerly from
+                # where it started (the generators too): eager's result, and a warning
+                entry.restore_rng(states)
+                if not entry.warned:
+                    entry.warned = True
+                    warnings.warn(f"{e}; this call of {self.fn.__name__} ran eagerly (and will whenever "
+                                  f"that happens again)", CompileWarning, stacklevel=2)
+                return self.fn(*args, **kwargs)
+            if entry is not entries[0]:
+                entries.remove(entry)           # the path taken last is tried first next time
+                entries.insert(0, entry)
+            return out
+        return self._new_path(where, miss, args, kwargs)
 
     def compiled(self, *args, **kwargs):
-        """The compiled entry these arguments would run (traced if needed)."""
-        entry = self._entry(args, kwargs)
-        if entry is None:
+        """The compiled entry these arguments would run (traced if needed; of several paths,
+        the one taken last)."""
+        got = self._entries(args, kwargs)
+        if got is None:
             raise TraceError(f"gpuad.compile: {self.fn.__name__} runs eagerly for these arguments")
-        return entry
+        return got[0][0]
 
     def graph(self, *args, **kwargs):
         """The optimized graph these arguments run, as text (one line per op), with its
@@ -170,11 +221,16 @@ class Compiled:
 
 
 def _holding(entries):
-    """The entry whose branches on optimizer settings hold now (SGD's momentum nonzero)."""
-    for e in entries or ():
-        if all(bool(slot.value()) == truth for slot, truth in e.cap.branches):
-            return e
-    return None
+    """The entries whose branches on optimizer settings hold now (SGD's momentum nonzero),
+    in their order (several: the paths of a step that branches on values)."""
+    return [e for e in entries or () if all(bool(slot.value()) == truth for slot, truth in e.cap.branches)]
+
+
+def _same_value(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and \
+            np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+    return a == b or (a != a and b != b)
 
 
 def _creates_state(found):

@@ -14,7 +14,8 @@ plan, the generated replay, and how its results go back where the step put them.
 import numpy as np
 
 from ..memory.accounting import accountant
-from .ir import Var, iter_vars
+from ..errors import BranchError
+from .ir import Eqn, Literal, Var, iter_vars
 from .capture import rebuild, result_vars
 from .state import SettingSlot, Slot
 from .trace import GuardError
@@ -22,6 +23,7 @@ from . import codegen
 from .passes import buffers, cse, dce, fold, fuse, remat
 
 DEFAULT_PASSES = ("dce", "cse", "fold", "dce", "fuse")
+CHECKS = ("check_none", "check_value")       # what a replay checks of its trace's assumptions
 PASSES = {"dce": dce.run, "cse": cse.run, "fold": fold.run, "fuse": fuse.run}
 
 
@@ -38,7 +40,8 @@ class Entry:
         self.clear = []
         # a replay that checks what its trace assumed (check_none) may stop midway; the
         # generators it drew from are then put back (Compiled runs the call eagerly)
-        self.guarded = any(e.prim == "check_none" for e in graph.eqns)
+        self.guarded = any(e.prim in CHECKS for e in graph.eqns)
+        self.paths = any(e.prim == "check_value" for e in graph.eqns)     # a step with value branches
         self.generators = list({id(g): g for e in graph.eqns if e.prim == "random_draw"
                                 for g in e.args[3:4] if hasattr(g, "rng")}.values())
         self.warned = False
@@ -58,16 +61,25 @@ class Entry:
         for v, a in zip(self.graph.inputs, inputs):
             if a is None or tuple(a.shape) != v.shape:
                 raise RuntimeError(f"gpuad.compile: input {v} changed shape since the trace")
-        for slot in self.clear:
-            slot.set(call, None)
+        if not self.paths:
+            for slot in self.clear:
+                slot.set(call, None)
         outs = self.fn(inputs)
         if self.checks:
             # a device replay computes its guards' flags and returns them: read here, after
             # the replay (or the CUDA graph) and before anything is written back
             flags, outs = outs[len(outs) - len(self.checks):], outs[:len(outs) - len(self.checks)]
-            for flag, what in zip(flags, self.checks):
+            for flag, (prim, what) in zip(flags, self.checks):
+                if bool(flag) and prim == "check_value":
+                    raise BranchError(f"gpuad.compile: the step branched on {what}, and this call's "
+                                      f"value differs from the trace's", what)
                 if bool(flag):
                     raise GuardError(f"gpuad.compile: the trace assumed otherwise, but {what}")
+        if self.paths:
+            # after the checks: another path may keep what this one replaces (a replay that
+            # stops for a failed assumption runs the same step eagerly, which replaces it too)
+            for slot in self.clear:
+                slot.set(call, None)
         if accountant.active is not None:
             self._account(outs)
         values = dict(zip(self.out_ids, outs))
@@ -259,13 +271,28 @@ def _hoist_draws(graph, reads, xp):
     return g, reads
 
 
-def _device_checks(graph):
+def _device_checks(graph, xp):
     """A device replay returns its guards' flags instead of reading them mid-replay (a
-    host read, which a CUDA graph cannot capture): (graph with them as outputs, what each means)."""
-    checks = [e for e in graph.eqns if e.prim == "check_none"]
+    host read, which a CUDA graph cannot capture): (graph with them as outputs, (prim,
+    what) per flag). An array a check compares with is put on the device once, here."""
     g = graph.copy()
+    g.eqns = [Eqn(e.prim, (e.args[0], Literal(xp.asarray(e.args[1].value), "expected")) + e.args[2:], e.params,
+                  e.outs) if e.prim == "check_value" and isinstance(e.args[1], Literal) else e for e in graph.eqns]
+    checks = [e for e in g.eqns if e.prim in CHECKS]
     g.outputs = list(graph.outputs) + [e.out for e in checks]
-    return g, [e.args[1] for e in checks]
+    return g, [(e.prim, e.args[-1]) for e in checks]
+
+
+def _before_checks(graph, donated, device):
+    """The donations a guarded replay may make: a check that fails stops the replay, and
+    the call runs again (eagerly, or on another path) from the arrays as they were, so
+    no input is written in place before the last check (on a device, where the flags
+    are read after the replay, none is). What it costs: a copy at the end per updated
+    array whose final value came before that check."""
+    at = [i for i, e in enumerate(graph.eqns) if e.prim in CHECKS]
+    if not at or not donated:
+        return donated, 0
+    return ({}, 0) if device == "cuda" else (donated, at[-1] + 1)
 
 
 def _escapes(cap, out_ids):
@@ -326,8 +353,8 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
         xp = _namespace(cap.device)
         graph, reads, device_copies = _on_device(graph, reads, xp)
         graph, reads = _hoist_draws(graph, reads, xp)
-        graph, checks = _device_checks(graph)
-    donated = _donations(cap, graph, before)
+        graph, checks = _device_checks(graph, xp)
+    donated, writable_from = _before_checks(graph, _donations(cap, graph, before), cap.device)
     # On the CPU, large values the step hands out (new gradients) are planned into the
     # arena with everything else, and each call takes a fresh arena from the host pool:
     # they then share memory with activations that died before them, as in eager, instead
@@ -336,7 +363,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     escaping = _escaping(cap, graph, before) if cap.device == "cpu" else ()
     if budget_bytes is not None:
         graph = remat.run(graph, budget_bytes, donated, escaping)
-    plan = buffers.plan(graph, donated, escaping, extras=cap.device == "cpu")
+    plan = buffers.plan(graph, donated, escaping, extras=cap.device == "cpu", writable_from=writable_from)
     xp = _namespace(cap.device)
     run_group = None
     if groups == "triton" or cap.device == "cuda":

@@ -79,9 +79,62 @@ def host_callback(fn, tree, xp=None):
     return np.bool_(True)
 
 
+def as_python(value, how):
+    """What Python saw of a traced value: bool(), int(), float(), or the host array
+    (.tolist(), np.asarray()). `how` names the conversion; a replay's check repeats it."""
+    if how == "bool":
+        return bool(value)
+    if how == "int":
+        return int(value)
+    if how == "float":
+        return float(value)
+    return np.array(value.get() if hasattr(value, "get") else value, copy=True)
+
+
+def _same(now, then, how):
+    if how == "array":
+        return now.shape == then.shape and np.array_equal(now, then, equal_nan=then.dtype.kind in "fc")
+    return now == then or (how == "float" and now != now and then != then)
+
+
+def check_value(a, expected, how, what, xp=None):
+    """A replay's check of a value its step branched on while traced (gpuad.compile's
+    fallback="eager", gpuad.compiler.concrete): BranchError when this call's differs,
+    before the replay writes anything back. On a device, the flag instead (read with the
+    outputs, after the replay: a host read mid-replay would break a CUDA graph)."""
+    if xp is not None and xp.module is not np:
+        return _flag_value(a, expected, how, xp.module)
+    now = as_python(a, how)
+    if not _same(now, expected, how):
+        from ..errors import BranchError
+        raise BranchError(f"gpuad.compile: the step branched on {what}: traced with {_show(expected)}, "
+                          f"now {_show(now)}", what, now)
+    return np.bool_(False)
+
+
+def _flag_value(a, expected, how, m):
+    """check_value's flag on a device: True when a differs from expected (computed there)."""
+    if how == "bool":
+        return m.not_equal(a.reshape(()).astype(bool), expected)
+    if how == "int":
+        v = a.reshape(())
+        return m.not_equal(m.trunc(v) if v.dtype.kind == "f" else v, expected)
+    e = expected if how == "float" else m.asarray(expected)
+    v = a.reshape(()).astype(np.float64) if how == "float" else a
+    same = v == e
+    if np.dtype(v.dtype).kind in "fc":
+        same = same | ((v != v) & (e != e))
+    return m.logical_not(same.all())
+
+
+def _show(v):
+    return f"array of shape {v.shape}" if isinstance(v, np.ndarray) and v.size > 4 else repr(
+        v.tolist() if isinstance(v, np.ndarray) else v)
+
+
 def stop_gradient(a, xp=None):
     """a itself: the value of Tensor.detach(). A mark for forward mode (no tangent)."""
     return a
 
 
-HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw", "stop_gradient", "host_callback")
+HELPERS = ("broadcast_copy", "full", "ufunc_at", "random_draw", "stop_gradient", "host_callback", "check_value")

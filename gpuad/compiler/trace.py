@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import GuardError, TraceError
 from ..backends.abstract import AbstractArray, abstract_ns
 from .ir import Eqn, Graph, Literal, map_leaves
+from .prims import as_python
 
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +88,7 @@ class Trace:
         self.draws = []         # (kind, shape, dtype, Tracer) per random draw, in order
         self.branches = []      # (SettingSlot, truth): optimizer settings the step branched on
         self.draw_pos = 0
+        self.concrete = None    # a Concrete when the step may branch on values (fallback="eager")
 
     # -- values ------------------------------------------------------------------
 
@@ -112,6 +114,8 @@ class Trace:
                 v = self.graph.input(x.shape, x.dtype, f"k{len(self.ext_inputs)}")
                 known = self.external[id(x)] = [x, v]
                 self.ext_inputs.append((x, v))
+                if self.concrete is not None:
+                    self.concrete.bind(v, x)
             return known[1]
         if isinstance(x, (np.dtype, type)) or not isinstance(x, (int, float, bool, complex, str, type(None),
                                                                   type(Ellipsis), np.generic)):
@@ -260,6 +264,17 @@ class Trace:
                           for d in _flat(dummies) if getattr(d, "size", 0))
             return AbstractArray(r.shape, r.dtype, base=self._root_of(args) if is_view else None)
         return tuple(wrap(r) for r in res) if isinstance(res, tuple) else wrap(res)
+
+    def value(self, t, what, how):
+        """What Python asks of a traced value (bool(), int(), float(), the array): computed
+        on this call's arrays (gpuad.compiler.concrete), and checked by every replay."""
+        if self.concrete is None:
+            _refuse(what)(t)
+        site = f"{what} at {user_line()}"
+        value = as_python(self.concrete.value(t.var), how)
+        self.graph.add_eqn("check_value", (t.var, Literal(value, "expected") if how == "array" else value, how,
+                                           site), {}, (), np.bool_)
+        return value
 
     def callback(self, fn, args, kwargs):
         """fn(*args, **kwargs), run at each replay on the step's values, in the step's
@@ -467,6 +482,15 @@ def _refuse(what):
     return op
 
 
+def _value(what, how, then=None):
+    """A conversion that needs the value: refused on shapes alone; with fallback="eager",
+    the value of this call, checked at each replay (Trace.value)."""
+    def op(self, *args, **kw):
+        v = self.trace.value(self, what, how)
+        return v if then is None else then(v, *args, **kw)
+    return op
+
+
 def _refuse_write():
     def op(self, *args, **kw):
         raise TraceError(f"gpuad.compile: an ndarray method that writes into the array in place has no "
@@ -528,7 +552,8 @@ class Tracer(AbstractArray):
             "numpy.core") or mod.startswith("numpy.lib") else f"{mod}.{func.__name__}"
         return self.trace.call(name, args, dict(kwargs))
 
-    __array__ = _refuse("converting to a numpy array")
+    __array__ = _value("converting to a numpy array", "array",
+                       lambda v, dtype=None, copy=None: v if dtype is None else v.astype(dtype))
 
     def item(self):
         """The value as a Python number, known after the replay: an ItemValue the step can
@@ -540,12 +565,12 @@ class Tracer(AbstractArray):
         v = self.trace.call("reshape", (self, ()), {})
         return ItemValue(self.trace, self.trace.call("astype", (v, np.dtype(dt)), {}).var)
 
-    tolist = _refuse(".tolist()")
-    __bool__ = _refuse("bool() of a tensor (an `if` or `while` on a value)")
+    tolist = _value(".tolist()", "array", lambda v: v.tolist())
+    __bool__ = _value("bool() of a tensor (an `if` or `while` on a value)", "bool")
     sort = partition = put = resize = itemset = byteswap = setfield = _refuse_write()
-    __float__ = _refuse("float() of a tensor")
-    __int__ = _refuse("int() of a tensor")
-    __index__ = _refuse("using a tensor as an index")
+    __float__ = _value("float() of a tensor", "float")
+    __int__ = _value("int() of a tensor", "int")
+    __index__ = _value("using a tensor as an index", "int")
 
     def __len__(self):
         if not self.shape:
@@ -637,9 +662,11 @@ class ItemValue(Tracer):
         return ItemValue(self.trace, self.trace.call("negative", (Tracer(self.trace, self.var),), {}).var)
 
     def __format__(self, spec):
-        return _refuse("formatting a .item() value (to log it)")(self)
+        return format(self.trace.value(self, "formatting a .item() value (to log it)", "float" if np.dtype(
+            self.dtype).kind == "f" else "int" if np.dtype(self.dtype).kind in "iu" else "bool"), spec)
 
-    __str__ = __format__
+    def __str__(self):
+        return self.__format__("")
 
 
 class WeakNumber(Tracer):
@@ -664,7 +691,7 @@ class WeakNumber(Tracer):
 
     def __bool__(self):
         if self.slot is None:             # arithmetic on settings: its truth is a value
-            return _refuse("bool() of a number computed from optimizer settings")(self)
+            return self.trace.value(self, "bool() of a number computed from optimizer settings", "bool")
         self.trace.branches.append((self.slot, bool(self.known)))
         return bool(self.known)
 

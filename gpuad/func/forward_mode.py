@@ -295,7 +295,7 @@ RULES = {
     "not_equal": _none, "logical_and": _none, "logical_or": _none, "logical_not": _none, "logical_xor": _none,
     "isfinite": _none, "isnan": _none, "isinf": _none, "arange": _none, "empty": _none, "zeros": _none,
     "ones": _none, "full": _none, "zeros_like": _none, "ones_like": _none, "empty_like": _none,
-    "buffer": _none, "random_draw": _none, "dropout_keep": _none, "check_none": _none, "host_callback": _none, "argmax": _none, "argmin": _none,
+    "buffer": _none, "random_draw": _none, "dropout_keep": _none, "check_none": _none, "check_value": _none, "host_callback": _none, "argmax": _none, "argmin": _none,
     "argsort": _none, "floor_divide": _none, "bitwise_and": _none, "bitwise_or": _none, "bitwise_xor": _none,
     "invert": _none, "stop_gradient": _none, "clip": _clip,
 }

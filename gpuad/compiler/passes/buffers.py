@@ -197,12 +197,12 @@ def _aligned(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(graph, donated=None, escaping=(), extras=True):
+def plan(graph, donated=None, escaping=(), extras=True, writable_from=0):
     """The static plan of `graph` (see the module's docstring). donated: {input var
     id: the id of its final value} for inputs the step updates in place (parameters,
     optimizer state): elementwise results of their shape may be written straight
-    into the input's array once it is dead, and its final value lands there with
-    no copy at the end.
+    into the input's array once it is dead (at equation writable_from or later: after
+    the replay's last check), and its final value lands there with no copy at the end.
 
     Two steps. First, walking the equations: which values are planned, and which
     share a buffer with an input that dies at their (elementwise) op; a chain of
@@ -231,7 +231,7 @@ def plan(graph, donated=None, escaping=(), extras=True):
         for o in e.outs:
             if o.id in root:
                 continue
-            home = _donated_home(e, o, i, holder, last, donated, outputs, root)
+            home = _donated_home(e, o, i, holder, last, donated, outputs, root) if i >= writable_from else None
             if home is not None:
                 p.donated[o.id] = holder[o.id] = home
                 p.inplace += 1

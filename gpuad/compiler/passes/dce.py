@@ -14,7 +14,7 @@ the replay must draw exactly what eager would.
 """
 from ..ir import iter_vars
 
-EFFECTS = {"random_draw", "check_none", "host_callback"}
+EFFECTS = {"random_draw", "check_none", "check_value", "host_callback"}
 
 
 def run(graph):
