@@ -27,7 +27,7 @@ from ..random import default_generator
 from ..tensor import Tensor
 from .concrete import Concrete
 from .state import DataSlot, GradSlot, ItemSlot, SettingSlot, discover, numeric_setting
-from .trace import DrawingRNG, ItemValue, Trace, TraceError, Tracer, WeakNumber, tracing
+from .trace import DrawingRNG, ItemValue, Trace, TraceError, Tracer, WeakNumber, is_real_array, tracing
 
 
 class Capture:
@@ -246,8 +246,12 @@ def _result_tree(tr, out):
         return ("T", tr.external[id(out.data)][1])      # written into a numpy buffer while tracing
     if isinstance(out, Tensor):
         if not isinstance(out.data, Tracer):
-            raise TraceError("gpuad.compile: the step returned a Tensor it did not compute from "
-                             "its inputs or state; return it from outside the compiled function")
+            if not is_real_array(out.data):
+                raise TraceError(f"gpuad.compile: the step returned a Tensor holding a "
+                                 f"{type(out.data).__name__}; return Tensors of arrays")
+            # made inside the step from no traced value (gpuad.zeros(())): a constant, copied
+            # at each replay (N bytes), as eager makes a fresh one at each call
+            return ("T", tr.call("copy", (out.data,), {}).var)
         return ("T", out.data.var)
     if isinstance(out, ItemValue):
         return ("I", out.var)              # a .item(): a Python number after each replay

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..memory.accounting import accountant
 from ..errors import BranchError
+from .prims import as_python
 from .ir import Eqn, Literal, Var, iter_vars
 from .capture import rebuild, result_vars
 from .state import SettingSlot, Slot
@@ -46,6 +47,7 @@ class Entry:
                                 for g in e.args[3:4] if hasattr(g, "rng")}.values())
         self.warned = False
         self.checks = []            # a device replay's guards: what each flag it returns means
+        self.n_check_outs = 0       # the outputs they take (a value check: its flag and its value)
         self.device_copies = {}     # id(host array read by reference) -> its copy on the device
 
     def rng_states(self):
@@ -68,11 +70,14 @@ class Entry:
         if self.checks:
             # a device replay computes its guards' flags and returns them: read here, after
             # the replay (or the CUDA graph) and before anything is written back
-            flags, outs = outs[len(outs) - len(self.checks):], outs[:len(outs) - len(self.checks)]
-            for flag, (prim, what) in zip(flags, self.checks):
+            n = len(outs) - self.n_check_outs
+            flags, outs = iter(outs[n:]), outs[:n]
+            for prim, what, how in self.checks:
+                flag = next(flags)
+                value = next(flags) if prim == "check_value" else None
                 if bool(flag) and prim == "check_value":
                     raise BranchError(f"gpuad.compile: the step branched on {what}, and this call's "
-                                      f"value differs from the trace's", what)
+                                      f"value differs from the trace's", what, as_python(value, how))
                 if bool(flag):
                     raise GuardError(f"gpuad.compile: the trace assumed otherwise, but {what}")
         if self.paths:
@@ -279,8 +284,11 @@ def _device_checks(graph, xp):
     g.eqns = [Eqn(e.prim, (e.args[0], Literal(xp.asarray(e.args[1].value), "expected")) + e.args[2:], e.params,
                   e.outs) if e.prim == "check_value" and isinstance(e.args[1], Literal) else e for e in graph.eqns]
     checks = [e for e in g.eqns if e.prim in CHECKS]
-    g.outputs = list(graph.outputs) + [e.out for e in checks]
-    return g, [(e.prim, e.args[-1]) for e in checks]
+    # a value check's flag comes with the value it checked (0-d: read only when the flag is up,
+    # to say which value this call met)
+    g.outputs = list(graph.outputs) + [v for e in checks for v in (
+        (e.out, e.args[0]) if e.prim == "check_value" else (e.out,))]
+    return g, [(e.prim, e.args[-1], e.args[2] if e.prim == "check_value" else None) for e in checks]
 
 
 def _before_checks(graph, donated, device):
@@ -376,6 +384,7 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     entry.reads = reads
     entry.out_ids = out_ids
     entry.checks = checks
+    entry.n_check_outs = sum(2 if prim == "check_value" else 1 for prim, _, _ in checks)
     entry.device_copies = device_copies if cap.device == "cuda" else {}
     entry.generators = generators
     entry.guarded = entry.guarded or bool(checks)
@@ -386,5 +395,6 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     # (a host callback reads device values mid-replay: such a step runs without a CUDA graph)
     if cap.device == "cuda" and cuda_graphs and not any(e.prim == "host_callback" for e in graph.eqns):
         from .graphs import CupyGraphs, GraphReplay
-        entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids) + [True] * len(checks), CupyGraphs())
+        entry.fn = GraphReplay(fn, _is_arg(reads), _escapes(cap, out_ids) + [True] * entry.n_check_outs,
+                               CupyGraphs())
     return entry
