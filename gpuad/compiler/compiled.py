@@ -248,7 +248,10 @@ def compile(fn=None, *, budget_bytes=None, fallback="error", passes=None, cuda_g
     traces it on shapes; later calls with the same shapes, dtypes, parameters and
     settings replay. budget_bytes: the most bytes the replay may hold at once;
     values are recomputed to fit. fallback: "error" raises on value-dependent
-    Python (`.item()`, `if t:`), "eager" runs such a step eagerly, with a warning.
+    Python (`if t:`, `int(t)`, `np.asarray(t)`); "eager" traces such a step on the
+    values of the call, checks them at each replay and traces each path a call
+    takes (see gpuad.compiler.concrete); what still cannot trace runs eagerly,
+    with a warning.
     cuda_graphs: on a GPU, replay the whole step as one captured CUDA graph from
     the second call on (gpuad/compiler/graphs.py); False launches op by op.
 
