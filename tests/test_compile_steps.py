@@ -7,6 +7,7 @@ trace once (its first call, which makes the optimizer's state, runs eagerly), gi
 eager's losses and metrics bitwise from the same seed, and leave the same
 parameters.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -286,3 +287,44 @@ def test_a_disabled_function_runs_eagerly_on_the_values_at_each_call():
             w2 -= 0.1 * (2 * w2)
     assert log == want and f.traces == 0
     np.testing.assert_array_equal(w.numpy(), w2.numpy())
+
+
+@pytest.mark.parametrize("keep", ["append", "attribute"])
+def test_a_value_kept_outside_the_step_is_refused_and_eager_fallback_matches(keep):
+    """`history.append(loss.item())` or `self.last = out` inside a compiled step would
+    store only the trace's value (a replay runs no Python): refused, naming what to do;
+    with fallback="eager" the calls run eagerly and the list holds eager's numbers."""
+    def make():
+        m = nn.Linear(4, 3)
+        opt = optim.SGD(m.parameters(), lr=0.1)
+        held = {"history": [], "last": None}
+
+        def step(x):
+            opt.zero_grad()
+            out = m(x)
+            loss = out.square().mean()
+            loss.backward()
+            opt.step()
+            if keep == "append":
+                held["history"].append(loss.item())
+            else:
+                held["last"] = out.detach()
+            return loss
+        return step, held
+    xs = [gpuad.full((2, 4), float(i)) for i in range(4)]
+    step, _ = make()
+    f = gpuad.compile(step)
+    f(xs[0])                              # (the first call of a training step runs eagerly)
+    with pytest.raises(TraceError, match="kept a .* outside it.*Return it.*gpuad.compiler.disable"):
+        f(xs[1])
+    runs = []
+    for compiled in (False, True):
+        gpuad.manual_seed(0)
+        step, held = make()
+        f = gpuad.compile(step, fallback="eager") if compiled else step
+        with pytest.warns() if compiled else contextlib.nullcontext():
+            losses = [f(x).item() for x in xs]
+        runs.append((losses, held["history"], None if held["last"] is None else held["last"].numpy()))
+    assert runs[0][:2] == runs[1][:2]
+    if keep == "attribute":
+        np.testing.assert_array_equal(runs[0][2], runs[1][2])

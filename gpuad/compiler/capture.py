@@ -159,6 +159,7 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False, values=False):
         accountant.active = old_acct
         _restore(snapshot, generators)
         _restore_settings(settings)
+    _check_leaks(fn, args, kwargs)
     for arr, v in tr.ext_inputs:
         reads.append(arr)
     ext_writes = [(arr, var) for arr, var in tr.external.values() if var is not _input_var(tr, arr)]
@@ -167,6 +168,32 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False, values=False):
     cap.grads_read = _reads_any(cap, grad_vars)
     cap.branches = list(tr.branches)
     return cap
+
+
+def _check_leaks(fn, args, kwargs):
+    """A traced value the step kept in a Python object outside it (`history.append(loss.item())`,
+    `self.last = out`) is refused: a replay runs no Python, so it would never store the next
+    one, and the step would silently differ from eager. What it appended to a list or set is
+    taken out again, so a fallback to eager starts from what the call began with."""
+    found = discover(fn, (list(args), dict(kwargs)))
+    if not found.leaks:
+        return
+    leaked = {id(x) for x in found.leaks}
+    for c in found.containers:
+        kept = [x for x in c if id(x) not in leaked]
+        if len(kept) != len(c):
+            if isinstance(c, list):
+                c[:] = kept
+            else:
+                c.clear()
+                c.update(kept)
+    x = found.leaks[0]
+    what = (f"a Tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else
+            "a .item() number" if isinstance(x, ItemValue) else f"an array of shape {tuple(x.shape)}")
+    raise TraceError(f"gpuad.compile: the step kept {what} it computed in a Python object outside it (a list, "
+                     f"a dict, an attribute); a replay runs no Python and would not store the next one. "
+                     f"Return it from the step (it comes back at each call), or store it in a function "
+                     f"marked gpuad.compiler.disable (it runs at each call)")
 
 
 def _reads_any(cap, var_ids):

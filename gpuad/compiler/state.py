@@ -40,6 +40,8 @@ class Found:
         self.optimizers = []
         self.state_dicts = []       # the per-parameter dicts of optimizer state
         self.generators = []
+        self.leaks = []             # Tracers, and Tensors holding one, found outside a trace
+        self.containers = []        # the lists and sets walked (where a leak may sit)
         self._seen = set()
 
 
@@ -48,6 +50,7 @@ def discover(fn, extra=()):
     from ..nn.modules import Module
     from ..optim import Optimizer
     from ..random import Generator
+    from .trace import Tracer
     found = Found()
     stack = [fn, *extra]
     while stack:
@@ -56,9 +59,13 @@ def discover(fn, extra=()):
                                                                         types.ModuleType, np.ndarray)):
             continue
         found._seen.add(id(obj))
-        if isinstance(obj, Tensor):
+        if isinstance(obj, Tracer):
+            found.leaks.append(obj)          # a traced value kept outside the trace (see capture)
+        elif isinstance(obj, Tensor):
             found.tensors.append(obj)        # (its .grad is a slot of it, not a tensor of its own:
                                              # a new gradient each step must not change the key)
+            if isinstance(obj.data, Tracer):
+                found.leaks.append(obj)
         elif isinstance(obj, Module):
             found.modules.append(obj)
             stack.extend(reversed(list(vars(obj).values())))
@@ -73,6 +80,8 @@ def discover(fn, extra=()):
         elif isinstance(obj, (list, tuple, set, frozenset)):
             if len(obj) <= MAX_WALK:
                 stack.extend(obj)
+                if isinstance(obj, (list, set)):
+                    found.containers.append(obj)
         elif isinstance(obj, dict):
             if len(obj) <= MAX_WALK:
                 stack.extend(obj.values())
@@ -231,7 +240,6 @@ def guard_key(found, args, kwargs, grads=True):
     flags, optimizers' settings (numbers by type and whether they are zero: their values
     are read at each replay) and the shape of their state. `where` names the part, so
     describe_change can say what changed."""
-    from .trace import Tracer
     items = [(("argument", i), _arg_key(a)) for i, a in enumerate(args)]
     items += [(("keyword", k), _arg_key(v)) for k, v in sorted(kwargs.items(), key=lambda kv: kv[0])]
     for j, t in enumerate(found.tensors):
@@ -245,7 +253,6 @@ def guard_key(found, args, kwargs, grads=True):
                       if k not in ("params", "initial_lr")]
         items += [(("state", o, id(p)), tuple(sorted((k, _abstract_key(v)) for k, v in st.items())))
                   for p, st in opt.state.items()]
-    assert not any(isinstance(t.data, Tracer) for t in found.tensors)
     return tuple(items)
 
 
