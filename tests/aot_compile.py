@@ -10,7 +10,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 CONSTEXPRS = {"HAS_BIAS", "ACT", "SAVE_Z", "PRECISION", "INT64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C",
-              "HAS_W", "HAS_B", "RMS", "CAUSAL", "HAS_MASK", "BLOCK_D", "BLOCK_DV", "BLOCK"}
+              "HAS_W", "HAS_B", "RMS", "CAUSAL", "HAS_MASK", "BLOCK_D", "BLOCK_DV", "BLOCK", "BM", "BN", "BK"}
 
 
 def compile_case(case):

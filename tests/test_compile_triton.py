@@ -239,3 +239,111 @@ def test_whole_compiled_steps_with_triton_groups_match_the_numpy_executor(name):
 def gc_params(step):
     from gpuad.compiler.state import discover
     return [t for t in discover(step).tensors if t.requires_grad]
+
+
+def _gemm_groups(name):
+    """The GEMM-with-epilogue groups of a step compiled with Triton groups (the pass runs
+    where groups are Triton kernels)."""
+    step, args = GRAPHS[name]()
+    gpuad.set_kernels("triton")
+    try:
+        f = gpuad.compile(step)
+        f(*args)
+        eqns = f.compiled(*args).graph.eqns
+    finally:
+        gpuad.set_kernels(None)
+    return [e.params["kernel"].value for e in eqns if e.prim == "fused" and hasattr(e.params["kernel"].value, "mm")]
+
+
+def _gemm_inputs(k, rng, transposed=True):
+    """Random factors (the second as a transposed view, as nn.Linear's x @ W.T has it) and
+    random epilogue operands."""
+    a, b = (rng.standard_normal(v.shape).astype(v.dtype) for v in k.ins[:2])
+    if transposed:
+        b = np.ascontiguousarray(b.T).T
+    return [a, b] + _random_inputs(type("G", (), {"ins": k.rest})(), rng)
+
+
+@pytest.mark.cpu_only("Triton's interpreter runs on host arrays")
+@pytest.mark.parametrize("name", ["MLP step", "GPT step"])
+def test_gemm_epilogue_kernels_equal_matmul_then_the_group(name):
+    """Each matmul whose only reader is an elementwise group (bias, activation, residual)
+    becomes one kernel; in the interpreter it gives numpy's matmul followed by the group
+    (to float32 rounding: tl.dot sums in another order)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels in Triton's interpreter")
+    groups = _gemm_groups(name)
+    assert len(groups) >= 2, f"{name}: {len(groups)} GEMM epilogues"
+    rng = np.random.default_rng(11)
+    for k in groups:
+        assert "tl.dot" in tc.source(k) and not k.inplace_ok
+        for transposed in (True, False):
+            ins = _gemm_inputs(k, rng, transposed)
+            with np.errstate(all="ignore"):
+                want = k(*ins)
+            got = tc.launch_gemm(k, ins, [np.empty(o.shape, o.dtype) for o in k.outs], torch_like=torch.from_numpy)
+            for w, g in zip(want, got):
+                scale = float(np.nanmax(np.abs(w))) or 1.0
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale,
+                                           err_msg=f"{name}: matmul{[m.prim for m in k.group.members]}")
+
+
+def test_gemm_epilogue_pass_legality():
+    """Fused only where nothing else reads the product, the weight is 2-D and the dtypes
+    are a dot's; a first factor whose rows do not collapse runs matmul, then the group."""
+    from gpuad.compiler.ir import Graph
+    from gpuad.compiler.passes import epilogue, fuse
+    f32 = np.float32
+
+    def graph(w_shape=(3, 5), dtype=f32, also_return=False):
+        g = Graph()
+        x = g.input((2, 4, 3), dtype, "x")
+        w = g.input(w_shape, dtype, "w")
+        b = g.input((5,), dtype, "b")
+        y = g.add_eqn("matmul", (x, w), {}, (2, 4, 5) if len(w_shape) == 2 else (2, 4, 5), dtype)
+        z = g.add_eqn("tanh", (g.add_eqn("add", (y, b), {}, (2, 4, 5), dtype),), {}, (2, 4, 5), dtype)
+        g.outputs = [z, y] if also_return else [z]
+        return g
+    prims = lambda g: [e.params["kernel"].name if e.prim == "fused" else e.prim   # noqa: E731
+                       for e in epilogue.run(fuse.run(g)).eqns]
+    assert prims(graph()) == ["matmul{add,tanh}"]
+    assert prims(graph(also_return=True)) == ["matmul", "{add,tanh}"]
+    assert prims(graph(dtype=np.float64)) == ["matmul", "{add,tanh}"]
+    assert prims(graph(w_shape=(2, 3, 5))) == ["matmul", "{add,tanh}"]
+    k = epilogue.run(fuse.run(graph())).eqns[0].params["kernel"].value
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3)).astype(f32).transpose(1, 0, 2)     # rows that do not collapse
+    w, b = rng.standard_normal((3, 5)).astype(f32), rng.standard_normal(5).astype(f32)
+    assert tc.rows(x) is None and tc.rows(np.ascontiguousarray(x)) == (3, 1)
+    run = tc.runner(gpuad.backends.numpy_ns)(k)
+    np.testing.assert_allclose(run(x, w, b)[0], np.tanh(x @ w + b), rtol=1e-6)
+
+
+@pytest.mark.cpu_only("compiles the host replay's groups ahead of time")
+def test_gemm_epilogue_kernels_compile_for_sm90():
+    """The GEMM kernels through Triton's compiler and ptxas for an H200: no spills, at
+    most 255 registers, shared memory within the block limit (their tiles are staged
+    there)."""
+    cases = {}
+    for name in ("MLP step", "GPT step"):
+        for i, k in enumerate(_gemm_groups(name)):
+            text = tc.source(k)
+            ptrs = {"_a_ptr": _PTR[k.ins[0].dtype.name], "_b_ptr": _PTR[k.ins[1].dtype.name], "*": "*fp32"}
+            ptrs.update({f"{n}_ptr": _PTR[np.dtype(a.dtype if hasattr(a, "dtype") and not hasattr(a, "value")
+                                                   else np.asarray(a.value).dtype).name] for n, a in tc._inputs(k)})
+            ptrs.update({f"o{j}_ptr": _PTR[o.dtype.name] for j, o in enumerate(k.outs)})
+            cases[f"{name}-gemm-{i}"] = {"path": tc.module_path(text), "kernel": "gemm_kernel", "ptrs": ptrs,
+                                         "constexprs": {**tc.GEMM_BLOCKS, "PRECISION": "ieee"}, "warps": tc.GEMM_WARPS,
+                                         "stages": 2}
+    assert len(cases) >= 4
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(cases),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    if all("skip" in res for res in results.values()):
+        pytest.skip(next(iter(results.values()))["skip"])
+    for n, res in results.items():
+        assert "error" not in res, (n, res["error"])
+        assert res["spills"] == 0 and res["regs"] <= 255 and res.get("shared", 0) <= 232448, (n, res)

@@ -223,6 +223,7 @@ NOT_SIZES = {
     "gpuad/compiler/passes/remat.py:MAX_STALE": "a count of search steps",
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
     "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
+    "gpuad/compiler/triton_codegen.py:GEMM_WARPS": "warps per GEMM program (its registers: the sm_90 compile test)",
     "gpuad/compiler/compiled.py:MAX_PATHS": "a count of traced paths (tested in test_compile_branches)",
     "gpuad/compiler/compiled.py:VARYING": "a count of values met at a branch (tested in test_compile_branches)",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",

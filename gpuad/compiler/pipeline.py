@@ -21,11 +21,11 @@ from .capture import rebuild, result_vars
 from .state import SettingSlot, Slot
 from .trace import GuardError
 from . import codegen
-from .passes import buffers, cse, dce, fold, fuse, remat
+from .passes import buffers, cse, dce, epilogue, fold, fuse, remat
 
 DEFAULT_PASSES = ("dce", "cse", "fold", "dce", "fuse")
 CHECKS = ("check_none", "check_value")       # what a replay checks of its trace's assumptions
-PASSES = {"dce": dce.run, "cse": cse.run, "fold": fold.run, "fuse": fuse.run}
+PASSES = {"dce": dce.run, "cse": cse.run, "fold": fold.run, "fuse": fuse.run, "epilogue": epilogue.run}
 
 
 class Entry:
@@ -351,7 +351,10 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     graph = cap.graph.copy()
     graph.outputs = before = outputs_of(cap)
     out_ids = [v.id for v in graph.outputs]
-    for name in (DEFAULT_PASSES if passes is None else passes):
+    names = DEFAULT_PASSES if passes is None else passes
+    if passes is None and (groups == "triton" or cap.device == "cuda"):
+        names += ("epilogue",)            # where groups are Triton kernels (see passes/epilogue.py)
+    for name in names:
         graph = PASSES[name](graph)
     graph, reads = _used_inputs(graph, cap)
     generators = list({id(gen): gen for e in graph.eqns if e.prim == "random_draw"
