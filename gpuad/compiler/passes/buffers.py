@@ -175,15 +175,29 @@ class Plan:
                 f"{self.inplace} in place")
 
 
-def _donated_home(e, o, i, holder, last, donated, outputs, root):
+def _donated_home(e, o, i, holder, last, donated, outputs, root, taken=()):
     """The donated input whose array o can be written into, if any: e is elementwise,
     one of its inputs lives in that array and dies here, shapes and dtypes match, and
-    o is no other output than that input's final value."""
-    if not (writes_out(e) and elementwise(e) and len(e.outs) == 1):
+    o is no other output than that input's final value. A fused group with several
+    outputs qualifies output by output (FusedKernel.may_alias: an optimizer's update
+    writes the parameter and each state array back into its own), each array once
+    (`taken`)."""
+    if not writes_out(e):
+        return None
+    if e.prim == "fused":
+        k = e.params["kernel"].value
+        ok = getattr(k, "may_alias", None)
+        if ok is None:
+            return None
+    elif elementwise(e) and len(e.outs) == 1:
+        ok = None
+    else:
         return None
     for v in e.invars():
         home = holder.get(root.get(v.id, v).id)
-        if home is None or last.get(v.id) != i or v.id in outputs:
+        if home is None or last.get(v.id) != i or v.id in outputs or home.id in taken:
+            continue
+        if ok is not None and not ok(o, v):
             continue
         if home.shape != o.shape or home.dtype != o.dtype:
             continue
@@ -228,11 +242,13 @@ def plan(graph, donated=None, escaping=(), extras=True, writable_from=0):
     holder = {vid: next(v for v in graph.inputs if v.id == vid) for vid in donated}   # var id -> donated input
     for i, e in enumerate(graph.eqns):
         dead_here = [vid for vid in dying_at.get(i, ()) if vid not in inputs]
+        taken = set()
         for o in e.outs:
             if o.id in root:
                 continue
-            home = _donated_home(e, o, i, holder, last, donated, outputs, root) if i >= writable_from else None
+            home = _donated_home(e, o, i, holder, last, donated, outputs, root, taken) if i >= writable_from else None
             if home is not None:
+                taken.add(home.id)
                 p.donated[o.id] = holder[o.id] = home
                 p.inplace += 1
                 continue

@@ -185,6 +185,20 @@ class FusedKernel:
     def __call__(self, *inputs, outs=None):
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
 
+    def may_alias(self, out, inp):
+        """May output `out` be written into input `inp`'s array (same shape and dtype)?
+        Each executor reads an input's elements before it writes that place of an output
+        computed after the input's last read: the chunk loop runs the members in order
+        (the output is written by its member), the scalar and Triton kernels load every
+        input first. Not in a reducing group (its rows are whole)."""
+        if self.reduces or inp.shape != out.shape or inp.dtype != out.dtype:
+            return False
+        order = {m.out.id: j for j, m in enumerate(self.members)}
+        if out.id not in order or all(inp is not v for v in self.ins):
+            return False
+        reads = [j for j, m in enumerate(self.members) if any(v is inp for v in m.invars())]
+        return max(reads, default=-1) <= order[out.id]
+
     def unfused(self, xp):
         """The group op by op on namespace xp, full-size temporaries and all: how a
         device runs a group that has no Triton form."""
