@@ -41,12 +41,17 @@ class ArrayNamespace:
     def getitem(self, a, index):
         return a[index]
 
-    def dropout_keep(self, seed, tile, shape, p):
+    def dropout_keep(self, seed, tile, shape, p, out=None):
         """Attention dropout's keep mask for one tile, scaled by 1/(1-p), float32: drawn on
         the host from the node's seed and the tile's number (so its backward, and a
-        compiled replay, draw the same mask), then put on this namespace's device."""
+        compiled replay, draw the same mask), then put on this namespace's device. out=
+        (host arrays): written there, the same values (a compiled replay's arena)."""
         rng = np.random.default_rng((int(seed), int(tile)))
-        return self.asarray((rng.random(shape) >= p).astype(np.float32) / (1.0 - p))
+        keep = rng.random(shape) >= p
+        if out is None:
+            return self.asarray(keep.astype(np.float32) / (1.0 - p))
+        np.copyto(out, keep)                     # 0 or 1, exactly, then the same float32 division
+        return np.divide(out, 1.0 - p, out=out)
 
     def scatter_add(self, g, shape, index, unique):
         """zeros(shape) with g added at index: the VJP of a[index].
