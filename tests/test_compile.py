@@ -377,6 +377,79 @@ def test_buffer_plan_never_overlaps_two_live_values():
             assert apart or disjoint, (a, b)
 
 
+@pytest.mark.cpu_only("a GPU replay writes nothing into its inputs before its flags are read "
+                      "when it has checks; here: where the numpy executor puts an optimizer's update")
+def test_an_optimizer_update_lands_in_the_parameter_and_state_arrays():
+    """Adam's fused update has three outputs per parameter (the parameter, exp_avg,
+    exp_avg_sq): each is written into its own array, no copy at the end, and the arrays
+    are the ones eager keeps (same objects, call after call)."""
+    gpuad.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    x, y = gpuad.tensor(R.standard_normal((6, 8)).astype(np.float32)), gpuad.tensor(R.integers(0, 4, 6))
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    f = gpuad.compile(step)
+    f(x, y)
+    f(x, y)
+    plan = f.compiled(x, y).plan
+    params = list(m.parameters())
+    homes = {v.name[0] for v in plan.donated.values()}
+    assert len(plan.donated) >= 3 * len(params) and homes == {"p", "s"}, plan.donated
+    arrays = [id(p.data) for p in params] + [id(a) for p in params for a in opt.state[p].values()
+                                            if hasattr(a, "shape")]
+    f(x, y)
+    assert arrays == [id(p.data) for p in params] + [id(a) for p in params for a in opt.state[p].values()
+                                                     if hasattr(a, "shape")]
+
+
+def test_a_group_output_takes_an_input_array_only_after_the_inputs_last_read():
+    g, x = _g()
+    y = g.input(x.shape, x.dtype, "y")
+    a = g.add_eqn("multiply", (x, 2.0), {}, x.shape, x.dtype)       # an output, made before x's last read
+    b = g.add_eqn("add", (a, x), {}, x.shape, x.dtype)
+    c = g.add_eqn("multiply", (b, y), {}, x.shape, x.dtype)
+    g.outputs = [a, c]
+    k = fuse.run(g).eqns[0].params["kernel"].value
+    assert not k.may_alias(a, x)           # its chunk would overwrite x before `add` reads it
+    assert not k.may_alias(a, y)           # ... and y before the last multiply does
+    assert k.may_alias(c, x) and k.may_alias(c, y)
+
+
+def test_an_in_place_update_whose_group_also_hands_out_an_earlier_value():
+    """w += 2w, with 2w also summed outside the group: the group's first output must not
+    be written into w's array (w is read again after it), the final value must."""
+    w = gpuad.tensor(R.standard_normal(3000))
+
+    def step():
+        with gpuad.no_grad():
+            a = w * 2.0
+            w.add_(a)
+            return a.sum()
+    want_w, want = w.numpy() * 3.0, (w.numpy() * 2.0).sum()
+    f = gpuad.compile(step)
+    got = f()
+    np.testing.assert_allclose(got.item(), want, rtol=1e-12)
+    np.testing.assert_array_equal(w.numpy(), want_w)
+    want_w, want = w.numpy() * 3.0, (w.numpy() * 2.0).sum()
+    np.testing.assert_allclose(f().item(), want, rtol=1e-12)                        # a replay
+    np.testing.assert_array_equal(w.numpy(), want_w)
+
+
+def test_attention_dropout_mask_into_a_given_array_is_the_same_mask():
+    from gpuad.backends import numpy_ns
+    want = numpy_ns.dropout_keep(7, 3, (4, 5), 0.3)
+    out = np.full((4, 5), np.nan, np.float32)
+    got = numpy_ns.dropout_keep(7, 3, (4, 5), 0.3, out=out)
+    assert got is out and want.dtype == got.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.cpu_only("tracemalloc measures the host replay's allocations")
 def test_planned_peak_bounds_what_a_replay_allocates():
     x = gpuad.tensor(R.standard_normal((256, 512)).astype(np.float32), requires_grad=True)
