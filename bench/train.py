@@ -7,15 +7,13 @@ with .item(): 50 steps eager and 50 compiled, interleaved step by step, each run
 with its own generator state (so their dropout masks are the ones a lone run
 draws). Reported: traces, the losses' bitwise equality, step times (median of
 the per-step ratios), the first calls' times, the peak (eager's measured, the
-compiled step's planned and measured), and where the compiled step's time goes
-(cProfile of replays, by function).
+compiled step's planned and measured, and its parts), and where the compiled
+step's time goes (each callable of the replay timed, by kind).
 
 Targets (issue 23): 1 trace over 50 steps; losses bitwise equal to eager; compiled
 step <= 0.8x eager; planned peak <= eager's measured peak; first call <= 2 s.
 """
-import cProfile
 import math
-import pstats
 import time
 
 import numpy as np
@@ -93,32 +91,52 @@ def _tracemalloc_peak(run):
     return peak - base
 
 
-def _profile(run, calls=10):
-    """Where a compiled replay spends its time: cProfile's self time by function."""
+def _by_kind(run, calls=10):
+    """Where a compiled replay spends its time, by what each line of the generated
+    replay calls: each fused group (those with an erf apart), each primitive, and the
+    call around the replay (finding the state, the guards, reading and writing back
+    slots). Each callable of the replay's scope is wrapped with a timer for these calls
+    only; ufuncs run inside groups count with their group."""
     import gpuad
+    from gpuad.compiler.passes.fuse import FusedKernel
     x, y = run.batches[0]
-    pr = cProfile.Profile()
+    entry = run.fn.compiled(x, y)
+    scope = entry.fn.__globals__
+    saved = dict(scope)
+    spent, counts = {}, {}
+
+    def timed(fn, kind):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - t
+                counts[kind] = counts.get(kind, 0) + 1
+        return call
+    for name, v in saved.items():
+        if isinstance(v, FusedKernel):
+            size = math.prod(v.shape)
+            erf = any(m.prim == "erf" for m in v.members)
+            scope[name] = timed(v, "fused groups with erf (GELU)" if erf else
+                                f"fused groups of {'more than' if size > 4096 else 'at most'} 4096 elements")
+        elif callable(v) and not isinstance(v, type) and name != "np":
+            scope[name] = timed(v, name.rstrip("_0123456789"))
     state = gpuad.get_rng_state()
-    pr.enable()
-    for _ in range(calls):
-        run.fn(x, y)
-    pr.disable()
-    gpuad.set_rng_state(state)
-    stats = pstats.Stats(pr).stats
-    by = {}
-    for (file, line, name), (cc, nc, tt, ct, callers) in stats.items():
-        if "site-packages" in file:
-            key = "numpy internals (python)"
-        elif file.startswith("<gpuad compile"):
-            key = "the generated replay (its own Python)"
-        elif file == "~":
-            key = name.strip("<>").replace("built-in method ", "").replace("method '", "").split("'")[0]
-        else:
-            key = f"{file.rsplit('/', 1)[-1]}:{name}"
-        by[key] = by.get(key, 0.0) + tt
-    total = sum(by.values())
-    top = sorted(by.items(), key=lambda kv: -kv[1])[:10]
-    return [(k, v / calls * 1e3, v / total) for k, v in top], total / calls * 1e3
+    try:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run.fn(x, y)
+        total = time.perf_counter() - t0
+    finally:
+        scope.clear()
+        scope.update(saved)
+        gpuad.set_rng_state(state)
+    rows = sorted(spent.items(), key=lambda kv: -kv[1])
+    inside = sum(spent.values())
+    rows = [(k, v / calls * 1e3, counts[k] // calls) for k, v in rows[:9]]
+    rows.append(("the rest of the replay (its own lines, small primitives)", (total - inside) / calls * 1e3, "-"))
+    return rows, total / calls * 1e3
 
 
 def run(full=False):
@@ -163,12 +181,21 @@ def run(full=False):
     table.add("tracemalloc: most allocated during a call, MiB", eager_tm / 2 ** 20, comp_tm / 2 ** 20)
     table.add("losses and accuracies bitwise equal", "-", "yes" if same else "NO")
     table.print()
-    prof, per_call = _profile(comp)
-    ptable = harness.Table(f"train: where the compiled step's time goes (cProfile, self time, "
-                           f"{per_call:.1f} ms per call under the profiler)", ["function", "ms per call", "share"])
-    for name, ms, share in prof:
-        ptable.add(name, ms, f"{share * 100:.0f}%")
+    prof, per_call = _by_kind(comp)
+    ptable = harness.Table(f"train: where the compiled step's time goes ({per_call:.1f} ms per call, timed "
+                           f"by kind, alone)", ["what the replay calls", "ms per call", "calls"])
+    for name, ms, n in prof:
+        ptable.add(name, ms, n)
     ptable.print()
+    plan = entry.plan
+    mtable = harness.Table("train: the compiled step's planned peak, by part", ["part", "MiB"])
+    mtable.add("planned values, the most live at once", plan.live_peak / 2 ** 20)
+    mtable.add("arena (those values packed; the rest is packing)", plan.arena_bytes / 2 ** 20)
+    mtable.add("fused groups' chunk scratch (shared, held)", plan.scratch_bytes / 2 ** 20)
+    mtable.add("unplanned values (no out=), the most live at once", plan.dynamic_peak / 2 ** 20)
+    mtable.add("planned peak (arena + scratch + unplanned)", plan.peak_bytes / 2 ** 20)
+    mtable.add("eager's measured peak", eager_peak / 2 ** 20)
+    mtable.print()
     targets, notes = harness.Targets(), []
     notes.append(targets.check("traces over 50 steps", traces, 1, "", "{:d}"))
     notes.append(targets.check("losses bitwise equal to eager (1 = yes)", int(same), 1, "", "{:d}", at_least=True))
@@ -184,5 +211,7 @@ def run(full=False):
                                                                   "arenas": entry.plan.arena_bytes,
                                                                   "tracemalloc_eager": eager_tm,
                                                                   "tracemalloc_compiled": comp_tm},
-            "profile_ms": {k: v for k, v, _ in prof}, "explain": comp.fn.explain()}
-    return harness.write_report("train", data, [table, ptable, targets.table("train")], notes)
+            "time_by_kind_ms": {k: v for k, v, _ in prof}, "explain": comp.fn.explain()}
+    data["peak_parts"] = {"live_peak": plan.live_peak, "arena": plan.arena_bytes, "scratch": plan.scratch_bytes,
+                          "dynamic": plan.dynamic_peak}
+    return harness.write_report("train", data, [table, ptable, mtable, targets.table("train")], notes)

@@ -105,6 +105,7 @@ class Plan:
         self.planned = {}           # var id -> Var
         self.dynamic_peak = 0
         self.scratch_bytes = 0
+        self.live_peak = 0          # the most planned bytes live at once: what packing can reach
         self.inplace = 0
         self.views = {}
         self.donated = {}           # var id -> the graph input whose array it is written into
@@ -289,12 +290,23 @@ def plan(graph, donated=None, escaping=(), extras=True, writable_from=0):
                 live_dynamic -= dynamic.pop(vid)
     p.per_call = any(vid in p.planned for vid in escaping)
     bufs = list({id(b): b for b in group.values()}.values())
+    p.live_peak = _most_live(bufs)
     p.arenas = _pack(bufs)
     for b in bufs:
         for vid in b[4]:
             p.offsets[vid] = b[5]
     p.scratch_bytes = sum(scratch.values())
     return p
+
+
+def _most_live(bufs):
+    """The most bytes of buffers [size, dtype, start, end, ...] live at one equation."""
+    events = sorted([(b[2], b[0]) for b in bufs] + [(b[3] + 1, -b[0]) for b in bufs])
+    live = most = 0
+    for _, n in events:          # (at one index the frees, negative, come first)
+        live += n
+        most = max(most, live)
+    return most
 
 
 def _pack(bufs):
