@@ -172,6 +172,28 @@ def _torch_16(a):
     return torch.from_numpy(a)
 
 
+def _ptr_types(k):
+    """Triton's pointer type of each array argument of group k's generated kernel."""
+    ptrs = {f"{n}_ptr": _PTR[np.dtype(a.dtype if hasattr(a, "dtype") and not hasattr(a, "value")
+                                      else np.asarray(a.value).dtype).name] for n, a in tc._inputs(k)}
+    ptrs.update({f"o{j}_ptr": _PTR[o.dtype.name] for j, o in enumerate(k.outs)})
+    return ptrs | {"*": "*fp32"}
+
+
+def _compile_for_sm90(cases):
+    """ptxas' resources per case (tests/aot_compile.py, in a process without the
+    interpreter); skips the test where no case can compile for sm_90 here."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(cases),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    if all("skip" in res for res in results.values()):
+        pytest.skip(next(iter(results.values()))["skip"])
+    return results
+
+
 @pytest.mark.cpu_only("compiles the host replay's groups ahead of time")
 def test_generated_kernels_compile_for_sm90(tmp_path):
     """Every generated kernel of the MLP, GPT and gelu-block steps through Triton's
@@ -184,24 +206,13 @@ def test_generated_kernels_compile_for_sm90(tmp_path):
                 text = tc.source(k)
             except tc.Unsupported:
                 continue
-            ops = tc._inputs(k)
-            ptrs = {f"{n}_ptr": _PTR[np.dtype(a.dtype if hasattr(a, "dtype") and not hasattr(a, "value")
-                                               else np.asarray(a.value).dtype).name] for n, a in ops}
-            ptrs.update({f"o{j}_ptr": _PTR[o.dtype.name] for j, o in enumerate(k.outs)})
             reduce = k.members[-1].prim in tc._REDUCE
             block = max(16, 1 << (k.shape[-1] - 1).bit_length()) if reduce else tc.BLOCK
-            cases[f"{name}-{i}"] = {"path": tc.module_path(text), "kernel": "fused_kernel", "ptrs": ptrs | {"*": "*fp32"},
+            cases[f"{name}-{i}"] = {"path": tc.module_path(text), "kernel": "fused_kernel", "ptrs": _ptr_types(k),
                                     "constexprs": {"BLOCK": block}, "warps": 4, "stages": 1}
     assert len(cases) >= 6
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(cases),
-                       capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    results = json.loads(r.stdout.strip().splitlines()[-1])
+    results = _compile_for_sm90(cases)
     skipped = [n for n, res in results.items() if "skip" in res]
-    if len(skipped) == len(results):
-        pytest.skip(results[skipped[0]]["skip"])
     assert len(results) - len(skipped) >= 6
     for n, res in results.items():
         assert "error" not in res, (n, res["error"])
@@ -327,23 +338,11 @@ def test_gemm_epilogue_kernels_compile_for_sm90():
     cases = {}
     for name in ("MLP step", "GPT step"):
         for i, k in enumerate(_gemm_groups(name)):
-            text = tc.source(k)
-            ptrs = {"_a_ptr": _PTR[k.ins[0].dtype.name], "_b_ptr": _PTR[k.ins[1].dtype.name], "*": "*fp32"}
-            ptrs.update({f"{n}_ptr": _PTR[np.dtype(a.dtype if hasattr(a, "dtype") and not hasattr(a, "value")
-                                                   else np.asarray(a.value).dtype).name] for n, a in tc._inputs(k)})
-            ptrs.update({f"o{j}_ptr": _PTR[o.dtype.name] for j, o in enumerate(k.outs)})
-            cases[f"{name}-gemm-{i}"] = {"path": tc.module_path(text), "kernel": "gemm_kernel", "ptrs": ptrs,
-                                         "constexprs": {**tc.GEMM_BLOCKS, "PRECISION": "ieee"}, "warps": tc.GEMM_WARPS,
-                                         "stages": 2}
+            ptrs = _ptr_types(k) | {"_a_ptr": _PTR[k.ins[0].dtype.name], "_b_ptr": _PTR[k.ins[1].dtype.name]}
+            cases[f"{name}-gemm-{i}"] = {"path": tc.module_path(tc.source(k)), "kernel": "gemm_kernel",
+                                         "ptrs": ptrs, "constexprs": {**tc.GEMM_BLOCKS, "PRECISION": "ieee"},
+                                         "warps": tc.GEMM_WARPS, "stages": 2}
     assert len(cases) >= 4
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_compile.py")], input=json.dumps(cases),
-                       capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    results = json.loads(r.stdout.strip().splitlines()[-1])
-    if all("skip" in res for res in results.values()):
-        pytest.skip(next(iter(results.values()))["skip"])
-    for n, res in results.items():
+    for n, res in _compile_for_sm90(cases).items():
         assert "error" not in res, (n, res["error"])
         assert res["spills"] == 0 and res["regs"] <= 255 and res.get("shared", 0) <= 232448, (n, res)
