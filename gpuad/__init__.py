@@ -26,6 +26,7 @@ from .serialization import save, load
 from .providers import set_kernels, get_kernels, set_float32_matmul_precision, get_float32_matmul_precision
 from .ops import fused_kernels  # noqa: F401  (registers the providers' kernels)
 from .backends.devices import set_default_device, get_default_device
+from .backends.cpu_kernels import set_num_threads, get_num_threads
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
 from . import func  # noqa: E402
 from .func import grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402

@@ -10,7 +10,8 @@ path.
     GPUAD_KERNELS=name    the kernel provider: triton, cupy or numpy
     TRITON_INTERPRET=1    Triton kernels run in Triton's interpreter on numpy arrays
     GPUAD_HOST_POOL=0     the host pool off: np.empty for every buffer
-    GPUAD_CACHE_DIR=dir   where generated Triton kernels are written
+    GPUAD_CACHE_DIR=dir   where generated Triton kernels are written (and Numba's, under cpu/)
+    GPUAD_CPU_KERNELS=numpy  the Numba CPU kernels off: numpy's code runs
     GPUAD_DIST_TIMEOUT=s  seconds a collective may wait before it fails
 
 >>> import os
@@ -57,6 +58,17 @@ def host_pool_enabled():
 def cache_dir():
     """Where generated Triton kernels are written (Triton's JIT reads a kernel's file)."""
     return os.environ.get("GPUAD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gpuad", "triton")
+
+
+def cpu_kernels():
+    """GPUAD_CPU_KERNELS: "numpy" turns the Numba kernels off; None (the default) uses them."""
+    return os.environ.get("GPUAD_CPU_KERNELS") or None
+
+
+def cpu_cache_dir():
+    """Where Numba caches the compiled CPU kernels."""
+    base = os.environ.get("GPUAD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gpuad")
+    return os.path.join(base, "cpu")
 
 
 def any_set(names):

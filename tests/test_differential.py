@@ -206,6 +206,7 @@ THRESHOLDS = {
     "gpuad/compiler/passes/fuse.py:TINY": "elements",
     "gpuad/compiler/passes/fold.py:MAX_FOLD": "elements",
     "gpuad/backends/numpy_backend.py:_ERF_CHUNK": "elements",
+    "gpuad/backends/cpu_kernels.py:MIN_SIZE": "elements",
     "gpuad/compiler/triton_codegen.py:BLOCK": "elements",
     "gpuad/compiler/pipeline.py:SHARE_MIN": "bytes",
     "gpuad/compiler/passes/cse.py:SMALL": "bytes",

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from ..memory.pool import host_pool
+from . import cpu_kernels
 
 
 class ArrayNamespace:
@@ -118,7 +119,9 @@ class ArrayNamespace:
         # of math.erf; 4M elements in ~75 ms here, math.erf per element ~500 ms, torch's
         # SIMD kernel ~5 ms); other dtypes take math.erf per element, exact to the last bit.
         if x.dtype == np.float32 or x.dtype == np.float16:
-            return _erf_table(x, out)
+            # the same table in one compiled parallel pass where Numba is here (the same bits)
+            y = cpu_kernels.erf(x, ERF_TABLE, out)
+            return _erf_table(x, out) if y is None else y
         y = np.asarray(_np_erf(x), dtype=x.dtype)
         if out is None:
             return y
@@ -144,6 +147,7 @@ def _erf_coefficients(step, xmax):
 _ERF_STEP = 1.0 / 64
 _ERF_C = tuple(np.ascontiguousarray(c) for c in _erf_coefficients(_ERF_STEP, 4.0).T)   # c0..c3, one table each
 _ERF_LAST = _ERF_C[0].shape[0] - 1
+ERF_TABLE = (_ERF_C, _ERF_LAST)     # what the CPU kernel's erf reads (gpuad/backends/cpu_kernels.py)
 _ERF_CHUNK = 1 << 14          # 16K elements: every pass below stays in the L2 cache
 
 

@@ -1,0 +1,72 @@
+"""The Numba CPU kernels (kernels/cpu_math.py, gpuad/backends/cpu_kernels.py): each
+gives numpy's code's result to the bit, so turning them on or off changes no value."""
+import numpy as np
+import pytest
+
+import gpuad
+from gpuad.backends import cpu_kernels
+from gpuad.backends.numpy_backend import ERF_TABLE, _erf_table
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.cpu_only("the Numba kernels run on host arrays")
+
+
+def _every_kind_of_float32():
+    """A dense sweep of float32 bit patterns (every 1021st: normals, subnormals, both
+    zeros, both infinities, NaNs), plus the grid points of the erf table and their
+    neighbours."""
+    bits = np.arange(0, 1 << 32, 1021, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    grid = np.arange(0, 4.5, 1 / 64, dtype=np.float32)
+    near = np.concatenate([grid, np.nextafter(grid, np.float32(9)), np.nextafter(grid, np.float32(-1))])
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-38, 3.4e38], np.float32)
+    return np.concatenate([x, near, -near, special])
+
+
+def test_erf_kernel_equals_the_numpy_table_to_the_bit():
+    x = _every_kind_of_float32()
+    got = cpu_kernels.erf(x, ERF_TABLE)
+    assert got is not None, "the CPU kernels are off here"
+    want = _erf_table(x)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), x[~same][:10]
+    out = np.empty_like(x)
+    assert cpu_kernels.erf(x, ERF_TABLE, out) is out and np.array_equal(out, got, equal_nan=True)
+
+
+def test_the_kernel_serves_gpuad_erf_and_forward_and_backward_agree_with_it_off(monkeypatch):
+    x = gpuad.tensor(np.linspace(-5, 5, 50001, dtype=np.float32), requires_grad=True)
+
+    def run():
+        x.grad = None
+        y = gpuad.nn.functional.gelu(x)
+        y.sum().backward()
+        return y.numpy(), x.grad.numpy()
+    on = run()
+    monkeypatch.setenv("GPUAD_CPU_KERNELS", "numpy")
+    assert cpu_kernels.erf(x.numpy(), ERF_TABLE) is None
+    off = run()
+    for a, b in zip(on, off):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_what_the_kernel_does_not_take_goes_to_numpy():
+    x = np.linspace(-2, 2, 10000, dtype=np.float32)
+    assert cpu_kernels.erf(x[::2], ERF_TABLE) is None                          # not contiguous
+    assert cpu_kernels.erf(x[:100], ERF_TABLE) is None                         # below MIN_SIZE
+    assert cpu_kernels.erf(x.astype(np.float64), ERF_TABLE) is None
+    assert cpu_kernels.erf(x, ERF_TABLE, np.empty(10000, np.float64)) is None
+    np.testing.assert_array_equal(gpuad.erf(gpuad.tensor(x[::2])).numpy(), _erf_table(x[::2]))
+
+
+def test_set_num_threads():
+    try:
+        gpuad.set_num_threads(1)
+        assert gpuad.get_num_threads() == 1
+        x = np.linspace(-2, 2, 1 << 16, dtype=np.float32)
+        np.testing.assert_array_equal(cpu_kernels.erf(x, ERF_TABLE), _erf_table(x))
+        with pytest.raises(ValueError, match="at least 1 thread"):
+            gpuad.set_num_threads(0)
+    finally:
+        gpuad.set_num_threads(None)
+    assert gpuad.get_num_threads() >= 1
