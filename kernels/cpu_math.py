@@ -9,6 +9,8 @@ kernels and without, and a compiled replay, agree exactly.
 erf32  the float32 erf of gpuad/backends/numpy_backend.py (a table of cubics on a
        1/64 grid, Horner in float32): one pass, parallel over elements, where the
        numpy version makes about 20 passes per 16K-element chunk.
+pairwise_sum  numpy's summation of a contiguous run, for generated kernels that end
+       in a row sum or mean (gpuad/compiler/cpu_codegen.py).
 """
 import numpy as np
 from numba import njit, prange
@@ -40,3 +42,70 @@ def erf32(x, out, c0, c1, c2, c3, last):
     """out[i] = erf(x[i]) for flat float32 arrays, in parallel."""
     for i in prange(x.size):
         out[i] = erf32_scalar(x[i], c0, c1, c2, c3, last)
+
+
+@njit(cache=True, inline="always")
+def _block(a, s, n, zero):
+    """numpy's pairwise sum of a run of at most 128: eight partial sums, combined as a tree."""
+    if n < 8:
+        res = zero
+        for i in range(n):
+            res += a[s + i]
+        return res
+    r0, r1, r2, r3 = a[s], a[s + 1], a[s + 2], a[s + 3]
+    r4, r5, r6, r7 = a[s + 4], a[s + 5], a[s + 6], a[s + 7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[s + i]
+        r1 += a[s + i + 1]
+        r2 += a[s + i + 2]
+        r3 += a[s + i + 3]
+        r4 += a[s + i + 4]
+        r5 += a[s + i + 5]
+        r6 += a[s + i + 6]
+        r7 += a[s + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[s + i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def pairwise_sum(a, s, n, zero):
+    """a[s:s+n].sum() as numpy adds a contiguous run: blocks of at most 128 summed by
+    _block, longer runs split in halves (each a multiple of 8 but the last) and the
+    halves added, so the result is numpy's to the bit. `zero` is 0 of a's dtype. The
+    split tree is walked with explicit stacks (Numba's on-disk cache cannot hold a
+    recursive function: it aborts the process on reload)."""
+    if n <= 128:
+        return _block(a, s, n, zero)
+    ss = np.empty(64, np.int64)
+    ns = np.empty(64, np.int64)
+    st = np.zeros(64, np.int64)
+    vals = np.empty(64, a.dtype)
+    top, nv = 0, 0
+    ss[0], ns[0] = s, n
+    while top >= 0:
+        cs, cn = ss[top], ns[top]
+        if cn <= 128:
+            vals[nv] = _block(a, cs, cn, zero)
+            nv += 1
+            top -= 1
+            continue
+        n2 = cn // 2
+        n2 -= n2 % 8
+        if st[top] == 0:                 # the left half first
+            st[top] = 1
+            top += 1
+            ss[top], ns[top], st[top] = cs, n2, 0
+        elif st[top] == 1:               # then the right half
+            st[top] = 2
+            top += 1
+            ss[top], ns[top], st[top] = cs + n2, cn - n2, 0
+        else:                            # then left + right
+            vals[nv - 2] = vals[nv - 2] + vals[nv - 1]
+            nv -= 1
+            top -= 1
+    return vals[0]

@@ -207,6 +207,7 @@ THRESHOLDS = {
     "gpuad/compiler/passes/fold.py:MAX_FOLD": "elements",
     "gpuad/backends/numpy_backend.py:_ERF_CHUNK": "elements",
     "gpuad/backends/cpu_kernels.py:MIN_SIZE": "elements",
+    "gpuad/compiler/cpu_codegen.py:MIN_ELEMENTS": "elements",
     "gpuad/compiler/triton_codegen.py:BLOCK": "elements",
     "gpuad/compiler/pipeline.py:SHARE_MIN": "bytes",
     "gpuad/compiler/passes/cse.py:SMALL": "bytes",
@@ -225,6 +226,8 @@ NOT_SIZES = {
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
     "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
     "gpuad/compiler/triton_codegen.py:GEMM_WARPS": "warps per GEMM program (its registers: the sm_90 compile test)",
+    "gpuad/compiler/cpu_codegen.py:PARALLEL_MIN": "elements x work: whether a kernel runs on one thread or all; "
+                                                  "both give the same bits (tests/test_cpu_kernels.py)",
     "gpuad/compiler/compiled.py:MAX_PATHS": "a count of traced paths (tested in test_compile_branches)",
     "gpuad/compiler/compiled.py:VARYING": "a count of values met at a branch (tested in test_compile_branches)",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",

@@ -381,6 +381,9 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
         from . import triton_codegen
         run_group = triton_codegen.runner(xp)
         plan.scratch_bytes = 0            # Triton kernels keep intermediates in registers
+    elif groups is None:
+        from . import cpu_codegen
+        run_group = cpu_codegen.runner    # Numba kernels where a group has one, else numpy's
     plan.arenas_allocated = plan.allocate(xp)
     fn, source = codegen.generate(graph, plan, xp=xp, run_group=run_group)
     entry = Entry(cap, graph, plan, fn, source, xp)
