@@ -22,7 +22,7 @@ import warnings
 
 from . import config
 
-VALID = ("triton", "cupy", "numpy")
+VALID = ("triton", "cupy", "cpu", "numpy")
 
 _choice = None          # None: the default for each device
 
@@ -87,7 +87,10 @@ def provider_name(xp):
     """The provider whose kernels run on arrays of namespace xp, or None for the generic code."""
     name = xp.name
     if name == "numpy":
-        return "triton" if get_kernels() == "triton" and interpreting() else None
+        choice = get_kernels()
+        if choice == "triton" and interpreting():
+            return "triton"
+        return "cpu" if choice in ("default", "cpu") and _cpu_kernels_on() else None
     if name == "cupy":
         choice = get_kernels()
         if choice == "numpy":
@@ -98,6 +101,39 @@ def provider_name(xp):
     if name == "abstract":
         return "abstract"            # the planner: a VJP that cannot run on sizes registers a stand-in
     return None                      # tensor_ns (create_graph): always the generic code
+
+
+def _cpu_kernels_on():
+    return cpu_kernel_module() is not None
+
+
+_cpu = {"module": None, "tried": False, "threads": None}
+
+
+def cpu_kernel_module():
+    """kernels/cpu_math.py compiled by Numba: the CPU kernels (gpuad/backends/cpu_kernels.py
+    runs them), or None where Numba is not installed or GPUAD_CPU_KERNELS=numpy. Numba is
+    imported here, on first use, never at `import gpuad`: with OpenMP's passive wait
+    unless the user chose one (an idle kernel thread sleeps, leaving the cores to BLAS
+    and to other processes) and its cache under GPUAD_CACHE_DIR/cpu."""
+    if config.cpu_kernels() == "numpy":
+        return None
+    if not _cpu["tried"]:
+        _cpu["tried"] = True
+        os.environ.setdefault("NUMBA_CACHE_DIR", config.cpu_cache_dir())
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            import numba
+            _cpu["module"] = load_kernel_module("cpu_math")
+        except ImportError as e:
+            warnings.warn(f"gpuad: Numba is not installed ({e}); the CPU kernels are off and numpy's "
+                          f"code runs (pip install numba, or set GPUAD_CPU_KERNELS=numpy to silence this)",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        if _cpu["threads"] is not None:
+            numba.set_num_threads(min(_cpu["threads"], numba.config.NUMBA_NUM_THREADS))
+    return _cpu["module"]
 
 
 _usable = None

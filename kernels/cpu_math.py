@@ -11,6 +11,8 @@ erf32  the float32 erf of gpuad/backends/numpy_backend.py (a table of cubics on 
        numpy version makes about 20 passes per 16K-element chunk.
 pairwise_sum  numpy's summation of a contiguous run, for generated kernels that end
        in a row sum or mean (gpuad/compiler/cpu_codegen.py).
+gelu32, gelu_grad32_a/_b  exact GELU forward in one pass, its gradient in two and
+       numpy's exp between them (8 numpy passes and two erfs before).
 """
 import numpy as np
 from numba import njit, prange
@@ -109,3 +111,36 @@ def pairwise_sum(a, s, n, zero):
             nv -= 1
             top -= 1
     return vals[0]
+
+
+# exact GELU, float32: the same operations, in the same order, as gpuad/ops/derivatives.py's
+# _gelu and _gelu_d write them with numpy (a Python float meets a float32 array as float32)
+_HALF, _ONE, _MHALF = np.float32(0.5), np.float32(1.0), np.float32(-0.5)
+_SQRT1_2 = np.float32(0.7071067811865475)
+_INV_SQRT_2PI = np.float32(0.3989422804014327)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def gelu32(x, out, c0, c1, c2, c3, last):
+    """out = 0.5 x (1 + erf(x / sqrt 2)), one pass (numpy: 5 passes and the erf's)."""
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = (_HALF * v) * (_ONE + erf32_scalar(v * _SQRT1_2, c0, c1, c2, c3, last))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def gelu_grad32_a(x, t):
+    """The exponent of GELU's density, -0.5 x^2, into t: numpy's exp then runs over t (its
+    SIMD exp, whose last bits libm's expf does not always give)."""
+    for i in prange(x.size):
+        v = x[i]
+        t[i] = _MHALF * (v * v)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def gelu_grad32_b(x, e, g, out, c0, c1, c2, c3, last):
+    """out = g (Phi(x) + x phi(x)), phi from e = exp(-0.5 x^2). out may be g or e."""
+    for i in prange(x.size):
+        v = x[i]
+        cdf = _HALF * (_ONE + erf32_scalar(v * _SQRT1_2, c0, c1, c2, c3, last))
+        out[i] = g[i] * (cdf + v * (_INV_SQRT_2PI * e[i]))

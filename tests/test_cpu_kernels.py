@@ -70,3 +70,39 @@ def test_set_num_threads():
     finally:
         gpuad.set_num_threads(None)
     assert gpuad.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("upstream", ["sum", "scaled", "chained"])
+def test_gelu_on_the_kernels_equals_the_generic_code_to_the_bit(approximate, dtype, upstream):
+    """The forward in one pass, the gradient around numpy's exp: the generic code's bits,
+    whatever the incoming gradient (sum's broadcast, a dense one, one donated by the
+    engine), and the tanh form and float64 (which decline) still right."""
+    x0 = _every_kind_of_float32()[::40].astype(dtype)
+    w = np.linspace(-2, 2, x0.size).astype(dtype)
+    runs = []
+    for provider in (None, "numpy"):
+        gpuad.set_kernels(provider)
+        try:
+            x = gpuad.tensor(x0, requires_grad=True)
+            y = gpuad.nn.functional.gelu(x, approximate=approximate)
+            loss = y.sum() if upstream == "sum" else (y * gpuad.tensor(w)).sum() if upstream == "scaled" else \
+                (gpuad.nn.functional.gelu(y * 0.5, approximate=approximate) * gpuad.tensor(w)).sum()
+            with np.errstate(all="ignore"):
+                loss.backward()
+            runs.append((y.numpy(), x.grad.numpy()))
+        finally:
+            gpuad.set_kernels(None)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b))
+
+
+def test_gelu_forward_and_gradient_against_torch():
+    torch = pytest.importorskip("torch")
+    x0 = np.random.default_rng(5).standard_normal(1 << 15).astype(np.float32) * 3
+    x = gpuad.tensor(x0, requires_grad=True)
+    gpuad.nn.functional.gelu(x).sum().backward()
+    xt = torch.tensor(x0, requires_grad=True)
+    torch.nn.functional.gelu(xt).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=2e-6, atol=2e-7)

@@ -21,36 +21,16 @@ kernels' threads and, through threadpoolctl when it is installed, BLAS's.
 True
 """
 import os
-import warnings
 
 import numpy as np
 
-from .. import config
-
-_state = {"module": None, "tried": False, "threads": None}
+from .. import providers
+from ..memory.pool import host_pool
 
 
 def module():
-    """kernels/cpu_math.py compiled by Numba, or None (not installed, or turned off)."""
-    if config.cpu_kernels() == "numpy":
-        return None
-    if not _state["tried"]:
-        _state["tried"] = True
-        os.environ.setdefault("NUMBA_CACHE_DIR", config.cpu_cache_dir())
-        os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            import numba
-            from ..providers import load_kernel_module
-            _state["module"] = load_kernel_module("cpu_math")
-        except ImportError as e:
-            warnings.warn(f"gpuad: Numba is not installed ({e}); the CPU kernels are off and numpy's "
-                          f"code runs (pip install numba, or set GPUAD_CPU_KERNELS=numpy to silence this)",
-                          RuntimeWarning, stacklevel=3)
-            return None
-        if _state["threads"] is not None:
-            numba.set_num_threads(_state["threads"])
-    return _state["module"]
+    """kernels/cpu_math.py compiled by Numba, or None (see providers.cpu_kernel_module)."""
+    return providers.cpu_kernel_module()
 
 
 def enabled():
@@ -69,12 +49,66 @@ def erf(x, table, out=None):
     if m is None:
         return None
     (c0, c1, c2, c3), last = table
-    out = np.empty(x.shape, np.float32) if out is None else out
+    out = host_pool.empty(x.shape, np.float32) if out is None else out
     m.erf32(x.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
     return out
 
 
 MIN_SIZE = 4096          # elements: below this numpy's passes cost less than a parallel launch
+
+
+def _dense32(*arrays):
+    return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays) and arrays[0].size >= MIN_SIZE
+
+
+_pool = {}
+
+
+def parallel_exp(a):
+    """np.exp(a, out=a) for a flat array, its halves on two threads where it is large: numpy's
+    own exp (its bits), which releases the GIL; one thread would take 4-5 ms on 4M floats."""
+    threads = min(get_num_threads(), 2)
+    if threads < 2 or a.size < 1 << 18:
+        np.exp(a, out=a)
+        return a
+    pool = _pool.get("exp")
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = _pool["exp"] = ThreadPoolExecutor(1, thread_name_prefix="gpuad-exp")
+    half = a.size // 2
+    other = pool.submit(np.exp, a[half:], out=a[half:])
+    np.exp(a[:half], out=a[:half])
+    other.result()
+    return a
+
+
+def gelu(x, table):
+    """Exact GELU of a C-contiguous float32 array in one pass (numpy's bits), or None."""
+    m = module() if _dense32(x) else None
+    if m is None:
+        return None
+    (c0, c1, c2, c3), last = table
+    out = host_pool.empty(x.shape, np.float32)
+    m.gelu32(x.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
+    return out
+
+
+def gelu_grad(x, g, table, donate=False):
+    """g * GELU'(x) (numpy's bits: its own exp runs between two kernel passes), into g
+    when donated; None where the kernels do not apply."""
+    if g.dtype == np.float32 and g.shape == x.shape and not g.flags.c_contiguous:
+        g, donate = np.ascontiguousarray(g), True     # (sum's gradient is a broadcast: one pass)
+    m = module() if _dense32(x, g) and x.shape == g.shape else None
+    if m is None:
+        return None
+    (c0, c1, c2, c3), last = table
+    t = host_pool.empty(x.shape, np.float32)      # (pooled: fresh pages cost faults, ~1 ms per 4 MB)
+    xf, tf = x.reshape(-1), t.reshape(-1)
+    m.gelu_grad32_a(xf, tf)
+    parallel_exp(tf)
+    out = g if donate else t
+    m.gelu_grad32_b(xf, tf, g.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
+    return out
 
 
 def set_num_threads(n):
@@ -91,8 +125,9 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"gpuad.set_num_threads: need at least 1 thread, got {n}")
     n = min(n, cores)
-    _state["threads"] = n
-    if _state["module"] is not None:
+    state = providers._cpu
+    state["threads"] = n
+    if state["module"] is not None:
         import numba
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -103,5 +138,5 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    return _state["threads"] or (os.cpu_count() or 1)
+    return providers._cpu["threads"] or (os.cpu_count() or 1)
 

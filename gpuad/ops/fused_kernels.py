@@ -16,7 +16,7 @@ op body changes.
 import numpy as np
 
 from .. import providers
-from . import attention, fused, norms
+from . import attention, derivatives, fused, norms
 
 _hosts = {}
 
@@ -134,6 +134,24 @@ def _attention(provider):
     return forward, backward
 
 
+def _gelu_cpu():
+    """Exact GELU on the CPU kernels (backends/cpu_kernels.py): the forward in one pass, the
+    gradient in two around numpy's exp, with the generic code's bits (float32, C order;
+    the tanh form and other dtypes decline)."""
+    from ..backends import cpu_kernels
+    from ..backends.numpy_backend import ERF_TABLE
+
+    def forward(xp, x, approximate="none"):
+        return cpu_kernels.gelu(x, ERF_TABLE) if approximate == "none" else None
+
+    def backward(xp, g, saved, node, donate):
+        if (node.params or {}).get("approximate", "none") != "none":
+            return None
+        dx = cpu_kernels.gelu_grad(saved[0], g, ERF_TABLE, donate)
+        return None if dx is None else (dx,)
+    return forward, backward
+
+
 for _provider in ("triton", "cupy"):
     for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
         _prim.register_kernel(_provider, *_linear(_provider, _activation))
@@ -141,3 +159,4 @@ fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))
 norms.layer_norm.register_kernel("triton", *_norm("triton", rms=False))
 norms.rms_norm.register_kernel("triton", *_norm("triton", rms=True))
 attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))
+derivatives.gelu.register_kernel("cpu", *_gelu_cpu())
