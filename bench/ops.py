@@ -8,6 +8,7 @@ Before the erf table (issue 10) exact GELU took 25x torch's time, erf running
 per element in Python; with the table and numpy's passes, 9-12x.
 """
 import os
+import time
 
 from . import harness
 
@@ -50,6 +51,33 @@ def run(full=False):
     table.print()
     notes = []
     targets = harness.Targets()
+    # a BLAS GEMM right after a parallel CPU kernel, against one after a numpy pass: the
+    # kernels' idle threads must sleep (OpenMP's passive wait), not spin on the cores
+    from gpuad.backends import cpu_kernels
+    from gpuad.backends.numpy_backend import ERF_TABLE
+    a = np.random.default_rng(1).standard_normal((512, 512)).astype(np.float32)
+    y = np.empty_like(x)
+
+    def gemm_after(before):
+        def run():
+            before()
+            t0 = time.perf_counter()
+            a @ a
+            return time.perf_counter() - t0
+        return run
+    after = {"GEMM after a numpy pass": gemm_after(lambda: np.multiply(x, 2.0, out=y)),
+             "GEMM after a parallel CPU kernel": gemm_after(lambda: cpu_kernels.erf(x, ERF_TABLE, y))}
+    times = {k: [] for k in after}
+    for _ in range(rounds * 3):
+        for k, fn in after.items():
+            times[k].append(fn())
+    slow = harness.median([p / q for p, q in zip(times["GEMM after a parallel CPU kernel"],
+                                                 times["GEMM after a numpy pass"])])
+    gtable = harness.Table("ops: a 512 x 512 float32 GEMM right after ...", ["before it", "ms"])
+    for k in after:
+        gtable.add(k, harness.median(times[k]) * 1e3)
+    gtable.print()
+    notes.append(targets.check("GEMM after a parallel kernel vs after a numpy pass", slow, 1.1, "x"))
     if "gpuad gelu" in ratios:
         notes.append(f"exact GELU: {ratios['gpuad gelu']:.1f}x torch with the CPU kernels, "
                      f"{ratios['gpuad gelu, CPU kernels off']:.1f}x without (25x before the erf table); the tanh "
@@ -57,4 +85,5 @@ def run(full=False):
         notes.append(targets.check("exact GELU fwd+bwd on 4M float32 vs torch", ratios["gpuad gelu"], 1.5, "x"))
     for n in notes:
         print("  " + n)
-    return harness.write_report("ops", {"ratios_vs_torch": ratios}, [table, targets.table("ops")], notes)
+    return harness.write_report("ops", {"ratios_vs_torch": ratios, "gemm_after_kernel": slow},
+                                [table, gtable, targets.table("ops")], notes)

@@ -60,7 +60,8 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _share_cores(world):
-    """Ranks on one machine split its cores: BLAS threads = cores // ranks here.
+    """Ranks on one machine split its cores: BLAS threads = the CPU kernels' threads =
+    cores // ranks here.
 
     Two ranks with two spinning OpenBLAS threads each on two cores oversubscribe them
     (the GPT demo's 100 steps took 79 s against 3.8 s, by hand on 2026-11-29). torchrun
@@ -70,6 +71,8 @@ def _share_cores(world):
     if world.local_size <= 1 or config.any_set(THREAD_VARS):
         return
     threads = max(1, (os.cpu_count() or 1) // world.local_size)
+    from ..backends.cpu_kernels import set_num_threads
+    set_num_threads(threads)                # the CPU kernels' threads (and BLAS's, with threadpoolctl)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
