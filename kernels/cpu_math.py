@@ -46,6 +46,14 @@ def erf32(x, out, c0, c1, c2, c3, last):
         out[i] = erf32_scalar(x[i], c0, c1, c2, c3, last)
 
 
+@njit(cache=True)
+def erf32_serial(x, out, c0, c1, c2, c3, last):
+    """erf32 on this thread: for arrays too small to pay for waking the pool (a fused
+    group's 16K-element chunk)."""
+    for i in range(x.size):
+        out[i] = erf32_scalar(x[i], c0, c1, c2, c3, last)
+
+
 @njit(cache=True, inline="always")
 def _block(a, s, n, zero):
     """numpy's pairwise sum of a run of at most 128: eight partial sums, combined as a tree."""

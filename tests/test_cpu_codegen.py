@@ -84,7 +84,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_generated_kernel_equals_the_numpy_executor_to_the_bit(name, shape):
     k = _group(CASES[name], shape)
-    run = cpu_codegen.runner(k)
+    run = cpu_codegen.runner(k, now=True)
     assert run is not k and run.kernel is not None, cpu_codegen.source(k)
     assert ("parallel=True" in cpu_codegen.source(k)) == (np.prod(shape) >= cpu_codegen.PARALLEL_MIN or
                                                        name == "erf (gelu)")
@@ -103,7 +103,7 @@ def test_a_generated_kernel_equals_the_numpy_executor_to_the_bit(name, shape):
 @pytest.mark.parametrize("n", [1, 5, 8, 13, 128, 129, 520, 1000, 4096, 5000])
 def test_row_sums_add_as_numpy_does(n):
     k = _group(CASES["row sum"], (40, n) if n >= 410 else (16384 // n + 1, n))
-    run = cpu_codegen.runner(k)
+    run = cpu_codegen.runner(k, now=True)
     if np.prod(k.shape) < cpu_codegen.MIN_ELEMENTS:
         assert run is k
         return
@@ -122,7 +122,7 @@ def test_broadcast_operands_are_read_where_numpy_reads_them():
     assert "i % 256" in src and "i // 256" in src and "[0]" in src
     rng = np.random.default_rng(0)
     ins = [_special(v.shape, v.dtype, rng) for v in k.ins]
-    np.testing.assert_array_equal(cpu_codegen.runner(k)(*ins)[0], k(*ins)[0])
+    np.testing.assert_array_equal(cpu_codegen.runner(k, now=True)(*ins)[0], k(*ins)[0])
 
 
 def test_what_a_kernel_does_not_take_runs_the_numpy_executor(monkeypatch):
@@ -131,7 +131,7 @@ def test_what_a_kernel_does_not_take_runs_the_numpy_executor(monkeypatch):
     small = _group(CASES["arithmetic with numbers"], (8, 8))
     assert cpu_codegen.runner(small) is small                               # below MIN_ELEMENTS
     k = _group(CASES["arithmetic with numbers"], S)
-    run = cpu_codegen.runner(k)
+    run = cpu_codegen.runner(k, now=True)
     x = np.random.default_rng(1).standard_normal((S[1], S[0])).astype(np.float32).T     # not C-contiguous
     np.testing.assert_array_equal(run(x)[0], k(x)[0])
     monkeypatch.setenv("GPUAD_CPU_KERNELS", "numpy")
@@ -144,7 +144,7 @@ def test_kernels_are_cached_on_disk_and_a_second_process_compiles_nothing(tmp_pa
         "from tests.test_cpu_codegen import _group, CASES, S\n"
         "from gpuad.compiler import cpu_codegen\n"
         "k = _group(CASES['erf (gelu)'], S)\n"
-        "t = time.perf_counter(); run = cpu_codegen.runner(k); run(np.ones(S, np.float32))\n"
+        "t = time.perf_counter(); run = cpu_codegen.runner(k, now=True); run(np.ones(S, np.float32))\n"
         "print(time.perf_counter() - t)\n")
     env = dict(os.environ, GPUAD_CACHE_DIR=str(tmp_path / "shared"), PYTHONPATH=ROOT)
     env.pop("NUMBA_CACHE_DIR", None)           # (this process's, which its children would inherit)
@@ -170,10 +170,14 @@ def test_a_compiled_step_runs_its_groups_as_kernels_and_equals_eager():
         loss.backward()
         return loss, [p.grad for p in m.parameters()]
     want = step(x)
+    want = (want[0].item(), [g.numpy().copy() for g in want[1]])
     f = gpuad.compile(step)
-    got = f(x)
-    scope = f.compiled(x).fn.__globals__
-    assert any(getattr(v, "kernel", None) is not None for v in scope.values()), "no group ran as a kernel"
-    assert want[0].item() == got[0].item()
-    for a, b in zip(want[1], got[1]):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    scope = None
+    for call in range(cpu_codegen.TIER_AFTER + 2):      # the kernels come in after TIER_AFTER calls
+        got = f(x)
+        scope = f.compiled(x).fn.__globals__
+        tiered = any(getattr(v, "kernel", None) is not None for v in scope.values())
+        assert tiered == (call >= cpu_codegen.TIER_AFTER), call
+        assert want[0] == got[0].item()
+        for a, b in zip(want[1], got[1]):
+            np.testing.assert_array_equal(a, b.numpy())

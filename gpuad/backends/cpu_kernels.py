@@ -50,11 +50,14 @@ def erf(x, table, out=None):
         return None
     (c0, c1, c2, c3), last = table
     out = host_pool.empty(x.shape, np.float32) if out is None else out
-    m.erf32(x.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
+    run = m.erf32 if x.size >= PARALLEL_MIN else m.erf32_serial
+    run(x.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
     return out
 
 
-MIN_SIZE = 4096          # elements: below this numpy's passes cost less than a parallel launch
+MIN_SIZE = 4096          # elements: below this numpy's passes cost less than a kernel call
+PARALLEL_MIN = 1 << 17   # elements: below this a kernel runs on this thread (waking the sleeping
+                         # pool costs 50-100 us: the erf of 16K elements takes 25 on one thread)
 
 
 def _dense32(*arrays):

@@ -213,24 +213,29 @@ def source(k):
 
 
 _loaded = {}
+TIER_AFTER = 2          # calls a group runs on the numpy executor before its kernel is compiled
 
 
-def kernel(k):
+def _path(text):
+    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return digest, os.path.join(config.cpu_cache_dir(), f"group_{digest}.py")
+
+
+def kernel(k, text=None):
     """The compiled kernel of group k (a Numba dispatcher), or None where the group keeps
     the numpy executor (a member, an operand or its size; or the CPU kernels are off)."""
     from ..backends import cpu_kernels
-    if math.prod(k.shape) < MIN_ELEMENTS or not cpu_kernels.enabled():
-        return None
-    try:
-        text = source(k)
-    except Unsupported:
-        return None
-    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+    if text is None:
+        if math.prod(k.shape) < MIN_ELEMENTS or not cpu_kernels.enabled():
+            return None
+        try:
+            text = source(k)
+        except Unsupported:
+            return None
+    digest, path = _path(text)
     fn = _loaded.get(digest)
     if fn is None:
-        d = config.cpu_cache_dir()
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, f"group_{digest}.py")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         if not os.path.exists(path):
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
@@ -245,19 +250,40 @@ def kernel(k):
     return fn
 
 
-def runner(k):
+def runner(k, now=False):
     """How codegen runs group k: its generated kernel on C-contiguous operands, else (a
-    layout the kernel does not take, or no kernel) the numpy executor."""
-    fn = kernel(k)
-    if fn is None:
+    layout the kernel does not take, or no kernel) the numpy executor.
+
+    Tiered, as a JIT tiers up hot code: a kernel is compiled (0.1-0.4 s each, cold) on the
+    group's TIER_AFTER + 1-th call, so a step that runs once, or a trace that is thrown
+    away, never waits for Numba; until then, and for a group whose kernel is already on
+    disk (loaded at once), nothing changes but speed (the kernel gives numpy's bits).
+    now=True compiles at once."""
+    from ..backends import cpu_kernels
+    if math.prod(k.shape) < MIN_ELEMENTS or not cpu_kernels.enabled():
+        return k
+    try:
+        text = source(k)
+    except Unsupported:
         return k
     from ..backends.numpy_backend import ERF_TABLE
     (c0, c1, c2, c3), last = ERF_TABLE
     last = np.float32(last)
     dtypes = [o.dtype for o in k.outs]
     shapes = [o.shape for o in k.outs]
+    state = {"fn": None, "calls": 0}
+    digest, path = _path(text)
+    if now or digest in _loaded or os.path.exists(path):
+        state["fn"] = kernel(k, text)
 
     def run(*inputs, outs=None):
+        fn = state["fn"]
+        if fn is None:
+            state["calls"] += 1
+            if state["calls"] <= TIER_AFTER:
+                return k(*inputs, outs=outs)
+            fn = state["fn"] = kernel(k, text)
+            run.kernel = fn
         flat = []
         for a in inputs:
             if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
@@ -271,5 +297,5 @@ def runner(k):
             return k(*inputs, outs=outs)
         fn(*flat, *[o.reshape(-1) for o in outs], c0, c1, c2, c3, last)
         return tuple(outs)
-    run.kernel = fn
+    run.kernel = state["fn"]
     return run
