@@ -74,6 +74,13 @@ CASES = {
                                                    _op(g, "add", (1.0, _op(g, "erf", (_op(g, "multiply", (
                                                        x, 0.7071067811865476), x.shape, F32),), x.shape, F32)),
                                                        x.shape, F32)), x.shape, F32)],
+    "exp (a softmax numerator)": lambda g, x: [_op(g, "multiply", (_op(g, "exp", (_op(g, "subtract", (x, 1.0), x.shape,
+                                                                                F32),), x.shape, F32), 0.5),
+                                                   x.shape, F32)],
+    "tanh, log, and a power": lambda g, x: [
+        _op(g, "add", (_op(g, "log", (_op(g, "add", (_op(g, "abs", (_op(g, "tanh", (x,), x.shape, F32),), x.shape, F32),
+                                                    1.0), x.shape, F32),), x.shape, F32),
+                       _op(g, "power", (_op(g, "abs", (x,), x.shape, F32), 1.5), x.shape, F32)), x.shape, F32)],
     "row sum": lambda g, x: [_op(g, "sum", (_op(g, "multiply", (x, x), x.shape, F32),), x.shape[:-1], F32, axis=-1)],
     "row mean, keepdims": lambda g, x: [_op(g, "mean", (_op(g, "add", (x, 1.0), x.shape, F32),), x.shape[:-1] + (1,),
                                             F32, axis=-1, keepdims=True)],
@@ -126,8 +133,9 @@ def test_broadcast_operands_are_read_where_numpy_reads_them():
 
 
 def test_what_a_kernel_does_not_take_runs_the_numpy_executor(monkeypatch):
-    exp = _group(lambda g, x: [_op(g, "exp", (_op(g, "multiply", (x, 2.0), x.shape, F32),), x.shape, F32)], S)
-    assert cpu_codegen.runner(exp) is exp                                   # exp: numpy's SIMD is not libm's
+    rowmax = _group(lambda g, x: [_op(g, "max", (_op(g, "multiply", (x, 2.0), x.shape, F32),), x.shape[:-1], F32,
+                                      axis=-1)], S)
+    assert cpu_codegen.runner(rowmax) is rowmax                             # a row max: not yet
     small = _group(CASES["arithmetic with numbers"], (8, 8))
     assert cpu_codegen.runner(small) is small                               # below MIN_ELEMENTS
     k = _group(CASES["arithmetic with numbers"], S)

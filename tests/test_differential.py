@@ -228,6 +228,10 @@ NOT_SIZES = {
     "gpuad/compiler/triton_codegen.py:GEMM_WARPS": "warps per GEMM program (its registers: the sm_90 compile test)",
     "gpuad/compiler/cpu_codegen.py:PARALLEL_MIN": "elements x work: whether a kernel runs on one thread or all; "
                                                   "both give the same bits (tests/test_cpu_kernels.py)",
+    "gpuad/backends/cpu_kernels.py:PARALLEL_MIN": "elements: one thread or all for the erf kernel; both give "
+                                                  "the same bits (tests/test_cpu_kernels.py)",
+    "gpuad/compiler/cpu_codegen.py:TIER_AFTER": "a count of calls before a group's kernel is compiled "
+                                                "(tests/test_cpu_codegen.py)",
     "gpuad/compiler/compiled.py:MAX_PATHS": "a count of traced paths (tested in test_compile_branches)",
     "gpuad/compiler/compiled.py:VARYING": "a count of values met at a branch (tested in test_compile_branches)",
     "kernels/linear.py:SMEM_LIMIT": "the GPU's shared memory per block (checked by the sm_90 compile test)",

@@ -67,22 +67,27 @@ def _dense32(*arrays):
 _pool = {}
 
 
-def parallel_exp(a):
-    """np.exp(a, out=a) for a flat array, its halves on two threads where it is large: numpy's
-    own exp (its bits), which releases the GIL; one thread would take 4-5 ms on 4M floats."""
+def parallel_ufunc(ufunc, a, *args):
+    """ufunc(a, *args, out=a) for a flat array, its halves on two threads where it is large:
+    numpy's own ufunc (its bits: exp, tanh, log are elementwise), which releases the GIL;
+    one thread takes 4-5 ms for an exp over 4M floats."""
     threads = min(get_num_threads(), 2)
     if threads < 2 or a.size < 1 << 18:
-        np.exp(a, out=a)
+        ufunc(a, *args, out=a)
         return a
-    pool = _pool.get("exp")
+    pool = _pool.get("ufunc")
     if pool is None:
         from concurrent.futures import ThreadPoolExecutor
-        pool = _pool["exp"] = ThreadPoolExecutor(1, thread_name_prefix="gpuad-exp")
+        pool = _pool["ufunc"] = ThreadPoolExecutor(1, thread_name_prefix="gpuad-ufunc")
     half = a.size // 2
-    other = pool.submit(np.exp, a[half:], out=a[half:])
-    np.exp(a[:half], out=a[:half])
+    other = pool.submit(ufunc, a[half:], *args, out=a[half:])
+    ufunc(a[:half], *args, out=a[:half])
     other.result()
     return a
+
+
+def parallel_exp(a):
+    return parallel_ufunc(np.exp, a)
 
 
 def gelu(x, table):

@@ -10,12 +10,16 @@ Bitwise numpy. A member is generated only where its float operations are numpy's
 the bit: + - * / with the same operand order and no contraction (no fast-math),
 negative, abs, sqrt (IEEE), comparisons, where, logical ops, casts between floats
 (and from bools and ints to floats), maximum and minimum with numpy's NaN and
-signed-zero rules, and float32 erf through the same table (kernels/cpu_math.py).
-Each operand is computed in the member's dtype, as numpy's promotion gives it (a
-Python number takes the array's dtype). A group with any other member (exp, log,
-tanh, power: libm's and numpy's SIMD versions differ in the last bit) keeps the numpy
-executor, as does a group that reduces, and one smaller than MIN_ELEMENTS (the kernel's
-launch costs more than the chunk loop there).
+signed-zero rules, float32 erf through the same table (kernels/cpu_math.py), and a
+row sum or mean closing the group, added in numpy's pairwise order. Each operand is
+computed in the member's dtype, as numpy's promotion gives it (a Python number takes
+the array's dtype). exp, log, tanh and the like (libm's versions and numpy's SIMD
+ones differ in the last bit) and a power by a constant run as numpy's own ufunc, in
+place over a temporary, between kernel phases: a phase writes the ufunc's operand,
+the next reads its result (each phase recomputes the arithmetic it needs, rather
+than storing it: one temporary per ufunc, 4N bytes in float32). A group with any
+other member (a row max, an integer cast) keeps the numpy executor, as does one
+smaller than MIN_ELEMENTS (the kernel costs more than the chunk loop there).
 
 Operands: each input is the group's shape (read at the flat index), a row broadcast
 along the leading axes (a bias: index % inner), a column (one value per row: index //
@@ -47,6 +51,7 @@ import numpy as np
 
 from .. import config
 from ..errors import NoTritonForm
+from ..memory.pool import host_pool
 from .ir import Literal, Var
 
 MIN_ELEMENTS = 1 << 14          # a smaller group keeps the numpy executor
@@ -58,6 +63,8 @@ Unsupported = NoTritonForm      # (the same signal as triton_codegen's: this gro
 _FLOATS = {"float32", "float64"}
 _ARITH = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
           "true_divide": "({} / {})"}
+_NUMPY_UNARY = {"exp", "log", "tanh", "log1p", "expm1", "sin", "cos", "tan", "arctan", "sinh", "cosh", "log2",
+                "log10", "exp2"}
 _COMPARE = {"greater": ">", "less": "<", "greater_equal": ">=", "less_equal": "<=", "equal": "==",
             "not_equal": "!="}
 
@@ -97,119 +104,209 @@ def _scalar(x, dt):
     return f"{_cast(dt)}({float(v)!r})" if dt.kind == "f" else f"{_cast(dt)}({int(v)})"
 
 
+def _member(m, names):
+    """The expression computing member m from the values named in `names` (numpy's bits),
+    or raise Unsupported."""
+    dt = m.out.dtype
+    if dt.name not in _FLOATS and dt.kind != "b":
+        raise Unsupported(f"{m.prim} gives {dt}")
+
+    def operand(a, want):
+        if isinstance(a, Var):
+            if a.dtype == want:
+                return names[a.id]
+            if want.kind == "f" and a.dtype.kind in "biuf" and (a.dtype.kind != "f" or a.dtype.itemsize
+                                                                < want.itemsize):
+                return f"{_cast(want)}({names[a.id]})"         # numpy's promotion, exact
+            raise Unsupported(f"{m.prim} of {a.dtype} as {want}")
+        if isinstance(a, Literal):
+            v = np.asarray(a.value)
+            if v.size != 1 or v.dtype != want:
+                raise Unsupported(f"a constant of {v.dtype} in {m.prim}")
+            return _scalar(v.reshape(-1)[0], want)
+        if isinstance(a, (bool, int, float)) and not isinstance(a, np.ndarray):
+            return _scalar(a, want)
+        raise Unsupported(f"operand {a!r} of {m.prim}")
+
+    def common():
+        dts = {a.dtype for a in m.args if isinstance(a, Var)}
+        if len(dts) != 1:
+            raise Unsupported(f"{m.prim} of {sorted(map(str, dts))}")
+        return dts.pop()
+    p, args = m.prim, m.args
+    if m.params and not (p == "astype" and not m.params):
+        raise Unsupported(f"{p} with {sorted(m.params)}")
+    if p in _ARITH and len(args) == 2:
+        expr = _ARITH[p].format(*(operand(a, dt) for a in args))
+    elif p in _COMPARE and len(args) == 2:
+        ct = common()
+        a, b = (operand(x, ct) for x in args)
+        expr = f"({a} {_COMPARE[p]} {b})"
+    elif p in ("maximum", "minimum") and len(args) == 2:
+        # numpy's: a NaN in either gives NaN; equal values (signed zeros too) give b
+        a, b = (operand(x, dt) for x in args)
+        op = ">" if p == "maximum" else "<"
+        expr = f"_pick({a}, {b}, {a} {op} {b})"
+    elif p == "negative" and len(args) == 1:
+        expr = f"(-{operand(args[0], dt)})"
+    elif p in ("absolute", "abs") and len(args) == 1:
+        expr = f"abs({operand(args[0], dt)})"
+    elif p == "square" and len(args) == 1:
+        x = operand(args[0], dt)
+        expr = f"({x} * {x})"
+    elif p == "sqrt" and len(args) == 1 and dt.kind == "f":
+        expr = f"np.sqrt({operand(args[0], dt)})"
+    elif p == "where" and len(args) == 3:
+        c = operand(args[0], np.dtype(bool))
+        a, b = operand(args[1], dt), operand(args[2], dt)
+        expr = f"({a} if {c} else {b})"
+    elif p in ("logical_and", "logical_or") and len(args) == 2:
+        a, b = (operand(x, np.dtype(bool)) for x in args)
+        expr = f"({a} {'and' if p == 'logical_and' else 'or'} {b})"
+    elif p == "logical_not" and len(args) == 1:
+        expr = f"(not {operand(args[0], np.dtype(bool))})"
+    elif p == "astype" and len(args) == 2 and dt.kind == "f" and isinstance(args[0], Var) and \
+            args[0].dtype.kind in "biuf":
+        expr = f"{_cast(dt)}({names[args[0].id]})"          # rounds to nearest, as numpy's cast
+    elif p == "erf" and len(args) == 1 and dt == np.float32:
+        expr = f"_erf({operand(args[0], dt)}, erf_c0, erf_c1, erf_c2, erf_c3, erf_last)"
+    else:
+        raise Unsupported(p)
+    return f"{_cast(dt) if dt.kind == 'f' else ''}({expr})"
+
+
+def _numpy_only(m):
+    """A member computed by numpy's own ufunc between kernel phases: a float unary of
+    numpy's SIMD library (exp, log, tanh, ...: libm's versions differ in last bits), or a
+    power by a constant. Its operand is written to a temporary by one phase, numpy's
+    ufunc runs over it in place, and later phases read the result."""
+    if m.prim in _NUMPY_UNARY and len(m.args) == 1 and isinstance(m.args[0], Var):
+        return m.args[0].dtype == m.out.dtype and m.out.dtype.name in _FLOATS and not m.params
+    if m.prim == "power" and len(m.args) == 2 and isinstance(m.args[0], Var) and not m.params:
+        c = m.args[1]
+        return (isinstance(c, (int, float)) and not isinstance(c, bool) and m.args[0].dtype == m.out.dtype
+                and m.out.dtype.name in _FLOATS)
+    return False
+
+
 def source(k):
-    """The Python source of group k's kernel (a FusedKernel), or raise Unsupported."""
+    """The Python source of group k's kernels (a FusedKernel): one phase, or phases around
+    numpy's ufuncs for its exp, log, tanh (see _numpy_only); or raise Unsupported."""
     if not k.shape:
         raise Unsupported("a 0-d group")
     shape = tuple(k.shape)
-    inner = shape[-1]
+    n, inner = math.prod(shape), shape[-1]
     reads = [_index(v, shape) for v in k.ins]
-    names = {v.id: f"x{j}" for j, v in enumerate(k.ins)}
-    body = []
     closing = k.members[-1] if k.reduces else None
     if closing is not None and (closing.prim not in ("sum", "mean") or closing.args[0].dtype.name not in _FLOATS
                                 or closing.out.dtype != closing.args[0].dtype):
         raise Unsupported(f"a row {closing.prim} of {closing.args[0].dtype}")
-    for m in (k.members[:-1] if closing is not None else k.members):
-        dt = m.out.dtype
-        if dt.name not in _FLOATS and dt.kind != "b":
-            raise Unsupported(f"{m.prim} gives {dt}")
-
-        def operand(a, want):
-            if isinstance(a, Var):
-                if a.dtype == want:
-                    return names[a.id]
-                if want.kind == "f" and a.dtype.kind in "biuf" and (a.dtype.kind != "f" or a.dtype.itemsize
-                                                                    < want.itemsize):
-                    return f"{_cast(want)}({names[a.id]})"         # numpy's promotion, exact
-                raise Unsupported(f"{m.prim} of {a.dtype} as {want}")
-            if isinstance(a, Literal):
-                v = np.asarray(a.value)
-                if v.size != 1 or v.dtype != want:
-                    raise Unsupported(f"a constant of {v.dtype} in {m.prim}")
-                return _scalar(v.reshape(-1)[0], want)
-            if isinstance(a, (bool, int, float)) and not isinstance(a, np.ndarray):
-                return _scalar(a, want)
-            raise Unsupported(f"operand {a!r} of {m.prim}")
-
-        def common():
-            dts = {a.dtype for a in m.args if isinstance(a, Var)}
-            if len(dts) != 1:
-                raise Unsupported(f"{m.prim} of {sorted(map(str, dts))}")
-            return dts.pop()
-        p, args = m.prim, m.args
-        if m.params and not (p == "astype" and not m.params):
-            raise Unsupported(f"{p} with {sorted(m.params)}")
-        if p in _ARITH and len(args) == 2:
-            expr = _ARITH[p].format(*(operand(a, dt) for a in args))
-        elif p in _COMPARE and len(args) == 2:
-            ct = common()
-            a, b = (operand(x, ct) for x in args)
-            expr = f"({a} {_COMPARE[p]} {b})"
-        elif p in ("maximum", "minimum") and len(args) == 2:
-            # numpy's: a NaN in either gives NaN; equal values (signed zeros too) give b
-            a, b = (operand(x, dt) for x in args)
-            op = ">" if p == "maximum" else "<"
-            expr = f"_pick({a}, {b}, {a} {op} {b})"
-        elif p == "negative" and len(args) == 1:
-            expr = f"(-{operand(args[0], dt)})"
-        elif p == "absolute" and len(args) == 1:
-            expr = f"abs({operand(args[0], dt)})"
-        elif p == "square" and len(args) == 1:
-            x = operand(args[0], dt)
-            expr = f"({x} * {x})"
-        elif p == "sqrt" and len(args) == 1 and dt.kind == "f":
-            expr = f"np.sqrt({operand(args[0], dt)})"
-        elif p == "where" and len(args) == 3:
-            c = operand(args[0], np.dtype(bool))
-            a, b = operand(args[1], dt), operand(args[2], dt)
-            expr = f"({a} if {c} else {b})"
-        elif p in ("logical_and", "logical_or") and len(args) == 2:
-            a, b = (operand(x, np.dtype(bool)) for x in args)
-            expr = f"({a} {'and' if p == 'logical_and' else 'or'} {b})"
-        elif p == "logical_not" and len(args) == 1:
-            expr = f"(not {operand(args[0], np.dtype(bool))})"
-        elif p == "astype" and len(args) == 2 and dt.kind == "f" and isinstance(args[0], Var) and \
-                args[0].dtype.kind in "biuf":
-            expr = f"{_cast(dt)}({names[args[0].id]})"          # rounds to nearest, as numpy's cast
-        elif p == "erf" and len(args) == 1 and dt == np.float32:
-            expr = f"_erf({operand(args[0], dt)}, erf_c0, erf_c1, erf_c2, erf_c3, erf_last)"
-        else:
-            raise Unsupported(p)
-        names[m.out.id] = f"t{len(body)}"
-        body.append(f"t{len(body)} = {_cast(dt) if dt.kind == 'f' else ''}({expr})")
-    outs = {o.id: j for j, o in enumerate(k.outs)}
+    members = k.members[:-1] if closing is not None else list(k.members)
+    cuts = [m for m in members if _numpy_only(m)]
+    made = {m.out.id: m for m in members}
+    temp = {m.out.id: j for j, m in enumerate(cuts)}           # a numpy ufunc's result: temporary j
+    inputs = {v.id: j for j, v in enumerate(k.ins)}
     # an erf costs about as much as eight arithmetic members: such a group pays for the
     # pool's wake-up at fewer elements
-    parallel = math.prod(shape) * (1 + 8 * sum(m.prim == "erf" for m in k.members)) >= PARALLEL_MIN
-    args = [f"a{j}" for j in range(len(k.ins))] + [f"o{j}" for j in range(len(k.outs))]
-    lines = [f"def kernel({', '.join(args)}, erf_c0, erf_c1, erf_c2, erf_c3, erf_last):"]
-    loads = [f"x{j} = a{j}[{r}]" for j, r in enumerate(reads)]
-    stores = [f"o{outs[o.id]}[i] = {names[o.id]}" for o in k.outs if o is not (closing and closing.out)]
-    if closing is None:
-        lines += [f"    for i in prange({math.prod(shape)}):"]
-        lines += [f"        {line}" for line in loads + body + stores]
-    else:
+    parallel = n * (1 + 8 * sum(m.prim == "erf" for m in k.members)) >= PARALLEL_MIN
+    erf = "erf_c0, erf_c1, erf_c2, erf_c3, erf_last"
+    temps = [f"w{j}" for j in range(len(cuts))]
+
+    def phase(name, targets, extra_args, stores, row_sum=None):
+        """A kernel computing what `targets` need (each member once, in order; a temporary
+        read where a numpy ufunc made it), then `stores`."""
+        need, stack = set(), list(targets)
+        while stack:
+            v = stack.pop()
+            if v.id in need or v.id in inputs or v.id in temp or v.id not in made:
+                continue
+            need.add(v.id)
+            stack.extend(made[v.id].invars())
+        names = {}
+        loads = []
+        used = {a.id for vid in need for a in made[vid].invars()} | {v.id for v in targets}
+        for v in k.ins:
+            if v.id in used:
+                names[v.id] = f"x{inputs[v.id]}"
+                loads.append(f"x{inputs[v.id]} = a{inputs[v.id]}[{reads[inputs[v.id]]}]")
+        for vid, j in temp.items():
+            if vid in used:
+                names[vid] = f"y{j}"
+                loads.append(f"y{j} = w{j}[i]")
+        body = []
+        for m in members:
+            if m.out.id in need and m.out.id not in temp:
+                names[m.out.id] = f"t{len(body)}"
+                body.append(f"t{len(body)} = {_member(m, names)}")
+        stores = [line.format(**{f"v{vid}": names[vid] for vid in names}) for line in stores]
+        args = [f"a{j}" for j in range(len(k.ins))] + extra_args
+        lines = ["", "", f"@njit(parallel={parallel}, cache=True, error_model='numpy')   # x/0 is inf, as numpy's",
+                 f"def {name}({', '.join(args)}, {erf}):"]
+        if row_sum is None:
+            lines += [f"    for i in prange({n}):"] + [f"        {x}" for x in loads + body + stores]
+            return lines
         # each row's values into a row buffer, then numpy's own pairwise sum over it (the
         # same additions in the same order: bitwise numpy's row sum)
         dt = closing.out.dtype
         alloc = f"row = np.empty({inner}, {_cast(dt)})"      # per row in parallel (a thread's own)
-        lines += [f"    {alloc}", f"    for r in prange({math.prod(shape[:-1])}):"] if not parallel else \
-            [f"    for r in prange({math.prod(shape[:-1])}):", f"        {alloc}"]
+        lines += [f"    {alloc}", f"    for r in prange({n // inner}):"] if not parallel else \
+            [f"    for r in prange({n // inner}):", f"        {alloc}"]
         lines += [f"        for j in range({inner}):", f"            i = r * {inner} + j"]
-        lines += [f"            {line}" for line in loads + body + stores]
-        lines += [f"            row[j] = {names[closing.args[0].id]}", f"        s = _pairwise(row, 0, {inner}, {_cast(dt)}(0.0))"]
+        lines += [f"            {x}" for x in loads + body + stores]
+        lines += [f"            row[j] = {names[closing.args[0].id]}",
+                  f"        s = _pairwise(row, 0, {inner}, {_cast(dt)}(0.0))"]
         if closing.prim == "mean":
             lines += [f"        s = s / {_cast(dt)}({inner})"]
-        lines += [f"        o{outs[closing.out.id]}[r] = s"]
+        lines += [f"        {row_sum}[r] = s"]
+        return lines
+
+    lines = []
+    for j, m in enumerate(cuts):          # the operand of numpy ufunc j, into temporary j
+        lines += phase(f"phase{j}", [m.args[0]], temps[:j + 1], ["w%d[i] = {v%d}" % (j, m.args[0].id)])
+    outs = {o.id: j for j, o in enumerate(k.outs)}
+    stores = ["o%d[i] = {v%d}" % (outs[o.id], o.id) for o in k.outs if o is not (closing and closing.out)]
+    targets = [o for o in k.outs if o is not (closing and closing.out)] + ([closing.args[0]] if closing else [])
+    lines += phase("last", targets, temps + [f"o{j}" for j in range(len(k.outs))], stores,
+                   row_sum=f"o{outs[closing.out.id]}" if closing is not None else None)
+    # the host side: temporaries from the host pool, each phase, numpy's ufunc between them
+    args = [f"a{j}" for j in range(len(k.ins))] + [f"o{j}" for j in range(len(k.outs))]
+    host = ["", "", f"def kernel({', '.join(args)}, {erf}):"]
+    for j, m in enumerate(cuts):
+        host.append(f"    w{j} = _empty(({n},), np.{m.out.dtype.name})")
+        host.append(f"    phase{j}({', '.join(f'a{i}' for i in range(len(k.ins)))}, {', '.join(temps[:j + 1])}, {erf})")
+        power = f", {m.args[1]!r}" if m.prim == "power" else ""
+        host.append(f"    _ufunc(np.{m.prim}, w{j}{power})")
+    host.append(f"    last({', '.join(args[:len(k.ins)] + temps + args[len(k.ins):])}, {erf})")
     head = ['"""Generated by gpuad.compile for one fused group (gpuad/compiler/cpu_codegen.py)."""',
             "import numpy as np", "from numba import njit, prange", "from gpuad.providers import load_kernel_module",
-            "", "_erf = load_kernel_module('cpu_math').erf32_scalar", "", "",
-            "_pairwise = load_kernel_module('cpu_math').pairwise_sum", "", "",
+            "from gpuad.memory.pool import host_pool", "",
+            "_erf = load_kernel_module('cpu_math').erf32_scalar",
+            "_pairwise = load_kernel_module('cpu_math').pairwise_sum",
+            "_empty = host_pool.empty",
+            "from gpuad.backends.cpu_kernels import parallel_ufunc as _ufunc", "", "",
             "@njit(inline='always')", "def _pick(a, b, first):",
-            "    return a if first or a != a else b", "", "",
-            f"@njit(parallel={parallel}, cache=True, error_model='numpy')"]   # x/0 is inf, as numpy's
-    return "\n".join(head + lines) + "\n"
+            "    return a if first or a != a else b"]
+    return "\n".join(head + lines + host) + "\n"
+
+
+def enabled():
+    """Whether groups may run as generated kernels here (Numba is installed and on)."""
+    from ..backends import cpu_kernels
+    return cpu_kernels.enabled()
+
+
+def temp_bytes(k):
+    """The bytes a group's kernel takes while it runs: one group-sized temporary per numpy
+    ufunc between its phases (from the host pool, returned when the kernel returns); 0
+    where the group keeps the numpy executor (its scratch is counted apart)."""
+    if math.prod(k.shape) < MIN_ELEMENTS or not hasattr(k, "members"):
+        return 0
+    try:
+        source(k)
+    except Unsupported:
+        return 0
+    members = k.members[:-1] if k.reduces else k.members
+    return sum(math.prod(k.shape) * m.out.dtype.itemsize for m in members if _numpy_only(m))
 
 
 _loaded = {}
@@ -286,10 +383,14 @@ def runner(k, now=False):
             run.kernel = fn
         flat = []
         for a in inputs:
-            if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
-                if not (isinstance(a, np.ndarray) and a.size == 1):
-                    return k(*inputs, outs=outs)
-                a = a.reshape(1).copy()
+            if not isinstance(a, np.ndarray):
+                return k(*inputs, outs=outs)
+            if not a.flags.c_contiguous:
+                # a view (a transpose, sum's broadcast gradient): copied once, in C order (a
+                # pass over it, N bytes: far less than the numpy executor's passes)
+                c = host_pool.empty(a.shape, a.dtype)
+                np.copyto(c, a)
+                a = c
             flat.append(a.reshape(-1))
         outs = [o if o is not None else np.empty(s, dt) for o, s, dt in zip(outs or (None,) * len(dtypes), shapes,
                                                                            dtypes)]

@@ -322,6 +322,17 @@ def _used_inputs(graph, cap):
     return g, [r for _, r in keep]
 
 
+def _cpu_codegen():
+    from . import cpu_codegen
+    return cpu_codegen
+
+
+def _kernel_temps(graph):
+    """The most bytes one generated CPU kernel of the graph takes while it runs."""
+    return max((_cpu_codegen().temp_bytes(e.params["kernel"].value) for e in graph.eqns if e.prim == "fused"),
+               default=0)
+
+
 def _namespace(device):
     from ..backends import numpy_ns, _cupy_namespace
     return numpy_ns if device == "cpu" else _cupy_namespace()
@@ -372,8 +383,12 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     # of coming on top of a held arena. (A GPU replay keeps one arena: its CUDA graph
     # needs fixed addresses.)
     escaping = _escaping(cap, graph, before) if cap.device == "cpu" else ()
+    # the generated CPU kernels' temporaries come on top of what the planner places: a budget
+    # leaves room for the largest (see cpu_codegen.temp_bytes)
+    cpu_kernels = cap.device == "cpu" and groups is None and _cpu_codegen().enabled()
+    temps = _kernel_temps(graph) if cpu_kernels else 0
     if budget_bytes is not None:
-        graph = remat.run(graph, budget_bytes, donated, escaping)
+        graph = remat.run(graph, budget_bytes - temps, donated, escaping)
     plan = buffers.plan(graph, donated, escaping, extras=cap.device == "cpu", writable_from=writable_from)
     xp = _namespace(cap.device)
     run_group = None
@@ -382,8 +397,11 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
         run_group = triton_codegen.runner(xp)
         plan.scratch_bytes = 0            # Triton kernels keep intermediates in registers
     elif groups is None:
-        from . import cpu_codegen
-        run_group = cpu_codegen.runner    # Numba kernels where a group has one, else numpy's
+        run_group = _cpu_codegen().runner     # Numba kernels where a group has one, else numpy's
+        # their temporaries live while one group runs: the largest on top of the dynamic peak
+        # (an upper bound: the peak of the rest may fall elsewhere)
+        plan.kernel_temp_bytes = _kernel_temps(graph) if cpu_kernels else 0
+        plan.dynamic_peak += plan.kernel_temp_bytes
     plan.arenas_allocated = plan.allocate(xp)
     fn, source = codegen.generate(graph, plan, xp=xp, run_group=run_group)
     entry = Entry(cap, graph, plan, fn, source, xp)

@@ -106,6 +106,7 @@ class Plan:
         self.dynamic_peak = 0
         self.scratch_bytes = 0
         self.live_peak = 0          # the most planned bytes live at once: what packing can reach
+        self.kernel_temp_bytes = 0  # (in dynamic_peak) the generated CPU kernels' temporaries, at most
         self.inplace = 0
         self.views = {}
         self.donated = {}           # var id -> the graph input whose array it is written into
