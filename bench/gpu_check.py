@@ -339,7 +339,7 @@ def _compiled_case(label, eager, compiled, torch_step, rounds, torch_compile=Tru
     """Time and peak device bytes of one step: eager gpuad (Triton provider), compiled,
     torch eager and torch.compile; notes on the compiled graph."""
     from gpuad import memory
-    from gpuad.compiler import triton_codegen
+    from gpuad.compiler.codegen import triton_groups
     variants = {f"{label}: gpuad eager (triton)": eager, f"{label}: gpuad compiled": compiled}
     peaks, notes = {}, []
     for name, fn in variants.items():
@@ -354,7 +354,7 @@ def _compiled_case(label, eager, compiled, torch_step, rounds, torch_compile=Tru
         peaks[name] = memory.accountant.device_peak_bytes
     entry = compiled.compiled()
     groups = [e for e in entry.graph.eqns if e.prim == "fused"]
-    generated = sum(1 for e in groups if triton_codegen.kernel(e.params["kernel"].value) is not None)
+    generated = sum(1 for e in groups if triton_groups.kernel(e.params["kernel"].value) is not None)
     g = entry.fn
     graph = ("capture failed: ran without a graph" if getattr(g, "failed", False) else
              f"captured {g.captures} time(s)" if getattr(g, "captures", 0) else "not used")

@@ -460,7 +460,7 @@ def test_planned_peak_bounds_what_a_replay_allocates():
         loss = F.gelu(x @ w).tanh().sum()
         loss.backward()
         return loss
-    from gpuad.compiler.cpu_codegen import TIER_AFTER
+    from gpuad.compiler.codegen.numba_groups import TIER_AFTER
     f = gpuad.compile(step)
     for _ in range(TIER_AFTER + 2):         # steady state: the pool holds last call's arena, and
         f(x, w)                             # the generated CPU kernels are compiled

@@ -14,7 +14,7 @@ import pytest
 import gpuad
 import gpuad.nn.functional as F
 from gpuad import nn, optim
-from gpuad.compiler import triton_codegen as tc
+from gpuad.compiler.codegen import triton_groups as tc
 from tests.test_compile import train_step
 
 triton = pytest.importorskip("triton")

@@ -1,4 +1,4 @@
-"""gpuad.compile's generated CPU kernels (gpuad/compiler/cpu_codegen.py): each fused group
+"""gpuad.compile's generated CPU kernels (gpuad/compiler/codegen/numba_groups.py): each fused group
 that has one gives the numpy executor's result to the bit, special values included,
 on one thread and on all; what a kernel does not take runs the numpy executor."""
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpuad
-from gpuad.compiler import cpu_codegen
+from gpuad.compiler.codegen import numba_groups as cpu_codegen
 from gpuad.compiler.ir import Graph
 from gpuad.compiler.passes import fuse
 
@@ -150,7 +150,7 @@ def test_kernels_are_cached_on_disk_and_a_second_process_compiles_nothing(tmp_pa
     script = (
         "import time, numpy as np\n"
         "from tests.test_cpu_codegen import _group, CASES, S\n"
-        "from gpuad.compiler import cpu_codegen\n"
+        "from gpuad.compiler.codegen import numba_groups as cpu_codegen\n"
         "k = _group(CASES['erf (gelu)'], S)\n"
         "t = time.perf_counter(); run = cpu_codegen.runner(k, now=True); run(np.ones(S, np.float32))\n"
         "print(time.perf_counter() - t)\n")

@@ -250,7 +250,7 @@ def test_attention_grid_puts_batch_and_heads_on_axis_x_and_dots_take_the_precisi
 def test_a_generated_kernel_is_made_once_not_at_every_launch(monkeypatch):
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("launches in Triton's interpreter")
-    from gpuad.compiler import triton_codegen as tc
+    from gpuad.compiler.codegen import triton_groups as tc
     x = gpuad.tensor(np.ones((3, 70), np.float32), device="cpu")
     f = gpuad.compile(lambda x: (gpuad.tanh(x * 2.0) + x).sum(-1))
     f(x)

@@ -202,16 +202,16 @@ def test_programs_cover_every_primitive():
 THRESHOLDS = {
     "gpuad/memory/pool.py:INPLACE_MIN": "elements",
     "gpuad/engine/policy.py:DONATE_MIN": "elements",
-    "gpuad/compiler/passes/fuse.py:CHUNK": "elements",
-    "gpuad/compiler/passes/fuse.py:TINY": "elements",
+    "gpuad/compiler/codegen/python_replay.py:CHUNK": "elements",
+    "gpuad/compiler/codegen/python_replay.py:TINY": "elements",
     "gpuad/compiler/passes/fold.py:MAX_FOLD": "elements",
     "gpuad/backends/numpy_backend.py:_ERF_CHUNK": "elements",
     "gpuad/backends/cpu_kernels.py:MIN_SIZE": "elements",
-    "gpuad/compiler/cpu_codegen.py:MIN_ELEMENTS": "elements",
-    "gpuad/compiler/triton_codegen.py:BLOCK": "elements",
+    "gpuad/compiler/codegen/numba_groups.py:MIN_ELEMENTS": "elements",
+    "gpuad/compiler/codegen/triton_groups.py:BLOCK": "elements",
     "gpuad/compiler/pipeline.py:SHARE_MIN": "bytes",
     "gpuad/compiler/passes/cse.py:SMALL": "bytes",
-    "gpuad/compiler/triton_codegen.py:MAX_ROW": "row",
+    "gpuad/compiler/codegen/triton_groups.py:MAX_ROW": "row",
     "gpuad/ops/attention.py:TILE": "keys",
 }
 # constants that are not sizes of arrays, and why
@@ -225,12 +225,12 @@ NOT_SIZES = {
     "gpuad/compiler/passes/remat.py:MAX_STALE": "a count of search steps",
     "gpuad/compiler/state.py:MAX_WALK": "the length of a Python list searched for state",
     "gpuad/compiler/compiled.py:RETRACE_WARN": "a count of traces",
-    "gpuad/compiler/triton_codegen.py:GEMM_WARPS": "warps per GEMM program (its registers: the sm_90 compile test)",
-    "gpuad/compiler/cpu_codegen.py:PARALLEL_MIN": "elements x work: whether a kernel runs on one thread or all; "
+    "gpuad/compiler/codegen/triton_groups.py:GEMM_WARPS": "warps per GEMM program (its registers: the sm_90 compile test)",
+    "gpuad/compiler/codegen/numba_groups.py:PARALLEL_MIN": "elements x work: whether a kernel runs on one thread or all; "
                                                   "both give the same bits (tests/test_cpu_kernels.py)",
     "gpuad/backends/cpu_kernels.py:PARALLEL_MIN": "elements: one thread or all for the erf kernel; both give "
                                                   "the same bits (tests/test_cpu_kernels.py)",
-    "gpuad/compiler/cpu_codegen.py:TIER_AFTER": "a count of calls before a group's kernel is compiled "
+    "gpuad/compiler/codegen/numba_groups.py:TIER_AFTER": "a count of calls before a group's kernel is compiled "
                                                 "(tests/test_cpu_codegen.py)",
     "gpuad/compiler/compiled.py:MAX_PATHS": "a count of traced paths (tested in test_compile_branches)",
     "gpuad/compiler/compiled.py:VARYING": "a count of values met at a branch (tested in test_compile_branches)",
@@ -298,7 +298,7 @@ def test_sizes_cross_every_threshold():
 
 def test_threshold_check_can_fail():
     """The crossing check itself: sizes that stay below CHUNK do not cross it."""
-    from gpuad.compiler.passes.fuse import CHUNK
+    from gpuad.compiler.codegen.python_replay import CHUNK
     small = [r * c for r, c in SIZES if r * c < CHUNK]
     assert not (min(small) < CHUNK <= max(small))
 

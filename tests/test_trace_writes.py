@@ -12,7 +12,7 @@ import pytest
 
 import gpuad
 from gpuad.backends import numpy_ns
-from gpuad.compiler import codegen
+from gpuad.compiler.codegen import python_replay
 from gpuad.compiler.passes import buffers, cse, dce, fold, fuse
 from gpuad.compiler.trace import Trace, TraceError, tracing
 
@@ -32,7 +32,7 @@ def traced(fn, arrays):
         g = p(g)
     plan = buffers.plan(g)
     plan.arenas_allocated = plan.allocate()
-    replay, _ = codegen.generate(g, plan)
+    replay, _ = python_replay.generate(g, plan)
     got = replay([a.copy() for a in arrays] + [a for a, _ in tr.ext_inputs])
     return [np.array(r) for r in got[:len(out)]], [np.array(r) for r in got[len(out):]]
 
@@ -133,7 +133,7 @@ def test_each_write_is_a_value(name, shape):
 
 def test_every_write_case_is_tested_at_sizes_across_the_donation_size():
     from gpuad.memory.pool import INPLACE_MIN
-    from gpuad.compiler.passes.fuse import CHUNK
+    from gpuad.compiler.codegen.python_replay import CHUNK
     sizes = [r * c for r, c in SHAPES]
     assert min(sizes) < INPLACE_MIN <= max(sizes) and min(sizes) < CHUNK <= max(sizes)
 

@@ -208,14 +208,14 @@ class Compiled:
     def kernels(self, *args, **kwargs):
         """The generated Triton kernel of each fused group these arguments run, as text
         (groups with a member that has no Triton form say which)."""
-        from . import triton_codegen
+        from .codegen import triton_groups
         parts = []
         for e in self.compiled(*args, **kwargs).graph.eqns:
             if e.prim == "fused":
                 k = e.params["kernel"].value
                 try:
-                    parts.append(f"# group {e.params['kernel'].name}\n{triton_codegen.source(k)}")
-                except triton_codegen.Unsupported as u:
+                    parts.append(f"# group {e.params['kernel'].name}\n{triton_groups.source(k)}")
+                except triton_groups.Unsupported as u:
                     parts.append(f"# group {e.params['kernel'].name}: no Triton kernel ({u})\n")
         return "\n".join(parts)
 

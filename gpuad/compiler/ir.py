@@ -126,6 +126,11 @@ def map_leaves(tree, fn):
     return fn(tree)
 
 
+def padded(shape, nd):
+    """shape with 1s in front, to nd axes (numpy's broadcasting alignment)."""
+    return (1,) * (nd - len(shape)) + tuple(shape)
+
+
 def map_vars(tree, fn):
     """tree with every Var v replaced by fn(v)."""
     return map_leaves(tree, lambda x: fn(x) if isinstance(x, Var) else x)

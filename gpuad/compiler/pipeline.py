@@ -20,7 +20,7 @@ from .ir import Eqn, Literal, Var, iter_vars
 from .capture import rebuild, result_vars
 from .state import SettingSlot, Slot
 from .trace import GuardError
-from . import codegen
+from .codegen import python_replay
 from .passes import buffers, cse, dce, epilogue, fold, fuse, remat
 
 DEFAULT_PASSES = ("dce", "cse", "fold", "dce", "fuse")
@@ -121,7 +121,8 @@ class Entry:
         acct = accountant
         if self.plan is not None:
             held = list(self.arena.values()) + [a.base if a.base is not None else a for e in self.graph.eqns
-                                                if e.prim == "fused" for a in e.params["kernel"].value.scratch]
+                                                if e.prim == "fused" and self.cap.device == "cpu"
+                                                for a in e.params["kernel"].value.scratch]
             for a in held:
                 acct.alloc(a, "gpuad.compile arena", activation=False)
             extra = self.plan.dynamic_peak + (self.plan.arena_bytes if self.plan.per_call else 0)
@@ -322,14 +323,14 @@ def _used_inputs(graph, cap):
     return g, [r for _, r in keep]
 
 
-def _cpu_codegen():
-    from . import cpu_codegen
-    return cpu_codegen
+def _numba_groups():
+    from .codegen import numba_groups
+    return numba_groups
 
 
 def _kernel_temps(graph):
     """The most bytes one generated CPU kernel of the graph takes while it runs."""
-    return max((_cpu_codegen().temp_bytes(e.params["kernel"].value) for e in graph.eqns if e.prim == "fused"),
+    return max((_numba_groups().temp_bytes(e.params["kernel"].value) for e in graph.eqns if e.prim == "fused"),
                default=0)
 
 
@@ -384,8 +385,8 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     # needs fixed addresses.)
     escaping = _escaping(cap, graph, before) if cap.device == "cpu" else ()
     # the generated CPU kernels' temporaries come on top of what the planner places: a budget
-    # leaves room for the largest (see cpu_codegen.temp_bytes)
-    cpu_kernels = cap.device == "cpu" and groups is None and _cpu_codegen().enabled()
+    # leaves room for the largest (see codegen/numba_groups.temp_bytes)
+    cpu_kernels = cap.device == "cpu" and groups is None and _numba_groups().enabled()
     temps = _kernel_temps(graph) if cpu_kernels else 0
     if budget_bytes is not None:
         graph = remat.run(graph, budget_bytes - temps, donated, escaping)
@@ -393,17 +394,17 @@ def build(cap, budget_bytes=None, passes=None, groups=None, cuda_graphs=True):
     xp = _namespace(cap.device)
     run_group = None
     if groups == "triton" or cap.device == "cuda":
-        from . import triton_codegen
-        run_group = triton_codegen.runner(xp)
+        from .codegen import triton_groups
+        run_group = triton_groups.runner(xp)
         plan.scratch_bytes = 0            # Triton kernels keep intermediates in registers
     elif groups is None:
-        run_group = _cpu_codegen().runner     # Numba kernels where a group has one, else numpy's
+        run_group = _numba_groups().runner     # Numba kernels where a group has one, else numpy's
         # their temporaries live while one group runs: the largest on top of the dynamic peak
         # (an upper bound: the peak of the rest may fall elsewhere)
         plan.kernel_temp_bytes = _kernel_temps(graph) if cpu_kernels else 0
         plan.dynamic_peak += plan.kernel_temp_bytes
     plan.arenas_allocated = plan.allocate(xp)
-    fn, source = codegen.generate(graph, plan, xp=xp, run_group=run_group)
+    fn, source = python_replay.generate(graph, plan, xp=xp, run_group=run_group)
     entry = Entry(cap, graph, plan, fn, source, xp)
     entry.reads = reads
     entry.out_ids = out_ids

@@ -156,20 +156,19 @@ class Plan:
         return names.const(self.views[o.id], "b") if o.id in self.views else "None"
 
     def emit(self, e, names):
-        from ..codegen import call_src
+        from ..codegen.python_replay import call_src
         if e.prim == "fused":
             outs = "(" + "".join(self._target(o, names) + ", " for o in e.outs) + ")"
             return [f"{', '.join(o.name for o in e.outs)}, = {call_src(e, names, outs)}"]
         if e.prim == "scatter_add" and isinstance(e.args[3], bool):
             # zeros, then the gradient written (unique indices) or added (repeats) at index
-            from ..codegen import src
+            from ..codegen.python_replay import src
             target = self._target(e.out, names)
             g, index = src(e.args[0], names), src(e.args[2], names)
             write = f"{target}[{index}] = {g}" if e.args[3] else f"np.add.at({target}, {index}, {g})"
             return [f"{e.out.name} = {target}", f"{e.out.name}.fill(0)", write.replace(target, e.out.name, 1)]
         if e.prim in _COPY_INTO:
-            from ..codegen import src
-            from .fuse import _into
+            from ..codegen.python_replay import _into, src
             target = self._target(e.out, names)
             fn = names.fn(e.prim) if e.prim != "astype" else None
             return _into(e.prim, fn, [src(a, names) for a in e.args], target) + [f"{e.out.name} = {target}"]
@@ -280,7 +279,7 @@ def plan(graph, donated=None, escaping=(), extras=True, writable_from=0):
             else:
                 dynamic[o.id] = o.nbytes
                 live_dynamic += o.nbytes
-        if e.prim == "fused":
+        if e.prim == "fused" and extras:                  # (the numpy executor's: the CPU's)
             for a in e.params["kernel"].value.scratch:     # shared between kernels: count each once
                 base = a.base if a.base is not None else a
                 if id(base) not in scratch:

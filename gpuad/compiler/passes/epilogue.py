@@ -2,7 +2,7 @@
 (a bias add, an activation, a residual add: `gelu(x @ W.T + b) + r`) becomes one
 group that forms the product and applies the group to it, tile by tile.
 
-On a GPU that group is one Triton kernel (gpuad/compiler/triton_codegen.py,
+On a GPU that group is one Triton kernel (gpuad/compiler/codegen/triton_groups.py,
 gemm_source): the product lives in registers and never goes to memory, which
 saves writing and reading its M x N elements (8MN bytes in float32) and a launch.
 The numpy executor has no kernel to put the epilogue in: it forms the product in
@@ -53,8 +53,14 @@ class GemmEpilogue:
         self.ins = list(mm.args[:2]) + self.rest
         self.outs, self.shape = group.outs, group.shape
         self.members = [mm] + list(group.members)
-        self.scratch = group.scratch
-        self.source = f"# the product {mm}, then:\n{group.source}"
+
+    @property
+    def scratch(self):
+        return self.group.scratch
+
+    @property
+    def source(self):
+        return f"# the product {self.mm}, then:\n{self.group.source}"
 
     def _group_args(self, product, rest):
         rest = iter(rest)

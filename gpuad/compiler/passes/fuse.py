@@ -37,9 +37,7 @@ import numpy as np
 
 from ..ir import Eqn, Literal, Var, iter_vars, load
 
-CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
 HORIZON = 8              # ops after its last member that a group stays open
-TINY = 1024              # elements: smaller one-pass groups use fresh temporaries, not scratch
 _NO_OUT = {"where", "erf", "astype"}     # elementwise, but not numpy ufuncs
 
 
@@ -178,9 +176,28 @@ class FusedKernel:
         self.members, self.ins, self.outs, self.shape = members, ins, outs, tuple(shape)
         self.reduces = members[-1].prim in _ROW_REDUCE
         self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out and not self.reduces
-        self.fn, self.source, self.scratch = _generate(self)
-        if _scalar_ok(self):
-            self.fn, self.source = _generate_scalar(self, self.fn, self.source)
+        self._made = None
+
+    def _render(self):
+        # the numpy executor's function, generated on first use (gpuad/compiler/codegen/
+        # python_replay.py: this pass decides groups; the generators render them)
+        if self._made is None:
+            from ..codegen.python_replay import numpy_group
+            self._made = numpy_group(self)
+        return self._made
+
+    @property
+    def fn(self):
+        return self._render()[0]
+
+    @property
+    def source(self):
+        return self._render()[1]
+
+    @property
+    def scratch(self):
+        """The shared chunk buffers the numpy executor's function uses (the plan counts them)."""
+        return self._render()[2]
 
     def __call__(self, *inputs, outs=None):
         return self.fn(*inputs, outs=outs or (None,) * len(self.outs))
@@ -222,219 +239,4 @@ class FusedKernel:
         return run
 
 
-def _into(prim, fn, args, target):
-    """Lines computing one member into `target`: out= where numpy takes it; where and
-    astype as copies into it (np.where and astype have no out=)."""
-    if prim == "where":
-        # two masked copies, each leaving the other's places alone: right when the target
-        # is a's or b's own buffer (planned in place), where "b, then a where c" would
-        # overwrite a before reading it. Costs the N-byte mask ~c.
-        c, a, b = args
-        return [f"np.copyto({target}, {a}, where={c}, casting='unsafe')",
-                f"np.copyto({target}, {b}, where=np.logical_not({c}), casting='unsafe')"]
-    if prim == "astype":
-        return [f"np.copyto({target}, {args[0]}, casting='unsafe')"]
-    return [f"{fn}({', '.join(args)}, out={target})"]
-
-
-def _layout(k):
-    """How a group streams: None for one pass (small), else p, the number of leading
-    axes collapsed into rows. Every operand, padded on the left to the group's rank,
-    either matches the group's shape on those axes (it is cut into chunks of rows
-    with it) or is 1 on all of them (it is read whole by every chunk). p = rank
-    (every operand full-size or a single element) streams the flattened arrays."""
-    if math.prod(k.shape) <= CHUNK or not k.shape:
-        return None
-    nd = len(k.shape)
-    shapes = [_padded(v.shape, nd) for v in k.ins] + [_padded(np.shape(a.value), nd) for m in k.members
-                                                       for a in m.args if isinstance(a, Literal)]
-    top = nd - 1 if k.reduces else nd          # a row reduction needs its last axis whole
-    for p in range(top, 0, -1):
-        if all(s[:p] == k.shape[:p] or all(d == 1 for d in s[:p]) for s in shapes):
-            return p
-    return None
-
-
-def _padded(shape, nd):
-    return (1,) * (nd - len(shape)) + tuple(shape)
-
-
-def _generate(k):
-    from ..codegen import _Names, src
-    from ..trace import resolve
-    names = _Names()
-    p = _layout(k)
-    nd = len(k.shape)
-    lines = [f"def kernel({''.join(v.name + ', ' for v in k.ins)}outs):"]
-    local = {}
-    for j, o in enumerate(k.outs):
-        lines.append(f"    o{j} = outs[{j}] if outs[{j}] is not None else np.empty({o.shape!r}, {names.const(o.dtype)})")
-    literal = {}
-    if p is None:
-        body, ind = lines, "    "
-        sliced = {v.id: v.name for v in k.ins}
-        out_ref = {o.id: f"o{j}" for j, o in enumerate(k.outs)}
-        # one pass: the whole group fits a chunk. Below TINY elements its intermediates are
-        # fresh arrays (a few hundred bytes, gone when the kernel returns) rather than views
-        # of the shared 64 KB scratch
-        scratch_shape = k.shape if math.prod(k.shape) >= TINY else None
-    else:
-        ind = "        "
-        n_rows, inner = math.prod(k.shape[:p]), k.shape[p:]
-        rows = max(1, CHUNK // max(1, math.prod(inner)))
-        scratch_shape = (rows,) + inner
-        sliced = {}
-        for v in k.ins:
-            s = _padded(v.shape, nd)
-            if s[:p] == k.shape[:p]:
-                lines.append(f"    {v.name}_r = {v.name}.reshape({(n_rows,) + s[p:]!r})")
-                sliced[v.id] = f"{v.name}_r[s:e]"
-            else:
-                lines.append(f"    {v.name}_r = {v.name}.reshape({s[p:]!r})")
-                sliced[v.id] = f"{v.name}_r"
-        for m in k.members:
-            for a in m.args:
-                if isinstance(a, Literal):
-                    s = _padded(np.shape(a.value), nd)
-                    if s[:p] == k.shape[:p]:
-                        literal[id(a)] = f"{names.const(np.asarray(a.value).reshape((n_rows,) + s[p:]))}[s:e]"
-                    else:
-                        literal[id(a)] = names.const(np.asarray(a.value).reshape(s[p:]))
-        for j, o in enumerate(k.outs):
-            lines.append(f"    o{j}_r = o{j}.reshape({(n_rows,) + tuple(o.shape[p:])!r})")
-        lines.append(f"    for s in range(0, {n_rows}, {rows}):")
-        lines.append(f"        e = s + {rows}")
-        # (no builtin min here: the group's own members may bind numpy's min to that name)
-        lines.append(f"        n = (e if e < {n_rows} else {n_rows}) - s")
-        out_ref = {o.id: f"o{j}_r[s:e]" for j, o in enumerate(k.outs)}
-        body = lines
-    # scratch: one buffer per dtype and liveness slot, reused when its value dies
-    last = {}
-    for i, m in enumerate(k.members):
-        for v in m.invars():
-            last[v.id] = i
-    free, scratch, used = {}, {}, {}
-    for i, m in enumerate(k.members):
-        args = []
-        for a in m.args:
-            if isinstance(a, Var):
-                args.append(local.get(a.id) or sliced[a.id])
-            elif id(a) in literal:
-                args.append(literal[id(a)])
-            else:
-                args.append(src(a, names))
-        fn = names.fn(m.prim, resolve(m.prim)) if m.prim != "astype" else None
-        if m.prim in _ROW_REDUCE:       # the closing row reduction: the last axis of every chunk
-            args = args[:1] + ["axis=-1", f"keepdims={bool(m.params.get('keepdims', False))}"]
-        o = m.out
-        if o.id not in out_ref and p is None and scratch_shape is None:
-            call = names.fn("astype") if m.prim == "astype" else fn
-            body.append(f"{ind}t{o.id} = {call}({', '.join(args)})")
-            local[o.id] = f"t{o.id}"
-            continue
-        if o.id in out_ref:
-            target = out_ref[o.id]
-        else:
-            # an intermediate: a shared scratch buffer (the chunk's rows of it), so a group
-            # allocates nothing while it runs
-            pool = free.setdefault(o.dtype.str, [])
-            buf = pool.pop() if pool else None
-            if buf is None:
-                arr = _scratch(o.dtype, len(used.setdefault(o.dtype.str, [])), scratch_shape)
-                used[o.dtype.str].append(arr)
-                buf = names.const(arr, "scr")
-            scratch[o.id] = buf
-            target = buf if p is None else f"{buf}[:n]"
-        for line in _into(m.prim, fn, args, target):
-            body.append(f"{ind}{line}")
-        local[o.id] = target if o.id in out_ref else f"t{o.id}"
-        if o.id not in out_ref:
-            body.append(f"{ind}t{o.id} = {target}")
-        for v in m.invars():
-            if last.get(v.id) == i and v.id in scratch:
-                free.setdefault(v.dtype.str, []).append(scratch.pop(v.id))
-    lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
-    source = "\n".join(lines) + "\n"
-    load(source, "fused", names.scope)
-    return names.scope["kernel"], source, [a for arrs in used.values() for a in arrs]
-
-
-# One-element float64 groups (a scalar chain) run on Python floats: a numpy call on a
-# 1-element array costs ~0.6 us, a float operation ~0.05. +, -, *, / are the same
-# IEEE double operations either way; math's sin, exp, ... may differ from numpy's
-# in the last bit. A math domain or range error (math.log(-1) raises where numpy
-# returns NaN) falls back to the numpy kernel for that call.
-_MATH = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
-         "true_divide": "({} / {})", "negative": "(-{})", "absolute": "abs({})", "square": "({0} * {0})"}
-_MATH_FN = ("sin", "cos", "tan", "tanh", "sinh", "cosh", "exp", "log", "sqrt", "log1p", "expm1", "arctan")
-
-
-def _scalar_ok(k):
-    f64 = np.dtype(np.float64)
-    if math.prod(k.shape) != 1 or any(v.dtype != f64 or v.size != 1 for v in k.ins):
-        return False
-    for m in k.members:
-        if m.out.dtype != f64 or (m.prim not in _MATH and m.prim not in _MATH_FN):
-            return False
-        if any(_scalar_arg(a) is None for a in m.args):
-            return False
-    return True
-
-
-def _scalar_arg(a):
-    """Source for an operand of the scalar kernel (None: not a float64 scalar)."""
-    if isinstance(a, Var):
-        return ""
-    if isinstance(a, Literal):
-        v = np.asarray(a.value)
-        x = float(v.reshape(-1)[0]) if v.size == 1 and v.dtype == np.float64 else None
-    elif isinstance(a, bool) or not isinstance(a, (int, float)):
-        return None
-    else:
-        x = float(a)
-    return repr(x) if x is not None and math.isfinite(x) else None
-
-
-def _generate_scalar(k, numpy_kernel, numpy_source):
-    names = {v.id: f"s{v.id}" for v in k.ins}
-    lines = [f"def kernel({''.join(v.name + ', ' for v in k.ins)}outs):", "    try:"]
-    for v in k.ins:
-        lines.append(f"        s{v.id} = {v.name}.item()")
-    for m in k.members:
-        args = [names[a.id] if isinstance(a, Var) else _scalar_arg(a) for a in m.args]
-        expr = _MATH[m.prim].format(*args) if m.prim in _MATH else \
-            f"{'atan' if m.prim == 'arctan' else m.prim}({', '.join(args)})"
-        names[m.out.id] = f"s{m.out.id}"
-        lines.append(f"        s{m.out.id} = {expr}")
-    lines.append("    except (ValueError, OverflowError, ZeroDivisionError):")
-    lines.append(f"        return numpy_kernel({''.join(v.name + ', ' for v in k.ins)}outs)")
-    for j, o in enumerate(k.outs):
-        lines.append(f"    o{j} = outs[{j}]")
-        lines.append(f"    if o{j} is None:")
-        lines.append(f"        o{j} = np.empty({o.shape!r})")
-        lines.append(f"    o{j}[...] = s{o.id}")
-    lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
-    source = "\n".join(lines) + "\n"
-    scope = {"np": np, "numpy_kernel": numpy_kernel, "atan": math.atan}
-    scope.update({f: getattr(math, f) for f in _MATH_FN if hasattr(math, f)})
-    load(source, "fused scalar", scope)
-    return scope["kernel"], source + "\n# falls back to:\n" + numpy_source
-
-
-# Scratch is shared by every generated kernel: they run one at a time (a replay is
-# sequential and not reentrant), so the k-th scratch buffer of a dtype serves the
-# k-th chunk-sized intermediate of every group. CHUNK elements each.
-_SCRATCH = {}
-
-
-def _scratch(dtype, k, shape):
-    n = math.prod(shape)
-    if n > CHUNK:                        # one row longer than a chunk: a buffer of its own
-        return np.empty(shape, dtype)
-    base = _SCRATCH.get((dtype.str, k))
-    if base is None:
-        base = _SCRATCH[(dtype.str, k)] = np.empty(CHUNK, dtype)
-    return base[:n].reshape(shape)
-
-
-__all__ = ["run", "fusible", "FusedKernel", "CHUNK"]
+__all__ = ["run", "fusible", "FusedKernel"]
