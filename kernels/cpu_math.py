@@ -146,9 +146,10 @@ def gelu_grad32_a(x, t):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def gelu_grad32_b(x, e, g, out, c0, c1, c2, c3, last):
-    """out = g (Phi(x) + x phi(x)), phi from e = exp(-0.5 x^2). out may be g or e."""
+def gelu_grad32_b(x, e, g, gstep, out, c0, c1, c2, c3, last):
+    """out = g (Phi(x) + x phi(x)), phi from e = exp(-0.5 x^2). out may be g or e. gstep 0:
+    g is one number broadcast (sum's gradient), read as g[0]."""
     for i in prange(x.size):
         v = x[i]
         cdf = _HALF * (_ONE + erf32_scalar(v * _SQRT1_2, c0, c1, c2, c3, last))
-        out[i] = g[i] * (cdf + v * (_INV_SQRT_2PI * e[i]))
+        out[i] = g[i * gstep] * (cdf + v * (_INV_SQRT_2PI * e[i]))

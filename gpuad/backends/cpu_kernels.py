@@ -104,9 +104,15 @@ def gelu(x, table):
 def gelu_grad(x, g, table, donate=False):
     """g * GELU'(x) (numpy's bits: its own exp runs between two kernel passes), into g
     when donated; None where the kernels do not apply."""
-    if g.dtype == np.float32 and g.shape == x.shape and not g.flags.c_contiguous:
-        g, donate = np.ascontiguousarray(g), True     # (sum's gradient is a broadcast: one pass)
-    m = module() if _dense32(x, g) and x.shape == g.shape else None
+    if g.dtype != np.float32 or g.shape != x.shape:
+        return None
+    gstep = 1
+    if not g.flags.c_contiguous:
+        if g.size and not any(g.strides):
+            g, gstep, donate = g.reshape(-1)[:1], 0, False    # one number broadcast (sum's gradient)
+        else:
+            g, donate = np.ascontiguousarray(g), True         # another view: one pass to copy it
+    m = module() if _dense32(x) else None
     if m is None:
         return None
     (c0, c1, c2, c3), last = table
@@ -115,7 +121,7 @@ def gelu_grad(x, g, table, donate=False):
     m.gelu_grad32_a(xf, tf)
     parallel_exp(tf)
     out = g if donate else t
-    m.gelu_grad32_b(xf, tf, g.reshape(-1), out.reshape(-1), c0, c1, c2, c3, np.float32(last))
+    m.gelu_grad32_b(xf, tf, g.reshape(-1), gstep, out.reshape(-1), c0, c1, c2, c3, np.float32(last))
     return out
 
 
