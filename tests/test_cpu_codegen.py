@@ -189,3 +189,18 @@ def test_a_compiled_step_runs_its_groups_as_kernels_and_equals_eager():
         assert want[0] == got[0].item()
         for a, b in zip(want[1], got[1]):
             np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_an_unwritable_cache_keeps_the_numpy_executor_with_a_warning(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("GPUAD_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(cpu_codegen, "_warned", [])
+    k = _group(CASES["arithmetic with numbers"], (33, 1001))
+    x = np.random.default_rng(2).standard_normal(k.shape).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="cannot write generated CPU kernels"):
+        run = cpu_codegen.runner(k, now=True)
+    assert run is k
+    lazy = cpu_codegen.runner(k)                       # tiered: the failure comes at its third call
+    for _ in range(cpu_codegen.TIER_AFTER + 2):
+        np.testing.assert_array_equal(lazy(x)[0], k(x)[0])

@@ -46,6 +46,7 @@ import importlib.util
 import math
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -310,6 +311,7 @@ def temp_bytes(k):
 
 
 _loaded = {}
+_warned = []
 TIER_AFTER = 2          # calls a group runs on the numpy executor before its kernel is compiled
 
 
@@ -332,12 +334,21 @@ def kernel(k, text=None):
     digest, path = _path(text)
     fn = _loaded.get(digest)
     if fn is None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+        except OSError as e:
+            # (Numba compiles from a file: without a writable cache the group keeps numpy's executor)
+            if not _warned:
+                _warned.append(True)
+                warnings.warn(f"gpuad.compile: cannot write generated CPU kernels to {os.path.dirname(path)} "
+                              f"({e}); fused groups run on numpy. Set GPUAD_CACHE_DIR to a writable folder",
+                              RuntimeWarning, stacklevel=2)
+            return None
         name = f"gpuad_cpu_group_{digest}"
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
@@ -372,6 +383,8 @@ def runner(k, now=False):
     digest, path = _path(text)
     if now or digest in _loaded or os.path.exists(path):
         state["fn"] = kernel(k, text)
+        if state["fn"] is None:
+            return k
 
     def run(*inputs, outs=None):
         fn = state["fn"]
@@ -381,6 +394,9 @@ def runner(k, now=False):
                 return k(*inputs, outs=outs)
             fn = state["fn"] = kernel(k, text)
             run.kernel = fn
+            if fn is None:
+                state["calls"] = -(1 << 62)      # no kernel after all: numpy's executor from now on
+                return k(*inputs, outs=outs)
         flat = []
         for a in inputs:
             if not isinstance(a, np.ndarray):
