@@ -300,11 +300,7 @@ def temp_bytes(k):
     """The bytes a group's kernel takes while it runs: one group-sized temporary per numpy
     ufunc between its phases (from the host pool, returned when the kernel returns); 0
     where the group keeps the numpy executor (its scratch is counted apart)."""
-    if math.prod(k.shape) < MIN_ELEMENTS or not hasattr(k, "members"):
-        return 0
-    try:
-        source(k)
-    except Unsupported:
+    if not hasattr(k, "members") or _text(k) is None:
         return 0
     members = k.members[:-1] if k.reduces else k.members
     return sum(math.prod(k.shape) * m.out.dtype.itemsize for m in members if _numpy_only(m))
@@ -320,17 +316,22 @@ def _path(text):
     return digest, os.path.join(config.cpu_cache_dir(), f"group_{digest}.py")
 
 
+def _text(k):
+    """Group k's kernel source, or None where it keeps the numpy executor."""
+    if math.prod(k.shape) < MIN_ELEMENTS or not enabled():
+        return None
+    try:
+        return source(k)
+    except Unsupported:
+        return None
+
+
 def kernel(k, text=None):
     """The compiled kernel of group k (a Numba dispatcher), or None where the group keeps
     the numpy executor (a member, an operand or its size; or the CPU kernels are off)."""
-    from ...backends import cpu_kernels
+    text = _text(k) if text is None else text
     if text is None:
-        if math.prod(k.shape) < MIN_ELEMENTS or not cpu_kernels.enabled():
-            return None
-        try:
-            text = source(k)
-        except Unsupported:
-            return None
+        return None
     digest, path = _path(text)
     fn = _loaded.get(digest)
     if fn is None:
@@ -367,12 +368,8 @@ def runner(k, now=False):
     away, never waits for Numba; until then, and for a group whose kernel is already on
     disk (loaded at once), nothing changes but speed (the kernel gives numpy's bits).
     now=True compiles at once."""
-    from ...backends import cpu_kernels
-    if math.prod(k.shape) < MIN_ELEMENTS or not cpu_kernels.enabled():
-        return k
-    try:
-        text = source(k)
-    except Unsupported:
+    text = _text(k)
+    if text is None:
         return k
     from ...backends.numpy_backend import ERF_TABLE
     (c0, c1, c2, c3), last = ERF_TABLE
