@@ -13,6 +13,7 @@ pairwise_sum  numpy's summation of a contiguous run, for generated kernels that 
        in a row sum or mean (gpuad/compiler/cpu_codegen.py).
 gelu32, gelu_grad32_a/_b  exact GELU forward in one pass, its gradient in two and
        numpy's exp between them (8 numpy passes and two erfs before).
+column_sum  a sum over leading axes (a bias gradient) in numpy's order, vectorised.
 """
 import numpy as np
 from numba import njit, prange
@@ -153,3 +154,36 @@ def gelu_grad32_b(x, e, g, gstep, out, c0, c1, c2, c3, last):
         v = x[i]
         cdf = _HALF * (_ONE + erf32_scalar(v * _SQRT1_2, c0, c1, c2, c3, last))
         out[i] = g[i * gstep] * (cdf + v * (_INV_SQRT_2PI * e[i]))
+
+
+@njit(cache=True, inline="always")
+def _column_block(a, out, zero, j0, j1):
+    # the columns [j0, j1) summed row after row from 0 (numpy's order over leading axes),
+    # in a local accumulator: no aliasing with `a`, so LLVM vectorises the row loop
+    w = j1 - j0
+    acc = np.empty(512, a.dtype)
+    for j in range(w):
+        acc[j] = zero
+    for i in range(a.shape[0]):
+        row = a[i, j0:j1]
+        for j in range(w):
+            acc[j] += row[j]
+    for j in range(w):
+        out[j0 + j] = acc[j]
+
+
+@njit(parallel=True, cache=True)
+def column_sum(a, out, zero):
+    """out[j] = sum over i of a[i, j], C-contiguous (M, N): numpy's bits, blocks of 512
+    columns per thread."""
+    n = a.shape[1]
+    for b in prange((n + 511) // 512):
+        _column_block(a, out, zero, b * 512, min(b * 512 + 512, n))
+
+
+@njit(cache=True)
+def column_sum_serial(a, out, zero):
+    """column_sum on this thread (arrays too small to pay for waking the pool)."""
+    n = a.shape[1]
+    for b in range((n + 511) // 512):
+        _column_block(a, out, zero, b * 512, min(b * 512 + 512, n))

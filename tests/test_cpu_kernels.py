@@ -106,3 +106,33 @@ def test_gelu_forward_and_gradient_against_torch():
     xt = torch.tensor(x0, requires_grad=True)
     torch.nn.functional.gelu(xt).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("values", ["finite", "special"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((1024, 700), 0), ((16, 32, 64), (0, 1)), ((8, 2048), (0,)),
+                                        ((3, 5, 4000), 0), ((600, 513), -2), ((40000, 3), 0)])
+def test_sums_over_leading_axes_equal_numpy_to_the_bit(dtype, shape, axis, values):
+    """A bias gradient's sum: each column added row after row from 0, as numpy adds over
+    leading axes (one thread or all), NaN, infinities and signed zeros included."""
+    n = int(np.prod(shape))
+    if values == "special":
+        a = _every_kind_of_float32()[:n].astype(dtype).reshape(shape)
+    else:
+        rng = np.random.default_rng(n)
+        a = (rng.standard_normal(n) * 10.0 ** rng.uniform(-4, 4, n)).astype(dtype).reshape(shape)
+    a.reshape(-1)[:64] = -0.0
+    got = cpu_kernels.sum_leading(a, axis)
+    assert got is not None
+    want = a.sum(axis=axis)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want))
+    np.testing.assert_array_equal(gpuad.tensor(a).sum(dim=axis).numpy(), want)
+
+
+def test_what_the_column_sum_does_not_take_goes_to_numpy():
+    a = np.ones((100, 100), np.float32)
+    assert cpu_kernels.sum_leading(a, 1) is None                  # a row sum: numpy's pairwise
+    assert cpu_kernels.sum_leading(a, (0, 1)) is None             # every axis
+    assert cpu_kernels.sum_leading(a.T, 0) is None                # not contiguous
+    assert cpu_kernels.sum_leading(a.astype(np.int64), 0) is None

@@ -90,6 +90,31 @@ def parallel_exp(a):
     return parallel_ufunc(np.exp, a)
 
 
+def sum_leading(a, axis):
+    """a.sum(axis) over leading axes (0, or 0..k-1: a bias gradient) of a C-contiguous
+    float array by the column kernel (numpy's bits: each column added row after row from
+    0), or None where it does not apply."""
+    if type(a) is not np.ndarray or a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous \
+            or a.ndim < 2 or a.size < MIN_SIZE:
+        return None
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis) if isinstance(axis, tuple) else None
+    if axes is None or not axes:
+        return None
+    axes = tuple(sorted(int(x) % a.ndim for x in axes))
+    k = len(axes)
+    if k >= a.ndim or axes != tuple(range(k)):
+        return None
+    m = module()
+    if m is None:
+        return None
+    rest = a.shape[k:]
+    cols = int(np.prod(rest))
+    out = np.empty(cols, a.dtype)
+    run = m.column_sum if a.size >= PARALLEL_MIN else m.column_sum_serial
+    run(a.reshape(-1, cols), out, a.dtype.type(0))
+    return out.reshape(rest)
+
+
 def gelu(x, table):
     """Exact GELU of a C-contiguous float32 array in one pass (numpy's bits), or None."""
     m = module() if _dense32(x) else None
