@@ -7,7 +7,7 @@ path.
     GPUAD_ACCOUNTING=1    byte accounting on from import (gpuad.memory.enable())
     GPUAD_NO_PLANNER=1    backward keeps every saved value and gradient to the end
     GPUAD_DEBUG=1         backward NaN-fills each buffer the moment it is released
-    GPUAD_KERNELS=name    the kernel provider: triton, cupy or numpy
+    GPUAD_KERNELS=name    the kernel provider: triton, cupy, cpu or numpy
     TRITON_INTERPRET=1    Triton kernels run in Triton's interpreter on numpy arrays
     GPUAD_HOST_POOL=0     the host pool off: np.empty for every buffer
     GPUAD_CACHE_DIR=dir   where generated Triton kernels are written (and Numba's, under cpu/)

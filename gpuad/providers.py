@@ -1,4 +1,5 @@
-"""Kernel providers: which kernels run the fused ops, "triton", "cupy", or "numpy" (the generic xp code).
+"""Kernel providers: which kernels run the fused ops, "triton", "cupy", "cpu" (Numba, on host
+arrays), or "numpy" (the generic xp code).
 
 A provider registers its kernels per primitive
 (`primitive.register_kernel("triton", forward, backward)`, see
@@ -6,9 +7,10 @@ gpuad/ops/fused_kernels.py); apply() picks them by the arrays' device
 and the provider chosen here, and op bodies hold only the generic xp code.
 
 On a CUDA array the default is Triton when it imports, else CuPy's own
-kernels. CPU arrays run the generic numpy code, unless Triton is selected
-and TRITON_INTERPRET=1 is set: then the Triton kernels run in Triton's
-interpreter on the numpy data (that is how CI checks them without a GPU).
+kernels. CPU arrays run the CPU kernels (gpuad/backends/cpu_kernels.py) where
+Numba is installed and GPUAD_CPU_KERNELS is not "numpy", else the generic numpy
+code; with Triton selected and TRITON_INTERPRET=1 the Triton kernels run in
+Triton's interpreter on the numpy data (that is how CI checks them without a GPU).
 
 Select with gpuad.set_kernels(name) or the GPUAD_KERNELS variable.
 
@@ -28,7 +30,7 @@ _choice = None          # None: the default for each device
 
 
 def set_kernels(name):
-    """Choose the kernel provider: "triton", "cupy", "numpy", or None for the default."""
+    """Choose the kernel provider: "triton", "cupy", "cpu", "numpy", or None for the default."""
     global _choice
     if name is not None and name not in VALID:
         raise ValueError(f"gpuad.set_kernels: unknown provider {name!r}; choose one of {VALID} (or None)")
