@@ -14,6 +14,7 @@ pairwise_sum  numpy's summation of a contiguous run, for generated kernels that 
 gelu32, gelu_grad32_a/_b  exact GELU forward in one pass, its gradient in two and
        numpy's exp between them (8 numpy passes and two erfs before).
 column_sum  a sum over leading axes (a bias gradient) in numpy's order, vectorised.
+layer_norm_rows  layer norm's forward over the last axis, numpy's bits, a row per step.
 """
 import numpy as np
 from numba import njit, prange
@@ -187,3 +188,31 @@ def column_sum_serial(a, out, zero):
     n = a.shape[1]
     for b in range((n + 511) // 512):
         _column_block(a, out, zero, b * 512, min(b * 512 + 512, n))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def layer_norm_rows(x, w, b, has_w, has_b, eps, zero, one, nf, y, mean, rstd):
+    """Layer norm over the last axis of a C-contiguous (rows, n) array, with numpy's
+    operations in numpy's order (gpuad/ops/norms.py): the mean as numpy's pairwise sum
+    over n divided by n, the variance as the same over (x - mean)^2, rstd = 1 / sqrt(var
+    + eps), y = (x - mean) rstd (* w) (+ b). eps, zero, one and nf (n) come in x's dtype,
+    so every operation stays in it, as numpy's with Python numbers does."""
+    rows, n = x.shape
+    for r in prange(rows):
+        row = x[r]
+        m = pairwise_sum(row, 0, n, zero) / nf
+        sq = np.empty(n, x.dtype)
+        for j in range(n):
+            d = row[j] - m
+            sq[j] = d * d
+        v = pairwise_sum(sq, 0, n, zero) / nf
+        s = one / np.sqrt(v + eps)
+        mean[r] = m
+        rstd[r] = s
+        for j in range(n):
+            t = (row[j] - m) * s
+            if has_w:
+                t = t * w[j]
+            if has_b:
+                t = t + b[j]
+            y[r, j] = t

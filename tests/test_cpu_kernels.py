@@ -136,3 +136,28 @@ def test_what_the_column_sum_does_not_take_goes_to_numpy():
     assert cpu_kernels.sum_leading(a, (0, 1)) is None             # every axis
     assert cpu_kernels.sum_leading(a.T, 0) is None                # not contiguous
     assert cpu_kernels.sum_leading(a.astype(np.int64), 0) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 768), (8, 16, 129), (5000, 5), (3, 4096)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_forward_on_the_kernels_equals_the_generic_code_to_the_bit(dtype, shape, affine):
+    rng = np.random.default_rng(int(np.prod(shape)))
+    x0 = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape[:-1] + (1,))).astype(dtype)
+    x0.reshape(-1)[:3] = [np.nan, np.inf, -0.0]
+    w0, b0 = (rng.standard_normal(shape[-1]).astype(dtype) for _ in range(2))
+    runs = []
+    for provider in (None, "numpy"):
+        gpuad.set_kernels(provider)
+        try:
+            x = gpuad.tensor(x0, requires_grad=True)
+            w, b = (gpuad.tensor(a, requires_grad=True) for a in (w0, b0)) if affine else (None, None)
+            with np.errstate(all="ignore"):
+                y = gpuad.nn.functional.layer_norm(x, (shape[-1],), w, b)
+                (y * 1.5).sum().backward()
+            runs.append([y.numpy(), x.grad.numpy()] + ([w.grad.numpy(), b.grad.numpy()] if affine else []))
+        finally:
+            gpuad.set_kernels(None)
+    for a, b_ in zip(*runs):
+        assert np.array_equal(a, b_, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b_))
+    assert cpu_kernels.layer_norm(x0, w0 if affine else None, b0 if affine else None, 1e-5) is not None

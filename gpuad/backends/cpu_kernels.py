@@ -115,6 +115,33 @@ def sum_leading(a, axis):
     return out.reshape(rest)
 
 
+def layer_norm(x, weight, bias, eps):
+    """Layer norm over x's last axis with the generic code's bits: (y, mean, rstd), the
+    statistics with keepdims, or None where the kernel does not apply (float32 or
+    float64 C-contiguous x of MIN_SIZE+ elements, weight and bias of x's dtype or None)."""
+    if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous \
+            or x.ndim < 1 or x.size < MIN_SIZE or x.shape[-1] == 0:
+        return None
+    n = x.shape[-1]
+    for p in (weight, bias):
+        if p is not None and (type(p) is not np.ndarray or p.dtype != x.dtype or p.shape != (n,)
+                              or not p.flags.c_contiguous):
+            return None
+    m = module()
+    if m is None:
+        return None
+    t = x.dtype.type
+    x2 = x.reshape(-1, n)
+    y = host_pool.empty(x.shape, x.dtype)
+    mean = np.empty(x2.shape[0], x.dtype)
+    rstd = np.empty(x2.shape[0], x.dtype)
+    dummy = x2[0]
+    m.layer_norm_rows(x2, weight if weight is not None else dummy, bias if bias is not None else dummy,
+                      weight is not None, bias is not None, t(eps), t(0), t(1), t(n), y.reshape(-1, n), mean, rstd)
+    keep = x.shape[:-1] + (1,)
+    return y, mean.reshape(keep), rstd.reshape(keep)
+
+
 def gelu(x, table):
     """Exact GELU of a C-contiguous float32 array in one pass (numpy's bits), or None."""
     m = module() if _dense32(x) else None

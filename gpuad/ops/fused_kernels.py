@@ -152,6 +152,19 @@ def _gelu_cpu():
     return forward, backward
 
 
+def _layer_norm_cpu():
+    """layer_norm's forward over the last axis on the CPU kernels, the generic code's bits
+    (its backward stays the generic code)."""
+    from ..backends import cpu_kernels
+
+    def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
+        if ndims != 1:
+            return None
+        out = cpu_kernels.layer_norm(x, weight, bias, eps)
+        return None if out is None else (out[0], (out[1], out[2]))
+    return forward, None
+
+
 for _provider in ("triton", "cupy"):
     for _activation, _prim in fused.LINEAR_PRIMITIVES.items():
         _prim.register_kernel(_provider, *_linear(_provider, _activation))
@@ -160,3 +173,4 @@ norms.layer_norm.register_kernel("triton", *_norm("triton", rms=False))
 norms.rms_norm.register_kernel("triton", *_norm("triton", rms=True))
 attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))
 derivatives.gelu.register_kernel("cpu", *_gelu_cpu())
+norms.layer_norm.register_kernel("cpu", *_layer_norm_cpu())
