@@ -112,6 +112,19 @@ def _cpu_kernels_on():
 _cpu = {"module": None, "tried": False, "threads": None}
 
 
+def set_cpu_kernel_threads(n):
+    """The CPU kernels' thread count: now if Numba is loaded, else when it loads."""
+    _cpu["threads"] = n
+    if _cpu["module"] is not None:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def cpu_kernel_threads():
+    """The thread count set_cpu_kernel_threads last set, or None (every core)."""
+    return _cpu["threads"]
+
+
 def cpu_kernel_module():
     """kernels/cpu_math.py compiled by Numba: the CPU kernels (gpuad/backends/cpu_kernels.py
     runs them), or None where Numba is not installed or GPUAD_CPU_KERNELS=numpy. Numba is
@@ -134,7 +147,7 @@ def cpu_kernel_module():
                           RuntimeWarning, stacklevel=3)
             return None
         if _cpu["threads"] is not None:
-            numba.set_num_threads(min(_cpu["threads"], numba.config.NUMBA_NUM_THREADS))
+            set_cpu_kernel_threads(_cpu["threads"])
     return _cpu["module"]
 
 

@@ -19,10 +19,9 @@ import functools
 import time
 import warnings
 
-import numpy as np
-
 from ..errors import BranchError, CompileWarning
 from .capture import capture
+from .prims import same_value
 from .state import describe_change, discover, guard_key
 from .trace import GuardError, TraceError, active
 from . import pipeline
@@ -119,7 +118,7 @@ class Compiled:
         past MAX_PATHS, or where a value keeps changing, run these arguments eagerly."""
         key, base, found = where
         seen = self.sites.setdefault(miss.site, [])
-        if miss.value is not None and not any(_same_value(miss.value, v) for v in seen):
+        if miss.value is not None and not any(same_value(miss.value, v) for v in seen):
             seen.append(miss.value)
         paths = len(self.any_grads.get(base) or self.cache.get(key) or ())
         if paths >= MAX_PATHS or len(seen) > VARYING:
@@ -225,12 +224,6 @@ def _holding(entries):
     in their order (several: the paths of a step that branches on values)."""
     return [e for e in entries or () if all(bool(slot.value()) == truth for slot, truth in e.cap.branches)]
 
-
-def _same_value(a, b):
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and \
-            np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-    return a == b or (a != a and b != b)
 
 
 def _creates_state(found):

@@ -91,10 +91,12 @@ def as_python(value, how):
     return np.array(value.get() if hasattr(value, "get") else value, copy=True)
 
 
-def _same(now, then, how):
-    if how == "array":
-        return now.shape == then.shape and np.array_equal(now, then, equal_nan=then.dtype.kind in "fc")
-    return now == then or (how == "float" and now != now and then != then)
+def same_value(now, then):
+    """Whether two values Python saw are the same (NaN as NaN): numbers, or host arrays."""
+    if isinstance(now, np.ndarray) or isinstance(then, np.ndarray):
+        return (isinstance(now, np.ndarray) and isinstance(then, np.ndarray) and now.shape == then.shape
+                and np.array_equal(now, then, equal_nan=then.dtype.kind in "fc"))
+    return now == then or (now != now and then != then)
 
 
 def check_value(a, expected, how, what, xp=None):
@@ -105,7 +107,7 @@ def check_value(a, expected, how, what, xp=None):
     if xp is not None and xp.module is not np:
         return _flag_value(a, expected, how, xp.module)
     now = as_python(a, how)
-    if not _same(now, expected, how):
+    if not same_value(now, expected):
         from ..errors import BranchError
         raise BranchError(f"gpuad.compile: the step branched on {what}: traced with {_show(expected)}, "
                           f"now {_show(now)}", what, now)

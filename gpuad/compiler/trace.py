@@ -22,8 +22,9 @@ tracer cannot express as a value (np.put, ndarray.sort, a view whose
 aliasing numpy decides at run time) raises TraceError: never a graph that
 silently misses a write (the DCE pass would drop what fed it).
 
-Values a trace cannot know (`.item()`, `bool(t)`, `.numpy()`) raise TraceError
-naming the user's line.
+Values a trace cannot know (`bool(t)`, `int(t)`, `.numpy()`) raise TraceError
+naming the user's line; under fallback="eager" they are the traced call's own values
+(gpuad.compiler.concrete), and each replay checks them. `.item()` is a traced number.
 
 >>> import numpy as np
 >>> from gpuad.compiler.trace import Trace

@@ -6,3 +6,34 @@ python_replay.py   the replay itself (one straight-line Python function) and the
 numba_groups.py    a Numba (LLVM) kernel per fused group on the CPU, numpy's bits
 triton_groups.py   a Triton kernel per fused group on a GPU, a GEMM with its epilogue
 """
+import hashlib
+import importlib.util
+import os
+import sys
+
+
+def digest(text):
+    """The name a generated source goes by: a hash of itself."""
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def write_source(text, folder, prefix):
+    """The path of `text` in `folder` (written there once, atomically; named by its
+    digest): Triton's JIT and Numba's cache both read a kernel's source from its file."""
+    path = os.path.join(folder, f"{prefix}_{digest(text)}.py")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+def import_source(path, name):
+    """The module in file `path`, imported under `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -41,11 +41,8 @@ one kernel (the layers of a network), and a second process compiles nothing.
 >>> print(numba_groups.source(k).split("def kernel")[1].splitlines()[0])
 (a0, a1, o0, erf_c0, erf_c1, erf_c2, erf_c3, erf_last):
 """
-import hashlib
-import importlib.util
 import math
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -54,10 +51,11 @@ from ... import config
 from ...errors import NoTritonForm
 from ...memory.pool import host_pool
 from ..ir import Literal, Var
+from . import digest, import_source, write_source
 
 MIN_ELEMENTS = 1 << 14          # a smaller group keeps the numpy executor
 PARALLEL_MIN = 1 << 18          # elements: a smaller group's kernel runs on one thread (waking the
-                                # sleeping pool costs 50-100 us: more than 32K elements' work)
+                                # sleeping pool costs more than 32K elements' work: python -m bench ops)
 
 Unsupported = NoTritonForm      # (the same signal as triton_groups': this group keeps numpy)
 
@@ -311,11 +309,6 @@ _warned = []
 TIER_AFTER = 2          # calls a group runs on the numpy executor before its kernel is compiled
 
 
-def _path(text):
-    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
-    return digest, os.path.join(config.cpu_cache_dir(), f"group_{digest}.py")
-
-
 def _text(k):
     """Group k's kernel source, or None where it keeps the numpy executor."""
     if math.prod(k.shape) < MIN_ELEMENTS or not enabled():
@@ -332,30 +325,21 @@ def kernel(k, text=None):
     text = _text(k) if text is None else text
     if text is None:
         return None
-    digest, path = _path(text)
-    fn = _loaded.get(digest)
+    key = digest(text)
+    fn = _loaded.get(key)
     if fn is None:
+        folder = config.cpu_cache_dir()
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if not os.path.exists(path):
-                tmp = f"{path}.{os.getpid()}.tmp"
-                with open(tmp, "w") as f:
-                    f.write(text)
-                os.replace(tmp, path)
+            path = write_source(text, folder, "group")
         except OSError as e:
             # (Numba compiles from a file: without a writable cache the group keeps numpy's executor)
             if not _warned:
                 _warned.append(True)
-                warnings.warn(f"gpuad.compile: cannot write generated CPU kernels to {os.path.dirname(path)} "
-                              f"({e}); fused groups run on numpy. Set GPUAD_CACHE_DIR to a writable folder",
+                warnings.warn(f"gpuad.compile: cannot write generated CPU kernels to {folder} ({e}); fused "
+                              f"groups run on numpy. Set GPUAD_CACHE_DIR to a writable folder",
                               RuntimeWarning, stacklevel=2)
             return None
-        name = f"gpuad_cpu_group_{digest}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        fn = _loaded[digest] = mod.kernel
+        fn = _loaded[key] = import_source(path, f"gpuad_cpu_group_{key}").kernel
     return fn
 
 
@@ -377,8 +361,8 @@ def runner(k, now=False):
     dtypes = [o.dtype for o in k.outs]
     shapes = [o.shape for o in k.outs]
     state = {"fn": None, "calls": 0}
-    digest, path = _path(text)
-    if now or digest in _loaded or os.path.exists(path):
+    key = digest(text)
+    if now or key in _loaded or os.path.exists(os.path.join(config.cpu_cache_dir(), f"group_{key}.py")):
         state["fn"] = kernel(k, text)
         if state["fn"] is None:
             return k

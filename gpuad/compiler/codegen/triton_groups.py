@@ -31,11 +31,7 @@ Triton form: the group then stays on the numpy/CuPy path); `launch` runs it
 >>> print(tc.source(k).split("@triton.jit")[1].splitlines()[1])
 def fused_kernel(x_ptr, b_ptr, o0_ptr, N, x_s0, x_s1, b_s0, b_s1, BLOCK: tl.constexpr):
 """
-import hashlib
-import importlib.util
 import math
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -43,6 +39,7 @@ import numpy as np
 from ... import config
 from ..ir import Literal, Var, padded as _padded
 from ...errors import NoTritonForm
+from . import digest, import_source, write_source
 
 MAX_ROW = 1 << 14           # a row reduction keeps one row in registers
 BLOCK = 1024                # elements per program of a pointwise kernel
@@ -270,31 +267,17 @@ def kernel(k):
         text = source(k)
     except Unsupported:
         return None
-    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
-    fn = _loaded.get(digest)
+    key = digest(text)
+    fn = _loaded.get(key)
     if fn is None:
-        path = module_path(text, digest)
-        name = f"gpuad_fused_{digest}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        fn = _loaded[digest] = mod.gemm_kernel if hasattr(k, "mm") else mod.fused_kernel
+        mod = import_source(module_path(text), f"gpuad_fused_{key}")
+        fn = _loaded[key] = mod.gemm_kernel if hasattr(k, "mm") else mod.fused_kernel
     return fn
 
 
-def module_path(text, digest=None):
+def module_path(text):
     """Where the source lives on disk (written there once, atomically)."""
-    digest = digest or hashlib.sha1(text.encode()).hexdigest()[:16]
-    d = cache_dir()
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"fused_{digest}.py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return path
+    return write_source(text, cache_dir(), "fused")
 
 
 def _cached(k):
