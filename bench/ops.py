@@ -2,7 +2,10 @@
 plain ufunc: exact GELU (numpy has no erf; float32 goes through gpuad's erf
 table), forward plus backward, 4M float32 elements, against torch eager; with the
 CPU kernels (Numba: GELU's forward in one pass, its gradient in two around numpy's
-exp, the erf table in one parallel pass) and without (GPUAD_CPU_KERNELS=numpy).
+exp, the erf table in one parallel pass) and without (GPUAD_CPU_KERNELS=numpy); each
+CPU kernel alone against the numpy code it replaces (erf, a sum over the batch, layer
+norm's forward) and what waking the kernels' sleeping threads costs; and a GEMM right
+after a parallel kernel.
 
 Before the erf table (issue 10) exact GELU took 25x torch's time, erf running
 per element in Python; with the table and numpy's passes, 9-12x.
@@ -51,6 +54,9 @@ def run(full=False):
     table.print()
     notes = []
     targets = harness.Targets()
+    ktable, kernel_ratios = _single_kernels(rounds)
+    notes += [f"{name}: the kernel {r:.2f}x the numpy code's time" if "vs torch" not in name else
+              f"{name}: {r:.2f}x" for name, r in kernel_ratios.items()]
     # a BLAS GEMM right after a parallel CPU kernel, against one after a numpy pass: the
     # kernels' idle threads must sleep (OpenMP's passive wait), not spin on the cores
     from gpuad.backends import cpu_kernels
@@ -85,5 +91,58 @@ def run(full=False):
         notes.append(targets.check("exact GELU fwd+bwd on 4M float32 vs torch", ratios["gpuad gelu"], 1.5, "x"))
     for n in notes:
         print("  " + n)
-    return harness.write_report("ops", {"ratios_vs_torch": ratios, "gemm_after_kernel": slow},
-                                [table, gtable, targets.table("ops")], notes)
+    return harness.write_report("ops", {"ratios_vs_torch": ratios, "gemm_after_kernel": slow,
+                                        "kernels_vs_numpy": kernel_ratios},
+                                [table, ktable, gtable, targets.table("ops")], notes)
+
+
+def _single_kernels(rounds):
+    """The CPU kernels one at a time against the numpy code they replace (the same bits),
+    and torch where it has the op: erf of 4M float32, a sum over the batch (a bias
+    gradient, 1024 x 4096), layer norm's forward (4096 x 1024); and the erf of one 16K
+    chunk on all threads against one (what waking the sleeping pool costs)."""
+    import numpy as np
+    import gpuad
+    import gpuad.nn.functional as F
+    from gpuad import providers
+    from gpuad.backends.numpy_backend import ERF_TABLE
+    rng = np.random.default_rng(2)
+    x = gpuad.tensor(rng.standard_normal(1 << 22).astype(np.float32))
+    g = gpuad.tensor(rng.standard_normal((1024, 4096)).astype(np.float32))
+    h = gpuad.tensor(rng.standard_normal((4096, 1024)).astype(np.float32))
+    w, b = gpuad.ones(1024), gpuad.zeros(1024)
+    ops = {"erf, 4M float32": lambda: gpuad.erf(x),
+           "sum over the batch, 1024 x 4096": lambda: g.sum(dim=0),
+           "layer_norm forward, 4096 x 1024": lambda: F.layer_norm(h, (1024,), w, b)}
+    variants = {}
+    for name, fn in ops.items():
+        variants[f"{name}: kernels"] = fn
+        variants[f"{name}: numpy"] = _kernels_off(fn)
+    if harness.have_torch():
+        import torch
+        ht, wt, bt = torch.tensor(h.numpy()), torch.ones(1024), torch.zeros(1024)
+        variants["layer_norm forward, 4096 x 1024: torch"] = lambda: torch.nn.functional.layer_norm(ht, (1024,), wt, bt)
+    m = providers.cpu_kernel_module()
+    chunk = x.numpy()[:1 << 14]
+    out = np.empty_like(chunk)
+    (c0, c1, c2, c3), last = ERF_TABLE
+    last = np.float32(last)
+    if m is not None:
+        def after_numpy(kernel):
+            def run():
+                np.multiply(x.numpy(), 2.0)            # the pool falls asleep meanwhile
+                kernel(chunk, out, c0, c1, c2, c3, last)
+            return run
+        variants["erf of a 16K chunk after a numpy pass: all threads"] = after_numpy(m.erf32)
+        variants["erf of a 16K chunk after a numpy pass: one thread"] = after_numpy(m.erf32_serial)
+    samples = harness.measure(variants, rounds=rounds, warmup=1, label="ops kernels")
+    table = harness.Table(f"ops: the CPU kernels against the numpy code they replace (median of {rounds} "
+                          f"interleaved rounds)", ["variant", "ms"])
+    for name in variants:
+        table.add(name, harness.median(samples[name]) * 1e3)
+    table.print()
+    ratios = {name: harness.ratio(samples, f"{name}: kernels", f"{name}: numpy") for name in ops}
+    if "layer_norm forward, 4096 x 1024: torch" in samples:
+        ratios["layer_norm forward vs torch"] = harness.ratio(samples, "layer_norm forward, 4096 x 1024: kernels",
+                                                              "layer_norm forward, 4096 x 1024: torch")
+    return table, ratios
