@@ -216,3 +216,17 @@ def layer_norm_rows(x, w, b, has_w, has_b, eps, zero, one, nf, y, mean, rstd):
             if has_b:
                 t = t + b[j]
             y[r, j] = t
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def adam_step(w, g, m, v, b1, c1, b2, c2, step_size, sqrt_c, eps):
+    """Adam's update in one pass over w, g, m, v (read 16 B, write 12 B per float32 element,
+    against numpy's ~13 passes): the optimizer's own operations in its order, each
+    rounded to the arrays' dtype, so numpy's bits."""
+    for i in prange(w.size):
+        gi = g[i]
+        mi = m[i] * b1 + c1 * gi
+        vi = v[i] * b2 + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        w[i] = w[i] - step_size * (mi / (np.sqrt(vi) / sqrt_c + eps))

@@ -206,7 +206,7 @@ def test_generated_kernels_compile_for_sm90(tmp_path):
                 text = tc.source(k)
             except tc.Unsupported:
                 continue
-            reduce = k.members[-1].prim in tc._REDUCE
+            reduce = k.reduces
             block = max(16, 1 << (k.shape[-1] - 1).bit_length()) if reduce else tc.BLOCK
             cases[f"{name}-{i}"] = {"path": tc.module_path(text), "kernel": "fused_kernel", "ptrs": _ptr_types(k),
                                     "constexprs": {"BLOCK": block}, "warps": 4, "stages": 1}

@@ -161,3 +161,44 @@ def test_layer_norm_forward_on_the_kernels_equals_the_generic_code_to_the_bit(dt
     for a, b_ in zip(*runs):
         assert np.array_equal(a, b_, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b_))
     assert cpu_kernels.layer_norm(x0, w0 if affine else None, b0 if affine else None, 1e-5) is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("opt", ["adam", "adam-decay-maximize", "adamw", "adam-amsgrad"])
+def test_adam_in_one_pass_equals_the_numpy_update_to_the_bit(dtype, opt, monkeypatch):
+    """Five steps of Adam/AdamW on a 20,000-element parameter (special values in its
+    gradients too), with the kernel and with numpy's passes: the same bits in the
+    parameter and both moments."""
+    def run(kernels):
+        if not kernels:
+            monkeypatch.setattr(cpu_kernels, "adam", lambda *a: False)
+        rng = np.random.default_rng(3)
+        p = gpuad.nn.Parameter(gpuad.tensor(rng.standard_normal((100, 200)).astype(dtype)))
+        kw = dict(weight_decay=0.1, maximize=True) if opt == "adam-decay-maximize" else \
+            dict(amsgrad=True) if opt == "adam-amsgrad" else {}
+        o = (gpuad.optim.AdamW if opt == "adamw" else gpuad.optim.Adam)([p], lr=1e-2, **kw)
+        for step in range(5):
+            g = rng.standard_normal((100, 200)).astype(dtype)
+            g[0, :3] = [0.0, -0.0, 1e-30 if step else 1e30]
+            p.grad = gpuad.tensor(g)
+            o.step()
+        st = o.state[p]
+        monkeypatch.undo()
+        return p.numpy().copy(), np.asarray(st["exp_avg"]).copy(), np.asarray(st["exp_avg_sq"]).copy()
+    calls = []
+    real = cpu_kernels.adam
+    monkeypatch.setattr(cpu_kernels, "adam", lambda *a: calls.append(1) or real(*a))
+    on = run(True)
+    assert bool(calls) == (opt != "adam-amsgrad")      # amsgrad keeps numpy's passes
+    off = run(False)
+    for a, b in zip(on, off):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_adam_kernel_declines_what_it_does_not_take():
+    w = np.zeros(5000, np.float32)
+    args = (0.9, 0.999, np.float32(1e-3), np.float32(0.5), 1e-8)
+    assert cpu_kernels.adam(w, w.copy(), w.copy(), w.copy(), *args)
+    assert not cpu_kernels.adam(w[:100], w[:100], w[:100], w[:100], *args)           # below MIN_SIZE
+    assert not cpu_kernels.adam(w, w.astype(np.float64), w.copy(), w.copy(), *args)   # mixed dtypes
+    assert not cpu_kernels.adam(w[::2], w[::2].copy(), w[::2].copy(), w[::2].copy(), *args)   # a view

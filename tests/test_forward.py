@@ -6,7 +6,7 @@ import pytest
 
 import gpuad
 from gpuad.compiler.capture import capture
-from gpuad.func.forward_mode import RULES
+from gpuad.xp import lookup
 from tests.test_ops_gradcheck import all_cases
 
 R = np.random.default_rng(11)
@@ -40,7 +40,7 @@ def test_every_traced_primitive_has_a_forward_rule():
                 cap = capture(f, tuple(xs), {})
             except Exception:
                 continue
-            missing |= {e.prim for e in cap.graph.eqns if e.prim not in RULES}
+            missing |= {e.prim for e in cap.graph.eqns if getattr(lookup(e.prim), "jvp", None) is None}
     assert not missing, f"primitives without a forward-mode rule: {sorted(missing)}"
 
 

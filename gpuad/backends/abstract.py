@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from ..xp import lookup
+
 _EMPTY = np.dtype([])       # itemsize 0: index arithmetic on any shape, no memory
 
 
@@ -267,9 +269,12 @@ class AbstractNamespace:
         return AbstractArray((int(n),), dtype or np.int64)
 
     def __getattr__(self, fname):
-        # every other name is a numpy ufunc: broadcast shapes, numpy's dtype resolution
-        if not isinstance(getattr(np, fname, None), np.ufunc):
-            raise AttributeError(f"gpuad: the abstract namespace has no {fname!r}")
+        # every other name is declared (gpuad/xp/vocabulary.py) with numpy's ufunc rule:
+        # broadcast shapes, numpy's dtype resolution
+        d = lookup(fname)
+        if d is None or d.shape != "broadcast":
+            raise AttributeError(f"gpuad: the abstract namespace has no {fname!r}"
+                                 + ("" if d else " (no declaration in gpuad/xp/vocabulary.py)"))
 
         def ufunc(*args, out=None):
             return self._ufunc(fname, args, out)

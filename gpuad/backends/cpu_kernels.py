@@ -172,6 +172,26 @@ def gelu_grad(x, g, table, donate=False):
     return out
 
 
+def adam(w, g, m, v, b1, b2, step_size, sqrt_c, eps):
+    """Adam's update of w, m and v in place in one pass (gpuad.optim.Adam's operations in its
+    order: numpy's bits), or False where the kernel does not apply: host arrays of one
+    float dtype, C-contiguous, MIN_SIZE+ elements. step_size and sqrt_c: the bias
+    corrections, already in w's dtype."""
+    arrays = (w, g, m, v)
+    if any(type(a) is not np.ndarray for a in arrays) or w.dtype not in (np.float32, np.float64) \
+            or w.size < MIN_SIZE or any(a.dtype != w.dtype or a.shape != w.shape or not a.flags.c_contiguous
+                                        for a in arrays):
+        return False
+    mod = module()
+    if mod is None:
+        return False
+    t = w.dtype.type
+    # b1, 1 - b1, ... are Python floats: numpy rounds them to the arrays' dtype (weak scalars)
+    mod.adam_step(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(b1), t(1 - b1), t(b2), t(1 - b2),
+                  t(step_size), t(sqrt_c), t(eps))
+    return True
+
+
 def set_num_threads(n):
     """The threads the CPU kernels use and, where threadpoolctl is installed, BLAS's
     (numpy's OpenBLAS): at most the cores, as torch.set_num_threads.

@@ -44,6 +44,7 @@ from ..errors import GuardError, TraceError
 from ..backends.abstract import AbstractArray, abstract_ns
 from .ir import Eqn, Graph, Literal, map_leaves
 from .prims import as_python
+from ..xp import lookup
 
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,9 +183,10 @@ class Trace:
             args = self._weak_cast(args, ufunc.nin)
         aval = self._aval(prim, args, kw)
         if isinstance(aval, (Tracer, np.ndarray)) and any(aval is a for a in args):
-            # a shape rule that hands back its argument: an alias (astype to the same dtype)
-            # costs nothing; anything else may be a write the graph would not see
-            if prim not in ALIASES:
+            # a shape rule that hands back its argument: an alias (astype to the same dtype,
+            # asarray of an array: declared may_alias) costs nothing; anything else may be a
+            # write the graph would not see
+            if not getattr(lookup(prim), "may_alias", False):
                 raise TraceError(f"gpuad.compile: xp.{prim} returns its own argument, so it may write into "
                                  f"it, and the tracer has no pure form for it\n  at {user_line()}")
             result = aval
@@ -314,23 +316,16 @@ class Trace:
         return t
 
 
-# xp calls whose shape rule may hand back the argument itself, meaning an alias (no write):
-# astype to the same dtype, asarray of an array. Every other call that returns its own
-# argument is refused: it may be a write the graph would not see.
-ALIASES = frozenset({"astype", "asarray", "ascontiguousarray"})
-
 # numpy functions and ndarray methods that write into an argument and have no traced form
 _WRITES_ARG = frozenset({"put", "putmask", "place", "fill_diagonal", "put_along_axis", "_add_at"})
 
 _UFUNCS = {n: f for n, f in vars(np).items() if isinstance(f, np.ufunc)}
 
-# views numpy makes without ever copying; a write into one is a write into its base
-_VIEW_PRIMS = frozenset({"getitem", "transpose", "swapaxes", "broadcast_to", "reshape", "flip", "squeeze",
-                         "expand_dims", "stop_gradient"})
-
-
 def _always_view(prim, args, kw, shape):
-    if prim not in _VIEW_PRIMS:
+    """A view numpy makes without ever copying (its declaration's view="always"): a write
+    into it is a write into its base."""
+    d = lookup(prim)
+    if d is None or d.view != "always":
         return False
     if prim == "reshape":
         # only length-1 axes come and go: a view whatever the strides

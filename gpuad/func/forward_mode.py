@@ -3,7 +3,7 @@
 gpuad.compile's tracer already turns any function into a graph of `xp`
 primitives: the numpy vocabulary every forward and every VJP is written in.
 Forward mode runs that graph once on numbers, carrying beside each value its
-tangent. A JVP rule per xp primitive (RULES, below) gives the output's tangent
+tangent. The JVP rule in each xp primitive's declaration (gpuad/xp/) gives the output's tangent
 from the inputs' values and tangents. Because the reverse pass is xp code too,
 jvp of a gradient (forward over reverse: `hessian`) needs nothing more.
 No autograd graph is recorded.
@@ -17,7 +17,6 @@ A tangent that is None is zero and costs nothing: the rules skip it.
 >>> float(y), float(t)
 (5.0, 2.0)
 """
-import math
 import weakref
 
 import numpy as np
@@ -30,9 +29,8 @@ from ..graph import is_grad_enabled
 from ..compiler.trace import resolve
 from ..pytree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
-
-_SQRT_PI = math.sqrt(math.pi)
-
+from ..xp import ZERO, lookup
+from ..xp.tangents import fit
 
 def _z(x):
     """Zeros like x, on x's device (a zero tangent made explicit)."""
@@ -41,264 +39,27 @@ def _z(x):
     return np.zeros(np.shape(x), np.result_type(x))
 
 
-# -- the rules: rule(args, tans, out, params) -> tangent of out ----------------------
-# args: the inputs' values, tans: their tangents (None: zero, or not an array)
+class _Ops:
+    """xp primitives by name on one device's namespace (numpy's or CuPy's functions and
+    gpuad's helpers): what the JVP rules (gpuad/xp/tangents.py) call."""
 
-def _unary(d):
-    def rule(args, tans, out, params):
-        if tans[0] is None:
-            return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = tans[0] * d(args[0], out)
-        # a zero tangent stays zero where the derivative is infinite (sqrt at 0: a norm
-        # of zeros), as reverse mode's rules never multiply a zero by an infinity
-        return np.where(tans[0] == 0, 0.0, t).astype(t.dtype) if np.isnan(t).any() else t
-    return rule
+    def __init__(self, ns):
+        self.ns = ns
+
+    def __getattr__(self, prim):
+        fn = resolve(prim, self.ns)
+        setattr(self, prim, fn)
+        return fn
 
 
-def _linear(prim):
-    """An op linear in its first argument: the tangent goes through the same op."""
-    def rule(args, tans, out, params):
-        if tans[0] is None:
-            return None
-        return resolve(prim, namespace_of(tans[0]))(tans[0], *args[1:], **params)
-    return rule
+_OPS = {}
 
 
-def _add(args, tans, out, params):
-    ta, tb = tans
-    if ta is None and tb is None:
-        return None
-    return _fit(ta, out) if tb is None else (_fit(tb, out) if ta is None else _fit(ta + tb, out))
-
-
-def _subtract(args, tans, out, params):
-    ta, tb = tans
-    if ta is None and tb is None:
-        return None
-    if tb is None:
-        return _fit(ta, out)
-    return _fit(-tb if ta is None else ta - tb, out)
-
-
-def _multiply(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans
-    t = None if ta is None else ta * b
-    if tb is not None:
-        t = a * tb if t is None else t + a * tb
-    return None if t is None else _fit(t, out)
-
-
-def _divide(args, tans, out, params):
-    (_, b), (ta, tb) = args, tans                # d(a / b) = ta / b - tb (a / b) / b
-    t = None if ta is None else ta / b
-    if tb is not None:
-        u = -tb * out / b
-        t = u if t is None else t + u
-    return None if t is None else _fit(t, out)
-
-
-def _power(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans
-    t = None
-    if ta is not None:
-        t = ta * (b * np.power(a, np.subtract(b, 1)))
-    if tb is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = tb * out * np.log(a)
-        t = u if t is None else t + u
-    return None if t is None else _fit(t, out)
-
-
-def _select(cond_fn, tie=0.5):
-    """maximum/minimum: the tangent of the side that wins, the mean of both on a tie (as
-    gpuad's VJP splits the gradient)."""
-    def rule(args, tans, out, params):
-        (a, b), (ta, tb) = args, tans
-        if ta is None and tb is None:
-            return None
-        ta = _z(out) if ta is None else ta
-        tb = _z(out) if tb is None else tb
-        wins = cond_fn(a, b)
-        ties = a == b
-        return _fit(np.where(ties, tie * (ta + tb), np.where(wins, ta, tb)), out)
-    return rule
-
-
-def _arctan2(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans
-    d = a * a + b * b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(d != 0, 1.0 / d, 0.0)          # 0 at the origin, as the VJP
-    t = None if ta is None else ta * b * inv
-    if tb is not None:
-        u = -tb * a * inv
-        t = u if t is None else t + u
-    return None if t is None else _fit(t, out)
-
-
-def _remainder(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans        # a - floor(a / b) b: d/da = 1, d/db = -floor(a / b)
-    t = None if ta is None else ta
-    if tb is not None:
-        u = -tb * np.floor(a / b)
-        t = u if t is None else t + u
-    return None if t is None else _fit(t, out)
-
-
-def _matmul(args, tans, out, params):
-    (a, b), (ta, tb) = args, tans
-    t = None if ta is None else np.matmul(ta, b)
-    if tb is not None:
-        u = np.matmul(a, tb)
-        t = u if t is None else t + u
-    return t
-
-
-def _where(args, tans, out, params):
-    c, a, b = args
-    _, ta, tb = tans
-    if ta is None and tb is None:
-        return None
-    return _fit(np.where(c, _z(out) if ta is None else ta, _z(out) if tb is None else tb), out)
-
-
-def _extreme(reduce):
-    """max/min along axes: the tangent at the extreme, shared evenly among ties."""
-    def rule(args, tans, out, params):
-        if tans[0] is None:
-            return None
-        a, t = args[0], tans[0]
-        axis, keepdims = params.get("axis"), params.get("keepdims", False)
-        hit = a == reduce(a, axis=axis, keepdims=True)
-        return np.sum(t * hit, axis=axis, keepdims=keepdims) / np.sum(hit, axis=axis, keepdims=keepdims)
-    return rule
-
-
-def _concat(prim):
-    def rule(args, tans, out, params):
-        arrays, ts = args[0], tans[0]
-        if ts is None or all(t is None for t in ts):
-            return None
-        like = next(t for t in ts if t is not None)
-        return resolve(prim, namespace_of(like))([_z(a) if t is None else t for a, t in zip(arrays, ts)], *args[1:],
-                                                 **params)
-    return rule
-
-
-def _einsum(args, tans, out, params):
-    eq, ops, ts = args[0], list(args[1:]), list(tans[1:])
-    t = None
-    for i, ti in enumerate(ts):
-        if ti is not None:
-            term = np.einsum(eq, *(ops[:i] + [ti] + ops[i + 1:]), **params)
-            t = term if t is None else t + term
-    return t
-
-
-def _scatter_add(args, tans, out, params):
-    if tans[0] is None:
-        return None
-    return resolve("scatter_add", namespace_of(tans[0]))(tans[0], *args[1:])
-
-
-def _setitem(args, tans, out, params):
-    a, index, value = args
-    ta, _, tv = tans
-    if ta is None and tv is None:
-        return None
-    xp = namespace_of(a)
-    tv = _z(value) if tv is None else tv
-    return resolve("setitem", xp)(_z(a) if ta is None else ta, index, xp.asarray(tv) if hasattr(tv, "shape") else tv)
-
-
-def _cumprod(args, tans, out, params):
-    # the product rule along the axis, no division (a zero among the x is fine):
-    # d out_k = d out_{k-1} x_k + out_{k-1} t_k
-    if tans[0] is None:
-        return None
-    axis = params.get("axis", args[1] if len(args) > 1 else None)
-    a, t, y = (np.ravel(v) if axis is None else v for v in (args[0], tans[0], out))
-    ax = 0 if axis is None else axis
-    a, t, y = (np.moveaxis(v, ax, 0) for v in (a, t, y))
-    d = np.empty_like(y)
-    d[0] = t[0]
-    for k in range(1, len(y)):
-        d[k] = d[k - 1] * a[k] + y[k - 1] * t[k]
-    return np.moveaxis(d, 0, ax)
-
-
-def _zero_where(args, tans, out, params):
-    if tans[0] is None:
-        return None
-    t = tans[0].copy()
-    np.copyto(t, 0, where=args[1])
-    return t
-
-
-def _fit(t, out):
-    """A tangent with its output's shape and dtype (broadcast up when an operand was
-    broadcast; tangents are never written in place, so a view is fine)."""
-    if not hasattr(t, "shape") or isinstance(t, np.generic):
-        t = np.asarray(t)
-    shape = np.shape(out)
-    if t.shape != shape:
-        t = np.broadcast_to(t, shape)
-    dt = out.dtype if isinstance(out, np.ndarray) else np.result_type(out)
-    return t if t.dtype == dt else t.astype(dt)
-
-
-def _clip(args, tans, out, params):
-    """The tangent inside [lo, hi], bounds included (clamp's gradient), 0 outside."""
-    if tans[0] is None:
-        return None
-    x, lo, hi = (list(args) + [params.get("a_min"), params.get("a_max")])[:3]
-    inside = x == x                                  # on x's device (NaN: outside, as in the VJP)
-    if lo is not None:
-        inside &= x >= lo
-    if hi is not None:
-        inside &= x <= hi
-    return np.where(inside, tans[0], 0.0)
-
-
-_none = lambda *_: None          # noqa: E731  piecewise-constant outputs (floor, sign, comparisons)
-
-RULES = {
-    "add": _add, "subtract": _subtract, "multiply": _multiply, "divide": _divide, "true_divide": _divide,
-    "power": _power, "maximum": _select(np.greater), "minimum": _select(np.less), "arctan2": _arctan2,
-    "remainder": _remainder, "matmul": _matmul, "where": _where, "einsum": _einsum,
-    "negative": _unary(lambda x, y: -1.0), "exp": _unary(lambda x, y: y), "expm1": _unary(lambda x, y: y + 1),
-    "log": _unary(lambda x, y: 1 / x), "log1p": _unary(lambda x, y: 1 / (1 + x)),
-    "log2": _unary(lambda x, y: 1 / (x * math.log(2))), "log10": _unary(lambda x, y: 1 / (x * math.log(10))),
-    "sqrt": _unary(lambda x, y: 0.5 / y), "sin": _unary(lambda x, y: np.cos(x)),
-    "cos": _unary(lambda x, y: -np.sin(x)), "tan": _unary(lambda x, y: 1 + y * y),
-    "tanh": _unary(lambda x, y: 1 - y * y), "sinh": _unary(lambda x, y: np.cosh(x)),
-    "cosh": _unary(lambda x, y: np.sinh(x)), "arctan": _unary(lambda x, y: 1 / (1 + x * x)),
-    "atan": _unary(lambda x, y: 1 / (1 + x * x)), "arcsin": _unary(lambda x, y: 1 / np.sqrt(1 - x * x)),
-    "arccos": _unary(lambda x, y: -1 / np.sqrt(1 - x * x)), "absolute": _unary(lambda x, y: np.sign(x)),
-    "abs": _unary(lambda x, y: np.sign(x)), "square": _unary(lambda x, y: 2 * x),
-    "reciprocal": _unary(lambda x, y: -y * y),
-    "erf": _unary(lambda x, y: (2 / _SQRT_PI) * np.exp(-x * x)),
-    "sum": _linear("sum"), "mean": _linear("mean"), "cumsum": _linear("cumsum"), "cumprod": _cumprod,
-    "max": _extreme(np.max), "min": _extreme(np.min), "amax": _extreme(np.max), "amin": _extreme(np.min),
-    "reshape": _linear("reshape"), "transpose": _linear("transpose"), "swapaxes": _linear("swapaxes"),
-    "broadcast_to": _linear("broadcast_to"), "getitem": _linear("getitem"), "astype": _linear("astype"),
-    "copy": _linear("copy"), "ravel": _linear("ravel"), "squeeze": _linear("squeeze"), "flip": _linear("flip"),
-    "expand_dims": _linear("expand_dims"), "moveaxis": _linear("moveaxis"), "broadcast_copy": _linear("broadcast_copy"),
-    "take_along_axis": _linear("take_along_axis"), "take": _linear("take"), "tril": _linear("tril"),
-    "triu": _linear("triu"), "roll": _linear("roll"), "tile": _linear("tile"), "repeat": _linear("repeat"),
-    "pad": _linear("pad"), "diagonal": _linear("diagonal"), "asarray": _linear("asarray"),
-    "concatenate": _concat("concatenate"), "stack": _concat("stack"),
-    "scatter_add": _scatter_add, "setitem": _setitem, "zero_where": _zero_where,
-    "floor": _none, "ceil": _none, "rint": _none, "round": _none, "trunc": _none, "sign": _none,
-    "greater": _none, "greater_equal": _none, "less": _none, "less_equal": _none, "equal": _none,
-    "not_equal": _none, "logical_and": _none, "logical_or": _none, "logical_not": _none, "logical_xor": _none,
-    "isfinite": _none, "isnan": _none, "isinf": _none, "arange": _none, "empty": _none, "zeros": _none,
-    "ones": _none, "full": _none, "zeros_like": _none, "ones_like": _none, "empty_like": _none,
-    "buffer": _none, "random_draw": _none, "dropout_keep": _none, "check_none": _none, "check_value": _none, "host_callback": _none, "argmax": _none, "argmin": _none,
-    "argsort": _none, "floor_divide": _none, "bitwise_and": _none, "bitwise_or": _none, "bitwise_xor": _none,
-    "invert": _none, "stop_gradient": _none, "clip": _clip,
-}
+def _ops(ns):
+    ops = _OPS.get(ns.name)
+    if ops is None:
+        ops = _OPS[ns.name] = _Ops(ns)
+    return ops
 
 
 # -- evaluating a traced graph with tangents -------------------------------------------
@@ -322,6 +83,7 @@ def run(graph, inputs, tangents, device="cpu"):
     xp = _namespace(device)
     # on a device, host constants (captured arrays, folded literals) go there first
     host = (lambda a: xp.asarray(a) if type(a) is np.ndarray else a) if device != "cpu" else None
+    ops = _ops(xp)
     env, tan = {}, {}
     for v, a, t in zip(graph.inputs, inputs, tangents):
         env[v.id] = a if host is None else host(a)
@@ -339,14 +101,22 @@ def run(graph, inputs, tangents, device="cpu"):
         if not floating or not any(i in tan for i in ids):
             continue
         if rule is None:
-            raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r}")
-        t = rule(args, [_tangent(a, tan) for a in e.args], env[e.outs[0].id], params)
+            raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r} "
+                                      "(its declaration in gpuad/xp/vocabulary.py has none)")
+        if rule is ZERO:
+            continue
+        t = rule(ops, args, [_tangent(a, tan) for a in e.args], env[e.outs[0].id], params)
         if t is not None:
-            tan[e.outs[0].id] = _fit(t, env[e.outs[0].id])
+            tan[e.outs[0].id] = fit(t, env[e.outs[0].id])
     return env, tan
 
 
 _plans = weakref.WeakKeyDictionary()
+
+
+def _rule(prim):
+    d = lookup(prim)
+    return None if d is None else d.jvp
 
 
 def _steps(graph, xp):
@@ -356,7 +126,7 @@ def _steps(graph, xp):
     steps = per.get(xp.name)
     if steps is None:
         steps = per[xp.name] = [(e, None if e.prim == "getitem" else resolve(e.prim, xp), [v.id for v in e.invars()],
-                                  RULES.get(e.prim), e.outs[0].dtype.kind in "fc") for e in graph.eqns]
+                                  _rule(e.prim), e.outs[0].dtype.kind in "fc") for e in graph.eqns]
     return steps
 
 

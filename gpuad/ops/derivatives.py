@@ -25,7 +25,11 @@ array([2., 1.])
 """
 import math
 
+import numpy as np
+
 from ..generated import load
+from ..xp import ZERO, lookup, set_jvp
+from ..xp.tangents import finite_zero
 from .elementwise import _tmp
 from .registry import call, primitive, UNARY
 
@@ -57,6 +61,10 @@ def unary(name, keep, d, via="multiply", domain=(-2.0, 2.0), temps=1, fwd=None, 
                    domain=domain, float_result=float_result)(forward)
     op.defvjp(_vjp_from(name, keep, d, via))
     op.derivative = d
+    if fwd is None and lookup(name) is not None:
+        # its forward is the xp primitive of the same name: forward mode's rule for that
+        # primitive comes from this same expression
+        set_jvp(name, _jvp_from(name, keep, d, via))
     return op
 
 
@@ -76,6 +84,26 @@ def _vjp_from(name, keep, d, via):
               + ("    params = node.params or {}\n" if "params" in d else "")
               + f"    return ({result},)\n")
     return load(source, f"derivative of {name}", dict(_DERIVATIVE_SCOPE))[f"{name}_vjp"]
+
+
+def _jvp_from(name, keep, d, via):
+    """The JVP rule (gpuad/xp/tangents.py's signature) of the xp primitive `name`, from the
+    derivative expression its VJP is compiled from: tangent via d."""
+    if via == "select" and d == "True":
+        return ZERO
+    if via == "select":
+        result = f"xp.where({d}, 0.0, tan)"
+    else:
+        result = f"finite_zero(xp, tan, xp.{via}(tan, {d}))"
+    source = (f"def {name}_jvp(xp, args, tans, out, params):\n"
+              "    tan = tans[0]\n"
+              "    if tan is None:\n"
+              "        return None\n"
+              + ("    x = args[0]\n" if keep == "x" else "")
+              + "    with np.errstate(divide='ignore', invalid='ignore'):\n"
+              + f"        return {result}\n")
+    scope = dict(_DERIVATIVE_SCOPE, np=np, finite_zero=finite_zero)
+    return load(source, f"tangent of {name}", scope)[f"{name}_jvp"]
 
 
 def _erf_d(xp, x):

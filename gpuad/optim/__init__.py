@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..backends import namespace_of
+from ..backends import cpu_kernels, namespace_of
 from ..graph import enable_grad
 from ..tensor import Tensor
 from . import lr_scheduler  # noqa: F401  (gpuad.optim.lr_scheduler, as torch)
@@ -205,6 +205,12 @@ class Adam(Optimizer):
             st["step"] = namespace_of(w).asarray(np.array(st["step"], np.float64))   # saved as a Python int
         st["step"] += 1
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
+        # the bias corrections in float64, then to w's dtype: what a Python float does
+        step_size = (group["lr"] / (1 - b1 ** t)).astype(w.dtype)
+        sqrt_c = np.sqrt(1 - b2 ** t).astype(w.dtype)
+        # one pass on the CPU kernels (host arrays; numpy's bits), else numpy's ~13 passes
+        if not group["amsgrad"] and cpu_kernels.adam(w, g, m, v, b1, b2, step_size, sqrt_c, group["eps"]):
+            return
         m *= b1
         m += (1 - b1) * g
         v *= b2
@@ -212,9 +218,7 @@ class Adam(Optimizer):
         if group["amsgrad"]:
             np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
             v = st["max_exp_avg_sq"]
-        # the bias corrections in float64, then to w's dtype: what a Python float does
-        step_size = (group["lr"] / (1 - b1 ** t)).astype(w.dtype)
-        denom = (v ** 0.5) / np.sqrt(1 - b2 ** t).astype(w.dtype) + group["eps"]
+        denom = (v ** 0.5) / sqrt_c + group["eps"]
         w -= step_size * (m / denom)
 
 

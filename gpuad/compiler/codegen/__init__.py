@@ -9,7 +9,11 @@ triton_groups.py   a Triton kernel per fused group on a GPU, a GEMM with its epi
 import hashlib
 import importlib.util
 import os
+import string
 import sys
+
+from ...errors import NoTritonForm
+from ...xp import CAST, NUMPY_PHASE, lookup
 
 
 def digest(text):
@@ -37,3 +41,17 @@ def import_source(path, name):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def expression(prim, target, operands, **extra):
+    """Member `prim`'s expression for `target` ("triton", "cpu" or "math": the field of its
+    declaration in gpuad/xp/vocabulary.py) over the operands' source, or raise NoTritonForm
+    (that generator leaves the group to numpy) when it has none or its arity differs."""
+    d = lookup(prim)
+    form = getattr(d, target, None) if d is not None else None
+    if not isinstance(form, str) or form in (CAST, NUMPY_PHASE):
+        raise NoTritonForm(prim)
+    arity = len({f for _, f, _, _ in string.Formatter().parse(form) if f not in (None, "") and f.isdigit()})
+    if arity != len(operands):
+        raise NoTritonForm(f"{prim} of {len(operands)} operands")
+    return form.format(*operands, **extra)

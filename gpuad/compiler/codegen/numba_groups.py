@@ -51,7 +51,8 @@ from ... import config
 from ...errors import NoTritonForm
 from ...memory.pool import host_pool
 from ..ir import Literal, Var
-from . import digest, import_source, write_source
+from ...xp import CAST, NUMPY_PHASE, lookup
+from . import digest, expression, import_source, write_source
 
 MIN_ELEMENTS = 1 << 14          # a smaller group keeps the numpy executor
 PARALLEL_MIN = 1 << 18          # elements: a smaller group's kernel runs on one thread (waking the
@@ -60,13 +61,6 @@ PARALLEL_MIN = 1 << 18          # elements: a smaller group's kernel runs on one
 Unsupported = NoTritonForm      # (the same signal as triton_groups': this group keeps numpy)
 
 _FLOATS = {"float32", "float64"}
-_ARITH = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
-          "true_divide": "({} / {})"}
-_NUMPY_UNARY = {"exp", "log", "tanh", "log1p", "expm1", "sin", "cos", "tan", "arctan", "sinh", "cosh", "log2",
-                "log10", "exp2"}
-_COMPARE = {"greater": ">", "less": "<", "greater_equal": ">=", "less_equal": "<=", "equal": "==",
-            "not_equal": "!="}
-
 
 def _index(v, shape):
     """How input v is read at the group's flat index i: all of it ("i"), a block of trailing
@@ -133,44 +127,21 @@ def _member(m, names):
             raise Unsupported(f"{m.prim} of {sorted(map(str, dts))}")
         return dts.pop()
     p, args = m.prim, m.args
-    if m.params and not (p == "astype" and not m.params):
+    if m.params:
         raise Unsupported(f"{p} with {sorted(m.params)}")
-    if p in _ARITH and len(args) == 2:
-        expr = _ARITH[p].format(*(operand(a, dt) for a in args))
-    elif p in _COMPARE and len(args) == 2:
-        ct = common()
-        a, b = (operand(x, ct) for x in args)
-        expr = f"({a} {_COMPARE[p]} {b})"
-    elif p in ("maximum", "minimum") and len(args) == 2:
-        # numpy's: a NaN in either gives NaN; equal values (signed zeros too) give b
-        a, b = (operand(x, dt) for x in args)
-        op = ">" if p == "maximum" else "<"
-        expr = f"_pick({a}, {b}, {a} {op} {b})"
-    elif p == "negative" and len(args) == 1:
-        expr = f"(-{operand(args[0], dt)})"
-    elif p in ("absolute", "abs") and len(args) == 1:
-        expr = f"abs({operand(args[0], dt)})"
-    elif p == "square" and len(args) == 1:
-        x = operand(args[0], dt)
-        expr = f"({x} * {x})"
-    elif p == "sqrt" and len(args) == 1 and dt.kind == "f":
-        expr = f"np.sqrt({operand(args[0], dt)})"
-    elif p == "where" and len(args) == 3:
-        c = operand(args[0], np.dtype(bool))
-        a, b = operand(args[1], dt), operand(args[2], dt)
-        expr = f"({a} if {c} else {b})"
-    elif p in ("logical_and", "logical_or") and len(args) == 2:
-        a, b = (operand(x, np.dtype(bool)) for x in args)
-        expr = f"({a} {'and' if p == 'logical_and' else 'or'} {b})"
-    elif p == "logical_not" and len(args) == 1:
-        expr = f"(not {operand(args[0], np.dtype(bool))})"
-    elif p == "astype" and len(args) == 2 and dt.kind == "f" and isinstance(args[0], Var) and \
-            args[0].dtype.kind in "biuf":
+    d = lookup(p)
+    form = d.cpu if d is not None else None
+    if form == CAST:
+        if not (len(args) == 2 and dt.kind == "f" and isinstance(args[0], Var) and args[0].dtype.kind in "biuf"):
+            raise Unsupported(f"astype of {args!r}")
         expr = f"{_cast(dt)}({names[args[0].id]})"          # rounds to nearest, as numpy's cast
-    elif p == "erf" and len(args) == 1 and dt == np.float32:
-        expr = f"_erf({operand(args[0], dt)}, erf_c0, erf_c1, erf_c2, erf_c3, erf_last)"
     else:
-        raise Unsupported(p)
+        if d is None or (d.cpu_dtypes and dt.name not in d.cpu_dtypes):
+            raise Unsupported(f"{p} giving {dt}")
+        kinds = d.cpu_operands if isinstance(d.cpu_operands, tuple) else (d.cpu_operands,) * len(args)
+        ct = common() if "common" in kinds else None
+        want = {"out": dt, "common": ct, "bool": np.dtype(bool)}
+        expr = expression(p, "cpu", [operand(a, want[kind]) for a, kind in zip(args, kinds)])
     return f"{_cast(dt) if dt.kind == 'f' else ''}({expr})"
 
 
@@ -179,7 +150,10 @@ def _numpy_only(m):
     numpy's SIMD library (exp, log, tanh, ...: libm's versions differ in last bits), or a
     power by a constant. Its operand is written to a temporary by one phase, numpy's
     ufunc runs over it in place, and later phases read the result."""
-    if m.prim in _NUMPY_UNARY and len(m.args) == 1 and isinstance(m.args[0], Var):
+    d = lookup(m.prim)
+    if d is None or d.cpu != NUMPY_PHASE:
+        return False
+    if m.prim != "power" and len(m.args) == 1 and isinstance(m.args[0], Var):
         return m.args[0].dtype == m.out.dtype and m.out.dtype.name in _FLOATS and not m.params
     if m.prim == "power" and len(m.args) == 2 and isinstance(m.args[0], Var) and not m.params:
         c = m.args[1]

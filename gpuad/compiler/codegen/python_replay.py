@@ -24,6 +24,8 @@ import numpy as np
 
 from ..ir import Literal, Var, iter_vars, load, padded as _padded
 from ..trace import resolve
+from ...xp import lookup
+from . import expression
 
 CHUNK = 1 << 14          # elements per pass over a group: 64 KB of float32, within L2
 TINY = 1024              # elements: smaller one-pass groups use fresh temporaries, not scratch
@@ -287,9 +289,7 @@ def _generate(k):
 # IEEE double operations either way; math's sin, exp, ... may differ from numpy's
 # in the last bit. A math domain or range error (math.log(-1) raises where numpy
 # returns NaN) falls back to the numpy kernel for that call.
-_MATH = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
-         "true_divide": "({} / {})", "negative": "(-{})", "absolute": "abs({})", "square": "({0} * {0})"}
-_MATH_FN = ("sin", "cos", "tan", "tanh", "sinh", "cosh", "exp", "log", "sqrt", "log1p", "expm1", "arctan")
+# (each member's form: the `math` field of its declaration, gpuad/xp/vocabulary.py)
 
 
 def _scalar_ok(k):
@@ -297,7 +297,7 @@ def _scalar_ok(k):
     if math.prod(k.shape) != 1 or any(v.dtype != f64 or v.size != 1 for v in k.ins):
         return False
     for m in k.members:
-        if m.out.dtype != f64 or (m.prim not in _MATH and m.prim not in _MATH_FN):
+        if m.out.dtype != f64 or getattr(lookup(m.prim), "math", None) is None:
             return False
         if any(_scalar_arg(a) is None for a in m.args):
             return False
@@ -325,8 +325,7 @@ def _generate_scalar(k, numpy_kernel, numpy_source):
         lines.append(f"        s{v.id} = {v.name}.item()")
     for m in k.members:
         args = [names[a.id] if isinstance(a, Var) else _scalar_arg(a) for a in m.args]
-        expr = _MATH[m.prim].format(*args) if m.prim in _MATH else \
-            f"{'atan' if m.prim == 'arctan' else m.prim}({', '.join(args)})"
+        expr = expression(m.prim, "math", args)
         names[m.out.id] = f"s{m.out.id}"
         lines.append(f"        s{m.out.id} = {expr}")
     lines.append("    except (ValueError, OverflowError, ZeroDivisionError):")
@@ -338,8 +337,8 @@ def _generate_scalar(k, numpy_kernel, numpy_source):
         lines.append(f"    o{j}[...] = s{o.id}")
     lines.append(f"    return ({''.join(f'o{j}, ' for j in range(len(k.outs)))})")
     source = "\n".join(lines) + "\n"
-    scope = {"np": np, "numpy_kernel": numpy_kernel, "atan": math.atan}
-    scope.update({f: getattr(math, f) for f in _MATH_FN if hasattr(math, f)})
+    scope = {f: getattr(math, f) for f in dir(math) if not f.startswith("_")}
+    scope.update(np=np, numpy_kernel=numpy_kernel)
     load(source, "fused scalar", scope)
     return scope["kernel"], source + "\n# falls back to:\n" + numpy_source
 

@@ -39,7 +39,8 @@ import numpy as np
 from ... import config
 from ..ir import Literal, Var, padded as _padded
 from ...errors import NoTritonForm
-from . import digest, import_source, write_source
+from ...xp import CAST, lookup
+from . import digest, expression, import_source, write_source
 
 MAX_ROW = 1 << 14           # a row reduction keeps one row in registers
 BLOCK = 1024                # elements per program of a pointwise kernel
@@ -47,22 +48,6 @@ BLOCK = 1024                # elements per program of a pointwise kernel
 _TL = {"float32": "tl.float32", "float64": "tl.float64", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
        "bool": "tl.int1",
        "int64": "tl.int64", "int32": "tl.int32", "int8": "tl.int8", "uint8": "tl.uint8"}
-_BINARY = {"add": "({} + {})", "subtract": "({} - {})", "multiply": "({} * {})", "divide": "({} / {})",
-           "true_divide": "({} / {})", "greater": "({} > {})", "less": "({} < {})",
-           "greater_equal": "({} >= {})", "less_equal": "({} <= {})", "equal": "({} == {})",
-           "not_equal": "({} != {})", "logical_and": "({} & {})", "logical_or": "({} | {})",
-           "maximum": "tl.maximum({}, {}, propagate_nan=tl.PropagateNan.ALL)",
-           "minimum": "tl.minimum({}, {}, propagate_nan=tl.PropagateNan.ALL)"}
-_UNARY = {"negative": "(-{})", "absolute": "tl.abs({})", "exp": "tl.exp({})", "log": "tl.log({})",
-          "sqrt": "tl.sqrt({})", "sin": "tl.sin({})", "cos": "tl.cos({})", "tanh": "_tanh({})",
-          "erf": "tl.math.erf({})", "square": "({0} * {0})", "reciprocal": "(1.0 / {})",
-          "logical_not": "({} == 0)"}
-_REDUCE = {"sum": "tl.sum({}, axis=0)", "mean": "(tl.sum({}, axis=0) / {n})", "max": "tl.max({}, axis=0)",
-           "amax": "tl.max({}, axis=0)", "min": "tl.min({}, axis=0)", "amin": "tl.min({}, axis=0)"}
-_FILL = {"sum": "0.0", "mean": "0.0", "max": "float('-inf')", "amax": "float('-inf')",
-         "min": "float('inf')", "amin": "float('inf')"}
-
-
 Unsupported = NoTritonForm     # a member with no Triton form here (log1p, power, ...): the group stays on numpy
 
 
@@ -107,7 +92,7 @@ def source(k):
     if hasattr(k, "mm"):
         return gemm_source(k)
     nd = len(k.shape)
-    reduce = k.members[-1].prim in _REDUCE and nd >= 1
+    reduce = k.reduces and nd >= 1
     ops = _inputs(k)
     names = {id(a): n for n, a in ops}
     row = k.shape[-1] if reduce else 0
@@ -221,24 +206,18 @@ def _body(k, ops, names, lines, nd, row=0, reduce=False, val=None):
             raise Unsupported(f"operand {a!r} of {m.prim}")
         if not any(isinstance(a, Var) or (isinstance(a, Literal) and np.size(a.value) > 1) for a in m.args):
             raise Unsupported(f"{m.prim} of constants only")
-        if m.prim in _REDUCE and m is k.members[-1] and reduce:
-            src = operand(m.args[0])
-            masked = f"tl.where(mask, {src}, {_FILL[m.prim]})"
-            expr = _REDUCE[m.prim].format(masked, n=row)
-        elif m.prim in _BINARY and len(m.args) == 2:
-            a, b = (operand(x) for x in m.args)
-            if m.prim in ("divide", "true_divide"):      # numpy divides in the result's dtype
-                a, b = (f"({x}).to({dt})" if isinstance(y, Var) else x for x, y in ((a, m.args[0]), (b, m.args[1])))
-            expr = _BINARY[m.prim].format(a, b)
-        elif m.prim in _UNARY and len(m.args) == 1:
-            expr = _UNARY[m.prim].format(operand(m.args[0]))
-        elif m.prim == "where" and len(m.args) == 3:
-            c, a, b = (operand(x) for x in m.args)
-            expr = f"tl.where({c} != 0, {a}, {b})"
-        elif m.prim == "astype":
+        d = lookup(m.prim)
+        if m is k.members[-1] and reduce:
+            # the row reduction closing the group, over masked-out lanes set to its start
+            masked = f"tl.where(mask, {operand(m.args[0])}, {d.fill})"
+            expr = expression(m.prim, "triton", [masked], n=row)
+        elif d is not None and d.triton == CAST:
             expr = operand(m.args[0])
         else:
-            raise Unsupported(m.prim)
+            ops = [operand(x) for x in m.args]
+            if d is lookup("divide"):      # numpy divides in the result's dtype
+                ops = [f"({x}).to({dt})" if isinstance(y, Var) else x for x, y in zip(ops, m.args)]
+            expr = expression(m.prim, "triton", ops)
         val[o.id] = f"t{o.id}"
         lines.append(f"    t{o.id} = ({expr}).to({dt})")
     return val
@@ -310,7 +289,7 @@ def launch(k, inputs, outs, torch_like=None):
         strides += [own[d] if padded[d] == k.shape[d] and padded[d] != 1 else 0 for d in range(nd)]
     wrap = torch_like or (lambda a: a)
     n = math.prod(k.shape)
-    reduce = k.members[-1].prim in _REDUCE
+    reduce = k.reduces
     if reduce:
         grid = (n // k.shape[-1],)
         block = max(16, 1 << (k.shape[-1] - 1).bit_length())

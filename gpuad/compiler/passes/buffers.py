@@ -24,44 +24,41 @@ use: the plan counts them too, so the peak of a replay is known before it runs:
 """
 import numpy as np
 
+from ...xp import OUT_COPY, OUT_KW, OUT_REDUCE, OUT_UFUNC, lookup
 from ..ir import iter_vars
 
 ALIGN = 64              # bytes: every buffer starts on a cache line
-_REDUCE = {"sum", "max", "min", "amax", "amin", "mean"}
-
-
-def _ufunc(prim):
-    f = getattr(np, prim, None)
-    return isinstance(f, np.ufunc) and f.nout == 1
-
-
-_COPY_INTO = {"where", "astype", "erf", "scatter_add"}     # no ufunc, but written into a buffer all the same
-# and, on the CPU, functions that take out= as a ufunc does: attention's dropout masks and
-# the concatenations of its backward are planned like the rest (not allocated mid-replay)
-_OUT_KW = {"concatenate", "dropout_keep"}
 
 
 def writes_out(e, extras=True):
-    """Can this equation compute into a buffer it is given? extras: also where, astype
-    and erf, as copies into it (on the CPU: numpy's copyto, gpuad's erf(out=))."""
+    """Can this equation compute into a buffer it is given (its declaration's `out`)?
+    extras: also the copies into it (where, astype, erf, scatter_add: numpy's copyto,
+    gpuad's erf(out=)) and, on the CPU, the functions that take out= there (attention's
+    dropout masks and its backward's concatenations: planned like the rest, not
+    allocated mid-replay)."""
     if e.view or len(e.outs) != 1 and e.prim != "fused":
         return False
     if e.prim == "fused":
         return True
-    if extras and e.prim in _COPY_INTO:
-        return e.prim != "astype" or not e.params
-    if extras and e.prim in _OUT_KW:
-        return e.out.dtype.kind in "fc"
-    if e.prim in _REDUCE:
+    d = lookup(e.prim)
+    if d is None:
+        return False
+    if d.out == OUT_COPY:
+        return extras and not e.params
+    if d.out == OUT_KW:
+        return extras and e.out.dtype.kind in "fc"
+    if d.out == OUT_REDUCE:
         return "dtype" not in e.params
-    return _ufunc(e.prim) and e.prim != "matmul" or (e.prim == "matmul" and len(e.out.shape) >= 1)
+    # matmul's out= needs an array: a vector-vector product has none
+    return d.out == OUT_UFUNC and (d.elementwise or len(e.out.shape) >= 1)
 
 
 def elementwise(e):
     """May the result share the buffer of a same-shape input that dies here?"""
     if e.prim == "fused":
         return e.params["kernel"].value.inplace_ok
-    return _ufunc(e.prim) and e.prim != "matmul"
+    d = lookup(e.prim)
+    return d is not None and d.inplace
 
 
 def roots(graph):
@@ -167,7 +164,7 @@ class Plan:
             g, index = src(e.args[0], names), src(e.args[2], names)
             write = f"{target}[{index}] = {g}" if e.args[3] else f"np.add.at({target}, {index}, {g})"
             return [f"{e.out.name} = {target}", f"{e.out.name}.fill(0)", write.replace(target, e.out.name, 1)]
-        if e.prim in _COPY_INTO:
+        if getattr(lookup(e.prim), "out", None) == OUT_COPY:
             from ..codegen.python_replay import _into, src
             target = self._target(e.out, names)
             fn = names.fn(e.prim) if e.prim != "astype" else None

@@ -15,7 +15,7 @@ v4:f32[2] = add v2 v2
 import numpy as np
 
 from ..ir import Eqn, Literal, Var, iter_vars, map_vars
-from .dce import EFFECTS
+from .dce import kept_apart
 
 
 def _key(x):
@@ -56,7 +56,7 @@ def run(graph):
     sub = lambda v: alias.get(v.id, v)   # noqa: E731
     for i, e in enumerate(graph.eqns):
         e = Eqn(e.prim, map_vars(e.args, sub), map_vars(e.params, sub), e.outs, e.view)
-        if e.prim not in EFFECTS and e.prim not in ("empty", "buffer"):
+        if not kept_apart(e.prim):
             k = (e.prim, _key(e.args), _key(e.params), tuple((o.shape, o.dtype.str) for o in e.outs))
             hit = seen.get(k)
             if hit is not None and sum(o.nbytes for o in hit.outs) > SMALL and \

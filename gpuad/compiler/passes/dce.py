@@ -12,16 +12,29 @@ the replay must draw exactly what eager would.
 >>> [e.prim for e in dce.run(g).eqns]
 ['sin']
 """
+from ...xp import lookup
 from ..ir import iter_vars
 
-EFFECTS = {"random_draw", "check_none", "check_value", "host_callback"}
+
+def effect(prim):
+    """Must an equation of this primitive run even when nothing reads it (its declaration's
+    kind: gpuad/xp/vocabulary.py)?"""
+    d = lookup(prim)
+    return d is not None and d.effect
+
+
+def kept_apart(prim):
+    """Must each equation of this primitive stay itself: an effect, or a buffer whose
+    contents are undefined (two `empty` calls are two buffers, never one: cse, remat)?"""
+    d = lookup(prim)
+    return d is not None and (d.effect or d.fresh)
 
 
 def run(graph):
     live = {v.id for v in iter_vars(graph.outputs)}
     kept = []
     for e in reversed(graph.eqns):
-        if e.prim in EFFECTS or any(o.id in live for o in e.outs):
+        if effect(e.prim) or any(o.id in live for o in e.outs):
             kept.append(e)
             live.update(v.id for v in e.invars())
     g = graph.copy()

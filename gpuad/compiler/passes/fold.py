@@ -16,12 +16,11 @@ x * 1, x + 0, x - 0, x / 1 and astype to x's own dtype become x itself.
 """
 import numpy as np
 
+from ...xp import lookup
 from ..ir import Eqn, Literal, Var, iter_vars, map_leaves, map_vars
 from ..trace import resolve
-from .dce import EFFECTS
 
 MAX_FOLD = 1 << 12          # elements: larger constants would be held for the step's lifetime
-_IDENTITY = {"multiply": 1, "divide": 1, "true_divide": 1, "add": 0, "subtract": 0}
 
 
 def _unwrap(x):
@@ -31,12 +30,13 @@ def _unwrap(x):
 
 def _identity(e):
     """The Var that e returns unchanged, if it does."""
-    unit = _IDENTITY.get(e.prim)
+    d = lookup(e.prim)
+    unit, sides = d.identity if d is not None and d.identity else (None, None)
     if unit is not None and len(e.args) == 2 and not e.params:
         a, b = e.args
         if isinstance(a, Var) and _is(b, unit) and a.shape == e.out.shape and a.dtype == e.out.dtype:
             return a
-        if e.prim in ("multiply", "add") and isinstance(b, Var) and _is(a, unit) \
+        if sides == "both" and isinstance(b, Var) and _is(a, unit) \
                 and b.shape == e.out.shape and b.dtype == e.out.dtype:
             return b
     if e.prim == "astype" and isinstance(e.args[0], Var) and e.args[0].dtype == e.out.dtype \
@@ -59,8 +59,9 @@ def run(graph):
         if same is not None:
             alias[e.out.id] = same
             continue
-        if (e.prim not in EFFECTS and not iter_vars(e.args) and not iter_vars(tuple(e.params.values()))
-                and len(e.outs) == 1 and e.out.size <= MAX_FOLD and e.prim not in ("empty", "buffer")
+        d = lookup(e.prim)
+        if (d is not None and not d.effect and not d.fresh and not iter_vars(e.args)
+                and not iter_vars(tuple(e.params.values())) and len(e.outs) == 1 and e.out.size <= MAX_FOLD
                 and _on_host(e)):
             value = resolve(e.prim)(*_unwrap(e.args), **_unwrap(e.params))
             value = np.asarray(value).astype(e.out.dtype, copy=False)

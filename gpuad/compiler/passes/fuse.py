@@ -31,23 +31,19 @@ v5:f32[4,3] = fused x b kernel={add,multiply,tanh}
 >>> bool(np.allclose(k(xs, bs)[0], np.tanh((xs + bs) * 2)))
 True
 """
-import math
-
-import numpy as np
-
-from ..ir import Eqn, Literal, Var, iter_vars, load
+from ...xp import OUT_COPY, OUT_UFUNC, REDUCTION, lookup
+from ..ir import Eqn, Literal, Var, iter_vars
 
 HORIZON = 8              # ops after its last member that a group stays open
-_NO_OUT = {"where", "erf", "astype"}     # elementwise, but not numpy ufuncs
 
 
 def fusible(e):
-    if len(e.outs) != 1 or e.view or e.out.size == 0:
+    """An elementwise primitive written into a buffer (a ufunc, or where/astype/erf as
+    copies), with no keyword changing what it computes."""
+    if len(e.outs) != 1 or e.view or e.out.size == 0 or e.params:
         return False
-    if e.prim in _NO_OUT:
-        return e.prim != "astype" or not e.params
-    f = getattr(np, e.prim, None)
-    return isinstance(f, np.ufunc) and f.nout == 1 and e.prim != "matmul" and not e.params
+    d = lookup(e.prim)
+    return d is not None and d.elementwise and d.out in (OUT_UFUNC, OUT_COPY)
 
 
 class _Group:
@@ -126,12 +122,10 @@ def run(graph):
     return g
 
 
-_ROW_REDUCE = {"sum", "max", "min", "amax", "amin", "mean"}
-
-
 def _row_reduction(e, owner):
     """The open group e can close, if e reduces one of its values over the last axis."""
-    if e.prim not in _ROW_REDUCE or len(e.outs) != 1 or not isinstance(e.args[0], Var):
+    d = lookup(e.prim)
+    if d is None or not d.row_reduce or len(e.outs) != 1 or not isinstance(e.args[0], Var):
         return None
     v = e.args[0]
     grp = owner.get(v.id)
@@ -174,7 +168,7 @@ class FusedKernel:
 
     def __init__(self, members, ins, outs, shape):
         self.members, self.ins, self.outs, self.shape = members, ins, outs, tuple(shape)
-        self.reduces = members[-1].prim in _ROW_REDUCE
+        self.reduces = lookup(members[-1].prim).kind == REDUCTION
         self.inplace_ok = len(outs) == 1 and outs[0] is members[-1].out and not self.reduces
         self._made = None
 

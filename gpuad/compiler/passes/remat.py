@@ -32,7 +32,7 @@ from ...errors import BudgetError
 
 from ..ir import Eqn, iter_vars, map_vars
 from . import buffers, dce
-from .dce import EFFECTS
+from .dce import kept_apart
 
 MAX_CHAIN = 12              # ops recomputed for one value at most
 BYTES_PER_FLOP = 0.1        # a FLOP costs a tenth of a byte moved (a CPU's balance, roughly)
@@ -128,7 +128,7 @@ def _chain(g, vid, at, first, last, producer, outputs, depth=0):
     if depth >= MAX_CHAIN or vid not in producer:
         return None
     _, e = producer[vid]
-    if e.prim in EFFECTS or e.prim in ("empty", "buffer") or len(e.outs) != 1 and e.prim != "fused":
+    if kept_apart(e.prim) or len(e.outs) != 1 and e.prim != "fused":
         return None
     chain = []
     inputs = {v.id for v in g.inputs}
