@@ -4,7 +4,7 @@ table), forward plus backward, 4M float32 elements, against torch eager; with th
 CPU kernels (Numba: GELU's forward in one pass, its gradient in two around numpy's
 exp, the erf table in one parallel pass) and without (GPUAD_CPU_KERNELS=numpy); each
 CPU kernel alone against the numpy code it replaces (erf, a sum over the batch, layer
-norm's forward, Adam's update in one pass) and what waking the kernels' sleeping threads costs; and a GEMM right
+norm's forward, layer and rms norm forward+backward, Adam's update in one pass) and what waking the kernels' sleeping threads costs; and a GEMM right
 after a parallel kernel.
 
 Before the erf table (issue 10) exact GELU took 25x torch's time, erf running
@@ -112,12 +112,17 @@ def _single_kernels(rounds):
     g = gpuad.tensor(rng.standard_normal((1024, 4096)).astype(np.float32))
     h = gpuad.tensor(rng.standard_normal((4096, 1024)).astype(np.float32))
     w, b = gpuad.ones(1024), gpuad.zeros(1024)
+    hg = gpuad.tensor(h.numpy(), requires_grad=True)
+    wg, bg = gpuad.ones(1024, requires_grad=True), gpuad.zeros(1024, requires_grad=True)
+    up = gpuad.tensor(rng.standard_normal((4096, 1024)).astype(np.float32))
     p = gpuad.nn.Parameter(gpuad.tensor(rng.standard_normal(1 << 22).astype(np.float32)))
     p.grad = gpuad.tensor(rng.standard_normal(1 << 22).astype(np.float32))
     adam = gpuad.optim.Adam([p], lr=1e-3)
     ops = {"erf, 4M float32": lambda: gpuad.erf(x),
            "sum over the batch, 1024 x 4096": lambda: g.sum(dim=0),
            "layer_norm forward, 4096 x 1024": lambda: F.layer_norm(h, (1024,), w, b),
+           "layer_norm forward+backward, 4096 x 1024": lambda: F.layer_norm(hg, (1024,), wg, bg).backward(up),
+           "rms_norm forward+backward, 4096 x 1024": lambda: F.rms_norm(hg, (1024,), wg).backward(up),
            "Adam step, 4M float32 parameters": adam.step}
     variants = {}
     for name, fn in ops.items():
@@ -127,6 +132,12 @@ def _single_kernels(rounds):
         import torch
         ht, wt, bt = torch.tensor(h.numpy()), torch.ones(1024), torch.zeros(1024)
         variants["layer_norm forward, 4096 x 1024: torch"] = lambda: torch.nn.functional.layer_norm(ht, (1024,), wt, bt)
+        htg, wtg, btg = (torch.tensor(a.numpy(), requires_grad=True) for a in (hg, wg, bg))
+        upt = torch.tensor(up.numpy())
+        variants["layer_norm forward+backward, 4096 x 1024: torch"] = \
+            lambda: torch.nn.functional.layer_norm(htg, (1024,), wtg, btg).backward(upt)
+        variants["rms_norm forward+backward, 4096 x 1024: torch"] = \
+            lambda: torch.nn.functional.rms_norm(htg, (1024,), wtg).backward(upt)
         pt = torch.nn.Parameter(torch.tensor(p.numpy()))
         pt.grad = torch.tensor(p.grad.numpy())
         variants["Adam step, 4M float32 parameters: torch"] = torch.optim.Adam([pt], lr=1e-3).step
@@ -153,6 +164,10 @@ def _single_kernels(rounds):
     if "layer_norm forward, 4096 x 1024: torch" in samples:
         ratios["layer_norm forward vs torch"] = harness.ratio(samples, "layer_norm forward, 4096 x 1024: kernels",
                                                               "layer_norm forward, 4096 x 1024: torch")
+    for name in ("layer_norm forward+backward", "rms_norm forward+backward"):
+        if f"{name}, 4096 x 1024: torch" in samples:
+            ratios[f"{name} vs torch"] = harness.ratio(samples, f"{name}, 4096 x 1024: kernels",
+                                                       f"{name}, 4096 x 1024: torch")
     if "Adam step, 4M float32 parameters: torch" in samples:
         ratios["Adam step vs torch"] = harness.ratio(samples, "Adam step, 4M float32 parameters: kernels",
                                                      "Adam step, 4M float32 parameters: torch")

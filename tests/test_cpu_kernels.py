@@ -141,11 +141,17 @@ def test_what_the_column_sum_does_not_take_goes_to_numpy():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(64, 768), (8, 16, 129), (5000, 5), (3, 4096)])
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_forward_on_the_kernels_equals_the_generic_code_to_the_bit(dtype, shape, affine):
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("upstream", ["scaled", "random"])
+def test_norms_on_the_kernels_equal_the_generic_code_to_the_bit(dtype, shape, affine, norm, upstream):
+    """layer_norm and rms_norm, forward and every gradient, with the CPU kernels and with
+    the generic numpy code: the same bits (NaN, inf and -0.0 among the inputs)."""
     rng = np.random.default_rng(int(np.prod(shape)))
     x0 = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape[:-1] + (1,))).astype(dtype)
     x0.reshape(-1)[:3] = [np.nan, np.inf, -0.0]
     w0, b0 = (rng.standard_normal(shape[-1]).astype(dtype) for _ in range(2))
+    up = gpuad.tensor(rng.standard_normal(shape).astype(dtype)) if upstream == "random" else 1.5
+    F = gpuad.nn.functional
     runs = []
     for provider in (None, "numpy"):
         gpuad.set_kernels(provider)
@@ -153,14 +159,18 @@ def test_layer_norm_forward_on_the_kernels_equals_the_generic_code_to_the_bit(dt
             x = gpuad.tensor(x0, requires_grad=True)
             w, b = (gpuad.tensor(a, requires_grad=True) for a in (w0, b0)) if affine else (None, None)
             with np.errstate(all="ignore"):
-                y = gpuad.nn.functional.layer_norm(x, (shape[-1],), w, b)
-                (y * 1.5).sum().backward()
-            runs.append([y.numpy(), x.grad.numpy()] + ([w.grad.numpy(), b.grad.numpy()] if affine else []))
+                y = F.layer_norm(x, (shape[-1],), w, b) if norm == "layer" else F.rms_norm(x, (shape[-1],), w)
+                (y * up).sum().backward()
+            grads = [p.grad.numpy() for p in (w, b)[:2 if norm == "layer" else 1] if affine]
+            runs.append([y.numpy(), x.grad.numpy()] + grads)
         finally:
             gpuad.set_kernels(None)
     for a, b_ in zip(*runs):
         assert np.array_equal(a, b_, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b_))
-    assert cpu_kernels.layer_norm(x0, w0 if affine else None, b0 if affine else None, 1e-5) is not None
+    assert (cpu_kernels.layer_norm(x0, w0 if affine else None, b0 if affine else None, 1e-5) if norm == "layer"
+            else cpu_kernels.rms_norm(x0, w0 if affine else None, 1e-6)) is not None
+    assert cpu_kernels.norm_grad(x0, x0, w0 if affine else None, None if norm == "rms" else x0[..., :1],
+                                 x0[..., :1].copy(), (True, True, True)) is not None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -171,7 +181,7 @@ def test_adam_in_one_pass_equals_the_numpy_update_to_the_bit(dtype, opt, monkeyp
     parameter and both moments."""
     def run(kernels):
         if not kernels:
-            monkeypatch.setattr(cpu_kernels, "adam", lambda *a: False)
+            monkeypatch.setattr(cpu_kernels, "adam_applies", lambda *a: False)
         rng = np.random.default_rng(3)
         p = gpuad.nn.Parameter(gpuad.tensor(rng.standard_normal((100, 200)).astype(dtype)))
         kw = dict(weight_decay=0.1, maximize=True) if opt == "adam-decay-maximize" else \
@@ -197,8 +207,55 @@ def test_adam_in_one_pass_equals_the_numpy_update_to_the_bit(dtype, opt, monkeyp
 
 def test_adam_kernel_declines_what_it_does_not_take():
     w = np.zeros(5000, np.float32)
-    args = (0.9, 0.999, np.float32(1e-3), np.float32(0.5), 1e-8)
-    assert cpu_kernels.adam(w, w.copy(), w.copy(), w.copy(), *args)
-    assert not cpu_kernels.adam(w[:100], w[:100], w[:100], w[:100], *args)           # below MIN_SIZE
-    assert not cpu_kernels.adam(w, w.astype(np.float64), w.copy(), w.copy(), *args)   # mixed dtypes
-    assert not cpu_kernels.adam(w[::2], w[::2].copy(), w[::2].copy(), w[::2].copy(), *args)   # a view
+    assert cpu_kernels.adam_applies(w, w.copy(), w.copy(), w.copy())
+    assert not cpu_kernels.adam_applies(w[:100], w[:100], w[:100], w[:100])           # below MIN_SIZE
+    assert not cpu_kernels.adam_applies(w, w.astype(np.float64), w.copy(), w.copy())   # mixed dtypes
+    assert not cpu_kernels.adam_applies(w[::2], w[::2].copy(), w[::2].copy(), w[::2].copy())   # a view
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "cross_entropy-mean", "cross_entropy-sum",
+                                "cross_entropy-none"])
+@pytest.mark.parametrize("shape", [(512, 300), (8, 64, 257)])
+def test_softmax_family_on_the_kernels_equals_the_generic_code_to_the_bit(dtype, op, shape):
+    """Forward and gradient with the CPU kernels and with the generic numpy code: the same
+    bits (a row with NaN, one with inf, one with -inf, one of equal values)."""
+    if op.startswith("cross_entropy") and len(shape) > 2:
+        shape = (shape[0] * shape[1], shape[2])
+    rng = np.random.default_rng(5)
+    x0 = (rng.standard_normal(shape) * 4).astype(dtype)
+    flat = x0.reshape(-1, shape[-1])
+    flat[0, 3], flat[1, 5], flat[2, 7], flat[3] = np.nan, np.inf, -np.inf, 2.5
+    up = rng.standard_normal(shape).astype(dtype)
+    target = rng.integers(0, shape[-1], shape[0])
+    F = gpuad.nn.functional
+    runs, calls = [], []
+    for provider in (None, "numpy"):
+        gpuad.set_kernels(provider)
+        try:
+            x = gpuad.tensor(x0, requires_grad=True)
+            with np.errstate(all="ignore"):
+                if op.startswith("cross_entropy"):
+                    y = F.cross_entropy(x, gpuad.tensor(target), reduction=op.split("-")[1])
+                    (y * 1.5 if y.ndim == 0 else y * gpuad.tensor(up[:, 0])).sum().backward()
+                else:
+                    y = getattr(F, op)(x, -1)
+                    (y * gpuad.tensor(up)).sum().backward()
+            runs.append([y.numpy(), x.grad.numpy()])
+        finally:
+            gpuad.set_kernels(None)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b))
+    fn = {"softmax": cpu_kernels.softmax, "log_softmax": cpu_kernels.log_softmax}.get(op)
+    got = fn(x0, -1) if fn else cpu_kernels.cross_entropy_rows(x0, target)
+    assert got is not None                       # the kernels ran (and declined nothing)
+
+
+def test_softmax_kernels_decline_what_they_do_not_take():
+    x = np.zeros((512, 300), np.float32)
+    assert cpu_kernels.softmax(x, 0) is None                       # not the last axis
+    assert cpu_kernels.softmax(x[:100], -1) is None                # too small to pay for the pool
+    assert cpu_kernels.softmax(x[:, ::2].copy().T, -1) is None     # not C-contiguous
+    assert cpu_kernels.cross_entropy_rows(x, np.zeros(512, np.float32)) is None      # float targets
+    assert cpu_kernels.cross_entropy_grad(x, np.zeros(512, np.int64), x[:, :1].copy(),
+                                          np.float64(1.0)) is None                  # scale's dtype

@@ -67,22 +67,24 @@ def _dense32(*arrays):
 _pool = {}
 
 
-def parallel_ufunc(ufunc, a, *args):
-    """ufunc(a, *args, out=a) for a flat array, its halves on two threads where it is large:
-    numpy's own ufunc (its bits: exp, tanh, log are elementwise), which releases the GIL."""
+def parallel_ufunc(ufunc, a, *args, out=None):
+    """ufunc(a, *args, out=out) (out=None: in place) for flat arrays, their halves on two
+    threads where they are large: numpy's own ufunc (its bits: exp, tanh, log are
+    elementwise), which releases the GIL. args: numbers (a power's exponent)."""
+    out = a if out is None else out
     threads = min(get_num_threads(), 2)
     if threads < 2 or a.size < 1 << 18:
-        ufunc(a, *args, out=a)
-        return a
+        ufunc(a, *args, out=out)
+        return out
     pool = _pool.get("ufunc")
     if pool is None:
         from concurrent.futures import ThreadPoolExecutor
         pool = _pool["ufunc"] = ThreadPoolExecutor(1, thread_name_prefix="gpuad-ufunc")
     half = a.size // 2
-    other = pool.submit(ufunc, a[half:], *args, out=a[half:])
-    ufunc(a[:half], *args, out=a[:half])
+    other = pool.submit(ufunc, a[half:], *args, out=out[half:])
+    ufunc(a[:half], *args, out=out[:half])
     other.result()
-    return a
+    return out
 
 
 def sum_leading(a, axis):
@@ -137,6 +139,167 @@ def layer_norm(x, weight, bias, eps):
     return y, mean.reshape(keep), rstd.reshape(keep)
 
 
+def _rows(x, *same):
+    """x as (rows, n) when the row kernels take it (a C-contiguous float32/float64 host
+    array of MIN_SIZE+ elements, and `same` arrays of its shape and dtype, C-contiguous),
+    else None."""
+    if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous \
+            or x.ndim < 1 or x.size < MIN_SIZE or x.shape[-1] == 0:
+        return None
+    if any(type(a) is not np.ndarray or a.dtype != x.dtype or a.shape != x.shape or not a.flags.c_contiguous
+           for a in same):
+        return None
+    return x.reshape(-1, x.shape[-1])
+
+
+def _vector(p, x):
+    """A weight or bias the row kernels take: None, or (n,) of x's dtype, C-contiguous."""
+    return p is None or (type(p) is np.ndarray and p.dtype == x.dtype and p.shape == (x.shape[-1],)
+                         and p.flags.c_contiguous)
+
+
+def rms_norm(x, weight, eps):
+    """RMS norm over x's last axis with the generic code's bits: (y, rstd), rstd with
+    keepdims, or None where the kernel does not apply."""
+    x2 = _rows(x)
+    if x2 is None or not _vector(weight, x) or module() is None:
+        return None
+    t, n = x.dtype.type, x.shape[-1]
+    y = host_pool.empty(x.shape, x.dtype)
+    rstd = np.empty(x2.shape[0], x.dtype)
+    module().rms_norm_rows(x2, weight if weight is not None else x2[0], weight is not None, t(eps), t(0), t(1),
+                           t(n), y.reshape(x2.shape), rstd)
+    return y, rstd.reshape(x.shape[:-1] + (1,))
+
+
+def norm_grad(x, g, w, mean, rstd, needs):
+    """The gradients (dx, dw[, db]) of layer norm (mean given) or rms norm (mean None) over
+    the last axis with the generic VJP's bits: dx in one pass over x and g (which also
+    writes g x_hat when dw is needed), dw and db by the column kernel; None where the
+    kernels do not apply (or dx is not needed: the generic code is as good then)."""
+    x2 = _rows(x, g)
+    # (a 1-d x: the generic code's weight gradient is g x_hat itself, no sum)
+    if x2 is None or x.ndim < 2 or not needs[0] or not _vector(w, x) or module() is None:
+        return None
+    stats = [s for s in (mean, rstd) if s is not None]
+    if any(type(s) is not np.ndarray or s.dtype != x.dtype or s.size != x2.shape[0] for s in stats):
+        return None
+    t, n = x.dtype.type, x.shape[-1]
+    dx = host_pool.empty(x.shape, x.dtype)
+    nw = len(needs) > 1 and needs[1]
+    gx = host_pool.empty(x2.shape, x.dtype) if nw else x2[:1]
+    r = np.ascontiguousarray(rstd).reshape(-1)
+    m = np.ascontiguousarray(mean).reshape(-1) if mean is not None else r
+    g2 = g.reshape(x2.shape)
+    module().norm_grad_rows(x2, g2, w if w is not None else x2[0], m, r, w is not None, mean is None, nw, t(0),
+                            t(n), dx.reshape(x2.shape), gx)
+    dw = _column_sum(gx) if nw else None
+    if mean is None:
+        return dx, dw
+    return dx, dw, _column_sum(g2) if len(needs) > 2 and needs[2] else None
+
+
+def _column_sum(a2):
+    """a2.sum(axis=0) of a (rows, n) array: the column kernel (numpy's bits), or numpy's own."""
+    s = sum_leading(a2, 0)
+    return s if s is not None else a2.sum(axis=0)
+
+
+def _last_rows(x, axis, *same):
+    """x as (rows, n) for the softmax kernels: axis the last one, PARALLEL_MIN+ elements
+    (smaller arrays: numpy's passes cost less than waking the pool), else None."""
+    if axis not in (-1, getattr(x, "ndim", 0) - 1) or getattr(x, "size", 0) < PARALLEL_MIN:
+        return None
+    x2 = _rows(x, *same)
+    return x2 if x2 is not None and module() is not None else None
+
+
+def _shifted_exp(x2, m, keep=None):
+    """exp(x - m[r]) per row into a pooled array (numpy's exp between the kernel's
+    passes); keep: also x - m itself, into that array."""
+    e = host_pool.empty(x2.shape, x2.dtype)
+    module().rows_minus(x2, m, keep if keep is not None else e, e, keep is not None)
+    parallel_ufunc(np.exp, e.reshape(-1))
+    return e
+
+
+def softmax(x, axis):
+    """softmax over the last axis with the generic code's bits (numpy's max and exp, the
+    kernels' subtract, pairwise sums and divide on every thread), or None."""
+    x2 = _last_rows(x, axis)
+    if x2 is None:
+        return None
+    e = _shifted_exp(x2, np.max(x2, axis=1))
+    module().rows_normalize(e, x.dtype.type(0))
+    return e.reshape(x.shape)
+
+
+def softmax_grad(g, y, axis):
+    """(g - sum(g y)) y over the last axis in one pass (the generic VJP's bits), or None."""
+    y2 = _last_rows(y, axis, g)
+    if y2 is None:
+        return None
+    dx = host_pool.empty(y.shape, y.dtype)
+    module().softmax_grad_rows(g.reshape(y2.shape), y2, y.dtype.type(0), dx.reshape(y2.shape))
+    return dx
+
+
+def log_softmax(x, axis):
+    """x - max - log(sum(exp(x - max))) over the last axis (the generic code's bits), or None."""
+    x2 = _last_rows(x, axis)
+    if x2 is None:
+        return None
+    out = host_pool.empty(x2.shape, x.dtype)
+    e = _shifted_exp(x2, np.max(x2, axis=1), keep=out)
+    s = np.empty(x2.shape[0], x.dtype)
+    module().row_sums(e, x.dtype.type(0), s)
+    lse = np.log(s)
+    module().rows_minus(out, lse, out, out, False)
+    return out.reshape(x.shape)
+
+
+def log_softmax_grad(g, y, axis):
+    """g - exp(y) sum(g) over the last axis (the generic VJP's bits), or None."""
+    y2 = _last_rows(y, axis, g)
+    if y2 is None:
+        return None
+    p = host_pool.empty(y2.shape, y.dtype)
+    parallel_ufunc(np.exp, y2.reshape(-1), out=p.reshape(-1))
+    module().log_softmax_grad_rows(g.reshape(y2.shape), p, y.dtype.type(0))
+    return p.reshape(y.shape)
+
+
+def cross_entropy_rows(logits, target):
+    """(per-row losses, the rows' log-sum-exp (N, 1)) of (N, C) logits, the generic code's
+    bits, or None."""
+    x2 = _last_rows(logits, -1)
+    if x2 is None or logits.ndim != 2 or type(target) is not np.ndarray or target.shape != (logits.shape[0],) \
+            or target.dtype.kind not in "iu":
+        return None
+    m = np.max(x2, axis=1)
+    e = _shifted_exp(x2, m)
+    s = np.empty(x2.shape[0], x2.dtype)
+    module().row_sums(e, x2.dtype.type(0), s)
+    s = np.log(s)
+    picked = x2[np.arange(x2.shape[0]), target] - m       # (raises as numpy's gather does)
+    return s - picked, (s + m).reshape(-1, 1)
+
+
+def cross_entropy_grad(logits, target, lse, scale):
+    """(exp(logits - lse) - onehot(target)) * scale, the generic VJP's bits, or None.
+    scale: the upstream gradient per row (N, 1) or one number, in the logits' dtype."""
+    x2 = _last_rows(logits, -1)
+    if x2 is None or logits.ndim != 2 or type(target) is not np.ndarray or target.dtype.kind not in "iu" \
+            or target.shape != (logits.shape[0],) or type(scale) is not np.ndarray or scale.dtype != logits.dtype \
+            or scale.size not in (1, logits.shape[0]) or type(lse) is not np.ndarray or lse.dtype != logits.dtype:
+        return None
+    p = _shifted_exp(x2, np.ascontiguousarray(lse).reshape(-1))
+    t = x2.dtype.type
+    module().xent_grad_rows(p, target, np.ascontiguousarray(scale).reshape(-1), scale.size > 1 or scale.ndim == 2,
+                            t(0), t(1))
+    return p
+
+
 def gelu(x, table):
     """Exact GELU of a C-contiguous float32 array in one pass (numpy's bits), or None."""
     m = module() if _dense32(x) else None
@@ -172,24 +335,25 @@ def gelu_grad(x, g, table, donate=False):
     return out
 
 
-def adam(w, g, m, v, b1, b2, step_size, sqrt_c, eps):
-    """Adam's update of w, m and v in place in one pass (gpuad.optim.Adam's operations in its
-    order: numpy's bits), or False where the kernel does not apply: host arrays of one
-    float dtype, C-contiguous, MIN_SIZE+ elements. step_size and sqrt_c: the bias
-    corrections, already in w's dtype."""
+def adam_applies(w, g, m, v):
+    """Whether adam() takes these arrays: host arrays of one float dtype and shape,
+    C-contiguous, MIN_SIZE+ elements, with the kernels on."""
     arrays = (w, g, m, v)
     if any(type(a) is not np.ndarray for a in arrays) or w.dtype not in (np.float32, np.float64) \
             or w.size < MIN_SIZE or any(a.dtype != w.dtype or a.shape != w.shape or not a.flags.c_contiguous
                                         for a in arrays):
         return False
-    mod = module()
-    if mod is None:
-        return False
+    return module() is not None
+
+
+def adam(w, g, m, v, b1, b2, step_size, sqrt_c, eps):
+    """Adam's update of w, m and v in place in one pass (gpuad.optim.Adam's operations in its
+    order: numpy's bits), on arrays adam_applies() took. step_size and sqrt_c: the bias
+    corrections, already in w's dtype."""
     t = w.dtype.type
     # b1, 1 - b1, ... are Python floats: numpy rounds them to the arrays' dtype (weak scalars)
-    mod.adam_step(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(b1), t(1 - b1), t(b2), t(1 - b2),
-                  t(step_size), t(sqrt_c), t(eps))
-    return True
+    module().adam_step(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(b1), t(1 - b1), t(b2),
+                       t(1 - b2), t(step_size), t(sqrt_c), t(eps))
 
 
 def set_num_threads(n):

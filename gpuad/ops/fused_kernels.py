@@ -11,7 +11,7 @@ op body changes.
 
 >>> from gpuad.ops import fused
 >>> sorted(fused.cross_entropy.kernels)
-['triton']
+['cpu', 'triton']
 """
 import numpy as np
 
@@ -152,17 +152,62 @@ def _gelu_cpu():
     return forward, backward
 
 
-def _layer_norm_cpu():
-    """layer_norm's forward over the last axis on the CPU kernels, the generic code's bits
-    (its backward stays the generic code)."""
+def _norm_cpu(rms):
+    """layer_norm (rms=False) or rms_norm over the last axis on the CPU kernels, forward and
+    backward, with the generic code's bits; other layouts decline to it."""
     from ..backends import cpu_kernels
 
-    def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
-        if ndims != 1:
+    if rms:
+        def forward(xp, x, weight, ndims=1, eps=1e-6):
+            out = cpu_kernels.rms_norm(x, weight, eps) if ndims == 1 else None
+            return None if out is None else (out[0], (out[1],))
+    else:
+        def forward(xp, x, weight, bias, ndims=1, eps=1e-5):
+            out = cpu_kernels.layer_norm(x, weight, bias, eps) if ndims == 1 else None
+            return None if out is None else (out[0], (out[1], out[2]))
+
+    def backward(xp, g, saved, node, donate):
+        if (node.params or {}).get("ndims", 1) != 1:
             return None
-        out = cpu_kernels.layer_norm(x, weight, bias, eps)
-        return None if out is None else (out[0], (out[1], out[2]))
-    return forward, None
+        x, w, *stats = saved
+        mean, rstd = (None, stats[0]) if rms else stats
+        return cpu_kernels.norm_grad(x, g, w, mean, rstd, node.needs)
+    return forward, backward
+
+
+def _softmax_cpu(log):
+    """softmax (log=False) or log_softmax over the last axis on the CPU kernels, forward
+    and backward, the generic code's bits (numpy's exp between the kernels' row passes)."""
+    from ..backends import cpu_kernels
+    fwd, grad = (cpu_kernels.log_softmax, cpu_kernels.log_softmax_grad) if log else \
+        (cpu_kernels.softmax, cpu_kernels.softmax_grad)
+
+    def forward(xp, x, axis=-1):
+        return fwd(x, axis)
+
+    def backward(xp, g, saved, node, donate):
+        dx = grad(g, saved[0], node.params["axis"])
+        return None if dx is None else (dx,)
+    return forward, backward
+
+
+def _cross_entropy_cpu():
+    """Cross-entropy over (N, C) logits on the CPU kernels, the generic code's bits."""
+    from ..backends import cpu_kernels
+
+    def forward(xp, logits, target, reduction="mean"):
+        out = cpu_kernels.cross_entropy_rows(logits, target)
+        if out is None:
+            return None
+        losses, lse = out
+        return fused.reduce_losses(xp, losses, reduction, logits.shape[0]), (lse,)
+
+    def backward(xp, g, saved, node, donate):
+        logits, target, lse = saved
+        scale = fused.loss_scale(xp, g, (node.params or {}).get("reduction", "mean"), logits.shape[0])
+        d = cpu_kernels.cross_entropy_grad(logits, target, lse, np.asarray(scale) if np.ndim(scale) == 0 else scale)
+        return None if d is None else (d, None)
+    return forward, backward
 
 
 for _provider in ("triton", "cupy"):
@@ -173,4 +218,8 @@ norms.layer_norm.register_kernel("triton", *_norm("triton", rms=False))
 norms.rms_norm.register_kernel("triton", *_norm("triton", rms=True))
 attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))
 derivatives.gelu.register_kernel("cpu", *_gelu_cpu())
-norms.layer_norm.register_kernel("cpu", *_layer_norm_cpu())
+norms.layer_norm.register_kernel("cpu", *_norm_cpu(rms=False))
+norms.rms_norm.register_kernel("cpu", *_norm_cpu(rms=True))
+fused.softmax.register_kernel("cpu", *_softmax_cpu(log=False))
+fused.log_softmax.register_kernel("cpu", *_softmax_cpu(log=True))
+fused.cross_entropy.register_kernel("cpu", *_cross_entropy_cpu())

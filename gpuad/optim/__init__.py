@@ -205,11 +205,9 @@ class Adam(Optimizer):
             st["step"] = namespace_of(w).asarray(np.array(st["step"], np.float64))   # saved as a Python int
         st["step"] += 1
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
-        # the bias corrections in float64, then to w's dtype: what a Python float does
-        step_size = (group["lr"] / (1 - b1 ** t)).astype(w.dtype)
-        sqrt_c = np.sqrt(1 - b2 ** t).astype(w.dtype)
-        # one pass on the CPU kernels (host arrays; numpy's bits), else numpy's ~13 passes
-        if not group["amsgrad"] and cpu_kernels.adam(w, g, m, v, b1, b2, step_size, sqrt_c, group["eps"]):
+        if not group["amsgrad"] and cpu_kernels.adam_applies(w, g, m, v):
+            # one pass on the CPU kernels (numpy's bits) instead of numpy's ~13
+            cpu_kernels.adam(w, g, m, v, b1, b2, *Adam._corrections(group, t, w.dtype), group["eps"])
             return
         m *= b1
         m += (1 - b1) * g
@@ -218,8 +216,17 @@ class Adam(Optimizer):
         if group["amsgrad"]:
             np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
             v = st["max_exp_avg_sq"]
+        step_size, sqrt_c = Adam._corrections(group, t, w.dtype)
         denom = (v ** 0.5) / sqrt_c + group["eps"]
         w -= step_size * (m / denom)
+
+
+    @staticmethod
+    def _corrections(group, t, dtype):
+        """The bias corrections lr / (1 - b1^t) and sqrt(1 - b2^t), in float64, then to the
+        parameter's dtype: what a Python float does."""
+        b1, b2 = group["betas"]
+        return (group["lr"] / (1 - b1 ** t)).astype(dtype), np.sqrt(1 - b2 ** t).astype(dtype)
 
 
 class AdamW(Adam):
