@@ -4,7 +4,8 @@ table), forward plus backward, 4M float32 elements, against torch eager; with th
 CPU kernels (Numba: GELU's forward in one pass, its gradient in two around numpy's
 exp, the erf table in one parallel pass) and without (GPUAD_CPU_KERNELS=numpy); each
 CPU kernel alone against the numpy code it replaces (erf, a sum over the batch, layer
-norm's forward, layer and rms norm forward+backward, Adam's update in one pass) and what waking the kernels' sleeping threads costs; and a GEMM right
+norm's forward, layer and rms norm, softmax and cross-entropy forward+backward, Adam's update
+in one pass) and what waking the kernels' sleeping threads costs; and a GEMM right
 after a parallel kernel.
 
 Before the erf table (issue 10) exact GELU took 25x torch's time, erf running
@@ -118,12 +119,17 @@ def _single_kernels(rounds):
     p = gpuad.nn.Parameter(gpuad.tensor(rng.standard_normal(1 << 22).astype(np.float32)))
     p.grad = gpuad.tensor(rng.standard_normal(1 << 22).astype(np.float32))
     adam = gpuad.optim.Adam([p], lr=1e-3)
+    cg = gpuad.tensor(rng.standard_normal((4096, 2048)).astype(np.float32), requires_grad=True)
+    cu = gpuad.tensor(rng.standard_normal((4096, 2048)).astype(np.float32))
+    ct = gpuad.tensor(rng.integers(0, 2048, 4096))
     ops = {"erf, 4M float32": lambda: gpuad.erf(x),
            "sum over the batch, 1024 x 4096": lambda: g.sum(dim=0),
            "layer_norm forward, 4096 x 1024": lambda: F.layer_norm(h, (1024,), w, b),
            "layer_norm forward+backward, 4096 x 1024": lambda: F.layer_norm(hg, (1024,), wg, bg).backward(up),
            "rms_norm forward+backward, 4096 x 1024": lambda: F.rms_norm(hg, (1024,), wg).backward(up),
-           "Adam step, 4M float32 parameters": adam.step}
+           "Adam step, 4M float32 parameters": adam.step,
+           "softmax forward+backward, 4096 x 2048": lambda: F.softmax(cg, -1).backward(cu),
+           "cross_entropy forward+backward, 4096 x 2048": lambda: F.cross_entropy(cg, ct).backward()}
     variants = {}
     for name, fn in ops.items():
         variants[f"{name}: kernels"] = fn
@@ -138,6 +144,10 @@ def _single_kernels(rounds):
             lambda: torch.nn.functional.layer_norm(htg, (1024,), wtg, btg).backward(upt)
         variants["rms_norm forward+backward, 4096 x 1024: torch"] = \
             lambda: torch.nn.functional.rms_norm(htg, (1024,), wtg).backward(upt)
+        cgt, cut, ctt = torch.tensor(cg.numpy(), requires_grad=True), torch.tensor(cu.numpy()), torch.tensor(ct.numpy())
+        variants["softmax forward+backward, 4096 x 2048: torch"] = lambda: torch.softmax(cgt, -1).backward(cut)
+        variants["cross_entropy forward+backward, 4096 x 2048: torch"] = \
+            lambda: torch.nn.functional.cross_entropy(cgt, ctt).backward()
         pt = torch.nn.Parameter(torch.tensor(p.numpy()))
         pt.grad = torch.tensor(p.grad.numpy())
         variants["Adam step, 4M float32 parameters: torch"] = torch.optim.Adam([pt], lr=1e-3).step
@@ -164,10 +174,10 @@ def _single_kernels(rounds):
     if "layer_norm forward, 4096 x 1024: torch" in samples:
         ratios["layer_norm forward vs torch"] = harness.ratio(samples, "layer_norm forward, 4096 x 1024: kernels",
                                                               "layer_norm forward, 4096 x 1024: torch")
-    for name in ("layer_norm forward+backward", "rms_norm forward+backward"):
-        if f"{name}, 4096 x 1024: torch" in samples:
-            ratios[f"{name} vs torch"] = harness.ratio(samples, f"{name}, 4096 x 1024: kernels",
-                                                       f"{name}, 4096 x 1024: torch")
+    for name in ("layer_norm forward+backward, 4096 x 1024", "rms_norm forward+backward, 4096 x 1024",
+                 "softmax forward+backward, 4096 x 2048", "cross_entropy forward+backward, 4096 x 2048"):
+        if f"{name}: torch" in samples:
+            ratios[f"{name.split(',')[0]} vs torch"] = harness.ratio(samples, f"{name}: kernels", f"{name}: torch")
     if "Adam step, 4M float32 parameters: torch" in samples:
         ratios["Adam step vs torch"] = harness.ratio(samples, "Adam step, 4M float32 parameters: kernels",
                                                      "Adam step, 4M float32 parameters: torch")
