@@ -31,12 +31,12 @@ def save(obj, f):
     def encode(o):
         if isinstance(o, Tensor):
             key = f"a{len(arrays)}"
-            arrays[key] = np.ascontiguousarray(o.numpy())
+            arrays[key] = np.asarray(o.numpy(), order="C")      # (ascontiguousarray makes a 0-d array 1-d)
             return {"tensor": key, "requires_grad": o.requires_grad, "class": type(o).__name__,
                     "device": o.device}
         if isinstance(o, np.ndarray):
             key = f"a{len(arrays)}"
-            arrays[key] = np.ascontiguousarray(o)
+            arrays[key] = np.asarray(o, order="C")
             return {"ndarray": key}
         if isinstance(o, dict):
             return {"dict": [[encode(k), encode(v)] for k, v in o.items()]}

@@ -185,6 +185,12 @@ OPS = {
     # fused primitives
     "layer_norm": (1, lambda L, a, b, c: L.F.layer_norm(a, (a.shape[1],), c.t(c.gain), c.t(c.bias))),
     "rms_norm": (1, lambda L, a, b, c: L.F.rms_norm(a, (a.shape[1],), c.t(c.gain), eps=1e-5)),
+    "conv": (1, lambda L, a, b, c: L.F.conv2d(a[None, None], c.t(c.k3), padding=1)[0, 0] + a),
+    "conv_transpose": (1, lambda L, a, b, c: L.F.conv_transpose2d(a[None, None], c.t(c.k3), padding=1)[0, 0]),
+    "conv_weight": (2, lambda L, a, b, c: L.F.conv2d(b[None, None], a[:2, :2][None, None], padding="same")[0, 0]),
+    "max_pool": (1, lambda L, a, b, c: L.F.max_pool2d(a[None, None], 3, 1, 1)[0, 0] * a),
+    "batch_norm": (2, lambda L, a, b, c: L.F.batch_norm(L.lib.stack([a, b]), None, None, training=True,
+                                                        eps=1e-3)[0] * b),
     "cross_entropy": (1, lambda L, a, b, c: a + L.F.cross_entropy(a, c.t(c.targets))),
     "cross_entropy_none": (1, lambda L, a, b, c: a * L.F.cross_entropy(a, c.t(c.targets), reduction="none")[:, None]),
     "sdpa": (2, lambda L, a, b, c: _sdpa(L, a, b, c)),
@@ -245,7 +251,8 @@ class Consts:
         self.rows2d = rng.integers(0, R, (R, C))
         self.cols = rng.integers(0, C, (R, C))
         self.mask = rng.random((R, C)) < 0.3
-        self.k = 0
+        self.k3 = (np.linspace(-1.0, 1.0, 9).reshape(1, 1, 3, 3) * 0.5).astype(dtype)   # (no draws: the
+        self.k = 0                                                                         # programs stay)
         self.lib = None
 
     def t(self, a):
@@ -344,7 +351,12 @@ def primitives_of(L, name, shape=(5, 6), seed=0):
     c.lib, c.k = L, 1
     a, b = (L.tensor(v, requires_grad=True) for v in (prog.leaves[0], prog.grey))
     out = all_ops()[name][1](L, a, b, c)
-    seen, stack, names = set(), [out._node], set()
+    # the VJPs' primitives too (conv_weight is only ever reached as conv's gradient)
+    try:
+        grads = L.lib.autograd.grad(out.sum(), (a, b), allow_unused=True, create_graph=True)
+    except NotImplementedError:     # create_graph through checkpoint: issue 27
+        grads = ()
+    seen, stack, names = set(), [out._node] + [g._node for g in grads if g is not None], set()
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:

@@ -13,7 +13,7 @@ import pytest
 import gpuad
 from gpuad.gradcheck import gradcheck, gradgradcheck
 from gpuad.ops import REGISTRY
-from gpuad.ops import shape as S
+from gpuad.ops import conv as conv_ops, shape as S
 from gpuad.nn import functional as F
 
 R = np.random.default_rng(7)
@@ -94,6 +94,17 @@ CASES = {
                    (lambda x: F.layer_norm(x, (2, 3)), (r(2, 2, 3),))],
     "rms_norm": [(lambda x, w: F.rms_norm(x, (4,), w, eps=1e-3), (r(3, 4), r(4))),
                  (lambda x: F.rms_norm(x, (3,)), (r(2, 3),))],
+    "conv": [(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=2), (r(2, 2, 4, 4), r(4, 1, 2, 2), r(4))),
+             (lambda x, w: F.conv1d(x, w, padding=1, dilation=2), (r(2, 3, 6), r(2, 3, 2)))],
+    "conv_transpose": [(lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1),
+                        (r(1, 2, 3, 3), r(2, 2, 2, 2)))],
+    "conv_weight": [(lambda x, g: conv_ops.conv_weight(x, g, size=(5, 5), kernel=(2, 2), stride=(2, 2),
+                                                       padding=((1, 0), (0, 1)), dilation=(1, 1), groups=1),
+                     (r(2, 2, 5, 5), r(2, 3, 3, 3)))],
+    "max_pool": [(lambda x: F.max_pool2d(x, 2, 1, 1), (r(2, 2, 3, 3),)),
+                 (lambda x: F.max_pool1d(x, 3, 2, ceil_mode=True), (r(2, 2, 6),))],
+    "batch_norm": [(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (r(4, 3, 2, 2), r(3), r(3))),
+                   (lambda x: F.batch_norm(x, None, None, training=True, eps=1e-3), (r(5, 2),))],
     "remainder": [(lambda a, b: a % b, (r(3, 4), pos(4) + 1.0)), (lambda a: a % 0.7, (r(5),))],
     "atan2": [(lambda a, b: gpuad.atan2(a, b), (r(3, 4), r(4)))],
     "concatenate": [(lambda a, b: gpuad.concat([a, b], axis=1), (r(2, 3), r(2, 2))),

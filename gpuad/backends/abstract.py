@@ -180,6 +180,16 @@ class AbstractNamespace:
     def flip(self, a, axis=None):
         return _view(a, a.shape)
 
+    def pad(self, a, pad_width, mode="constant", constant_values=0):
+        widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64).reshape(-1, 2) if np.size(pad_width) > 1
+                                 else np.full((1, 2), int(np.asarray(pad_width).reshape(-1)[0])), (len(a.shape), 2))
+        return AbstractArray(tuple(n + int(lo) + int(hi) for n, (lo, hi) in zip(a.shape, widths)), a.dtype)
+
+    def argmax(self, a, axis=None, keepdims=False):
+        return AbstractArray(_reduced(a.shape, axis, keepdims), np.int64)
+
+    argmin = argmax
+
     def cumsum(self, a, axis=None):
         return AbstractArray(a.shape if axis is not None else (a.size,), a.dtype)
 

@@ -11,5 +11,7 @@ from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock,
                       Tanh, ReLU, Sigmoid, GELU, ModuleList, ModuleDict)
 from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, CausalSelfAttention, TransformerBlock,
                           GPT)
+from .cnn import (Conv1d, Conv2d, ConvTranspose2d, BatchNorm1d, BatchNorm2d, GroupNorm, MaxPool2d, AvgPool2d,
+                  AdaptiveAvgPool2d, Flatten, Identity)
 from . import utils
 from . import parallel

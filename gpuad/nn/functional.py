@@ -20,7 +20,8 @@ from ..tensor import Tensor
 relu, tanh, sigmoid, gelu, softplus = C.relu, C.tanh, C.sigmoid, C.gelu, C.softplus
 softmax, log_softmax = C.softmax, C.log_softmax
 from .spatial import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, pad, max_pool1d,  # noqa: E402,F401
-                      max_pool2d, avg_pool1d, avg_pool2d, adaptive_avg_pool1d, adaptive_avg_pool2d, interpolate)
+                      max_pool2d, avg_pool1d, avg_pool2d, adaptive_avg_pool1d, adaptive_avg_pool2d, interpolate,
+                      batch_norm, group_norm)
 
 
 def _t(x):

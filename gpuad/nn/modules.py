@@ -38,6 +38,37 @@ class Parameter(Tensor):
         return "Parameter(" + super().__repr__()[len("tensor("):]
 
 
+class IncompatibleKeys(tuple):
+    """load_state_dict's result: (missing_keys, unexpected_keys), as torch's named tuple."""
+
+    def __new__(cls, missing_keys, unexpected_keys):
+        return super().__new__(cls, (missing_keys, unexpected_keys))
+
+    missing_keys = property(lambda self: self[0])
+    unexpected_keys = property(lambda self: self[1])
+
+    def __repr__(self):
+        return "<All keys matched successfully>" if not self[0] and not self[1] else \
+            f"IncompatibleKeys(missing_keys={self[0]}, unexpected_keys={self[1]})"
+
+
+class StateDictError(RuntimeError, KeyError):
+    """A strict load_state_dict whose keys do not match the module's (torch's RuntimeError,
+    and a KeyError too)."""
+
+    def __init__(self, module, missing, unexpected):
+        lines = [f"Error(s) in loading state_dict for {module}:"]
+        if missing:
+            lines.append("\tMissing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+        if unexpected:
+            lines.append("\tUnexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+        super().__init__("\n".join(lines))
+        self.missing_keys, self.unexpected_keys = missing, unexpected
+
+    def __str__(self):
+        return self.args[0]
+
+
 def _holds_modules(value):
     items = value.values() if isinstance(value, dict) else value
     return any(isinstance(v, (Module, Parameter)) for v in items)
@@ -59,15 +90,32 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+
+    def __setstate__(self, state):
+        # modules pickled before buffers existed get empty ones
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_buffers", OrderedDict())
+        self.__dict__.setdefault("_non_persistent", set())
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"gpuad.nn: call super().__init__() in {type(self).__name__}.__init__ "
                                f"before assigning attributes")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"gpuad.nn: cannot assign {type(value).__name__} to buffer {name!r} of "
+                                f"{type(self).__name__} (a Tensor or None)")
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
+        self._buffers.pop(name, None)
+        self._non_persistent.discard(name)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
@@ -99,6 +147,49 @@ class Module:
     def parameters(self):
         for _, p in self.named_parameters():
             yield p
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """Keep `tensor` as state that is not a parameter (batch norm's running statistics):
+        found by buffers(), moved by .to(), saved in state_dict() when persistent, as torch.
+
+        >>> import gpuad
+        >>> m = gpuad.nn.Module()
+        >>> m.register_buffer("steps", gpuad.zeros((), dtype="int64"))
+        >>> [n for n, _ in m.named_buffers()], list(m.state_dict())
+        (['steps'], ['steps'])
+        """
+        if "_buffers" not in self.__dict__:
+            raise RuntimeError(f"gpuad.nn: call super().__init__() in {type(self).__name__}.__init__ "
+                               f"before register_buffer")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"gpuad.nn.register_buffer: the name must be a non-empty string without '.', "
+                           f"got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"gpuad.nn.register_buffer: {name!r} must be a Tensor or None, "
+                            f"not {type(tensor).__name__}")
+        if name in self._parameters or name in self._modules or (hasattr(self, name) and name not in self._buffers):
+            raise KeyError(f"gpuad.nn.register_buffer: attribute {name!r} already exists on {type(self).__name__}")
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+        object.__setattr__(self, name, tensor)
+
+    def named_buffers(self, prefix="", recurse=True):
+        """(name, buffer) pairs, submodules' included (recurse), each buffer once."""
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_prefix, mod in mods:
+            for name, b in mod._buffers.items():
+                if b is None or id(b) in seen:
+                    continue
+                seen.add(id(b))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
 
     def named_modules(self, prefix=""):
         stack = [(prefix, self)]
@@ -132,17 +223,32 @@ class Module:
             else:
                 p.grad.data[...] = 0
 
+    def _state_items(self):
+        """(key, tensor, is a buffer) in torch's order: module by module, its parameters then
+        its persistent buffers (each parameter once)."""
+        seen = set()
+        for mod_prefix, mod in self.named_modules():
+            for name, p in mod._parameters.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), p, False
+            for name, b in mod._buffers.items():
+                if b is not None and name not in mod._non_persistent:
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), b, True
+
     def state_dict(self):
-        """name -> Tensor sharing the parameter's data (copy it to keep a snapshot)."""
-        return OrderedDict((n, Tensor._from(p.data)) for n, p in self.named_parameters())
+        """name -> Tensor sharing the parameter's or buffer's data (copy it to keep a snapshot)."""
+        return OrderedDict((n, Tensor._from(t.data)) for n, t, _ in self._state_items())
 
     def load_state_dict(self, state, strict=True):
-        """Copy values into the parameters, in place; shapes must match."""
-        own = dict(self.named_parameters())
+        """Copy values into the parameters and persistent buffers, in place; shapes must match.
+        strict: a missing or unexpected key is an error (torch's report); else they are
+        skipped. Returns (missing_keys, unexpected_keys), as torch."""
+        own = {n: t for n, t, _ in self._state_items()}
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"gpuad.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise StateDictError(type(self).__name__, missing, unexpected)
         for k, p in own.items():
             if k not in state:
                 continue
@@ -153,7 +259,7 @@ class Module:
                 raise ValueError(f"gpuad.load_state_dict: {k} has shape {tuple(arr.shape)} in the state "
                                  f"but {p.shape} in the module")
             p.data[...] = namespace_of(p.data).asarray(arr)      # host state into a device module: copied there
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     def to(self, target):
         """Move every parameter to a device ('cpu', 'cuda') or cast it to a dtype, in
@@ -163,6 +269,8 @@ class Module:
             for p in self.parameters():
                 p.data = to_device(p.data, target)
                 p.grad = None
+            for b in self.buffers():
+                b.data = to_device(b.data, target)
             return self
         dtype = as_dtype(target)
         for p in self.parameters():
@@ -170,6 +278,9 @@ class Module:
             if p._node is not None:
                 p._node.dtype = dtype
             p.grad = None
+        for b in self.buffers():
+            if b.data.dtype.kind == "f":             # counters stay integers, as in torch
+                b.data = b.data.astype(dtype)
         return self
 
     def cuda(self):

@@ -10,7 +10,7 @@ their own VJPs.
 
 >>> import gpuad, numpy as np
 >>> import gpuad.nn.functional as F
->>> x = gpuad.tensor(np.arange(16.0).reshape(1, 1, 4, 4))
+>>> x = gpuad.tensor(np.arange(16.0, dtype=np.float32).reshape(1, 1, 4, 4))
 >>> F.max_pool2d(x, 2).numpy().tolist()
 [[[[5.0, 7.0], [13.0, 15.0]]]]
 >>> F.avg_pool2d(x, 2).numpy().tolist()
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..ops import conv as K, pool as P
+from ..ops import conv as K, pool as P, norms as N
 from ..creation import full
 from ..ops import composite as C, indexing as I
 from ..backends import namespace_of, numpy_ns
@@ -435,3 +435,77 @@ def _linear_matrix(n, m, align_corners, scale, dtype):
         a[i, i0] += 1.0 - w1
         a[i, i1] += w1
     return a.astype(dtype)
+
+
+# -- normalization over channels -------------------------------------------------------
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,  # noqa: A002
+               momentum=0.1, eps=1e-5):
+    """torch.nn.functional.batch_norm over axis 1 of (N, C, ...). training: the batch's
+    statistics (the batch_norm primitive), and the running ones, when given, updated in
+    place: mean <- (1 - m) mean + m batch_mean, var <- (1 - m) var + m unbiased batch_var
+    (momentum may be a 0-d array: BatchNorm's cumulative average). Otherwise the running
+    statistics normalize.
+
+    >>> import gpuad
+    >>> rm, rv = gpuad.zeros(3, dtype="float64"), gpuad.ones(3, dtype="float64")
+    >>> x = gpuad.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], dtype="float64")
+    >>> y = gpuad.nn.functional.batch_norm(x, rm, rv, training=True)
+    >>> rm.tolist(), rv.tolist()
+    ([0.2, 0.2, 0.2], [1.1, 0.9, 1.1])
+    """
+    x = _t(input)
+    if x.ndim < 2:
+        raise ValueError(f"gpuad.nn.functional.batch_norm: expected an input of at least 2 dims (N, C, ...), "
+                         f"got shape {x.shape}")
+    c = x.shape[1]
+    for what, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"gpuad.nn.functional.batch_norm: {what} of shape {tuple(t.shape)} for an input "
+                             f"of shape {x.shape} ({c} channels)")
+    weight = _t(weight) if weight is not None else None
+    bias = _t(bias) if bias is not None else None
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("gpuad.nn.functional.batch_norm: training=False needs running_mean and running_var")
+        rstd = (running_var.detach() + eps).rsqrt().reshape(shape)
+        y = (x - running_mean.detach().reshape(shape)) * rstd
+        if weight is not None:
+            y = y * weight.reshape(shape)
+        return y + bias.reshape(shape) if bias is not None else y
+    n = x.numel() // c
+    if n <= 1:
+        raise ValueError(f"gpuad.nn.functional.batch_norm: expected more than 1 value per channel when "
+                         f"training, got an input of shape {x.shape}")
+    y = apply(N.batch_norm, (x, weight, bias), {"eps": float(eps)})
+    if running_mean is not None or running_var is not None:
+        axes = (0,) + tuple(range(2, x.ndim))
+        data = x.data
+        xs = namespace_of(data)
+        mean = xs.mean(data, axis=axes)
+        var = xs.mean(xs.square(xs.subtract(data, xs.reshape(mean, (c,) + (1,) * (x.ndim - 2)))), axis=axes)
+        for buf, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
+            if buf is not None:
+                b = buf.data
+                b *= 1 - momentum
+                b += momentum * batch.astype(b.dtype, copy=False)
+    return y
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """torch.nn.functional.group_norm: each sample's channels in num_groups groups, each group
+    normalized over its channels and positions (layer norm's primitive on (N, G, -1)),
+    then a per-channel affine."""
+    x = _t(input)
+    if x.ndim < 2 or x.shape[1] % num_groups:
+        raise ValueError(f"gpuad.nn.functional.group_norm: {x.shape[1] if x.ndim > 1 else '?'} channels of an "
+                         f"input of shape {x.shape} do not split into {num_groups} groups")
+    n, c = x.shape[:2]
+    y = apply(N.layer_norm, (x.reshape(n, num_groups, -1), None, None), {"ndims": 1, "eps": float(eps)})
+    y = y.reshape(x.shape)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * _t(weight).reshape(shape)
+    return y + _t(bias).reshape(shape) if bias is not None else y

@@ -95,3 +95,52 @@ def _rms_norm_vjp(xp, g, saved, node, donate):
         dx = xp.multiply(rstd, xp.subtract(gw, xp.multiply(xhat, b)))
     dw = xp.sum(xp.multiply(g, xhat), axis=_rows(x, ndims)) if nw else None
     return dx, dw
+
+
+def _channels(x):
+    """Batch norm's reduction axes: all but the channels (axis 1)."""
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _per_channel(xp, p, x):
+    return xp.reshape(p, (1, -1) + (1,) * (x.ndim - 2))
+
+
+@primitive("batch_norm", inputs=("x", "weight", "bias"), kind=FUSED, retain={"x": None, "weight": "x"},
+           has_aux=True, fwd_temps=3, vjp_temps=4)
+def batch_norm(xp, x, weight, bias, eps=1e-5):
+    """Batch norm with the batch's statistics: (x - mean) / sqrt(var + eps) * weight + bias,
+    mean and (biased) var per channel over every other axis; aux: mean, var (1, C, 1, ...)."""
+    axes = _channels(x)
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    xc = xp.subtract(x, mean)
+    var = xp.mean(xp.multiply(xc, xc), axis=axes, keepdims=True)
+    y = xp.multiply(xc, xp.divide(1.0, xp.sqrt(xp.add(var, eps))))
+    if weight is not None:
+        y = xp.multiply(y, _per_channel(xp, weight, x))
+    if bias is not None:
+        y = xp.add(y, _per_channel(xp, bias, x))
+    return y, (mean, var)
+
+
+@batch_norm.defvjp
+def _batch_norm_vjp(xp, g, saved, node, donate):
+    x, w, mean, var = saved
+    eps = (node.params or {}).get("eps", 1e-5)
+    axes = _channels(x)
+    if xp.name == "tensor":          # create_graph: the statistics depend on x; recompute them wired
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        xc0 = xp.subtract(x, mean)
+        var = xp.mean(xp.multiply(xc0, xc0), axis=axes, keepdims=True)
+    rstd = xp.divide(1.0, xp.sqrt(xp.add(var, eps)))
+    xhat = xp.multiply(xp.subtract(x, mean), rstd)
+    nx, nw, nb = node.needs
+    gw = xp.multiply(g, _per_channel(xp, w, x)) if w is not None else g
+    dx = None
+    if nx:
+        a = xp.mean(gw, axis=axes, keepdims=True)
+        b = xp.mean(xp.multiply(gw, xhat), axis=axes, keepdims=True)
+        dx = xp.multiply(rstd, xp.subtract(xp.subtract(gw, a), xp.multiply(xhat, b)))
+    dw = xp.sum(xp.multiply(g, xhat), axis=axes) if nw else None
+    db = xp.sum(g, axis=axes) if nb else None
+    return dx, dw, db

@@ -57,8 +57,9 @@ def max_pool(xp, x, kernel, stride, padding, dilation, out, size=None):
 @max_pool.defvjp
 def _max_pool_vjp(xp, g, saved, node, donate):
     (idx,) = saved
-    idx = getattr(idx, "data", idx)          # (under create_graph: the indices are a constant)
-    ns = namespace_of(idx)
+    if xp.name == "tensor":                  # create_graph: the indices are a constant array
+        idx = idx.data
+    ns = xp if xp.name != "tensor" else namespace_of(idx)
     n, c = g.shape[:2]
     plane = math.prod(node.params["size"])
     rows = ns.reshape(ns.arange(n * c) * plane, (n * c, 1))

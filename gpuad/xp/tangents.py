@@ -184,6 +184,14 @@ def concat(prim):
     return rule
 
 
+def pad(xp, args, tans, out, params):
+    """Linear, with the padding's constant (-inf for max pooling) as a zero tangent."""
+    if tans[0] is None:
+        return None
+    kw = {k: v for k, v in params.items() if k != "constant_values"}
+    return xp.pad(tans[0], *args[1:], **kw)
+
+
 def einsum(xp, args, tans, out, params):
     eq, ops, ts = args[0], list(args[1:]), list(tans[1:])
     t = None

@@ -125,8 +125,9 @@ declare("matmul", STRUCTURAL, out=OUT_UFUNC, jvp=t.matmul)
 declare("einsum", STRUCTURAL, jvp=t.einsum)
 declare("concatenate", STRUCTURAL, out=OUT_KW, jvp=t.concat("concatenate"))
 declare("stack", STRUCTURAL, jvp=t.concat("stack"))
-for _name in ("take_along_axis", "take", "tril", "triu", "roll", "tile", "repeat", "pad", "broadcast_copy"):
+for _name in ("take_along_axis", "take", "tril", "triu", "roll", "tile", "repeat", "broadcast_copy"):
     declare(_name, STRUCTURAL, jvp=t.linear(_name))
+declare("pad", STRUCTURAL, jvp=t.pad)
 declare("scatter_add", STRUCTURAL, out=OUT_COPY, jvp=t.scatter_add)
 declare("setitem", STRUCTURAL, jvp=t.setitem)
 declare("ufunc_at", STRUCTURAL)
