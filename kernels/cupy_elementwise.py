@@ -11,7 +11,9 @@ ACT_FORWARD = {
     None: "y = z;",
     "relu": "y = z > 0 ? z : (T)0;",
     "tanh": "y = tanh(z);",
-    "sigmoid": "y = (T)1 / ((T)1 + exp(-z));",
+    # exp(-|z|) never overflows, and e / (1 + e) for z < 0 keeps tiny values exact: the
+    # formula of ops/derivatives._sigmoid, so eager and compiled steps agree bit for bit
+    "sigmoid": "T e = exp(-fabs(z)); T d = e + (T)1; y = z >= 0 ? (T)1 / d : e / d;",
     "gelu": "y = (T)0.5 * z * ((T)1 + erf(z * (T)0.7071067811865476));",
 }
 

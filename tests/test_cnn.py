@@ -160,7 +160,7 @@ def test_batch_norm_running_statistics_equal_torch_after_ten_steps(cls, shape, m
     m = getattr(nn, cls)(3, momentum=momentum, dtype="float64")
     t = getattr(torch.nn, cls)(3, momentum=momentum, dtype=torch.float64)
     w0 = R.standard_normal(3)
-    m.weight.data[...] = w0
+    m.weight.data[...] = gpuad.tensor(w0).data
     t.weight.data[...] = torch.tensor(w0)
     for _ in range(10):
         x = R.standard_normal(shape) * 3 + 1

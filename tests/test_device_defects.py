@@ -436,3 +436,15 @@ def test_device_side_factories_norms_forward_mode_and_gradcheck():
 def test_cuda_available_allocates():
     from gpuad.backends import devices
     assert devices.cuda_available()[0]
+
+
+def test_compiled_gradient_of_a_power_with_a_constant_base():
+    """pow's VJP casts its saved base with astype to the same dtype: on a device the
+    abstract rule hands back the device constant itself, an alias, not an error."""
+    a = gpuad.tensor(np.linspace(-1.0, 1.0, 15).reshape(3, 5), requires_grad=True)
+
+    def f(a):
+        base = gpuad.tensor(np.full((3, 5), 0.3))
+        y = ((base * base + 0.5) ** (a * 0.5)).sum()
+        return gpuad.autograd.grad(y, [a])[0]
+    np.testing.assert_allclose(gpuad.compile(f)(a).numpy(), f(a).numpy(), rtol=1e-14)

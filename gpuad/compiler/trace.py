@@ -182,7 +182,7 @@ class Trace:
                 return weak if out is None else self.write(out, weak.var)
             args = self._weak_cast(args, ufunc.nin)
         aval = self._aval(prim, args, kw)
-        if isinstance(aval, (Tracer, np.ndarray)) and any(aval is a for a in args):
+        if (isinstance(aval, Tracer) or is_real_array(aval)) and any(aval is a for a in args):
             # a shape rule that hands back its argument: an alias (astype to the same dtype,
             # asarray of an array: declared may_alias) costs nothing; anything else may be a
             # write the graph would not see

@@ -34,6 +34,12 @@ def _t(x):
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+def _const(arr, like):
+    """A constant made on the host (a kernel of ones, a window count, an interpolation
+    matrix), on like's device."""
+    return Tensor(arr, device=like.device)
+
+
 def _tuple(v, n, what, name):
     """An int or a sequence of n ints, as a tuple of n ints (torch's _pair and _triple)."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -323,7 +329,7 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
     c = x.shape[1]
     ones = np.ones((c, 1) + kernel, x.dtype)
     meta = dict(stride=stride, padding=pads, dilation=(1,) * nd, groups=c, size=size, kernel=kernel)
-    total = apply(K.conv, (x, ones, None), meta)
+    total = apply(K.conv, (x, _const(ones, x), None), meta)
     if divisor:
         return _unbatch(total / float(divisor), unbatched)
     # each window's count: its places inside the input (count_include_pad=False), or inside the
@@ -335,7 +341,7 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
     region = np.pad(region, ((0, 0), (0, 0)) + tuple((0, h - p) for h, p in zip(hi, pad)))
     counts = K.conv.fwd(numpy_ns, region, np.ones((1, 1) + kernel, x.dtype), None, stride, ((0, 0),) * nd,
                         (1,) * nd, 1)
-    return _unbatch(total / Tensor(counts.astype(x.dtype)), unbatched)
+    return _unbatch(total / _const(counts.astype(x.dtype), x), unbatched)
 
 
 def _unbatch(y, unbatched):
@@ -355,7 +361,7 @@ def adaptive_avg_pool1d(input, output_size):  # noqa: A002
     """torch.nn.functional.adaptive_avg_pool1d."""
     x, unbatched = _batched(_t(input), 1, "adaptive_avg_pool1d")
     (m,) = _tuple(output_size, 1, "output_size", "adaptive_avg_pool1d")
-    return _unbatch(x @ Tensor(_adaptive_matrix(x.shape[-1], m, x.dtype).T), unbatched)
+    return _unbatch(x @ _const(_adaptive_matrix(x.shape[-1], m, x.dtype).T, x), unbatched)
 
 
 def adaptive_avg_pool2d(input, output_size):  # noqa: A002
@@ -371,8 +377,8 @@ def adaptive_avg_pool2d(input, output_size):  # noqa: A002
     mh, mw = (x.shape[2 + i] if s is None else int(s) for i, s in enumerate(size))
     if mh == 1 and mw == 1:
         return _unbatch(x.mean(dim=(2, 3), keepdim=True), unbatched)
-    ah = Tensor(_adaptive_matrix(x.shape[2], mh, x.dtype))
-    aw = Tensor(_adaptive_matrix(x.shape[3], mw, x.dtype).T)
+    ah = _const(_adaptive_matrix(x.shape[2], mh, x.dtype), x)
+    aw = _const(_adaptive_matrix(x.shape[3], mw, x.dtype).T, x)
     return _unbatch(ah @ x @ aw, unbatched)
 
 
@@ -406,7 +412,7 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         for i, (n, m) in enumerate(zip(x.shape[2:], out)):
             scale = (1.0 / scales[i]) if scales[i] else n / m
             idx = np.minimum(np.floor(np.arange(m) * scale).astype(np.int64), n - 1)
-            x = I.index_select(x, 2 + i, Tensor(idx))
+            x = I.index_select(x, 2 + i, _const(idx, x))
         return x
     if mode not in ("linear", "bilinear"):
         raise ValueError(f"gpuad.nn.functional.interpolate: mode {mode!r} is not supported ('nearest', "
@@ -414,7 +420,7 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     if (mode == "linear") != (nd == 1):
         raise ValueError(f"gpuad.nn.functional.interpolate: mode {mode!r} needs a {3 if mode == 'linear' else 4}-d "
                          f"input, got shape {x.shape}")
-    mats = [Tensor(_linear_matrix(n, m, bool(align_corners), s, x.dtype)) for n, m, s in zip(x.shape[2:], out, scales)]
+    mats = [_const(_linear_matrix(n, m, bool(align_corners), s, x.dtype), x) for n, m, s in zip(x.shape[2:], out, scales)]
     if nd == 1:
         return x @ mats[0].T
     return mats[0] @ x @ mats[1].T

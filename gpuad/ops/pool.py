@@ -57,8 +57,7 @@ def max_pool(xp, x, kernel, stride, padding, dilation, out, size=None):
 @max_pool.defvjp
 def _max_pool_vjp(xp, g, saved, node, donate):
     (idx,) = saved
-    if xp.name == "tensor":                  # create_graph: the indices are a constant array
-        idx = idx.data
+    # create_graph: xp records Tensors, but the indices (aux) stay a raw constant array
     ns = xp if xp.name != "tensor" else namespace_of(idx)
     n, c = g.shape[:2]
     plane = math.prod(node.params["size"])
