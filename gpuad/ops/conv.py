@@ -32,6 +32,7 @@ kernel (no scatter), so strided layers pay s^d times the columns there.
 import itertools
 import math
 
+from ..memory.accounting import counting
 from .registry import primitive, call, OTHER
 
 WORKSPACE = 32 << 20       # bytes of im2col columns per chunk of samples (see the docstring)
@@ -85,6 +86,7 @@ def _per_sample(x, kernel, out):
 @primitive("conv", inputs=("x", "w", "b"), kind=OTHER, retain={"x": "w", "w": "x"})
 def conv(xp, x, w, b, stride, padding, dilation, groups, size=None, kernel=None):
     """y = x (*) w + b (cross-correlation, as torch) in batch chunks of im2col + GEMM."""
+    xp = counting(xp, "conv")               # the padded input, columns, partial results: in the peak
     n, o, kernel = x.shape[0], w.shape[0], tuple(w.shape[2:])
     out = output_size(x.shape[2:], kernel, stride, padding, dilation)
     if min(out, default=1) < 1:
@@ -125,6 +127,7 @@ def conv_transpose(xp, g, w, size, kernel, stride, padding, dilation, groups):
     """The input gradient of conv: x-shaped (N, C, *size) from g (N, O, *Q), as a conv of
     g dilated by the stride and padded by the kernel's extent with w flipped and
     transposed per group (a gather, never a scatter)."""
+    xp = counting(xp, "conv_transpose")
     n, o = g.shape[:2]
     kernel = tuple(w.shape[2:])
     cg = w.shape[1]
@@ -161,6 +164,7 @@ def _conv_transpose_vjp(xp, h, saved, node, donate):
 @primitive("conv_weight", inputs=("x", "g"), kind=OTHER, retain={"x": "g", "g": "x"})
 def conv_weight(xp, x, g, size, kernel, stride, padding, dilation, groups):
     """The weight gradient of conv: (O, C/G, *kernel), summed over the batch chunk by chunk."""
+    xp = counting(xp, "conv_weight")
     n, c = x.shape[:2]
     o, out = g.shape[1], tuple(g.shape[2:])
     xpad = pad_spatial(xp, x, padding)
