@@ -175,6 +175,34 @@ def case_collectives(out, world):
          strided=strided.numpy(), objects=np.array(dist.all_gather_object(rank * 10)))
 
 
+def case_buffers(out, world):
+    """BatchNorm under DDP: rank 1 starts from other running statistics and a different
+    batch; the broadcasts make every rank's statistics rank 0's, step after step."""
+    from gpuad import nn
+    rank = world.rank
+    gpuad.manual_seed(rank)                         # rank 1 starts from other weights too
+    seen = []
+
+    class Look(nn.Module):                          # the statistics as the forward starts
+        def forward(self, x):
+            seen.append(net[2].running_mean.numpy().copy())
+            return x
+    net = nn.Sequential(Look(), nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+    net[2].running_mean.data[...] = gpuad.tensor(np.full(3, float(rank), np.float32)).data
+    ddp = nn.parallel.DistributedDataParallel(net)
+    after_init = net[2].running_mean.numpy().copy()
+    rng = np.random.default_rng(rank)
+    means = []
+    for _ in range(3):
+        x = gpuad.tensor(rng.standard_normal((4, 2, 5, 5)).astype(np.float32))
+        ddp(x).sum().backward()
+        means.append(net[2].running_mean.numpy().copy())
+    with gpuad.no_grad():
+        ddp(gpuad.tensor(rng.standard_normal((4, 2, 5, 5)).astype(np.float32)))   # no broadcast without gradients
+    save(out, rank, after_init=after_init, means=np.stack(means), nbt=net[2].num_batches_tracked.numpy(),
+         weight=net[1].weight.numpy(), last=net[2].running_mean.numpy(), seen=np.stack(seen))
+
+
 def _rank1_fails(world, failure):
     """Both ranks run forward; then rank 1 calls failure() while rank 0 enters backward's
     all-reduce. The sleeps are never finished: the job must be ended for them."""

@@ -135,6 +135,22 @@ def test_unused_parameters(tmp_path_factory):
         assert "never.weight" in msg and "find_unused_parameters=True" in msg
 
 
+def test_buffers_are_broadcast_at_construction_and_before_each_forward(tmp_path_factory):
+    r0, r1 = ok_case("buffers", tmp_path_factory)
+    np.testing.assert_array_equal(r1["after_init"], np.zeros(3))         # rank 0's, not rank 1's ones
+    np.testing.assert_array_equal(r1["weight"], r0["weight"])
+    # every forward with gradients starts from rank 0's statistics (rank 0's value after
+    # its previous step), though each rank then updates them with its own batch
+    assert not np.array_equal(r1["means"][0], r0["means"][0])           # different batches
+    np.testing.assert_array_equal(r1["seen"][:3], np.concatenate([np.zeros((1, 3)), r0["means"][:2]]))
+    # the no_grad forward took no broadcast: it starts from rank 1's own last update
+    np.testing.assert_array_equal(r1["seen"][3], r1["means"][2])
+    np.testing.assert_array_equal(r0["nbt"], r1["nbt"])
+    assert int(r0["nbt"]) == 4
+    # the no_grad forward took no broadcast: rank 1's last update is its own
+    assert not np.array_equal(r1["last"], r0["last"])
+
+
 def test_collectives(tmp_path_factory):
     r0, r1 = ok_case("collectives", tmp_path_factory)
     for rank in (r0, r1):

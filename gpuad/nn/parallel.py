@@ -2,8 +2,11 @@
 
 torch.nn.parallel.DistributedDataParallel's contract. At construction every
 rank checks that all ranks hold the same parameters (names, shapes, dtypes) and
-takes rank 0's values (gpuad's modules hold no buffers: there is no BatchNorm
-yet, so the parameters are all the state there is to broadcast). Each forward() through the wrapper prepares one
+takes rank 0's parameters and buffers (BatchNorm's running statistics). With
+broadcast_buffers=True (torch's default) every forward with gradients on first
+takes rank 0's buffers again, so the ranks' running statistics never drift apart;
+that costs one broadcast of the buffers' bytes per step (BatchNorm: 2 C + 1
+numbers per layer). Each forward() through the wrapper prepares one
 synchronising backward: gradients are all-reduced in buckets while backward
 runs (gpuad/distributed/reducer.py), and backward() returns with .grad holding
 the average over the ranks, so any optimizer steps as it would in one process.
@@ -39,9 +42,12 @@ class DistributedDataParallel(Module):
     gradients take no memory beyond the buckets; with zero_grad(set_to_none=False)
     backward then accumulates into the buckets directly, which lowers the step's
     peak as well. A .grad kept across steps is overwritten by the next step's.
+    broadcast_buffers: take rank 0's buffers before each forward with gradients on
+    (torch's default); at construction they are taken either way.
     """
 
-    def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False, gradient_as_bucket_view=False):
+    def __init__(self, module, bucket_bytes=25 << 20, find_unused_parameters=False, gradient_as_bucket_view=False,
+                 broadcast_buffers=True):
         super().__init__()
         from ..distributed.collectives import require_world
         from ..distributed.reducer import Reducer
@@ -49,9 +55,9 @@ class DistributedDataParallel(Module):
         self.module = module
         named = list(module.named_parameters())
         _check_same_parameters(named, world)
-        handles = [world.ibroadcast(p.data, 0, f"DistributedDataParallel broadcast of {n}") for n, p in named]
-        for h in handles:
-            h.wait()
+        object.__setattr__(self, "_world", world)
+        self.broadcast_buffers = broadcast_buffers
+        self._broadcast(named + list(module.named_buffers()))
         trainable = [(n, p) for n, p in named if p.requires_grad]
         object.__setattr__(self, "reducer", Reducer([p for _, p in trainable], [n for n, _ in trainable], world,
                                                     bucket_bytes, find_unused_parameters, gradient_as_bucket_view))
@@ -60,7 +66,16 @@ class DistributedDataParallel(Module):
         self._hooks = [p.register_post_accumulate_grad_hook(lambda t, i=i: self.reducer.on_grad(i, t))
                        for i, (_, p) in enumerate(trainable)]
 
+    def _broadcast(self, named):
+        handles = [self._world.ibroadcast(t.data, 0, f"DistributedDataParallel broadcast of {n}") for n, t in named]
+        for h in handles:
+            h.wait()
+
     def forward(self, *args, **kwargs):
+        if self.broadcast_buffers and is_grad_enabled():
+            buffers = list(self.module.named_buffers())
+            if buffers:
+                self._broadcast(buffers)
         sync = self.require_backward_grad_sync and is_grad_enabled()
         self.reducer.prepare(sync)
         out = self.module(*args, **kwargs)
