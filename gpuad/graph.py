@@ -201,6 +201,26 @@ class CheckpointScope:
         return mapped
 
 
+def is_recomputing():
+    """Whether a checkpointed segment is being run again during backward (at any depth of
+    nesting): ops with side effects (batch norm's running statistics) take them once,
+    on the first run, not again here.
+
+    >>> import gpuad
+    >>> seen = []
+    >>> x = gpuad.ones(2, requires_grad=True)
+    >>> y = gpuad.checkpoint(lambda t: (seen.append(is_recomputing()), t * 2)[1], x)
+    >>> y.sum().backward(); seen
+    [False, True]
+    """
+    scope = _Mode.checkpoint
+    while scope is not None:
+        if scope.record:
+            return True
+        scope = scope.outer
+    return False
+
+
 def is_grad_enabled():
     """Whether ops on BLACK tensors are being recorded."""
     return _Mode.enabled or (_Mode.checkpoint is not None and _Mode.checkpoint.record)

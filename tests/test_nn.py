@@ -180,10 +180,10 @@ def _train(model, loss_fn, opt, steps):
 
 
 def test_training_reduces_loss_10x():
-    """The lecture's three architectures (the GPT demo has its own test)."""
+    """The lecture's three architectures (the GPT and CNN demos have their own tests)."""
     from gpuad import demo
     for name, run in demo.TASKS.items():
-        if name == "gpt":
+        if name in ("gpt", "cnn"):
             continue
         losses = run(verbose=False)
         assert losses[-1] * 10 <= losses[0], f"{name}: loss went {losses[0]:.4g} -> {losses[-1]:.4g}"

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..creation import ones, zeros
 from ..tensor import Tensor
+from ..graph import is_recomputing
 from . import functional as F, spatial as S
 from .modules import Module, Parameter, _uniform
 
@@ -150,7 +151,7 @@ class _BatchNorm(Module):
             raise ValueError(f"gpuad.nn.{type(self).__name__}: expected a "
                              f"{' or '.join(f'{d}D' for d in self.dims)} input, got shape {x.shape}")
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and not is_recomputing():
             nbt = self.num_batches_tracked.data
             nbt += 1
             if self.momentum is None:

@@ -27,6 +27,7 @@ from ..creation import full
 from ..ops import composite as C, indexing as I
 from ..backends import namespace_of, numpy_ns
 from ..ops.dispatch import apply
+from ..graph import is_recomputing
 from ..tensor import Tensor
 
 
@@ -450,7 +451,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """torch.nn.functional.batch_norm over axis 1 of (N, C, ...). training: the batch's
     statistics (the batch_norm primitive), and the running ones, when given, updated in
     place: mean <- (1 - m) mean + m batch_mean, var <- (1 - m) var + m unbiased batch_var
-    (momentum may be a 0-d array: BatchNorm's cumulative average). Otherwise the running
+    (momentum may be a 0-d array: BatchNorm's cumulative average), once per batch: not
+    again when gpuad.checkpoint recomputes the segment. Otherwise the running
     statistics normalize.
 
     >>> import gpuad
@@ -486,7 +488,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"gpuad.nn.functional.batch_norm: expected more than 1 value per channel when "
                          f"training, got an input of shape {x.shape}")
     y = apply(N.batch_norm, (x, weight, bias), {"eps": float(eps)})
-    if running_mean is not None or running_var is not None:
+    # a checkpointed segment's recompute normalizes as its first run did, but takes the
+    # batch into the running statistics only once (torch's checkpoint takes it twice)
+    if (running_mean is not None or running_var is not None) and not is_recomputing():
         axes = (0,) + tuple(range(2, x.ndim))
         data = x.data
         xs = namespace_of(data)
