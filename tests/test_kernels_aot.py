@@ -9,7 +9,8 @@ layer-norm kernels in every dtype; the three attention kernels at head dims
 16-256 with the launch options the host uses (kernels/flash_attention.py).
 A kernel that ptxas cannot allocate registers for fails here too. The compiles run in one subprocess (this one interprets Triton
 kernels, TRITON_INTERPRET=1), two at a time. Skips where the Triton wheel lacks
-the CUDA backend tools.
+the CUDA backend tools. The three implicit-GEMM convolution kernels at the host's
+tile, in every dtype.
 """
 import json
 import os
@@ -28,6 +29,7 @@ if not any(os.path.exists(os.path.join(BIN, n)) for n in ("ptxas-blackwell", "pt
 sys.path.insert(0, ROOT)
 from kernels import flash_attention as T  # noqa: E402  (the tile choices only: nothing compiles in this process)
 from kernels import linear as L  # noqa: E402
+CONV_TILE = (64, 64, 32, 8, 2)   # gpuad/backends/triton_backend.py TritonKernels.CONV_TILE (checked below)
 
 DTYPES = {"float32": ("fp32", 4), "float16": ("fp16", 2), "bfloat16": ("bf16", 2)}
 GEMMS = {"fwd": "linear_fwd_kernel", "dx": "linear_bwd_dx_kernel", "dw": "linear_bwd_dw_kernel"}
@@ -69,6 +71,16 @@ def _cases():
                     "constexprs": {"HAS_W": True, "RMS": rms, "INT64": False, "BLOCK_N": block} | (
                         {"HAS_B": True} if direction == "fwd" else {}),
                     "warps": 8 if block >= 2048 else 4, "stages": 1}
+        # the implicit-GEMM convolutions at the host's tile, every BLOCK_N it picks (16..64)
+        bm, bn_max, bk, warps, stages = CONV_TILE
+        for kernel in ("fwd", "dgrad", "wgrad"):
+            for bn in (16, 32, 64):
+                cases[f"conv-{kernel}-{dtype}-bn{bn}"] = {
+                    "module": "conv", "kernel": f"conv_{kernel}_kernel", "ptrs": {"*": "*" + ty},
+                    "constexprs": {"PRECISION": "ieee" if dtype == "float32" else "tf32", "INT64": False,
+                                   "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk} | (
+                        {"HAS_BIAS": True} if kernel == "fwd" else {}),
+                    "warps": warps, "stages": stages}
         # the tiles and launch options of TritonBackend.attention_forward / attention_backward:
         # fp32 with IEEE dots (the default precision) and with TF32; 16-bit types
         for precision in (("ieee", "tf32") if dtype == "float32" else ("tf32",)):
@@ -100,6 +112,11 @@ def compiled():
     if r.returncode != 0:
         pytest.fail(f"tests/aot_compile.py failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_conv_tile_compiled_here_is_the_hosts():
+    src = open(os.path.join(ROOT, "gpuad", "backends", "triton_backend.py")).read()
+    assert f"CONV_TILE = {CONV_TILE}" in src
 
 
 def test_every_gemm_kernel_keeps_a_tile():

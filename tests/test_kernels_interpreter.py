@@ -347,3 +347,49 @@ def test_attention_masks_that_would_need_a_larger_copy_run_the_generic_code(prov
     m, batch_stride, row_stride = tk._attention_mask(np, np.zeros((2, 3, 4, 5), np.float32), (2, 3), 4, 5)
     assert m.shape == (6, 4, 5) and batch_stride == 20 and row_stride == 5
     assert tk._attention_mask(np, np.ones((2, 1, 4, 5), bool), (2, 3), 4, 5) is None
+
+
+CONVS = [dict(), dict(stride=2, padding=1), dict(stride=(2, 3), padding=(1, 2), dilation=(2, 1)),
+         dict(groups=2, stride=2, padding=1), dict(groups=4, padding="same"), dict(padding="same", kernel=(2, 4)),
+         dict(transpose=True, stride=2, padding=1, output_padding=1), dict(transpose=True, groups=2, dilation=2)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kw", CONVS, ids=[str(k) for k in CONVS])
+def test_conv_kernels_match_numpy(provider, monkeypatch, dtype, kw):
+    """The implicit-GEMM forward, dgrad and wgrad kernels against the generic im2col code:
+    strides, asymmetric 'same' padding, dilation, groups (depthwise), transposed
+    convolutions (whose forward is the dgrad kernel), views with other strides."""
+    kw = dict(kw)
+    transpose, kernel = kw.pop("transpose", False), kw.pop("kernel", (3, 3))
+    groups = kw.get("groups", 1)
+    rng = np.random.default_rng(27)
+    x = rng.standard_normal((2, 4, 11, 9)).astype(dtype)
+    w = (rng.standard_normal((4, 8 // groups, *kernel) if transpose else (8, 4 // groups, *kernel)) * 0.3).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    calls = []
+    tk = gpuad.ops.fused_kernels.host("triton")
+    for name in ("conv_forward", "conv_dgrad", "conv_wgrad"):
+        orig = getattr(tk, name)
+        monkeypatch.setattr(tk, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+
+    def run():
+        # x as a view: channels-last memory read through NCHW strides
+        xt = V(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), lambda a: a.transpose(0, 3, 1, 2))
+        xt.requires_grad = True
+        wt, bt = T(w, requires_grad=True), T(b, requires_grad=True)
+        y = (F.conv_transpose2d if transpose else F.conv2d)(xt, wt, bt, **kw)
+        y.backward(T(np.random.default_rng(28).standard_normal(y.shape).astype(dtype)))
+        return [a.astype(np.float32) for a in (y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy())]
+    got = run()
+    assert sorted(calls) == ["conv_dgrad", "conv_forward", "conv_wgrad"]
+    gpuad.set_kernels("numpy")
+    for a, r in zip(got, run()):
+        np.testing.assert_allclose(a, r, **TOL[dtype])
+
+
+def test_conv_kernels_decline_float64_and_other_ranks(provider):
+    """float64 (no fp64 tensor-core path) and 1-D/3-D convolutions run the generic code."""
+    x64 = T(np.ones((1, 2, 5, 5)), requires_grad=True)
+    assert F.conv2d(x64, T(np.ones((3, 2, 3, 3)))).shape == (1, 3, 3, 3)
+    assert F.conv1d(T(np.ones((1, 2, 5), np.float32)), T(np.ones((3, 2, 3), np.float32))).shape == (1, 3, 3)

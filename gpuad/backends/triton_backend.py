@@ -66,6 +66,11 @@ def needs_int64(*arrays):
     return FORCE_INT64 or any(a is not None and _last_offset(a) >= 2 ** 31 - 1 for a in arrays)
 
 
+def _elements(a):
+    """a's strides in elements (the kernels index elements, as Triton's pointers step)."""
+    return tuple(st // a.itemsize for st in a.strides)
+
+
 def _last_offset(a):
     """The element offset of a's last element from its first (strides in elements)."""
     if a.size == 0:
@@ -83,6 +88,7 @@ class TritonKernels:
         import triton
         L, X = K.load_kernel_module("linear"), K.load_kernel_module("softmax_xent")
         self.N = K.load_kernel_module("layer_norm")
+        self.C = K.load_kernel_module("conv")
         self.A = K.load_kernel_module("flash_attention")
         self.interpret = interpret
         self.triton = triton
@@ -251,6 +257,89 @@ class TritonKernels:
         self._traffic("rms_norm backward (triton)" if mean is None else "layer_norm backward (triton)",
                       2 * M * N * x.itemsize + (4 if mean is None else 8) * M, M * N * x.itemsize)
         return dx.reshape(x.shape)
+
+    # -- convolution (2-D, implicit GEMM: kernels/conv.py) ---------------------------------
+
+    # BLOCK_M, largest BLOCK_N, BLOCK_K, warps, stages: with 4 warps the fp32 gathers' address
+    # tiles spill registers on sm_90 (ptxas, tests/test_kernels_aot.py); 8 warps fit in 225
+    CONV_TILE = (64, 64, 32, 8, 2)
+
+    def _conv_ok(self, op, a, b, stride, dilation):
+        if a.ndim != 4 or len(stride) != 2 or len(dilation) != 2:
+            return False                  # 1-D and 3-D convolutions run the generic code
+        return self._ok(op, a, b)
+
+    @staticmethod
+    def _forward_strides(xp, *arrays):
+        """The arrays with no negative stride (a flipped view is copied): the kernels take
+        any non-negative strides, the interpreter's torch.from_numpy no negative ones."""
+        return tuple(a if a is None or all(st >= 0 for st in a.strides) else xp.ascontiguousarray(a)
+                     for a in arrays)
+
+    def _conv_launch(self, kernel, grid_m, cols, groups, *args, **const):
+        bm, bn_max, bk, warps, stages = self.CONV_TILE
+        bn = min(bn_max, max(16, self.triton.next_power_of_2(cols)))
+        grid = (self.triton.cdiv(grid_m, bm), self.triton.cdiv(cols, bn), groups)
+        kernel[grid](*args, PRECISION=K.triton_input_precision(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                     num_warps=warps, num_stages=stages, **const)
+
+    def conv_forward(self, xp, x, w, b, stride, padding, dilation, groups):
+        """y = x (*) w + b, (N, O, P, Q), or None to decline."""
+        if not self._conv_ok("conv", x, w, stride, dilation) or not self._ok("conv", x, w, b):
+            return None
+        x, w = self._forward_strides(xp, x, w)
+        n, c, h, wd = x.shape
+        o, cg, kh, kw = w.shape
+        (lh, hh), (lw, hw) = padding
+        p = (h + lh + hh - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        q = (wd + lw + hw - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        y = xp.empty((n, o, p, q), x.dtype)
+        if y.size:
+            b = xp.ascontiguousarray(b) if b is not None else None
+            self._conv_launch(self.C.conv_fwd_kernel, n * p * q, o // groups, groups,
+                              self._arg(x), self._arg(w), self._arg(b if b is not None else w), self._arg(y),
+                              n, h, wd, p, q, cg, o // groups, kh, kw, *_elements(x), *_elements(w), *_elements(y),
+                              stride[0], stride[1], lh, lw, dilation[0], dilation[1],
+                              HAS_BIAS=b is not None, INT64=needs_int64(x, w, y))
+        self._traffic("conv (triton)", x.nbytes + w.nbytes, y.nbytes)
+        return y
+
+    def conv_dgrad(self, xp, g, w, size, stride, padding, dilation, groups):
+        """dx (N, C, *size) from g (N, O, P, Q), or None to decline."""
+        if not self._conv_ok("conv_transpose", g, w, stride, dilation):
+            return None
+        g, w = self._forward_strides(xp, g, w)
+        n, o, p, q = g.shape
+        _, cg, kh, kw = w.shape
+        h, wd = size
+        dx = xp.empty((n, cg * groups, h, wd), g.dtype)
+        if dx.size:
+            self._conv_launch(self.C.conv_dgrad_kernel, n * h * wd, cg, groups,
+                              self._arg(g), self._arg(w), self._arg(dx),
+                              n, h, wd, p, q, cg, o // groups, kh, kw, *_elements(g), *_elements(w), *_elements(dx),
+                              stride[0], stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1],
+                              INT64=needs_int64(g, w, dx))
+        self._traffic("conv_transpose (triton)", g.nbytes + w.nbytes, dx.nbytes)
+        return dx
+
+    def conv_wgrad(self, xp, x, g, kernel, stride, padding, dilation, groups):
+        """dw (O, C/G, KH, KW) from x and g, or None to decline."""
+        if not self._conv_ok("conv_weight", x, g, stride, dilation):
+            return None
+        x, g = self._forward_strides(xp, x, g)
+        n, c, h, wd = x.shape
+        o, p, q = g.shape[1], g.shape[2], g.shape[3]
+        kh, kw = kernel
+        cg = c // groups
+        dw = xp.empty((o, cg, kh, kw), x.dtype)
+        if dw.size:
+            self._conv_launch(self.C.conv_wgrad_kernel, o // groups, cg * kh * kw, groups,
+                              self._arg(x), self._arg(g), self._arg(dw),
+                              n, h, wd, p, q, cg, o // groups, kh, kw, *_elements(x), *_elements(g), *_elements(dw),
+                              stride[0], stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1],
+                              INT64=needs_int64(x, g, dw))
+        self._traffic("conv_weight (triton)", x.nbytes + g.nbytes, dw.nbytes)
+        return dw
 
     # -- attention (FlashAttention-2) ----------------------------------------------------
 

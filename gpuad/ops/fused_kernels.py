@@ -16,7 +16,7 @@ op body changes.
 import numpy as np
 
 from .. import providers
-from . import attention, derivatives, fused, norms
+from . import attention, conv, derivatives, fused, norms
 
 _hosts = {}
 
@@ -134,6 +134,52 @@ def _attention(provider):
     return forward, backward
 
 
+def _conv(provider):
+    """The implicit-GEMM kernels for the three convolution primitives (2-D; others, and
+    float64, decline to the generic im2col code). Each primitive's VJP is the other two,
+    so each backward runs two kernels: no im2col buffer in either direction."""
+    h = lambda: host(provider)  # noqa: E731
+
+    def conv_fwd(xp, x, w, b, stride, padding, dilation, groups, size=None, kernel=None):
+        return h().conv_forward(xp, x, w, b, stride, padding, dilation, groups)
+
+    def transpose_fwd(xp, g, w, size, kernel, stride, padding, dilation, groups):
+        return h().conv_dgrad(xp, g, w, size, stride, padding, dilation, groups)
+
+    def weight_fwd(xp, x, g, size, kernel, stride, padding, dilation, groups):
+        return h().conv_wgrad(xp, x, g, kernel, stride, padding, dilation, groups)
+
+    def both(first, second, nfirst, nsecond):
+        """A backward of two kernels, or None (the generic VJP) if a needed one declines."""
+        a = first() if nfirst else None
+        b = second() if nsecond else None
+        return None if (nfirst and a is None) or (nsecond and b is None) else (a, b)
+
+    def conv_bwd(xp, g, saved, node, donate):
+        x, w = saved
+        m = conv._meta(node)
+        nx, nw, nb = node.needs
+        out = both(lambda: transpose_fwd(xp, g, w, **m), lambda: weight_fwd(xp, x, g, **m), nx, nw)
+        if out is None:
+            return None
+        return out + ((xp.sum(g, axis=(0,) + tuple(range(2, g.ndim))) if nb else None),)
+
+    def transpose_bwd(xp, hg, saved, node, donate):
+        g, w = saved
+        m = conv._meta(node)
+        pad_stride = (m["stride"], m["padding"], m["dilation"], m["groups"])
+        return both(lambda: h().conv_forward(xp, hg, w, None, *pad_stride),
+                    lambda: weight_fwd(xp, hg, g, **m), *node.needs)
+
+    def weight_bwd(xp, hw, saved, node, donate):
+        x, g = saved
+        m = conv._meta(node)
+        pad_stride = (m["stride"], m["padding"], m["dilation"], m["groups"])
+        return both(lambda: transpose_fwd(xp, g, hw, **m),
+                    lambda: h().conv_forward(xp, x, hw, None, *pad_stride), *node.needs)
+    return (conv_fwd, conv_bwd), (transpose_fwd, transpose_bwd), (weight_fwd, weight_bwd)
+
+
 def _gelu_cpu():
     """Exact GELU on the CPU kernels (backends/cpu_kernels.py): the forward in one pass, the
     gradient in two around numpy's exp, with the generic code's bits (float32, C order;
@@ -217,6 +263,8 @@ fused.cross_entropy.register_kernel("triton", *_cross_entropy("triton"))
 norms.layer_norm.register_kernel("triton", *_norm("triton", rms=False))
 norms.rms_norm.register_kernel("triton", *_norm("triton", rms=True))
 attention.scaled_dot_product_attention.register_kernel("triton", *_attention("triton"))
+for _prim, _pair in zip((conv.conv, conv.conv_transpose, conv.conv_weight), _conv("triton")):
+    _prim.register_kernel("triton", *_pair)
 derivatives.gelu.register_kernel("cpu", *_gelu_cpu())
 norms.layer_norm.register_kernel("cpu", *_norm_cpu(rms=False))
 norms.rms_norm.register_kernel("cpu", *_norm_cpu(rms=True))
