@@ -350,13 +350,13 @@ def test_checkpointing_each_block_changes_nothing_but_memory():
     """Three training steps of the demo's net with and without per-block checkpointing:
     the same losses, gradients and running statistics bit for bit (the recompute takes no
     second batch into the statistics), and a lower activation peak."""
-    from gpuad.demo import DigitsNet
+    from gpuad.demo import SmallResNet
     x = gpuad.tensor(R.standard_normal((32, 1, 8, 8)).astype(np.float32))
     y = gpuad.tensor(R.integers(0, 10, 32))
     runs = []
     for ckpt in (False, True):
         gpuad.manual_seed(0)
-        net = DigitsNet(checkpoint=ckpt)
+        net = SmallResNet(checkpoint=ckpt)
         opt = gpuad.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         losses = []
         with gpuad.memory.track() as m:

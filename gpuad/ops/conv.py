@@ -13,8 +13,12 @@ stack, reshape, matmul), so gpuad.compile traces it, forward mode differentiates
 it and the planner runs it on shapes.
 
 On the CPU each forward is im2col + GEMM in batch chunks: the columns of
-`chunk` samples, (chunk, C K, Q) elements, are made, multiplied and dropped
-before the next chunk's. The workspace of one call is therefore at most
+`chunk` samples, (C K, chunk Q) elements, are made, multiplied (one GEMM per
+group) and dropped before the next chunk's. The work runs channels-first: the
+input is read as (C, N, *S) and the result is an (N, O, *Q) view of an (O, N, *Q)
+buffer, so a stack of convolutions (through batch norm and ReLU, whose outputs
+keep their input's layout) never transposes; a padded layer pays one copy of its
+input, which the im2col reads. The workspace of one call is therefore at most
 max(WORKSPACE, one sample's columns) bytes, plus the chunk's GEMM result; the
 planner sees it because it runs this same code on abstract arrays.
 conv_transpose runs as a conv of the stride-dilated gradient with the flipped
@@ -51,15 +55,15 @@ def pad_spatial(xp, x, padding, value=0.0):
     return xp.pad(x, ((0, 0), (0, 0)) + tuple(padding), constant_values=value)
 
 
-def windows(xp, xpad, kernel, out, stride, dilation):
-    """Every kernel offset's strided view of the padded input, stacked on axis 2:
-    (n, C, prod(kernel), *out). One copy of the chunk's columns."""
+def windows(xp, xpad, kernel, out, stride, dilation, axis=2):
+    """Every kernel offset's strided view of the padded input, stacked on `axis`: for
+    (n, C, *S) and axis 2, (n, C, prod(kernel), *out). One copy of the chunk's columns."""
     parts = []
     for offs in itertools.product(*(range(k) for k in kernel)):
         idx = (slice(None), slice(None)) + tuple(slice(o * d, o * d + s * (q - 1) + 1, s)
                                                  for o, d, s, q in zip(offs, dilation, stride, out))
         parts.append(xp.getitem(xpad, idx))
-    return xp.stack(parts, axis=2)
+    return xp.stack(parts, axis=axis)
 
 
 def _chunks(n, per_sample_bytes):
@@ -67,16 +71,25 @@ def _chunks(n, per_sample_bytes):
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _columns(xp, xpad, n0, n1, kernel, out, stride, dilation, groups):
-    """(n1 - n0, G, C/G prod(kernel), prod(out)): samples n0..n1's im2col columns."""
-    x = xp.getitem(xpad, (slice(n0, n1),))
-    c = xpad.shape[1]
+def _channels_first(xp, x, padding):
+    """x (N, C, *S) as (C, N, *S_padded), C order: one copy (the padding's, which the
+    im2col needs anyway). A channels-first view (what conv returns) is already in
+    this layout, so only the padding is paid."""
+    return pad_spatial(xp, xp.swapaxes(x, 0, 1), padding)
+
+
+def _columns(xp, xc, n0, n1, kernel, out, stride, dilation, groups):
+    """(G, C/G prod(kernel), (n1 - n0) prod(out)): samples n0..n1's im2col columns, from
+    the channels-first padded input: one GEMM per group then covers the whole chunk
+    (a batch of small per-sample GEMMs runs 2-3x slower on narrow layers)."""
+    c = xc.shape[0]
+    x = xp.getitem(xc, (slice(None), slice(n0, n1)))
     kt, qt = math.prod(kernel), math.prod(out)
-    if kt == 1 and all(s == 1 for s in stride) and tuple(xpad.shape[2:]) == tuple(out):
+    if kt == 1 and all(s == 1 for s in stride) and tuple(xc.shape[2:]) == tuple(out):
         cols = x                          # a 1 x 1 convolution: the input is its own columns
     else:
-        cols = windows(xp, x, kernel, out, stride, dilation)
-    return xp.reshape(cols, (n1 - n0, groups, (c // groups) * kt, qt))
+        cols = windows(xp, x, kernel, out, stride, dilation, axis=1)      # (C, K, n, *out)
+    return xp.reshape(cols, (groups, (c // groups) * kt, (n1 - n0) * qt))
 
 
 def _per_sample(x, kernel, out):
@@ -92,15 +105,17 @@ def conv(xp, x, w, b, stride, padding, dilation, groups, size=None, kernel=None)
     if min(out, default=1) < 1:
         raise ValueError(f"gpuad.conv: an input of spatial size {tuple(x.shape[2:])} (padding {padding}) is "
                          f"smaller than the kernel's extent {tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))}")
-    xpad = pad_spatial(xp, x, padding)
+    xc = _channels_first(xp, x, padding)
     w2 = xp.reshape(w, (groups, o // groups, -1))
-    ys = [xp.matmul(w2, _columns(xp, xpad, n0, n1, kernel, out, stride, dilation, groups))
+    ys = [xp.reshape(xp.matmul(w2, _columns(xp, xc, n0, n1, kernel, out, stride, dilation, groups)),
+                     (o, n1 - n0) + out)
           for n0, n1 in _chunks(n, _per_sample(x, kernel, out))]
-    y = ys[0] if len(ys) == 1 else xp.concatenate(ys, axis=0)
-    y = xp.reshape(y, (n, o) + out)
+    y = ys[0] if len(ys) == 1 else xp.concatenate(ys, axis=1)
     if b is not None:
-        y = xp.add(y, xp.reshape(b, (1, o) + (1,) * len(out)))
-    return y
+        y = xp.add(y, xp.reshape(b, (o, 1) + (1,) * len(out)))
+    # (N, O, *out) as a view of the channels-first result: no transposing copy, and the
+    # next convolution (through batch norm and ReLU, which keep the layout) reads it as is
+    return xp.swapaxes(y, 0, 1)
 
 
 META = ("size", "kernel", "stride", "padding", "dilation", "groups")
@@ -167,12 +182,14 @@ def conv_weight(xp, x, g, size, kernel, stride, padding, dilation, groups):
     xp = counting(xp, "conv_weight")
     n, c = x.shape[:2]
     o, out = g.shape[1], tuple(g.shape[2:])
-    xpad = pad_spatial(xp, x, padding)
+    xc = _channels_first(xp, x, padding)
+    gc = xp.swapaxes(g, 0, 1)                 # (O, N, *out): free when g is channels-first
     dw = None
     for n0, n1 in _chunks(n, _per_sample(x, kernel, out)):
-        cols = _columns(xp, xpad, n0, n1, kernel, out, stride, dilation, groups)
-        g2 = xp.reshape(xp.getitem(g, (slice(n0, n1),)), (n1 - n0, groups, o // groups, math.prod(out)))
-        part = xp.sum(xp.matmul(g2, xp.swapaxes(cols, -1, -2)), axis=0)        # (G, O/G, C/G K)
+        cols = _columns(xp, xc, n0, n1, kernel, out, stride, dilation, groups)
+        g2 = xp.reshape(xp.getitem(gc, (slice(None), slice(n0, n1))),
+                        (groups, o // groups, (n1 - n0) * math.prod(out)))
+        part = xp.matmul(g2, xp.swapaxes(cols, -1, -2))                      # (G, O/G, C/G K)
         dw = part if dw is None else xp.add(dw, part)
     return xp.reshape(dw, (o, c // groups) + tuple(kernel))
 
