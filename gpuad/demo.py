@@ -225,8 +225,8 @@ class _Block(nn.Module):
 class SmallResNet(nn.Module):
     """A ResNet for small images: a 3 x 3 stem conv, stages of basic blocks (stage i has
     width 2^i channels; each stage after the first starts with a stride-2 block), global
-    average pooling and a linear head. checkpoint=True recomputes each block in backward
-    (the activations kept are the blocks' inputs alone).
+    average pooling and a linear head. checkpoint=True recomputes the stem and each block
+    in backward (the activations kept are their inputs alone).
 
     >>> import gpuad
     >>> SmallResNet(in_channels=3, blocks=(1, 1))(gpuad.ones((2, 3, 16, 16))).shape
@@ -248,8 +248,7 @@ class SmallResNet(nn.Module):
         self.checkpoint = checkpoint
 
     def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
+        for block in (self.stem,) + tuple(self.blocks):
             x = gpuad.checkpoint(block, x) if self.checkpoint and self.training else block(x)
         return self.head(x)
 

@@ -160,6 +160,19 @@ class Accountant:
         if key not in self._refs:
             self._refs[key] = (weakref.ref(owner, self._make_release(key)), owner.nbytes, activation)
 
+    def reclassify(self, arr, activation):
+        """Count arr's (tracked) buffer as an activation or not from now on: a primitive's
+        output that its own code allocated as workspace (counting()) becomes the
+        activation it is once the op returns it."""
+        key = id(owner_of(arr))
+        entry = self._refs.get(key)
+        if entry is None or entry[2] == activation:
+            return
+        self._refs[key] = (entry[0], entry[1], activation)
+        self.activation_bytes += entry[1] if activation else -entry[1]
+        if self.activation_bytes > self.activation_peak:
+            self.activation_peak = self.activation_bytes
+
     def _make_release(self, key):
         def release(_ref, key=key, refs=self._refs):
             entry = refs.pop(key, None)
@@ -210,7 +223,9 @@ accountant = Accountant()
 class _Counting:
     """xp, counting each new buffer a call returns as live until it is released: for a
     primitive whose forward makes large temporaries (convolution's im2col columns), so
-    the peak, measured and planned alike, includes them and not only its output."""
+    the peak, measured and planned alike, includes them and not only its output. They
+    are workspace, not activations (what checkpointing trades away): the one returned
+    as the op's output is reclassified by account_forward."""
 
     def __init__(self, xp, op, acct):
         self._xp, self._op, self._acct = xp, op, acct
@@ -228,7 +243,7 @@ class _Counting:
             r = f(*args, **kwargs)
             if hasattr(r, "nbytes") and hasattr(r, "base") and owner_of(r) is r and \
                     not any(r is a for a in args):
-                acct.alloc(r, op)
+                acct.alloc(r, op, activation=False)     # workspace, until returned as the output
             return r
         return counted
 

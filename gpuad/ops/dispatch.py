@@ -322,6 +322,6 @@ def account_forward(acct, op, arrays, out, aux):
         extra = op.fwd_temps * n_out
         acct.traffic(op.name, read + extra, n_out + sum(a.nbytes for a in aux) + extra)
         for a in (out,) + tuple(aux):
-            if id(owner_of(a)) not in owners:
-                acct.alloc(a, op.name)
+            if id(owner_of(a)) not in owners and not acct.alloc(a, op.name):
+                acct.reclassify(a, acct.phase != "backward")   # made as the op's workspace (counting())
     acct.mark(op.name)
