@@ -132,6 +132,25 @@ def test_broadcast_operands_are_read_where_numpy_reads_them():
     np.testing.assert_array_equal(cpu_codegen.runner(k, now=True)(*ins)[0], k(*ins)[0])
 
 
+def test_a_channel_operand_is_read_where_numpy_reads_it():
+    """Batch norm's per-channel scale in (N, C, H, W): a block of middle axes,
+    (i // (H W)) % C; (1, C, H, 1) too; a gap between kept axes stays numpy's."""
+    def build(g, x, chan, plane):
+        y = _op(g, "multiply", (_op(g, "subtract", (x, chan), x.shape, F32), plane), x.shape, F32)
+        return [_op(g, "where", (_op(g, "less_equal", (x, 0.0), x.shape, np.bool_), 0.0, y), x.shape, F32)]
+    shape = (4, 6, 16, 20)
+    k = _group(build, shape, extra_shapes=[((1, 6, 1, 1), F32), ((6, 16, 1), F32)])
+    src = cpu_codegen.source(k)
+    assert "(i // 320) % 6" in src and "(i // 20) % 96" in src
+    rng = np.random.default_rng(0)
+    ins = [_special(v.shape, v.dtype, rng) for v in k.ins]
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(cpu_codegen.runner(k, now=True)(*ins)[0], k(*ins)[0])
+    gap = _group(lambda g, x, a: [_op(g, "multiply", (_op(g, "add", (x, a), x.shape, F32), 2.0), x.shape, F32)],
+                 shape, extra_shapes=[((4, 1, 16, 1), F32)])
+    assert cpu_codegen.runner(gap) is gap
+
+
 def test_what_a_kernel_does_not_take_runs_the_numpy_executor(monkeypatch):
     rowmax = _group(lambda g, x: [_op(g, "max", (_op(g, "multiply", (x, 2.0), x.shape, F32),), x.shape[:-1], F32,
                                       axis=-1)], S)

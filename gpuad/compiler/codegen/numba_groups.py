@@ -23,7 +23,8 @@ smaller than MIN_ELEMENTS (the kernel costs more than the chunk loop there).
 
 Operands: each input is the group's shape (read at the flat index), a row broadcast
 along the leading axes (a bias: index % inner), a column (one value per row: index //
-inner), or one element. Anything else, or an array that is not C-contiguous at run
+inner), a block of middle axes (a channel's scale: (index // inner) % channels), or
+one element. Anything else, or an array that is not C-contiguous at run
 time, runs the numpy kernel instead.
 
 Sources are named by their hash and written under GPUAD_CACHE_DIR/cpu, and Numba
@@ -65,7 +66,8 @@ _FLOATS = {"float32", "float64"}
 def _index(v, shape):
     """How input v is read at the group's flat index i: all of it ("i"), a block of trailing
     axes broadcast along the leading ones (a bias: "i % m"), leading axes broadcast along
-    trailing ones (a row's statistic: "i // m"), or one element ("0")."""
+    trailing ones (a row's statistic: "i // m"), a block of middle axes (a channel's
+    scale: "(i // m) % c"), or one element ("0")."""
     nd = len(shape)
     s = (1,) * (nd - len(v.shape)) + tuple(v.shape)
     if s == tuple(shape):
@@ -77,6 +79,12 @@ def _index(v, shape):
             return f"i % {math.prod(shape[cut:])}"
         if s[:cut] == tuple(shape[:cut]) and s[cut:] == (1,) * (nd - cut):
             return f"i // {math.prod(shape[cut:])}"
+    # a block of middle axes broadcast along the rest (batch norm's per-channel scale in
+    # (N, C, H, W): "(i // (H W)) % C")
+    kept = [a for a in range(nd) if s[a] != 1]
+    lo, hi = kept[0], kept[-1] + 1
+    if all(s[a] == shape[a] for a in range(lo, hi)):
+        return f"(i // {math.prod(shape[hi:])}) % {math.prod(shape[lo:hi])}"
     raise Unsupported(f"an operand of shape {v.shape} in a group of shape {shape}")
 
 
