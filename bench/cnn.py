@@ -10,6 +10,9 @@ Memory: the step's peak and its activation peak (forward and recompute buffers) 
 gpuad.memory measures them, without and with per-block checkpointing, and the
 backward peak the planner predicts against the measured one.
 
+Where the eager step's time goes: the primitives' numpy calls (through gpuad's xp
+namespace) timed by name: GEMMs (matmul), im2col (stack), padding, reductions.
+
 The im2col workspace: one convolution of the widest layer (16 -> 16 channels at
 32 x 32, batch 64) at the default WORKSPACE and at a quarter of it: the bytes it
 holds beyond its input and output, measured (gpuad.memory, and tracemalloc for
@@ -152,6 +155,63 @@ def _workspace(workspace):
     return held, real - y.nbytes - padded, bound, per_sample * BATCH
 
 
+def _by_call(step, calls=3):
+    """Where an eager step's time goes: each numpy call the primitives make through the
+    xp namespace (numpy_ns), timed and summed by name over `calls` steps; the rest
+    (Python, the engine, ops the generated entries call directly) is the remainder."""
+    import time
+    from gpuad.backends import numpy_ns
+    names = ("matmul", "stack", "pad", "mean", "sum", "add", "subtract", "multiply", "divide", "where",
+             "less_equal", "concatenate", "swapaxes", "reshape", "getitem", "maximum", "sqrt", "exp", "log")
+    spent = {}
+
+    def timed(fn, name):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+        return call
+    patched = [n for n in names if hasattr(numpy_ns, n)]
+    for n in patched:
+        setattr(numpy_ns, n, timed(getattr(numpy_ns, n), n))
+    try:
+        step()
+        spent.clear()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        total = (time.perf_counter() - t0) / calls
+    finally:
+        for n in patched:
+            delattr(numpy_ns, n)
+    rows = sorted(((n, v / calls) for n, v in spent.items()), key=lambda r: -r[1])
+    return total, rows
+
+
+def _layers(rounds, have_torch):
+    """One 3 x 3 convolution forward per stage width (batch 64, padding 1), gpuad against
+    torch.nn.functional.conv2d: {width: (gpuad ms, torch ms or None, GFLOP)}."""
+    import gpuad
+    import gpuad.nn.functional as F
+    out = {}
+    for c, s in ((16, SIZE), (32, SIZE // 2), (64, SIZE // 4)):
+        rng = np.random.default_rng(c)
+        x = rng.standard_normal((BATCH, c, s, s)).astype(np.float32)
+        w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+        xg, wg = gpuad.tensor(x), gpuad.tensor(w)
+        variants = {"gpuad": lambda: F.conv2d(xg, wg, padding=1)}
+        if have_torch:
+            import torch
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            variants["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, padding=1)
+        t = harness.measure(variants, rounds=rounds, warmup=2, label=f"conv {c}")
+        out[c] = (harness.median(t["gpuad"]) * 1e3, harness.median(t["torch"]) * 1e3 if have_torch else None,
+                  2 * c * c * 9 * s * s * BATCH / 1e9, s)
+    return out
+
+
 def run(full=False):
     import gpuad
     rounds = 9 if full else 5
@@ -175,6 +235,21 @@ def run(full=False):
                       "vs_eager": harness.ratio(samples, name, "gpuad eager")}
         times.add(name, rows[name]["ms"], f"{rows[name]['vs_base']:.2f}x", f"{rows[name]['vs_eager']:.2f}x")
     times.print()
+    total, calls = _by_call(variants["gpuad eager"])
+    ctab = harness.Table(f"cnn: where the eager step's time goes ({total * 1e3:.0f} ms per step with the "
+                         f"timers; the primitives' xp calls, summed by name)", ["xp call", "ms per step", "share"])
+    for name, sec in calls[:8]:
+        ctab.add(name, sec * 1e3, f"{sec / total:.0%}")
+    rest = total - sum(sec for _, sec in calls[:8])
+    ctab.add("everything else", rest * 1e3, f"{rest / total:.0%}")
+    ctab.print()
+
+    layers = _layers(rounds, have_torch)
+    ltab = harness.Table(f"cnn: one 3x3 convolution forward, batch {BATCH}, padding 1 (median ms; GFLOP/s)",
+                         ["channels, size", "gpuad ms", "GFLOP/s", "torch ms", "GFLOP/s"])
+    for c, (g_ms, t_ms, gf, sz) in layers.items():
+        ltab.add(f"{c} -> {c}, {sz}x{sz}", g_ms, gf / g_ms * 1e3, t_ms if t_ms else "-", gf / t_ms * 1e3 if t_ms else "-")
+    ltab.print()
 
     mib = 1 / 2 ** 20
     mem = {"none": _memory(False, x, y), "per block": _memory(True, x, y)}
@@ -217,4 +292,6 @@ def run(full=False):
                           for w, v in work.items()},
             "per_block_activation_cut": cut}
     assert math.isfinite(cut)
-    return harness.write_report("cnn", data, [times, mtab, wtab, targets.table("cnn")], notes)
+    data["eager_by_call_ms"] = {n: v * 1e3 for n, v in calls}
+    data["conv_layers"] = {str(c): dict(zip(("gpuad_ms", "torch_ms", "gflop", "size"), v)) for c, v in layers.items()}
+    return harness.write_report("cnn", data, [times, ctab, ltab, mtab, wtab, targets.table("cnn")], notes)
