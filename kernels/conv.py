@@ -31,6 +31,13 @@ def _index(i, INT64: tl.constexpr):
 
 
 @triton.jit
+def _split(r, A, B):
+    """(r // (A B), (r // B) % A, r % B): a flat index over (., A, B) as its three indices
+    (an output pixel as n, p, q; a tap as c, kh, kw)."""
+    return r // (A * B), (r // B) % A, r % B
+
+
+@triton.jit
 def conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                     NB, H, W, P, Q, CG, OG, KH, KW,
                     sxn, sxc, sxh, sxw, swo, swc, swh, sww, syn, syc, syh, syw,
@@ -40,17 +47,13 @@ def conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     grp = tl.program_id(2)
     rm = _index(tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M), INT64)      # output pixels
     rn = _index(tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N), INT64)      # output channels in the group
-    n = rm // (P * Q)
-    p = (rm // Q) % P
-    q = rm % Q
+    n, p, q = _split(rm, P, Q)
     m_ok = rm < NB * P * Q
     kt = CG * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, kt, BLOCK_K):
         rk = _index(k0 + tl.arange(0, BLOCK_K), INT64)
-        c = rk // (KH * KW)
-        kh = (rk // KW) % KH
-        kw = rk % KW
+        c, kh, kw = _split(rk, KH, KW)
         ih = p[:, None] * stride_h - pad_h + kh[None, :] * dil_h
         iw = q[:, None] * stride_w - pad_w + kw[None, :] * dil_w
         a_ok = m_ok[:, None] & (rk[None, :] < kt) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -77,17 +80,13 @@ def conv_dgrad_kernel(g_ptr, w_ptr, dx_ptr,
     grp = tl.program_id(2)
     rm = _index(tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M), INT64)      # input pixels
     rn = _index(tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N), INT64)      # input channels in the group
-    n = rm // (H * W)
-    h = (rm // W) % H
-    w = rm % W
+    n, h, w = _split(rm, H, W)
     m_ok = rm < NB * H * W
     kt = OG * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, kt, BLOCK_K):
         rk = _index(k0 + tl.arange(0, BLOCK_K), INT64)
-        o = rk // (KH * KW)
-        kh = (rk // KW) % KH
-        kw = rk % KW
+        o, kh, kw = _split(rk, KH, KW)
         th = h[:, None] + pad_h - kh[None, :] * dil_h        # = p * stride_h where a tap lands
         tw = w[:, None] + pad_w - kw[None, :] * dil_w
         # the remainder is taken of a non-negative value only: C's % keeps the sign
@@ -118,17 +117,13 @@ def conv_wgrad_kernel(x_ptr, g_ptr, dw_ptr,
     grp = tl.program_id(2)
     rm = _index(tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M), INT64)      # output channels in the group
     rn = _index(tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N), INT64)      # (c, kh, kw)
-    c = rn // (KH * KW)
-    kh = (rn // KW) % KH
-    kw = rn % KW
+    c, kh, kw = _split(rn, KH, KW)
     n_ok = rn < CG * KH * KW
     kt = NB * P * Q
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, kt, BLOCK_K):
         rk = _index(k0 + tl.arange(0, BLOCK_K), INT64)                          # (n, p, q)
-        n = rk // (P * Q)
-        p = (rk // Q) % P
-        q = rk % Q
+        n, p, q = _split(rk, P, Q)
         k_ok = rk < kt
         a = tl.load(g_ptr + n[None, :] * sgn + (grp * OG + rm[:, None]) * sgc + p[None, :] * sgh
                     + q[None, :] * sgw, mask=(rm[:, None] < OG) & k_ok[None, :], other=0.0)
