@@ -8,7 +8,7 @@
 (2,)
 """
 from .dtypes import float16, float32, float64, int32, int64, bool_, bfloat16, as_dtype
-from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled
+from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode, is_inference_mode_enabled
 from .tensor import Tensor, tensor
 from . import ops, surface
 from .surface import unary, primitive  # noqa: F401  (declare and publish a primitive)

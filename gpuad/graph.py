@@ -226,15 +226,9 @@ def is_grad_enabled():
     return _Mode.enabled or (_Mode.checkpoint is not None and _Mode.checkpoint.record)
 
 
-class set_grad_enabled(contextlib.ContextDecorator):
-    """Turn recording on or off inside a `with` block or a decorated function.
-
-    >>> import gpuad
-    >>> x = gpuad.tensor(1.0, requires_grad=True)
-    >>> with gpuad.set_grad_enabled(False):
-    ...     (x * 2).requires_grad
-    False
-    """
+class _GradMode(contextlib.ContextDecorator):
+    """Recording on or off inside a `with` block or a decorated function; the mode before
+    comes back on exit."""
 
     def __init__(self, mode=True):
         self.mode = bool(mode)
@@ -250,7 +244,42 @@ class set_grad_enabled(contextlib.ContextDecorator):
         return False
 
 
-class no_grad(set_grad_enabled):
+class set_grad_enabled(_GradMode):
+    """Turn recording on or off: called as a function it takes effect at once (as torch's);
+    as a `with` block or a decorator it holds inside and restores the mode after.
+
+    >>> import gpuad
+    >>> x = gpuad.tensor(1.0, requires_grad=True)
+    >>> with gpuad.set_grad_enabled(False):
+    ...     (x * 2).requires_grad
+    False
+    >>> _ = gpuad.set_grad_enabled(False); gpuad.is_grad_enabled()
+    False
+    >>> _ = gpuad.set_grad_enabled(True); gpuad.is_grad_enabled()
+    True
+    """
+
+    def __init__(self, mode=True):
+        super().__init__(mode)
+        self._before = _Mode.enabled
+        self._armed = True              # the first `with` restores what was there before the call
+        _Mode.enabled = self.mode
+
+    def __enter__(self):
+        if self._armed:
+            self._armed = False
+            self._prev.append(self._before)
+            _Mode.enabled = self.mode
+            return self
+        return super().__enter__()
+
+    def __call__(self, func):
+        # as a decorator nothing changes now: the mode holds only while func runs
+        _Mode.enabled, self._armed = self._before, False
+        return super().__call__(func)
+
+
+class no_grad(_GradMode):
     """Run ops without recording them: every result is GREY.
 
     >>> import gpuad
@@ -269,7 +298,7 @@ class no_grad(set_grad_enabled):
         super().__init__(False)
 
 
-class enable_grad(set_grad_enabled):
+class enable_grad(_GradMode):
     """Record again inside a no_grad region.
 
     >>> import gpuad
@@ -281,3 +310,39 @@ class enable_grad(set_grad_enabled):
 
     def __init__(self):
         super().__init__(True)
+
+
+class inference_mode(_GradMode):
+    """torch.inference_mode: no recording inside (as no_grad; gpuad keeps no version
+    counters a mode could skip). inference_mode(False) changes nothing.
+
+    >>> import gpuad
+    >>> w = gpuad.tensor([1.0], requires_grad=True)
+    >>> with gpuad.inference_mode():
+    ...     (w * 2).requires_grad, gpuad.is_inference_mode_enabled()
+    (False, True)
+    """
+
+    _depth = 0
+
+    def __init__(self, mode=True):
+        super().__init__(False)
+        self.on = bool(mode)
+
+    def __enter__(self):
+        self._prev.append(_Mode.enabled)
+        if self.on:
+            _Mode.enabled = False
+            inference_mode._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _Mode.enabled = self._prev.pop()
+        if self.on:
+            inference_mode._depth -= 1
+        return False
+
+
+def is_inference_mode_enabled():
+    """Whether an inference_mode() block is open."""
+    return inference_mode._depth > 0

@@ -1,0 +1,57 @@
+"""PyTorch habits, round 2 (#26): each idiom as torch behaves, checked against torch."""
+import numpy as np
+import pytest
+
+import gpuad
+import gpuad.nn.functional as F
+from gpuad import nn, optim
+
+torch = pytest.importorskip("torch")
+R = np.random.default_rng(26)
+
+
+# -- grad modes ------------------------------------------------------------------------------
+
+def test_set_grad_enabled_called_as_a_function_takes_effect_as_torchs():
+    w = gpuad.tensor([1.0], requires_grad=True)
+    try:
+        for lib in (torch, gpuad):
+            lib.set_grad_enabled(False)
+            assert not lib.is_grad_enabled()
+        assert not (w * 2).requires_grad
+        for lib in (torch, gpuad):
+            lib.set_grad_enabled(True)
+            assert lib.is_grad_enabled()
+        assert (w * 2).requires_grad
+    finally:
+        torch.set_grad_enabled(True)
+        gpuad.set_grad_enabled(True)
+
+
+def test_set_grad_enabled_as_a_block_and_a_decorator_restores_the_mode():
+    w = gpuad.tensor([1.0], requires_grad=True)
+    with gpuad.no_grad():
+        with gpuad.set_grad_enabled(True):
+            assert (w * 2).requires_grad
+        assert not gpuad.is_grad_enabled()
+
+    @gpuad.set_grad_enabled(False)
+    def f(t):
+        return t * 2
+    assert gpuad.is_grad_enabled()                 # decorating changed nothing
+    assert not f(w).requires_grad
+    assert gpuad.is_grad_enabled() and (w * 2).requires_grad
+
+
+def test_inference_mode_records_nothing():
+    w = gpuad.tensor([1.0], requires_grad=True)
+    with gpuad.inference_mode():
+        assert not (w * 2).requires_grad and gpuad.is_inference_mode_enabled()
+    assert not gpuad.is_inference_mode_enabled() and (w * 2).requires_grad
+
+    @gpuad.inference_mode()
+    def f(t):
+        return t * 2
+    assert not f(w).requires_grad
+    with gpuad.inference_mode(False):
+        assert (w * 2).requires_grad
