@@ -55,3 +55,28 @@ def test_inference_mode_records_nothing():
     assert not f(w).requires_grad
     with gpuad.inference_mode(False):
         assert (w * 2).requires_grad
+
+
+# -- optimizers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_frozen_parameters_are_accepted_and_skipped_as_torch_does(name):
+    """The fine-tuning pattern: freeze a layer, keep it in the optimizer, unfreeze later."""
+    w0, f0 = R.standard_normal((3, 2)), R.standard_normal((2, 2))
+    x = R.standard_normal((4, 2))
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    out = []
+    for lib in (gpuad, torch):
+        w = lib.tensor(w0, requires_grad=True)
+        frozen = lib.tensor(f0, requires_grad=False)
+        opt = getattr(lib.optim, name)([w, frozen], **kw)
+        xt = lib.tensor(x)
+        for step in range(4):
+            if step == 2:
+                frozen.requires_grad_(True)        # unfrozen half-way
+            opt.zero_grad()
+            ((xt @ frozen) @ w.T).square().sum().backward()
+            opt.step()
+        out.append((w.detach().numpy(), frozen.detach().numpy()))
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -50,9 +50,8 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"gpuad.optim.{type(self).__name__}: parameter {i} is a "
                                 f"{type(p).__name__}, not a Tensor")
-            if not p.requires_grad:
-                raise ValueError(f"gpuad.optim.{type(self).__name__}: parameter {i} (shape {p.shape}) does "
-                                 f"not require grad, so it would never be updated; pass only trainable tensors")
+            # a frozen parameter (requires_grad=False) is accepted and skipped while it has no
+            # gradient, as torch does: fine-tuning freezes layers after building the optimizer
             if not p.is_leaf:
                 raise ValueError(f"gpuad.optim.{type(self).__name__}: parameter {i} is not a leaf tensor")
             if id(p) in seen:
