@@ -80,3 +80,27 @@ def test_frozen_parameters_are_accepted_and_skipped_as_torch_does(name):
         out.append((w.detach().numpy(), frozen.detach().numpy()))
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# -- tensor methods ----------------------------------------------------------------------------
+
+def test_conversion_and_factory_methods_equal_torchs():
+    a = R.standard_normal((2, 3)) * 3
+    g, t = gpuad.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    for name in ("long", "int", "bool", "half", "float", "double"):
+        gv, tv = getattr(g, name)(), getattr(t, name)()
+        assert str(gv.dtype) == str(tv.dtype).replace("torch.", ""), name
+        np.testing.assert_array_equal(gv.numpy(), tv.detach().numpy(), err_msg=name)
+    gt, tt = g.T.contiguous(), t.T.contiguous()
+    assert gt.data.flags.c_contiguous and tt.is_contiguous() and g.contiguous() is g
+    (gt * gpuad.tensor(a.T)).sum().backward()
+    (tt * torch.tensor(a.T)).sum().backward()
+    np.testing.assert_array_equal(g.grad.numpy(), t.grad.numpy())
+    assert g.view_as(gpuad.zeros(3, 2)).shape == tuple(t.view_as(torch.zeros(3, 2)).shape)
+    assert str(g.type_as(gpuad.zeros(1)).dtype) == "float32"
+    for name, args in (("new_zeros", (2, 2)), ("new_ones", ((3,),)), ("new_full", ((2, 1), 7.0))):
+        gv, tv = getattr(g, name)(*args), getattr(t, name)(*args)
+        assert gv.shape == tuple(tv.shape) and str(gv.dtype) == "float64" and not gv.requires_grad
+        np.testing.assert_array_equal(gv.numpy(), tv.numpy())
+    assert g.new_zeros(2, dtype="int64").dtype == np.int64
+    assert g.new_ones(2, requires_grad=True).requires_grad

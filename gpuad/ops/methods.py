@@ -38,6 +38,29 @@ def _clone(self):
     return C.multiply(self, 1)
 
 
+def _contiguous(self):
+    """self when its buffer is in C order, else a C-order copy that stays in the graph."""
+    flags = getattr(self.data, "flags", None)
+    if flags is None or flags.c_contiguous:
+        return self
+    # flattening a non-contiguous view copies in C order (a ufunc's copy keeps the layout)
+    return C.reshape(C.reshape(self, (-1,)), tuple(self.shape))
+
+
+def _new(fill):
+    """Tensor.new_zeros / new_ones / new_full / new_empty: a new tensor of self's dtype and
+    device unless told otherwise (torch's factory methods)."""
+    def make(self, *size, fill_value=None, dtype=None, device=None, requires_grad=False):
+        from ..creation import full
+        if fill is None:                            # new_full(size, fill_value)
+            size, fill_value = (size[0], size[1]) if len(size) == 2 else (size[0], fill_value)
+        shape = C._as_shape(size if fill is not None else (size,))
+        return full(shape, fill if fill is not None else fill_value, dtype=dtype or self.dtype,
+                    device=device or self.device, requires_grad=requires_grad)
+    make.__name__ = {0: "new_zeros", 1: "new_ones", None: "new_full"}.get(fill, "new_empty")
+    return make
+
+
 def _binary_inplace(fn, name):
     def method(self, other):
         return inplace.binary_(self, fn, other, name)
@@ -87,6 +110,11 @@ def table():
              __getitem__=C.getitem, __pos__=lambda self: self, to=_to, clone=_clone,
              float=lambda self: C.astype(self, "float32"), double=lambda self: C.astype(self, "float64"),
              half=lambda self: C.astype(self, "float16"), bfloat16=lambda self: C.astype(self, "bfloat16"),
+             long=lambda self: C.astype(self, "int64"), int=lambda self: C.astype(self, "int32"),
+             bool=lambda self: C.astype(self, "bool"), contiguous=_contiguous,
+             view_as=lambda self, other: C.reshape(self, tuple(other.shape)),
+             type_as=lambda self, other: C.astype(self, other.dtype),
+             new_zeros=_new(0), new_ones=_new(1), new_full=_new(None),
              fill_=_fill_, zero_=_zero_, copy_=_copy_, clamp_=_clamp_, clip_=_clamp_, __setitem__=_setitem)
     for fn, name in ((C.add, "add"), (C.subtract, "sub"), (C.multiply, "mul"), (C.divide, "div")):
         t[name + "_"] = _binary_inplace(fn, name + "_")
