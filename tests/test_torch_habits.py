@@ -104,3 +104,66 @@ def test_conversion_and_factory_methods_equal_torchs():
         np.testing.assert_array_equal(gv.numpy(), tv.numpy())
     assert g.new_zeros(2, dtype="int64").dtype == np.int64
     assert g.new_ones(2, requires_grad=True).requires_grad
+
+
+# -- module utilities --------------------------------------------------------------------------
+
+def _twins():
+    shared = (nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    g = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), shared[0], nn.Sequential(shared[0], nn.Tanh()))
+    t = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), shared[1],
+                            torch.nn.Sequential(shared[1], torch.nn.Tanh()))
+    return g, t
+
+
+def test_module_traversal_equals_torchs():
+    g, t = _twins()
+    assert [n for n, _ in g.named_modules()] == [n for n, _ in t.named_modules()]
+    assert [n for n, _ in g.named_children()] == [n for n, _ in t.named_children()]
+    assert [type(m).__name__ for m in g.children()] == [type(m).__name__ for m in t.children()]
+    assert len(list(g.modules())) == len(list(t.modules()))
+    assert [n for n, _ in g.named_modules(remove_duplicate=False)] == \
+        [n for n, _ in t.named_modules(remove_duplicate=False)]
+    seen_g, seen_t = [], []
+    g.apply(lambda m: seen_g.append(type(m).__name__))
+    t.apply(lambda m: seen_t.append(type(m).__name__))
+    assert seen_g == seen_t
+
+
+def test_apply_initialises_and_requires_grad_freezes():
+    g, _ = _twins()
+
+    def init(m):
+        if isinstance(m, nn.Linear):
+            m.weight.data[...] = 0.5
+    assert g.apply(init) is g
+    assert all(float(m.weight.data.max()) == 0.5 for m in g.modules() if isinstance(m, nn.Linear))
+    assert g[0].requires_grad_(False) is g[0]
+    assert not g[0].weight.requires_grad and g[2].weight.requires_grad
+    g.zero_grad(set_to_none=False)
+
+
+def test_parameter_list_and_dict_register_as_torchs():
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws = nn.ParameterList([gpuad.zeros(2), nn.Parameter(gpuad.ones(3))])
+            self.named = nn.ParameterDict({"a": gpuad.ones(1)})
+            self.named["b"] = gpuad.zeros(2)
+
+    class T(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws = torch.nn.ParameterList([torch.zeros(2), torch.nn.Parameter(torch.ones(3))])
+            self.named = torch.nn.ParameterDict({"a": torch.ones(1)})
+            self.named["b"] = torch.zeros(2)
+    g, t = G(), T()
+    assert [n for n, _ in g.named_parameters()] == [n for n, _ in t.named_parameters()]
+    assert list(g.state_dict()) == list(t.state_dict())
+    assert all(p.requires_grad for p in g.parameters())
+    assert len(g.ws) == 2 and g.ws[1].shape == (3,) and "b" in g.named and len(g.named) == 2
+    g.ws.append(gpuad.zeros(4))
+    assert [n for n, _ in g.named_parameters()][:3] == ["ws.0", "ws.1", "ws.2"]
+    assert g.named.pop("a").shape == (1,) and list(g.named.keys()) == ["b"]
+    with pytest.raises(TypeError, match="is not a Tensor"):
+        g.ws.append([1.0])

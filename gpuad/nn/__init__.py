@@ -8,7 +8,7 @@
 """
 from . import functional
 from .modules import (Module, Parameter, Linear, Sequential, MLP, ResidualBlock, ResNet, RNN, Dropout,
-                      Tanh, ReLU, Sigmoid, GELU, ModuleList, ModuleDict)
+                      Tanh, ReLU, Sigmoid, GELU, ModuleList, ModuleDict, ParameterList, ParameterDict)
 from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, CausalSelfAttention, TransformerBlock,
                           GPT)
 from .cnn import (Conv1d, Conv2d, ConvTranspose2d, BatchNorm1d, BatchNorm2d, GroupNorm, MaxPool2d, AvgPool2d,

@@ -137,7 +137,7 @@ class Module:
 
     def named_parameters(self, prefix=""):
         seen = set()
-        for mod_prefix, mod in self.named_modules(prefix):
+        for mod_prefix, mod in self.named_modules(prefix=prefix):
             for name, p in mod._parameters.items():
                 if id(p) in seen:
                     continue
@@ -179,7 +179,7 @@ class Module:
     def named_buffers(self, prefix="", recurse=True):
         """(name, buffer) pairs, submodules' included (recurse), each buffer once."""
         seen = set()
-        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for mod_prefix, mod in mods:
             for name, b in mod._buffers.items():
                 if b is None or id(b) in seen:
@@ -191,20 +191,64 @@ class Module:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """(name, module) for self and every submodule, depth first, each module once
+        (remove_duplicate, torch's default) even where it is shared."""
+        seen = set() if memo is None else memo
         stack = [(prefix, self)]
         while stack:                       # no recursion: deep Sequentials are fine
             name, mod = stack.pop()
+            if remove_duplicate:
+                if id(mod) in seen:
+                    continue
+                seen.add(id(mod))
             yield name, mod
-            children = [((f"{name}.{n}" if name else n), m) for n, m in mod._modules.items()]
+            children = [((f"{name}.{n}" if name else n), m) for n, m in mod._modules.items() if m is not None]
             stack.extend(reversed(children))
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
+    def named_children(self):
+        """(name, module) of the direct submodules, each once."""
+        seen = set()
+        for name, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
+
     def children(self):
-        return iter(self._modules.values())
+        for _, m in self.named_children():
+            yield m
+
+    def apply(self, fn):
+        """fn(module) on every submodule, children before their parent, then self (torch's
+        order: how custom initialisation is written); returns self.
+
+        >>> import gpuad
+        >>> net = gpuad.nn.Sequential(gpuad.nn.Linear(2, 2), gpuad.nn.Linear(2, 1))
+        >>> seen = []
+        >>> _ = net.apply(lambda m: seen.append(type(m).__name__)); seen
+        ['Linear', 'Linear', 'Sequential']
+        """
+        order, stack = [], [(self, False)]
+        while stack:                       # a post-order walk without recursion
+            mod, done = stack.pop()
+            if done:
+                order.append(mod)
+                continue
+            stack.append((mod, True))
+            stack.extend((m, False) for m in reversed(list(mod.children())))
+        for mod in order:
+            fn(mod)
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """Set requires_grad on every parameter (freezing or unfreezing the module); returns self."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     # -- modes and state -------------------------------------------------------
 
@@ -603,6 +647,111 @@ class ModuleList(Module):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("gpuad.nn.ModuleList has no forward: iterate over it")
+
+
+class ParameterList(Module):
+    """A list of parameters, registered under "0", "1", ... (torch.nn.ParameterList); a
+    plain tensor put in becomes a Parameter.
+
+    >>> import gpuad
+    >>> ps = gpuad.nn.ParameterList([gpuad.zeros(2), gpuad.ones(3)])
+    >>> len(ps), [k for k, _ in ps.named_parameters()], ps[1].requires_grad
+    (2, ['0', '1'], True)
+    """
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    @staticmethod
+    def _param(value, who):
+        if isinstance(value, Parameter):
+            return value
+        if isinstance(value, Tensor):
+            return Parameter(value.data)
+        raise TypeError(f"gpuad.nn.{who}: {type(value).__name__} is not a Tensor")
+
+    def append(self, value):
+        setattr(self, str(len(self._parameters)), self._param(value, "ParameterList"))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, i):
+        items = list(self._parameters.values())
+        return ParameterList(items[i]) if isinstance(i, slice) else items[i]
+
+    def __setitem__(self, i, value):
+        setattr(self, str(range(len(self))[i]), self._param(value, "ParameterList"))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters.values()))
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("gpuad.nn.ParameterList has no forward: index or iterate over it")
+
+
+class ParameterDict(Module):
+    """A dict of parameters, registered under their keys (torch.nn.ParameterDict).
+
+    >>> import gpuad
+    >>> pd = gpuad.nn.ParameterDict({"scale": gpuad.ones(2)})
+    >>> pd["shift"] = gpuad.zeros(2)
+    >>> list(pd.keys()), sorted(k for k, _ in pd.named_parameters())
+    (['scale', 'shift'], ['scale', 'shift'])
+    """
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __setitem__(self, key, value):
+        setattr(self, key, ParameterList._param(value, "ParameterDict"))
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __delitem__(self, key):
+        del self._parameters[key]
+        object.__delattr__(self, key)
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters))
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def update(self, parameters):
+        for k, v in (parameters.items() if hasattr(parameters, "items") else parameters):
+            self[k] = v
+
+    def pop(self, key):
+        v = self._parameters[key]
+        del self[key]
+        return v
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("gpuad.nn.ParameterDict has no forward: index it")
 
 
 class ModuleDict(Module):
