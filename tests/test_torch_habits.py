@@ -167,3 +167,113 @@ def test_parameter_list_and_dict_register_as_torchs():
     assert g.named.pop("a").shape == (1,) and list(g.named.keys()) == ["b"]
     with pytest.raises(TypeError, match="is not a Tensor"):
         g.ws.append([1.0])
+
+
+# -- losses and activations --------------------------------------------------------------------
+
+def _both(fn_g, fn_t, *arrays, tol=1e-10, grad=True):
+    """fn on gpuad and torch float64 tensors: values and the first input's gradient."""
+    gs = [gpuad.tensor(a, requires_grad=i == 0 and grad) for i, a in enumerate(arrays)]
+    ts = [torch.tensor(a, requires_grad=i == 0 and grad) for i, a in enumerate(arrays)]
+    yg, yt = fn_g(*gs), fn_t(*ts)
+    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), rtol=tol, atol=tol)
+    if grad:
+        w = R.standard_normal(yg.shape)
+        (yg * gpuad.tensor(w)).sum().backward()
+        (yt * torch.tensor(w)).sum().backward()
+        np.testing.assert_allclose(gs[0].grad.numpy(), ts[0].grad.numpy(), rtol=tol, atol=tol)
+
+
+X = R.standard_normal((4, 5)) * 2
+Y = R.standard_normal((4, 5))
+P = 1 / (1 + np.exp(-R.standard_normal((4, 5))))
+B = (R.random((4, 5)) > 0.5).astype(np.float64)
+TF = torch.nn.functional
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,args,kw", [
+    ("l1_loss", (X, Y), {}), ("mse_loss", (X, Y), {}), ("smooth_l1_loss", (X, Y), {"beta": 0.7}),
+    ("smooth_l1_loss", (X, Y), {"beta": 0.0}), ("huber_loss", (X, Y), {"delta": 1.3}),
+    ("binary_cross_entropy", (P, B), {}), ("binary_cross_entropy_with_logits", (X, B), {}),
+    ("kl_div", (np.log(P), P), {}), ("kl_div", (np.log(P), np.log(P[::-1].copy())), {"log_target": True}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_losses_equal_torchs(name, args, kw, reduction):
+    _both(lambda *a: getattr(F, name)(*a, reduction=reduction, **kw),
+          lambda *a: getattr(TF, name)(*a, reduction=reduction, **kw), *args)
+
+
+def test_loss_weights_and_batchmean_equal_torchs():
+    w, pw = R.random(5) + 0.5, R.random(5) + 0.5
+    _both(lambda x, y: F.binary_cross_entropy_with_logits(x, y, weight=gpuad.tensor(w), pos_weight=gpuad.tensor(pw)),
+          lambda x, y: TF.binary_cross_entropy_with_logits(x, y, weight=torch.tensor(w), pos_weight=torch.tensor(pw)),
+          X, B)
+    _both(lambda x, y: F.binary_cross_entropy(x, y, weight=gpuad.tensor(w)),
+          lambda x, y: TF.binary_cross_entropy(x, y, weight=torch.tensor(w)), P, B)
+    _both(lambda x, y: F.kl_div(x, y, reduction="batchmean"), lambda x, y: TF.kl_div(x, y, reduction="batchmean"),
+          np.log(P), P)
+    z = np.where(R.random((4, 5)) > 0.5, P, 0.0)                  # zero targets: xlogy's 0
+    _both(lambda x, y: F.kl_div(x, y, reduction="sum"), lambda x, y: TF.kl_div(x, y, reduction="sum"), np.log(P), z)
+
+
+@pytest.mark.parametrize("kw", [{}, {"weight": True}, {"ignore_index": 2}, {"reduction": "sum"},
+                                {"reduction": "none"}], ids=str)
+def test_nll_loss_equals_torchs(kw):
+    kw = dict(kw)
+    logp = np.log(np.exp(X) / np.exp(X).sum(1, keepdims=True))
+    t = np.array([0, 2, 4, 2])
+    w = R.random(5) + 0.5
+    wg, wt = (gpuad.tensor(w), torch.tensor(w)) if kw.pop("weight", False) else (None, None)
+    _both(lambda x, y: F.nll_loss(x, y, weight=wg, **kw), lambda x, y: TF.nll_loss(x, y, weight=wt, **kw), logp, t)
+    x4 = R.standard_normal((2, 3, 4, 5))
+    t4 = R.integers(0, 3, (2, 4, 5))
+    _both(lambda x, y: F.nll_loss(F.log_softmax(x, dim=1), y), lambda x, y: TF.nll_loss(TF.log_softmax(x, dim=1), y),
+          x4, t4)
+
+
+def test_cross_entropy_errors_name_the_users_shapes():
+    with pytest.raises(ValueError, match=r"targets of shape \(2, 4\) do not fit logits of shape \(2, 5, 10\) "
+                                         r"\(expected \(2, 10\)\)"):
+        F.cross_entropy(gpuad.zeros((2, 5, 10)), gpuad.zeros((2, 4), dtype="int64"))
+    with pytest.raises(ValueError, match=r"nll_loss: targets of shape \(3,\) do not fit an input of shape \(2, 5\)"):
+        F.nll_loss(gpuad.zeros((2, 5)), gpuad.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name,kw", [("silu", {}), ("leaky_relu", {"negative_slope": 0.2}), ("elu", {"alpha": 1.5}),
+                                     ("softmin", {"dim": 1}), ("normalize", {"p": 3.0, "dim": 0})])
+def test_activations_equal_torchs(name, kw):
+    _both(lambda x: getattr(F, name)(x, **kw), lambda x: getattr(TF, name)(x, **kw), X)
+
+
+def test_cosine_similarity_equals_torchs():
+    _both(lambda a, b: F.cosine_similarity(a, b, dim=1), lambda a, b: TF.cosine_similarity(a, b, dim=1), X, Y)
+    _both(lambda a, b: F.cosine_similarity(a, b, dim=0), lambda a, b: TF.cosine_similarity(a, b, dim=0),
+          X, np.zeros_like(Y))
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=(2, 3), stride=2, padding=1),
+                                dict(kernel_size=3, dilation=2, padding=2)], ids=str)
+def test_unfold_and_fold_equal_torchs(kw):
+    x = R.standard_normal((2, 3, 7, 6))
+    _both(lambda a: F.unfold(a, **kw), lambda a: TF.unfold(a, **kw), x)
+    cols = TF.unfold(torch.tensor(x), **kw).numpy()
+    _both(lambda a: F.fold(a, (7, 6), **kw), lambda a: TF.fold(a, (7, 6), **kw), cols)
+
+
+@pytest.mark.parametrize("cls,kw,args", [
+    ("CrossEntropyLoss", dict(label_smoothing=0.1), (X, np.array([0, 1, 4, 2]))),
+    ("NLLLoss", dict(ignore_index=1), (X, np.array([0, 1, 4, 2]))), ("BCELoss", {}, (P, B)),
+    ("BCEWithLogitsLoss", {}, (X, B)), ("MSELoss", dict(reduction="sum"), (X, Y)), ("L1Loss", {}, (X, Y)),
+    ("SmoothL1Loss", dict(beta=0.5), (X, Y)), ("HuberLoss", dict(delta=0.5), (X, Y)),
+    ("KLDivLoss", dict(reduction="batchmean"), (np.log(P), P)),
+    ("SiLU", {}, (X,)), ("LeakyReLU", dict(negative_slope=0.1), (X,)), ("ELU", dict(alpha=0.5), (X,))])
+def test_loss_and_activation_modules_equal_torchs(cls, kw, args):
+    _both(getattr(nn, cls)(**kw), getattr(torch.nn, cls)(**kw), *args)
+
+
+def test_weighted_loss_modules_keep_weights_as_buffers_as_torch():
+    w = R.random(5)
+    g, t = nn.CrossEntropyLoss(weight=gpuad.tensor(w)), torch.nn.CrossEntropyLoss(weight=torch.tensor(w))
+    assert list(g.state_dict()) == list(t.state_dict()) == ["weight"]
+    assert list(nn.BCEWithLogitsLoss(pos_weight=gpuad.ones(5)).state_dict()) == \
+        list(torch.nn.BCEWithLogitsLoss(pos_weight=torch.ones(5)).state_dict())

@@ -13,5 +13,7 @@ from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, Cau
                           GPT)
 from .cnn import (Conv1d, Conv2d, ConvTranspose2d, BatchNorm1d, BatchNorm2d, GroupNorm, MaxPool2d, AvgPool2d,
                   AdaptiveAvgPool2d, Flatten, Identity)
+from .criteria import (CrossEntropyLoss, NLLLoss, BCELoss, BCEWithLogitsLoss, MSELoss, L1Loss, SmoothL1Loss,
+                       HuberLoss, KLDivLoss, SiLU, LeakyReLU, ELU)
 from . import utils
 from . import parallel

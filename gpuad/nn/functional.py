@@ -21,7 +21,10 @@ relu, tanh, sigmoid, gelu, softplus = C.relu, C.tanh, C.sigmoid, C.gelu, C.softp
 softmax, log_softmax = C.softmax, C.log_softmax
 from .spatial import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, pad, max_pool1d,  # noqa: E402,F401
                       max_pool2d, avg_pool1d, avg_pool2d, adaptive_avg_pool1d, adaptive_avg_pool2d, interpolate,
-                      batch_norm, group_norm)
+                      batch_norm, group_norm, unfold, fold)
+from .losses import (l1_loss, smooth_l1_loss, huber_loss, binary_cross_entropy,  # noqa: E402,F401
+                     binary_cross_entropy_with_logits, kl_div, silu, leaky_relu, elu, softmin, normalize,
+                     cosine_similarity)
 
 
 def _t(x):
@@ -97,54 +100,74 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     >>> round(F.cross_entropy(gpuad.zeros((2, 4)), gpuad.tensor([0, 3])).item(), 4)
     1.3863
     """
-    logits = _t(logits)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"gpuad.cross_entropy: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"gpuad.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if logits.ndim == 0:
-        raise ValueError("gpuad.cross_entropy: logits must have a class dimension")
+    return _class_loss("cross_entropy", logits, target, weight, ignore_index, reduction, label_smoothing, False)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):  # noqa: A002
+    """torch.nn.functional.nll_loss: the negative log-likelihood of log-probabilities
+    (N, C) or (N, C, d1, ...) at integer targets (N, d1, ...), with class weights and
+    ignore_index; 'mean' divides by the summed weights of the kept targets.
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> F.nll_loss(gpuad.tensor([[-1.0, -2.0], [-3.0, -0.5]]), gpuad.tensor([1, 1])).item()
+    1.25
+    """
+    return _class_loss("nll_loss", input, target, weight, ignore_index, reduction, 0.0, True)
+
+
+def _class_loss(name, x, target, weight, ignore_index, reduction, eps, log_probs):
+    """cross_entropy (from logits) and nll_loss (from log-probabilities): the user's shapes
+    checked, then (N, C, d1...) as rows of classes."""
+    x = _t(x)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"gpuad.{name}: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    if x.ndim == 0:
+        raise ValueError(f"gpuad.{name}: the input must have a class dimension, got a 0-d tensor")
     t = target.data if isinstance(target, Tensor) else np.asarray(target)
     probs = t.dtype.kind == "f"
-    if logits.ndim == 1:                                  # one unbatched sample: (C,)
-        logits = logits.reshape(1, -1)
-        target = (target if isinstance(target, Tensor) else Tensor(t)).reshape((1, -1) if probs else (1,))
-        out = cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
+    if probs and log_probs:
+        raise TypeError(f"gpuad.{name}: targets must be integer class indices, got dtype {t.dtype}")
+    if not probs and t.dtype.kind not in "iu":
+        raise TypeError(f"gpuad.{name}: targets must be integer class indices or float "
+                        f"probabilities, got dtype {t.dtype}")
+    batched = x.ndim > 1
+    want = tuple(x.shape) if probs else ((x.shape[0],) + tuple(x.shape[2:]) if batched else ())
+    if tuple(t.shape) != want:
+        kind = "probability targets" if probs else "targets"
+        raise ValueError(f"gpuad.{name}: {kind} of shape {tuple(t.shape)} do not fit "
+                         f"{'logits' if not log_probs else 'an input'} of shape {x.shape} (expected {want})")
+    if not batched:                                       # one unbatched sample: (C,)
+        tt = (target if isinstance(target, Tensor) else Tensor(t)).reshape((1, -1) if probs else (1,))
+        out = _class_loss(name, x.reshape(1, -1), tt, weight, ignore_index, reduction, eps, log_probs)
         return out.reshape(()) if reduction == "none" else out
-    c = logits.shape[1]
-    if logits.ndim > 2:                                   # (N, C, d1...): the class dim last, rows flattened
-        perm = (0,) + tuple(range(2, logits.ndim)) + (1,)
-        spatial = (logits.shape[0],) + logits.shape[2:]
-        flat = logits.permute(*perm).reshape(-1, c)
+    c = x.shape[1]
+    if x.ndim > 2:                                        # (N, C, d1...): the class dim last, rows flattened
+        perm = (0,) + tuple(range(2, x.ndim)) + (1,)
+        spatial = (x.shape[0],) + x.shape[2:]
+        flat = x.permute(*perm).reshape(-1, c)
         if probs:
             tt = (target if isinstance(target, Tensor) else Tensor(t)).permute(*perm).reshape(-1, c)
         else:
             tt = Tensor._from(t.reshape(-1))
-        out = cross_entropy(flat, tt, weight, ignore_index, reduction, label_smoothing)
+        out = _class_loss(name, flat, tt, weight, ignore_index, reduction, eps, log_probs)
         return out.reshape(spatial) if reduction == "none" else out
     if probs:
-        if t.shape != logits.shape:
-            raise ValueError(f"gpuad.cross_entropy: probability targets of shape {tuple(t.shape)} do not "
-                             f"fit logits of shape {logits.shape}")
-        return _soft_cross_entropy(logits, target, weight, reduction, label_smoothing)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"gpuad.cross_entropy: targets must be integer class indices or float "
-                        f"probabilities, got dtype {t.dtype}")
-    if t.shape != (logits.shape[0],):
-        raise ValueError(f"gpuad.cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
-                         f"shape {logits.shape} (expected ({logits.shape[0]},))")
+        return _soft_cross_entropy(x, target, weight, reduction, eps)
     ignored = t == ignore_index
     if _traced(t):          # gpuad.compile: the values are unknown; the replay checks what this assumes
-        none_ignored = weight is None and not label_smoothing and _assume_none(ignored, "a target equals ignore_index")
+        none_ignored = weight is None and not eps and _assume_none(ignored, "a target equals ignore_index")
     else:
         valid = t[~ignored]
         if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= c):
-            raise ValueError(f"gpuad.cross_entropy: targets must lie in [0, {c}) (or be ignore_index="
+            raise ValueError(f"gpuad.{name}: targets must lie in [0, {c}) (or be ignore_index="
                              f"{ignore_index}), got values from {int(valid.min())} to {int(valid.max())}")
         none_ignored = not ignored.any()
-    if weight is None and not label_smoothing and none_ignored:
-        return apply(N.cross_entropy, (logits, t), {"reduction": reduction} if reduction != "mean" else None)
-    return _indexed_cross_entropy(logits, t, ignored, weight, reduction, label_smoothing)
+    if not log_probs and weight is None and not eps and none_ignored:
+        return apply(N.cross_entropy, (x, t), {"reduction": reduction} if reduction != "mean" else None)
+    logp = x if log_probs else C.log_softmax(x, dim=1)
+    return _indexed_nll(logp, t, ignored, weight, reduction, eps)
 
 
 def _traced(a):
@@ -157,13 +180,13 @@ def _assume_none(mask, what):
     return mask._xp.assume_none(mask, what)
 
 
-def _indexed_cross_entropy(logits, t, ignored, weight, reduction, eps):
-    """torch's loss with class weights, ignored targets and label smoothing, composed."""
-    n, c = logits.shape
-    logp = C.log_softmax(logits, dim=1)
+def _indexed_nll(logp, t, ignored, weight, reduction, eps):
+    """torch's loss with class weights, ignored targets and label smoothing, composed from
+    log-probabilities (N, C)."""
+    n, c = logp.shape
     safe = np.where(ignored, 0, t)
-    keep = Tensor._from((~ignored).astype(logits.dtype))
-    w = _t(weight).astype(logits.dtype) if weight is not None else None
+    keep = Tensor._from((~ignored).astype(logp.dtype))
+    w = _t(weight).astype(logp.dtype) if weight is not None else None
     w_rows = w[safe] * keep if w is not None else keep            # each row's weight, 0 when ignored
     nll = -logp.gather(1, Tensor._from(safe.reshape(n, 1))).reshape(n) * w_rows
     if eps:

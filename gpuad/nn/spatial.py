@@ -519,3 +519,64 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):  # noqa: A0
     if weight is not None:
         y = y * _t(weight).reshape(shape)
     return y + _t(bias).reshape(shape) if bias is not None else y
+
+
+# -- sliding blocks ------------------------------------------------------------------------
+
+def _blocks_kernel(c, kernel, dtype, like):
+    """(C K, 1, kh, kw): output channel c K + k of a depthwise conv reads tap k of channel c,
+    so the conv is im2col itself and its transpose the adding back."""
+    k = kernel[0] * kernel[1]
+    w = np.zeros((c * k, 1) + tuple(kernel), dtype)
+    taps = np.eye(k, dtype=dtype).reshape(k, 1, *kernel)
+    for i in range(c):
+        w[i * k:(i + 1) * k] = taps
+    return _const(w, like)
+
+
+def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: A002
+    """torch.nn.functional.unfold: (N, C, H, W) -> (N, C kh kw, L), every sliding block's
+    values as a column (channel-major, then kernel row, then kernel column, as torch).
+
+    >>> import gpuad, numpy as np
+    >>> x = gpuad.tensor(np.arange(9.0, dtype=np.float32).reshape(1, 1, 3, 3))
+    >>> gpuad.nn.functional.unfold(x, 2)[0].tolist()
+    [[0.0, 1.0, 3.0, 4.0], [1.0, 2.0, 4.0, 5.0], [3.0, 4.0, 6.0, 7.0], [4.0, 5.0, 7.0, 8.0]]
+    """
+    x, unbatched = _batched(_t(input), 2, "unfold")
+    kernel = _tuple(kernel_size, 2, "kernel_size", "unfold")
+    c = x.shape[1]
+    y = _conv(x, _blocks_kernel(c, kernel, x.dtype, x), None, stride, padding, dilation, c, 2, "unfold")
+    return _unbatch(y.reshape(y.shape[0], y.shape[1], -1), unbatched)
+
+
+def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: A002
+    """torch.nn.functional.fold: (N, C kh kw, L) -> (N, C, *output_size), each column added
+    back where unfold took it (overlaps sum): unfold's adjoint, a transposed conv.
+
+    >>> import gpuad
+    >>> gpuad.nn.functional.fold(gpuad.ones((1, 4, 4)), (3, 3), 2)[0, 0].tolist()
+    [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+    """
+    cols = _t(input)
+    unbatched = cols.ndim == 2
+    if unbatched:
+        cols = cols.unsqueeze(0)
+    if cols.ndim != 3:
+        raise ValueError(f"gpuad.nn.functional.fold: expected a 2-d (unbatched) or 3-d input, got shape {cols.shape}")
+    size = _tuple(output_size, 2, "output_size", "fold")
+    kernel = _tuple(kernel_size, 2, "kernel_size", "fold")
+    dil, pad, st = (_tuple(v, 2, w, "fold") for v, w in ((dilation, "dilation"), (padding, "padding"),
+                                                          (stride, "stride")))
+    k = kernel[0] * kernel[1]
+    out = K.output_size(size, kernel, st, tuple((p, p) for p in pad), dil)
+    n, ck, blocks = cols.shape
+    if ck % k or blocks != out[0] * out[1]:
+        raise ValueError(f"gpuad.nn.functional.fold: an input of shape {tuple(cols.shape)} does not fit "
+                         f"kernel {kernel} over output_size {size}: expected C * {k} rows and "
+                         f"{out[0] * out[1]} blocks ({out[0]} x {out[1]})")
+    c = ck // k
+    g = cols.reshape(n, ck, *out)
+    y = apply(K.conv_transpose, (g, _blocks_kernel(c, kernel, cols.dtype, cols)),
+              dict(size=size, kernel=kernel, stride=st, padding=tuple((p, p) for p in pad), dilation=dil, groups=c))
+    return _unbatch(y, unbatched)
