@@ -393,3 +393,37 @@ def test_conv_kernels_decline_float64_and_other_ranks(provider):
     x64 = T(np.ones((1, 2, 5, 5)), requires_grad=True)
     assert F.conv2d(x64, T(np.ones((3, 2, 3, 3)))).shape == (1, 3, 3, 3)
     assert F.conv1d(T(np.ones((1, 2, 5), np.float32)), T(np.ones((3, 2, 3), np.float32))).shape == (1, 3, 3)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_flipped_operands_read_right_in_compiled_groups_and_kernels(provider, linear, axis):
+    """A flipped view (negative strides) read by a fused group's kernel, the fused linear
+    kernel or a GEMM epilogue: copied before its strides are read (they once were read
+    from the view and applied to the interpreter's contiguous copy: wrong gradients)."""
+    rng = np.random.default_rng(30 + axis)
+    a0 = rng.standard_normal((3, 5)).astype(np.float32)
+    w = T(rng.standard_normal((5, 5)).astype(np.float32))
+
+    def f(a):
+        v = a * 1.5
+        if linear:
+            v = F.linear(gpuad.flip(v, (axis,)), w) + v
+        v = gpuad.flip(v, (axis,)) * v
+        return gpuad.autograd.grad(v.sum(), [a])[0]
+    a = T(a0, requires_grad=True)
+    got_compiled, got_eager = gpuad.compile(f)(a).numpy(), f(a).numpy()
+    gpuad.set_kernels("numpy")
+    want = f(a).numpy()
+    np.testing.assert_allclose(got_compiled, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_eager, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_negative_stride_operand_never_reaches_a_kernel_silently():
+    from gpuad.backends.triton_backend import nonnegative_strides, triton_arg
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)[::-1]
+    if INTERPRETED:
+        with pytest.raises(ValueError, match="negative strides"):
+            triton_arg(x)
+    y = nonnegative_strides(x)
+    assert y.flags.c_contiguous and np.array_equal(y, x) and nonnegative_strides(y) is y

@@ -43,7 +43,10 @@ def triton_arg(a):
     if type(a) is np.ndarray:
         import torch                              # interpreter mode only (see module docstring)
         if any(s < 0 for s in a.strides):
-            a = np.ascontiguousarray(a)
+            # a silent copy here would hand the kernel other strides than the ones its
+            # caller passed: callers copy first (nonnegative_strides), so this is a bug
+            raise ValueError("gpuad triton: an operand with negative strides reached a kernel; copy it with "
+                             "nonnegative_strides() before reading its strides")
         with warnings.catch_warnings():           # read-only inputs: the kernels only read them
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(a)
@@ -51,6 +54,25 @@ def triton_arg(a):
 
 
 FORCE_INT64 = False      # tests: take the 64-bit index path at any size
+
+
+def nonnegative_strides(a):
+    """a, or a C-order copy of it where a stride is negative (a flipped view): the kernels
+    index through the strides their caller reads, and the interpreter's torch tensors
+    take no negative strides. One pass over a, for flipped operands only."""
+    if a is None or not hasattr(a, "strides") or all(st >= 0 for st in a.strides):
+        return a
+    return a.copy()
+
+
+def _nonnegative(method):
+    """A host method whose array arguments have no negative strides by the time it reads them."""
+    import functools
+
+    @functools.wraps(method)
+    def run(self, xp, *args, **kwargs):
+        return method(self, xp, *(nonnegative_strides(a) for a in args), **kwargs)
+    return run
 
 
 def needs_int64(*arrays):
@@ -269,12 +291,6 @@ class TritonKernels:
             return False                  # 1-D and 3-D convolutions run the generic code
         return self._ok(op, a, b)
 
-    @staticmethod
-    def _forward_strides(xp, *arrays):
-        """The arrays with no negative stride (a flipped view is copied): the kernels take
-        any non-negative strides, the interpreter's torch.from_numpy no negative ones."""
-        return tuple(a if a is None or all(st >= 0 for st in a.strides) else xp.ascontiguousarray(a)
-                     for a in arrays)
 
     def _conv_launch(self, kernel, grid_m, cols, groups, *args, **const):
         bm, bn_max, bk, warps, stages = self.CONV_TILE
@@ -287,7 +303,6 @@ class TritonKernels:
         """y = x (*) w + b, (N, O, P, Q), or None to decline."""
         if not self._conv_ok("conv", x, w, stride, dilation) or not self._ok("conv", x, w, b):
             return None
-        x, w = self._forward_strides(xp, x, w)
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
         (lh, hh), (lw, hw) = padding
@@ -308,7 +323,6 @@ class TritonKernels:
         """dx (N, C, *size) from g (N, O, P, Q), or None to decline."""
         if not self._conv_ok("conv_transpose", g, w, stride, dilation):
             return None
-        g, w = self._forward_strides(xp, g, w)
         n, o, p, q = g.shape
         _, cg, kh, kw = w.shape
         h, wd = size
@@ -326,7 +340,6 @@ class TritonKernels:
         """dw (O, C/G, KH, KW) from x and g, or None to decline."""
         if not self._conv_ok("conv_weight", x, g, stride, dilation):
             return None
-        x, g = self._forward_strides(xp, x, g)
         n, c, h, wd = x.shape
         o, p, q = g.shape[1], g.shape[2], g.shape[3]
         kh, kw = kernel
@@ -465,3 +478,9 @@ class TritonKernels:
         self._traffic("cross_entropy backward (triton)", n * C * logits.itemsize + n * 16,
                       n * C * logits.itemsize)
         return d
+
+
+for _name in ("linear_forward", "linear_backward", "layer_norm_forward", "layer_norm_backward", "conv_forward",
+              "conv_dgrad", "conv_wgrad", "attention_forward", "attention_backward", "cross_entropy_forward",
+              "cross_entropy_backward"):
+    setattr(TritonKernels, _name, _nonnegative(getattr(TritonKernels, _name)))

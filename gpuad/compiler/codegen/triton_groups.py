@@ -281,6 +281,8 @@ def launch(k, inputs, outs, torch_like=None):
     # would be a pointer Triton cannot read)
     arrays = list(inputs) + [a.value if hasattr(a.value, "strides") else np.asarray(a.value)
                              for _, a in ops[len(k.ins):]]
+    from ...backends.triton_backend import nonnegative_strides
+    arrays = [nonnegative_strides(a) for a in arrays]    # a flipped view: read through a copy
     strides = []
     for (_, a), arr in zip(ops, arrays):
         # element strides along the group's axes: 0 where the operand is broadcast
@@ -324,6 +326,9 @@ def launch_gemm(k, inputs, outs, torch_like=None):
     a, b, rest = inputs[0], inputs[1], list(inputs[2:])
     nd = len(k.shape)
     arrays = rest + [x.value if hasattr(x.value, "strides") else np.asarray(x.value) for _, x in ops[len(k.rest):]]
+    from ...backends.triton_backend import nonnegative_strides
+    a, b = nonnegative_strides(a), nonnegative_strides(b)
+    arrays = [nonnegative_strides(x) for x in arrays]
     strides = []
     for (_, x), arr in zip(ops, arrays):
         padded = _padded(_shape(x), nd)
