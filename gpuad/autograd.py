@@ -20,7 +20,9 @@ from .errors import BackwardError
 from .ops.namespace import tensor_ns_on
 from .tensor import Tensor
 
-__all__ = ["backward", "grad", "queue_callback", "BackwardError"]
+from .function import Function, FunctionCtx, once_differentiable  # noqa: E402  (gpuad.autograd.Function)
+
+__all__ = ["backward", "grad", "queue_callback", "BackwardError", "Function", "FunctionCtx", "once_differentiable"]
 
 
 def _root_grads(tensors, grads, who):

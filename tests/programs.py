@@ -129,6 +129,29 @@ def _low_rank(L, a, b, c, act):
     return L.linear(z, c.t(c.wu), c.t(c.bu), act) + b
 
 
+_FUNCTIONS = {}
+
+
+def _custom_function(L, a, b, c):
+    """A user-defined autograd Function (gpuad.autograd.Function / torch.autograd.Function):
+    a * tanh(b), its backward written by hand."""
+    cls = _FUNCTIONS.get(L.torch)
+    if cls is None:
+        class MulTanh(L.lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, y):
+                ctx.save_for_backward(x, y)
+                return x * y.tanh()
+
+            @staticmethod
+            def backward(ctx, g):
+                x, y = ctx.saved_tensors
+                t = y.tanh()
+                return g * t, g * x * (1 - t * t)
+        cls = _FUNCTIONS[L.torch] = MulTanh
+    return cls.apply(a, b)
+
+
 OPS = {
     # binary elementwise and comparisons (comparisons inside where: no gradient of their own)
     "add": (2, lambda L, a, b, c: a + b),
@@ -216,6 +239,7 @@ OPS = {
     "iadd": (2, _iadd),
     "inplace_view": (2, _inplace_view),
     "detached_update": (2, _detached_update),
+    "custom_function": (2, _custom_function),
     "clamp_": (1, lambda L, a, b, c: (a * 1.0).clamp_(-0.5, 0.6)),
 }
 
