@@ -49,5 +49,15 @@ class NoTritonForm(Exception):
     numpy, or CuPy, instead. Internal: gpuad.compile catches it."""
 
 
+class LoadError(RuntimeError):
+    """gpuad.load could not read a file: its message names the file and why (empty,
+    truncated, corrupt, not a gpuad file, a newer format, saved on a device this machine
+    lacks). `path` and `reason` hold the two."""
+
+    def __init__(self, message, path=None, reason=None):
+        RuntimeError.__init__(self, message)
+        self.path, self.reason = path, reason
+
+
 class DistributedError(RuntimeError):
     """A collective did not complete: a rank died, raised, or called another collective."""
