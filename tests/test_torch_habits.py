@@ -390,3 +390,25 @@ def test_custom_function_errors_are_clear():
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gpuad.autograd.grad(Once.apply(x).sum(), x, create_graph=True)
     assert not Bad.apply(gpuad.tensor([1.0])).requires_grad          # no input requires grad: no node
+
+
+def test_optimizer_state_from_another_model_is_refused_naming_the_mismatch():
+    def opt_for(*shapes):
+        ps = [gpuad.ones(s, requires_grad=True) for s in shapes]
+        opt = optim.Adam(ps, lr=0.1)
+        for p in ps:
+            p.grad = gpuad.ones(p.shape)
+        opt.step()
+        return opt
+    state = opt_for((2, 2), (3,)).state_dict()
+    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter 0 has shape \(2, 2\), but parameter 0 "
+                                         r"has shape \(3, 3\)"):
+        opt_for((3, 3), (3,)).load_state_dict(state)
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
+        opt_for((2, 2)).load_state_dict(state)
+    two = optim.Adam([{"params": [gpuad.ones(2, requires_grad=True)]}, {"params": [gpuad.ones(3, requires_grad=True)]}])
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        two.load_state_dict(state)
+    ok = opt_for((2, 2), (3,))
+    ok.load_state_dict(state)                                 # the same model loads
+    ok.step()

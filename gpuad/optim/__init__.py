@@ -112,13 +112,29 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Restore what state_dict() gave: settings and state, copied in, so a resumed run
         continues exactly as the uninterrupted one."""
+        who = f"gpuad.optim.{type(self).__name__}.load_state_dict"
         groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or any(
-                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
-            raise ValueError(f"gpuad.optim.{type(self).__name__}.load_state_dict: the state has groups of "
-                             f"{[len(g['params']) for g in groups]} parameters, this optimizer "
-                             f"{[len(g['params']) for g in self.param_groups]}")
+        mine = [len(g["params"]) for g in self.param_groups]
+        theirs = [len(g["params"]) for g in groups]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{who}: loaded state dict has a different number of parameter groups "
+                             f"({len(groups)}, this optimizer {len(self.param_groups)})")
+        for i, (a, b) in enumerate(zip(theirs, mine)):
+            if a != b:
+                raise ValueError(f"{who}: loaded state dict contains a parameter group that doesn't match the "
+                                 f"size of optimizer's group: group {i} has {a} parameters, this optimizer's {b}")
         params = self.params
+        # every state array against its parameter, before anything changes: a state from
+        # another model would otherwise load and fail in step() with numpy's broadcast error
+        for i, st in state_dict["state"].items():
+            if not 0 <= int(i) < len(params):
+                raise ValueError(f"{who}: state for parameter {i}, but this optimizer has {len(params)} parameters")
+            p = params[int(i)]
+            for k, v in st.items():
+                shape = tuple(getattr(v, "shape", ()))
+                if shape and shape != tuple(p.shape):
+                    raise ValueError(f"{who}: state {k!r} of parameter {i} has shape {shape}, but parameter {i} "
+                                     f"has shape {tuple(p.shape)}: the state comes from another model")
         self.state = {}
         for i, st in state_dict["state"].items():
             p = params[int(i)]
