@@ -9,8 +9,11 @@ table onto Tensor, after the methods and operators the primitives declare.
 >>> x.sum(dim=0).tolist(), x.T.shape, x.double().dtype
 ([4.0, 6.0], (2, 2), dtype('float64'))
 """
+import numpy as np
+
 from . import composite as C, indexing, inplace
 from ..backends import namespace_of
+from ..dtypes import as_dtype
 from ..tensor import Tensor
 
 # Tensor.<name> is gpuad.<name>: the first argument is the tensor itself.
@@ -51,12 +54,12 @@ def _new(fill):
     """Tensor.new_zeros / new_ones / new_full / new_empty: a new tensor of self's dtype and
     device unless told otherwise (torch's factory methods)."""
     def make(self, *size, fill_value=None, dtype=None, device=None, requires_grad=False):
-        from ..creation import full
         if fill is None:                            # new_full(size, fill_value)
             size, fill_value = (size[0], size[1]) if len(size) == 2 else (size[0], fill_value)
         shape = C._as_shape(size if fill is not None else (size,))
-        return full(shape, fill if fill is not None else fill_value, dtype=dtype or self.dtype,
-                    device=device or self.device, requires_grad=requires_grad)
+        dt = as_dtype(dtype) if dtype is not None else self.dtype
+        return Tensor(np.full(shape, fill if fill is not None else fill_value, dtype=dt),
+                      device=device or self.device, requires_grad=requires_grad)
     make.__name__ = {0: "new_zeros", 1: "new_ones", None: "new_full"}.get(fill, "new_empty")
     return make
 
