@@ -7,6 +7,8 @@
 >>> x.grad.shape
 (2,)
 """
+from .errors import quiet_float_warnings
+quiet_float_warnings()                    # as torch: log(0) is -inf, silently (errors.py says why)
 from .dtypes import float16, float32, float64, int32, int64, bool_, bfloat16, as_dtype
 from .graph import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode, is_inference_mode_enabled
 from .tensor import Tensor, tensor
@@ -19,7 +21,7 @@ from .creation import (zeros, ones, empty, full, zeros_like, ones_like, full_lik
 from .random import manual_seed, get_rng_state, set_rng_state, Generator
 from . import autograd
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
-from . import nn, optim, distributed
+from . import nn, optim, distributed, utils
 from .checkpoint import checkpoint, checkpoint_sequential
 from . import schedule, linalg
 from .serialization import save, load

@@ -61,3 +61,16 @@ class LoadError(RuntimeError):
 
 class DistributedError(RuntimeError):
     """A collective did not complete: a rank died, raised, or called another collective."""
+
+
+# numpy's floating-point warnings ("divide by zero encountered in log") from inside gpuad's
+# ops: torch computes log(0) = -inf and 1/0 = inf without a word, and these warnings would
+# point at gpuad's generated lines, not the user's. A filter on gpuad's own modules (the
+# generated code's included) costs nothing until a warning is raised; numpy code of the
+# user's keeps its warnings. (NaN hunting: gpuad.autograd's anomaly mode, not warnings.)
+FLOAT_WARNINGS = r"(divide by zero|invalid value|overflow|underflow) encountered"
+
+
+def quiet_float_warnings():
+    import warnings
+    warnings.filterwarnings("ignore", message=FLOAT_WARNINGS, category=RuntimeWarning, module=r"gpuad(\.|$)")

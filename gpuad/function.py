@@ -46,7 +46,7 @@ import functools
 import numpy as np
 
 from . import graph
-from .backends import namespace_of
+from .backends import device_of, namespace_of
 from .graph import _Mode, new_node
 from .ops import composite as C
 from .ops.registry import primitive
@@ -212,7 +212,7 @@ def _function_vjp(xp, g, saved, node, donate):
             out.append(None)
             continue
         if not isinstance(r, Tensor):
-            r = Tensor(np.asarray(r, dtype=meta[1]))
+            r = Tensor(np.asarray(r, dtype=meta[1]), device=device_of(g.data if create else g))
         if tuple(r.shape) != meta[0]:
             raise RuntimeError(f"gpuad.autograd.Function: {cls.__name__}.backward returned a gradient of shape "
                                f"{tuple(r.shape)} for argument {i} of shape {meta[0]}")
@@ -239,9 +239,13 @@ def _saved_tensor(arr, source, node, create):
 
 
 def _abstract_vjp(xp, g, saved, node, donate):
-    """For the planner, which cannot run the user's backward on sizes: one fresh gradient
-    per input (the backward's own temporaries are not predicted)."""
-    return tuple(xp.empty(p.shape, p.dtype) if need else None for p, need in zip(node.parents, node.needs))
+    """For the planner: the user's backward run on sizes (gpuad ops on abstract arrays
+    count their buffers as the real run does); a backward that needs values (.item(), its
+    own numpy) gets the estimate of one fresh gradient per input instead."""
+    try:
+        return _function_vjp(xp, g, saved, node, donate)
+    except Exception:  # noqa: BLE001  (user code that cannot run on shapes)
+        return tuple(xp.empty(p.shape, p.dtype) if need else None for p, need in zip(node.parents, node.needs))
 
 
 FUNCTION.register_kernel("abstract", None, _abstract_vjp)

@@ -23,6 +23,6 @@ def load(source, what, scope=None):
     """exec `source` into `scope` (a new dict when None) as file '<gpuad what #n>'; returns scope."""
     filename = f"<gpuad {what} #{next(_count)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    scope = {} if scope is None else scope
+    scope = {"__name__": "gpuad.generated"} if scope is None else scope
     exec(compile(source, filename, "exec"), scope)
     return scope

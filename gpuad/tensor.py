@@ -73,7 +73,7 @@ class Tensor:
     array([[2., 0.]], dtype=float32)
     """
 
-    __slots__ = ("data", "_node", "grad", "__weakref__")
+    __slots__ = ("data", "_node", "_grad", "__weakref__")
     __array_ufunc__ = None          # numpy defers to our reflected operators
     __array_priority__ = 1000
 
@@ -82,7 +82,7 @@ class Tensor:
         arr = on_device(_to_array(data, dtype, copy=True), device)
         self.data = _counted(arr, "tensor")
         self._node = None
-        self.grad = None
+        self._grad = None
         if requires_grad:
             self.requires_grad_(True)
 
@@ -92,8 +92,27 @@ class Tensor:
         t = object.__new__(cls)
         t.data = array
         t._node = node
-        t.grad = None
+        t._grad = None
         return t
+
+    @property
+    def grad(self):
+        """The gradient backward accumulated (a Tensor), or None. Reading it on a non-leaf
+        that does not retain_grad() warns, as torch does: backward never fills it."""
+        g = self._grad
+        if g is None:
+            node = self._node
+            if node is not None and node.op is not None and node.ref is None:
+                import warnings
+                warnings.warn("gpuad: the .grad attribute of a Tensor that is not a leaf Tensor is being accessed. "
+                              "Its .grad attribute won't be populated during backward(). If you indeed want the "
+                              ".grad field to be populated for a non-leaf Tensor, use .retain_grad() on it (as torch "
+                              "warns)", UserWarning, stacklevel=2)
+        return g
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
 
     # -- metadata --------------------------------------------------------------
 

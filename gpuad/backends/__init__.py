@@ -74,6 +74,9 @@ def namespace_of(a):
     module = type(a).__module__
     if module.startswith("cupy"):
         return _cupy_namespace()
+    if module == "gpuad.backends.abstract":      # the planner's sizes: ops on them compute shapes
+        from .abstract import abstract_ns
+        return abstract_ns
     xp = getattr(a, "_xp", None)        # a Tracer of gpuad.compile records into its trace
     return numpy_ns if xp is None else xp
 

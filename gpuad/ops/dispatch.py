@@ -99,10 +99,10 @@ _CORE = """
     if down is not None:                    # bfloat16 in: computed in float32, rounded back
         out, aux = _round_to(down, out, aux)
     if _acct.active is not None:
-        account_forward(_acct, op, {arrays}, out, aux)
+        account_forward(_acct.active, op, {arrays}, out, aux)
     t = _new(Tensor)
     t.data = out
-    t.grad = t._node = None
+    t._grad = t._node = None
     # GREY unless some input is BLACK and the op has a gradient. (A differentiable op on
     # a BLACK, hence floating-point, input gives a floating-point output; astype to an
     # integer dtype detaches its input first.)
