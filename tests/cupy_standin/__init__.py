@@ -668,10 +668,9 @@ def _call(fn, args, kw, where=None):
     recorded while capturing (the result buffer is rewritten at each launch)."""
     _strict(args, kw, where or getattr(fn, "__name__", "a CuPy call"))
     uargs, ukw = _unwrap(args), {k: _unwrap(v) for k, v in kw.items()}
-    if S.capturing is not None:
-        with np.errstate(all="ignore"):       # computed for its shape only: the values are garbage
-            r = fn(*uargs, **ukw)
-    else:
+    # CuPy computes on the device and never raises numpy's floating-point warnings (log(0)
+    # is -inf silently); while capturing the values are garbage anyway
+    with np.errstate(all="ignore"):
         r = fn(*uargs, **ukw)
     wrapped, buf = _wrap(r, _flat_inputs(args, kw))
     if S.capturing is not None:
