@@ -443,3 +443,54 @@ def test_reading_grad_of_a_non_leaf_warns_as_torch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert z.grad.tolist() == [1.0] and x.grad.tolist() == [5.0]
+
+
+# -- nn.init and a few modules -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kw,shape", [
+    ("xavier_uniform_", {}, (30, 20)), ("xavier_normal_", dict(gain=2.0), (30, 20)),
+    ("kaiming_uniform_", dict(a=0.1), (40, 10, 3, 3)), ("kaiming_normal_", dict(mode="fan_out", nonlinearity="relu"),
+                                                      (40, 10, 3, 3)),
+    ("uniform_", dict(a=-0.5, b=2.0), (50, 50)), ("normal_", dict(mean=1.0, std=0.5), (50, 50)),
+    ("trunc_normal_", dict(std=2.0, a=-1.0, b=3.0), (60, 60)), ("orthogonal_", dict(gain=1.5), (20, 30))])
+def test_init_draws_torchs_distributions(name, kw, shape):
+    """Moments and bounds equal torch's for the same call (the draws differ: another generator)."""
+    g = getattr(nn.init, name)(gpuad.zeros(shape, dtype="float64"), **kw).numpy()
+    t = getattr(torch.nn.init, name)(torch.zeros(shape, dtype=torch.float64), **kw).numpy()
+    assert g.shape == t.shape
+    np.testing.assert_allclose(g.std(), t.std(), rtol=0.08)
+    np.testing.assert_allclose(g.mean(), t.mean(), atol=0.08 * max(1.0, t.std()))
+    if name in ("xavier_uniform_", "kaiming_uniform_", "uniform_", "trunc_normal_"):      # bounded: the same bounds
+        span = t.max() - t.min()
+        assert t.min() - 0.02 * span <= g.min() and g.max() <= t.max() + 0.02 * span
+    if name == "orthogonal_":
+        np.testing.assert_allclose(g @ g.T, 2.25 * np.eye(20), atol=1e-10)
+
+
+def test_init_constants_gain_and_seeding():
+    w = gpuad.zeros(3, 4, requires_grad=True)
+    assert nn.init.ones_(w) is w and w.numpy().min() == 1.0 and w.requires_grad and w._node.op is None
+    assert nn.init.constant_(w, 0.3).numpy().max() == pytest.approx(0.3)
+    assert nn.init.eye_(gpuad.zeros(2, 3)).tolist() == [[1, 0, 0], [0, 1, 0]]
+    for nl, p in (("tanh", None), ("relu", None), ("leaky_relu", 0.2), ("selu", None), ("conv2d", None)):
+        assert nn.init.calculate_gain(nl, p) == pytest.approx(torch.nn.init.calculate_gain(nl, p))
+    gpuad.manual_seed(3)
+    a = nn.init.normal_(gpuad.zeros(5)).tolist()
+    gpuad.manual_seed(3)
+    assert nn.init.normal_(gpuad.zeros(5)).tolist() == a
+    with pytest.raises(ValueError, match="fewer than 2"):
+        nn.init.xavier_uniform_(gpuad.zeros(3))
+
+
+def test_relu_inplace_and_softmax_modules_equal_torchs():
+    x0 = R.standard_normal((3, 4))
+    for lib, F_ in ((gpuad, F), (torch, TF)):
+        x = lib.tensor(x0)
+        y = F_.relu(x, inplace=True)
+        assert y is x and float(x.min()) >= 0
+    xg, xt = gpuad.tensor(x0, requires_grad=True), torch.tensor(x0, requires_grad=True)
+    (nn.ReLU(inplace=True)(xg * 1.0) * 2).sum().backward()
+    (torch.nn.ReLU(inplace=True)(xt * 1.0) * 2).sum().backward()
+    np.testing.assert_array_equal(xg.grad.numpy(), xt.grad.numpy())
+    for cls in ("Softmax", "LogSoftmax", "Softmin"):
+        _both(getattr(nn, cls)(dim=1), getattr(torch.nn, cls)(dim=1), x0)

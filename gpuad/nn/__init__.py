@@ -14,6 +14,7 @@ from .transformer import (Embedding, LayerNorm, RMSNorm, MultiheadAttention, Cau
 from .cnn import (Conv1d, Conv2d, ConvTranspose2d, BatchNorm1d, BatchNorm2d, GroupNorm, MaxPool2d, AvgPool2d,
                   AdaptiveAvgPool2d, Flatten, Identity)
 from .criteria import (CrossEntropyLoss, NLLLoss, BCELoss, BCEWithLogitsLoss, MSELoss, L1Loss, SmoothL1Loss,
-                       HuberLoss, KLDivLoss, SiLU, LeakyReLU, ELU)
+                       HuberLoss, KLDivLoss, SiLU, LeakyReLU, ELU, Softmax, LogSoftmax, Softmin)
+from . import init  # noqa: F401
 from . import utils
 from . import parallel

@@ -140,3 +140,31 @@ class ELU(Module):
 
     def forward(self, x):
         return F.elu(x, self.alpha)
+
+
+class _SoftmaxLike(Module):
+    fn = None
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        if self.dim is None:
+            raise TypeError(f"gpuad.nn.{type(self).__name__}: give dim (torch's implicit choice is deprecated)")
+        return type(self).fn(x, dim=self.dim)
+
+
+class Softmax(_SoftmaxLike):
+    """torch.nn.Softmax(dim)."""
+    fn = staticmethod(F.softmax)
+
+
+class LogSoftmax(_SoftmaxLike):
+    """torch.nn.LogSoftmax(dim)."""
+    fn = staticmethod(F.log_softmax)
+
+
+class Softmin(_SoftmaxLike):
+    """torch.nn.Softmin(dim)."""
+    fn = staticmethod(F.softmin)

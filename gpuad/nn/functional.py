@@ -17,7 +17,17 @@ from ..ops.dispatch import apply
 from ..random import default_generator
 from ..tensor import Tensor
 
-relu, tanh, sigmoid, gelu, softplus = C.relu, C.tanh, C.sigmoid, C.gelu, C.softplus
+tanh, sigmoid, gelu, softplus = C.tanh, C.sigmoid, C.gelu, C.softplus
+
+
+def relu(input, inplace=False):  # noqa: A002
+    """max(x, 0); inplace=True writes into input (recorded, as torch's relu_) and returns it.
+
+    >>> import gpuad, gpuad.nn.functional as F
+    >>> x = gpuad.tensor([-1.0, 2.0]); _ = F.relu(x, inplace=True); x.tolist()
+    [0.0, 2.0]
+    """
+    return _t(input).clamp_(min=0.0) if inplace else C.relu(input)
 softmax, log_softmax = C.softmax, C.log_softmax
 from .spatial import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, pad, max_pool1d,  # noqa: E402,F401
                       max_pool2d, avg_pool1d, avg_pool2d, adaptive_avg_pool1d, adaptive_avg_pool2d, interpolate,

@@ -576,8 +576,15 @@ class Tanh(_Activation):
     fn = staticmethod(C.tanh)
 
 
-class ReLU(_Activation):
-    fn = staticmethod(C.relu)
+class ReLU(Module):
+    """max(x, 0); inplace=True writes into its input, as torch's."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        return x.clamp_(min=0.0) if self.inplace else C.relu(x)
 
 
 class Sigmoid(_Activation):
