@@ -74,6 +74,11 @@ class FunctionCtx:
     def mark_non_differentiable(self, *tensors):
         self.non_differentiable.update(id(t) for t in tensors)
 
+    def mark_dirty(self, *tensors):
+        """torch's: these inputs were modified in place by forward. gpuad's version counters
+        see the writes themselves; kept for torch code that calls it."""
+        self.dirty = tensors
+
     def set_materialize_grads(self, value):
         self.materialize_grads = bool(value)
 

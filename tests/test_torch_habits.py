@@ -494,3 +494,11 @@ def test_relu_inplace_and_softmax_modules_equal_torchs():
     np.testing.assert_array_equal(xg.grad.numpy(), xt.grad.numpy())
     for cls in ("Softmax", "LogSoftmax", "Softmin"):
         _both(getattr(nn, cls)(dim=1), getattr(torch.nn, cls)(dim=1), x0)
+
+
+def test_tensor_type_as_torchs():
+    a = R.standard_normal(3)
+    g, t = gpuad.tensor(a), torch.tensor(a)
+    assert g.type().replace("gpuad.", "torch.") == t.type() == "torch.DoubleTensor"
+    assert str(g.type(gpuad.float32).dtype) == "float32" and t.type(torch.float32).dtype == torch.float32
+    assert gpuad.tensor([1, 2]).type() == "gpuad.LongTensor"

@@ -50,6 +50,18 @@ def _contiguous(self):
     return C.reshape(C.reshape(self, (-1,)), tuple(self.shape))
 
 
+_TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor",
+               "bfloat16": "BFloat16Tensor", "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor",
+               "int8": "CharTensor", "uint8": "ByteTensor", "bool": "BoolTensor"}
+
+
+def _type(self, dtype=None):
+    """torch's Tensor.type: with a dtype, a cast; without, the type's name ('gpuad.FloatTensor')."""
+    if dtype is None:
+        return "gpuad." + _TYPE_NAMES.get(str(self.dtype), f"{self.dtype}Tensor")
+    return C.astype(self, dtype)
+
+
 def _new(fill):
     """Tensor.new_zeros / new_ones / new_full / new_empty: a new tensor of self's dtype and
     device unless told otherwise (torch's factory methods)."""
@@ -117,7 +129,7 @@ def table():
              bool=lambda self: C.astype(self, "bool"), contiguous=_contiguous,
              view_as=lambda self, other: C.reshape(self, tuple(other.shape)),
              type_as=lambda self, other: C.astype(self, other.dtype),
-             new_zeros=_new(0), new_ones=_new(1), new_full=_new(None),
+             new_zeros=_new(0), new_ones=_new(1), new_full=_new(None), type=_type,
              fill_=_fill_, zero_=_zero_, copy_=_copy_, clamp_=_clamp_, clip_=_clamp_, __setitem__=_setitem)
     for fn, name in ((C.add, "add"), (C.subtract, "sub"), (C.multiply, "mul"), (C.divide, "div")):
         t[name + "_"] = _binary_inplace(fn, name + "_")
