@@ -132,12 +132,12 @@ def _low_rank(L, a, b, c, act):
 _FUNCTIONS = {}
 
 
-def _custom_function(L, a, b, c):
-    """A user-defined autograd Function (gpuad.autograd.Function / torch.autograd.Function):
-    a * tanh(b), its backward written by hand."""
-    cls = _FUNCTIONS.get(L.torch)
+def mul_tanh(lib):
+    """A user-defined autograd Function, x * tanh(y) with its backward written by hand, for
+    gpuad (gpuad.autograd.Function) or torch (torch.autograd.Function); made once per lib."""
+    cls = _FUNCTIONS.get(lib.__name__)
     if cls is None:
-        class MulTanh(L.lib.autograd.Function):
+        class MulTanh(lib.autograd.Function):
             @staticmethod
             def forward(ctx, x, y):
                 ctx.save_for_backward(x, y)
@@ -148,8 +148,12 @@ def _custom_function(L, a, b, c):
                 x, y = ctx.saved_tensors
                 t = y.tanh()
                 return g * t, g * x * (1 - t * t)
-        cls = _FUNCTIONS[L.torch] = MulTanh
-    return cls.apply(a, b)
+        cls = _FUNCTIONS[lib.__name__] = MulTanh
+    return cls
+
+
+def _custom_function(L, a, b, c):
+    return mul_tanh(L.lib).apply(a, b)
 
 
 OPS = {

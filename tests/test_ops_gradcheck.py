@@ -15,6 +15,7 @@ from gpuad.gradcheck import gradcheck, gradgradcheck
 from gpuad.ops import REGISTRY
 from gpuad.ops import conv as conv_ops, shape as S
 from gpuad.nn import functional as F
+from tests.programs import mul_tanh
 
 R = np.random.default_rng(7)
 
@@ -130,24 +131,9 @@ CASES = {
     "dropout": [(lambda x: _seeded_dropout(x), (r(4, 6),))],
     "checkpoint": [(lambda x, w: gpuad.checkpoint(lambda a: (a @ w).tanh() * a.sum(), x), (r(3, 4), r(4, 4))),
                    (lambda x, w: gpuad.checkpoint(lambda a, b: (a * w, b.sin()), x, w)[1], (r(3), r(3)))],
-    "autograd_function": [(lambda x, y: _MulTanh.apply(x, y), (r(3, 4), r(3, 4))),
+    "autograd_function": [(lambda x, y: mul_tanh(gpuad).apply(x, y), (r(3, 4), r(3, 4))),
                           (lambda x: sum(o.sum() for o in _ExpPair.apply(x)[:2]), (r(5),))],
 }
-
-
-class _MulTanh(gpuad.autograd.Function):
-    """A user's Function: its backward in gpuad ops, so second derivatives follow."""
-
-    @staticmethod
-    def forward(ctx, x, y):
-        ctx.save_for_backward(x, y)
-        return x * y.tanh()
-
-    @staticmethod
-    def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        t = y.tanh()
-        return g * t, g * x * (1 - t * t)
 
 
 class _ExpPair(gpuad.autograd.Function):
