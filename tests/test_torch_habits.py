@@ -504,3 +504,38 @@ def test_tensor_type_as_torchs():
     assert g.type().replace("gpuad.", "torch.") == t.type() == "torch.DoubleTensor"
     assert str(g.type(gpuad.float32).dtype) == "float32" and t.type(torch.float32).dtype == torch.float32
     assert gpuad.tensor([1, 2]).type() == "gpuad.LongTensor"
+
+
+# -- issue 27's parity gaps -------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["both", "min", "max", "crossed"])
+def test_clamp_with_tensor_bounds_gives_torchs_gradients(case):
+    x0 = np.array([[0.1, 0.5, 0.55, 5.0, 0.2, 0.6], [-1.0, 0.3, 0.7, 2.5, 0.2, 0.6]])
+    lo0 = np.array([0.2, 0.5, 2.0, 0.0, 0.2, 0.9])
+    hi0 = np.array([0.8, 0.6, 3.0, 1.0, 0.4, 0.6]) if case != "crossed" else lo0 - 0.5
+    res = []
+    for lib in (gpuad, torch):
+        x, lo, hi = (lib.tensor(a, requires_grad=True) for a in (x0, lo0, hi0))
+        kw = {"both": dict(min=lo, max=hi), "min": dict(min=lo), "max": dict(max=hi),
+              "crossed": dict(min=lo, max=hi)}[case]
+        y = lib.clamp(x, **kw)
+        w = lib.tensor(np.arange(12.0).reshape(2, 6) + 1)
+        (y * w).sum().backward()
+        res.append([y.detach().numpy()] + [t.grad.numpy() if t.grad is not None else np.zeros_like(a)
+                                            for t, a in ((x, x0), (lo, lo0), (hi, hi0))])
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clamp_with_crossed_number_bounds_is_max_as_torchs():
+    x = np.array([-1.0, 0.5, 3.0])
+    np.testing.assert_array_equal(gpuad.clamp(gpuad.tensor(x), 2.0, 1.0).numpy(),
+                                  torch.clamp(torch.tensor(x), 2.0, 1.0).numpy())
+
+
+def test_expand_with_minus_one_as_torchs():
+    a = R.standard_normal((1, 3, 1))
+    for shape in ((4, -1, 2), (2, 4, -1, -1), (-1, 3, 5)):
+        _both(lambda x: x.expand(*shape), lambda x: x.expand(*shape), a)
+    with pytest.raises(ValueError, match="leading, non-existing dimension 0"):
+        gpuad.tensor(a).expand(-1, 1, 3, 1)

@@ -85,9 +85,9 @@ def where(cond, x, y):
 
 
 def clamp(x, min=None, max=None):  # noqa: A002
-    """Limit x to [min, max]; the gradient is 1 inside (bounds included), 0 outside.
-
-    The bounds are constants (numbers or GREY tensors).
+    """Limit x to [min, max] (min and max numbers or tensors, broadcast against x); as
+    torch: the gradient goes to x inside the bounds (ties included), to a bound tensor
+    where x crossed it, and where min > max the result is max (and its gradient too).
 
     >>> import gpuad
     >>> gpuad.clamp(gpuad.tensor([-2.0, 0.5, 3.0]), -1, 1).numpy()
@@ -99,14 +99,26 @@ def clamp(x, min=None, max=None):  # noqa: A002
     lo = min.data if isinstance(min, Tensor) else min
     hi = max.data if isinstance(max, Tensor) else max
     xp = namespace_of(data)
+
+    def bound(b, raw):
+        if isinstance(b, Tensor):               # a tensor bound: in the graph, so it gets its gradient
+            return b if b.dtype == data.dtype else astype(b, data.dtype)
+        return xp.asarray(raw, dtype=data.dtype)
     if lo is None:
-        inside, bound = data <= hi, hi
-    elif hi is None:
-        inside, bound = data >= lo, lo
+        return where(data <= hi, x, bound(max, hi))
+    if hi is None:
+        return where(data >= lo, x, bound(min, lo))
+    inside = (data >= lo) & (data <= hi)
+    crossed = lo > hi                                   # min > max: max wins, as torch
+    if isinstance(crossed, (bool, np.bool_)):           # number bounds: decided here, not per element
+        if crossed:
+            return where(inside, x, bound(max, hi))
+        upper = data > hi
     else:
-        inside = (data >= lo) & (data <= hi)
-        bound = xp.where(data < lo, lo, hi)             # which side was crossed
-    return where(inside, x, xp.asarray(bound, dtype=data.dtype))
+        upper = (data > hi) | crossed
+    if not isinstance(min, Tensor) and not isinstance(max, Tensor):   # constants: chosen on the arrays
+        return where(inside, x, xp.asarray(xp.where(upper, hi, lo), dtype=data.dtype))
+    return where(inside, x, where(upper, bound(max, hi), bound(min, lo)))
 
 
 clip = clamp

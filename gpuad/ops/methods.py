@@ -26,7 +26,18 @@ _INDEXING = ("max", "min", "argmax", "argmin", "sort", "argsort", "topk", "gathe
 
 
 def _broadcast_to(self, *shape):
-    return C.broadcast_to(self, C._as_shape(shape))
+    """expand / broadcast_to; -1 keeps that dimension's size (torch's expand)."""
+    shape = C._as_shape(shape)
+    lead = len(shape) - self.ndim
+    out = []
+    for i, s in enumerate(shape):
+        if s == -1:
+            if i < lead:
+                raise ValueError(f"gpuad.expand: the expanded size -1 isn't allowed in a leading, non-existing "
+                                 f"dimension {i} (expanding shape {self.shape} to {tuple(shape)})")
+            s = self.shape[i - lead]
+        out.append(s)
+    return C.broadcast_to(self, tuple(out))
 
 
 def _to(self, target):
