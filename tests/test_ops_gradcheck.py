@@ -81,7 +81,9 @@ CASES = {
                 (lambda a: gpuad.setitem(a, 0, 5.0), (r(2, 3),))],
     "einsum": [(lambda a, b: gpuad.einsum("ij,jk->ik", a, b), (r(2, 3), r(3, 4))),
                (lambda a, b, c: gpuad.einsum("bij,bjk,k->bi", a, b, c), (r(2, 3, 4), r(2, 4, 5), r(5))),
-               (lambda a: gpuad.einsum("ij->j", a), (r(3, 4),)), (lambda a, b: gpuad.einsum("i,j", a, b), (r(3), r(2)))],
+               (lambda a: gpuad.einsum("ij->j", a), (r(3, 4),)), (lambda a, b: gpuad.einsum("i,j", a, b), (r(3), r(2))),
+               (lambda a, b: gpuad.einsum("iij,jk->ik", a, b), (r(3, 3, 2), r(2, 4))),             # a diagonal
+               (lambda a, b: gpuad.einsum("...ij,...jk", a, b), (r(2, 3, 4), r(1, 4, 2)))],       # broadcast ellipsis
     "vector_norm": [(lambda a: gpuad.norm(a), (r(3, 4),)), (lambda a: gpuad.norm(a, p=3, dim=1), (r(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, 1, dim=0, keepdim=True), (away0(3, 4),)),
                     (lambda a: gpuad.vector_norm(a, float("inf"), dim=1), (r(3, 4),))],

@@ -539,3 +539,20 @@ def test_expand_with_minus_one_as_torchs():
         _both(lambda x: x.expand(*shape), lambda x: x.expand(*shape), a)
     with pytest.raises(ValueError, match="leading, non-existing dimension 0"):
         gpuad.tensor(a).expand(-1, 1, 3, 1)
+
+
+@pytest.mark.parametrize("eq,shapes", [("...ij,...jk->...ik", [(2, 3, 4), (4, 5)]), ("ii->i", [(3, 3)]),
+                                       ("iij,jk->ik", [(3, 3, 2), (2, 4)]), ("...ii->...", [(2, 3, 3)]),
+                                       ("bij,...jk", [(2, 3, 4), (1, 4, 5)]), ("ii", [(4, 4)]),
+                                       ("i...i", [(3, 2, 3)]), ("...", [(2, 3)])])
+def test_einsum_with_ellipsis_and_repeated_indices_equals_torchs(eq, shapes):
+    arrays = [R.standard_normal(s) for s in shapes]
+    gs = [gpuad.tensor(a, requires_grad=True) for a in arrays]
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    yg, yt = gpuad.einsum(eq, *gs), torch.einsum(eq, *ts)
+    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    w = R.standard_normal(tuple(yt.shape))
+    (yg * gpuad.tensor(w)).sum().backward()
+    (yt * torch.tensor(w)).sum().backward()
+    for a, b in zip(gs, ts):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-12, atol=1e-12)

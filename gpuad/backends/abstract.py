@@ -275,6 +275,9 @@ class AbstractNamespace:
     def copyto(self, dst, src, casting="same_kind", where=True):
         return None                     # a write into dst: dst stays the buffer it was
 
+    def eye(self, n, dtype=None):
+        return AbstractArray((int(n), int(n)), dtype or np.float64)
+
     def arange(self, n, dtype=None):
         return AbstractArray((int(n),), dtype or np.int64)
 

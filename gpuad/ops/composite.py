@@ -22,6 +22,7 @@ from . import derivatives as D, elementwise as E, fused as N, contraction as L, 
 from . import views
 from .dispatch import apply, apply2, binary_entry, unary_entry
 from ..backends import namespace_of
+from ..backends.einsum import expand_ellipsis
 from ..dtypes import as_dtype, is_floating, result_type
 from ..tensor import Tensor
 
@@ -497,11 +498,29 @@ def einsum(equation, *operands):
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     ops = tuple(o if isinstance(o, Tensor) else Tensor(o) for o in operands)
+    if "..." in equation:
+        ops, equation = _einsum_ellipsis(equation, ops)
     L.parse_einsum(equation, [o.ndim for o in ops])           # clear errors before numpy's
     dts = {o.dtype for o in ops if o.dtype.kind == "f"}
     if len(dts) > 1:
         raise TypeError(f"gpuad.einsum: operands need one floating dtype, got {sorted(map(str, dts))}")
     return apply(L.einsum, ops, {"equation": equation})
+
+
+def _einsum_ellipsis(equation, ops):
+    """The equation with '...' spelled out in letters, and each operand broadcast over the
+    ellipsis dims it has as 1 (or lacks): einsum's own letters do not broadcast."""
+    eq, ell = expand_ellipsis(equation, [o.shape for o in ops])
+    ins = equation.replace(" ", "").partition("->")[0].split(",")
+    out = []
+    for s, o in zip(ins, ops):
+        if "..." in s:
+            start, w = s.index("..."), o.ndim - len(s.replace("...", ""))
+            want = tuple(o.shape[:start]) + (tuple(ell[len(ell) - w:]) if w else ()) + tuple(o.shape[start + w:])
+            if want != tuple(o.shape):
+                o = broadcast_to(o, want)
+        out.append(o)
+    return tuple(out), eq
 
 
 def norm(x, p="fro", dim=None, keepdim=False):

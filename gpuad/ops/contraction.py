@@ -77,17 +77,36 @@ def _einsum_vjp(xp, g, saved, node, donate):
         if not need:
             grads.append(None)
             continue
-        mine = ins[k]
-        if len(set(mine)) != len(mine):
-            raise NotImplementedError(f"gpuad.einsum: the gradient of an operand with a repeated index "
-                                      f"({mine!r}, a diagonal) is not supported")
+        subs_k = ins[k]
+        # a repeated index (a diagonal, "ii"): the gradient is formed on the distinct letters,
+        # then put back on the diagonal by one identity per repeat ("ab,ac->abc" with eye(a, c))
+        mine = "".join(dict.fromkeys(subs_k))
         others = [(s, o) for i, (s, o) in enumerate(zip(ins, ops)) if i != k]
         present = set(out).union(*[set(s) for s, _ in others])
         extra = [c for c in mine if c not in present]
         subs = [out] + [s for s, _ in others] + extra
         arrays = [g] + [o for _, o in others] + [xp.ones((sizes[c],), dtype=g.dtype) for c in extra]
         r = xp.einsum(",".join(subs) + "->" + mine, *arrays, optimize=True)
+        if mine != subs_k:
+            r = _on_diagonal(xp, r, mine, subs_k, sizes, set(node.params["equation"]))
         # numpy may hand back a transposed view of its result: make it a buffer of its own,
         # which the engine may then own (and the planner, which sees a fresh one, predicts)
         grads.append(r if xp.name != "numpy" or r.base is None else r.copy())
     return tuple(grads)
+
+
+def _on_diagonal(xp, r, mine, subs, sizes, taken):
+    """r (subscripts `mine`, each letter once) placed on the diagonals `subs` repeats:
+    each repeat of a letter gets a fresh letter tied to the first by an identity."""
+    fresh = (c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in taken)
+    seen, spelled, ties = set(), "", []
+    for c in subs:
+        if c in seen:
+            f = next(fresh)
+            ties.append(c + f)
+            spelled += f
+        else:
+            seen.add(c)
+            spelled += c
+    eyes = [xp.eye(sizes[t[0]], dtype=r.dtype) for t in ties]
+    return xp.einsum(",".join([mine] + ties) + "->" + spelled, r, *eyes, optimize=True)

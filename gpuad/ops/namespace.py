@@ -98,6 +98,9 @@ class TensorNamespace:
     def ones(self, shape, dtype=None):
         return self._const(np.ones(shape, dtype=dtype))
 
+    def eye(self, n, dtype=None):
+        return self._const(np.eye(n, dtype=dtype))
+
     def einsum(self, equation, *operands, optimize=True):
         return C.einsum(equation, *operands)
 

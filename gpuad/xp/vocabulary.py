@@ -133,7 +133,7 @@ declare("setitem", STRUCTURAL, jvp=t.setitem)
 declare("ufunc_at", STRUCTURAL)
 
 # -- creation: from shapes and numbers ----------------------------------------------------------
-for _name in ("arange", "zeros", "ones", "full", "zeros_like", "ones_like"):
+for _name in ("arange", "zeros", "ones", "full", "zeros_like", "ones_like", "eye"):
     declare(_name, CREATION, jvp=ZERO)
 for _name in ("empty", "empty_like", "buffer"):                 # contents undefined
     declare(_name, CREATION, jvp=ZERO, fresh=True)
