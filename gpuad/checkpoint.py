@@ -50,14 +50,12 @@ def _checkpoint_fwd(xp, *args, **params):
 def _checkpoint_vjp(xp, g, saved, node, donate):
     """Recompute fn with recording on, backpropagate through the local graph, release it."""
     if xp.name == "tensor":
-        raise NotImplementedError("gpuad.checkpoint: create_graph=True through a checkpointed segment is not "
-                                  "supported; run that backward without checkpointing")
+        return _checkpoint_vjp_recorded(xp, g, saved, node)
     p = node.params
     start = graph._next_index()
     leaves = {b: Node(None, (), (), None, (), b.shape, b.dtype) for b in node.parents}
     outer = _Mode.checkpoint
-    sp = CheckpointScope(remaps=(outer.remaps if outer is not None else ()) + (leaves,), start=start, record=True,
-                 outer=outer)
+    sp = CheckpointScope(remaps=p.get("remaps", ()) + (leaves,), start=start, record=True, outer=outer)
     args = _rebuild(p["template"], saved, p["arg_nodes"])
     rng_now = get_rng_state() if p["rng"] is not None else None
     prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
@@ -93,6 +91,64 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
         if rng_now is not None:
             set_rng_state(rng_now)
     return tuple(found.get(leaf) for leaf in leaves.values())
+
+
+@primitive("checkpoint_input", inputs=("x",))
+def CHECKPOINT_INPUT(xp, x):
+    """What a recompute under create_graph reads in place of an outer tensor: the tensor
+    itself, so the recorded backward reaches the outer graph through it."""
+    return x
+
+
+@CHECKPOINT_INPUT.defvjp
+def _checkpoint_input_vjp(xp, g, saved, node, donate):
+    return (g,)
+
+
+def _checkpoint_vjp_recorded(xp, g, saved, node):
+    """create_graph=True: recompute fn on identity nodes over the checkpoint's inputs (not
+    local leaves), so the backward recorded through the local graph is wired to the outer
+    one; the walk stops at those nodes (targets), so no gradient passes an input twice."""
+    p = node.params
+    start = graph._next_index()
+    ident = {b: graph.new_node(CHECKPOINT_INPUT, (b,), (), None, (True,), b.shape, b.dtype) for b in node.parents}
+    outer = _Mode.checkpoint
+    sp = CheckpointScope(remaps=p.get("remaps", ()) + (ident,), start=start, record=True, outer=outer)
+    arrays = tuple(s.data if isinstance(s, Tensor) else s for s in saved)   # the walk wraps saved by position
+    args = _rebuild(p["template"], arrays, p["arg_nodes"])
+    rng_now = get_rng_state() if p["rng"] is not None else None
+    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
+    try:
+        if rng_now is not None:
+            set_rng_state(p["rng"])
+        _Mode.enabled, _Mode.checkpoint = False, sp
+        accountant.phase = "recompute"
+        out = p["fn"](*args, **p["kwargs"])
+    finally:
+        _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
+        accountant.phase = prev_phase
+        if rng_now is not None:
+            set_rng_state(rng_now)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    _check_same(p, outs)
+    root = _pack([outs[i] for i in p["packed"]]) if p["pack"] else outs[p["packed"][0]]
+    if root._node is None:
+        return (None,) * len(node.parents)
+    targets = {n: [k] for k, n in enumerate(ident.values())}
+    # the backward is recorded under the same remaps (a checkpoint nested in this one maps the
+    # tensors it reads through them), without the first-run check: it reads the outer graph
+    _Mode.checkpoint = CheckpointScope(remaps=sp.remaps, start=0, record=True, outer=outer)
+    try:
+        found = run([root._node], [(g, False)], xp, retain_graph=True, create_graph=True, targets=targets)
+    finally:
+        _Mode.checkpoint = prev_special
+    grads = []
+    for b, n in ident.items():
+        r = found.get(n)
+        if b.grad is not None:                  # pending at the boundary (walk.TAKES_PENDING): the total
+            r = b.grad if r is None else r + b.grad
+        grads.append(r)
+    return tuple(grads)
 
 
 _checkpoint_fwd.defvjp(_checkpoint_vjp)
@@ -209,6 +265,10 @@ def checkpoint(fn, *args, preserve_rng_state=True, **kwargs):
     else:
         root_data = outs[grads_for[0]].data
     params = {"fn": fn, "kwargs": kwargs, "template": template, "arg_nodes": arg_nodes, "rng": rng,
+              # the remaps in force when fn first ran (a checkpoint inside another's recompute):
+              # its own recompute reads through them again, even from a second-order graph
+              # that outlives the enclosing recompute
+              "remaps": outer.remaps if outer is not None else (),
               "out_meta": [(tuple(o.shape), o.dtype) if isinstance(o, Tensor) else None for o in outs],
               "packed": grads_for, "pack": pack,
               "inner_bytes": (accountant.allocated_bytes - allocated_before) if counted else None}

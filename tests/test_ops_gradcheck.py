@@ -175,7 +175,7 @@ def all_cases():
 
 
 # Second order through these is not supported (and says so).
-NO_SECOND_ORDER = {"checkpoint"}
+NO_SECOND_ORDER = set()
 
 
 def _seeded_attention_dropout(q, k, v):
@@ -202,9 +202,13 @@ def _cases(second_order=False):
             yield pytest.param(fn, inputs, id=f"{name}-{i}", marks=marks)
 
 
+# Primitives only a backward makes, reached by another primitive's gradgradcheck.
+REACHED_BY = {"checkpoint_input": "checkpoint (a recompute under create_graph reads through it)"}
+
+
 def test_every_primitive_has_a_case():
     differentiable = {n for n, p in REGISTRY.items() if p.differentiable}
-    missing = differentiable - set(all_cases())
+    missing = differentiable - set(all_cases()) - set(REACHED_BY)
     assert not missing, f"primitives registered without a gradcheck case: {sorted(missing)}"
     assert {n for n, p in REGISTRY.items() if not p.differentiable} <= NONDIFF
 
