@@ -22,6 +22,7 @@ gpuad.schedule), recomputing at several levels where that pays.
 >>> net[0].weight.grad.shape
 (16, 16)
 """
+import contextlib
 import re
 import time
 
@@ -57,13 +58,7 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
     outer = _Mode.checkpoint
     sp = CheckpointScope(remaps=p.get("remaps", ()) + (leaves,), start=start, record=True, outer=outer)
     args = _rebuild(p["template"], saved, p["arg_nodes"])
-    rng_now = get_rng_state() if p["rng"] is not None else None
-    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
-    try:
-        if rng_now is not None:
-            set_rng_state(p["rng"])
-        _Mode.enabled, _Mode.checkpoint = False, sp
-        accountant.phase = "recompute"
+    with _replaying(p, sp):
         out = p["fn"](*args, **p["kwargs"])
         outs = out if isinstance(out, (tuple, list)) else (out,)
         _check_same(p, outs)
@@ -85,12 +80,27 @@ def _checkpoint_vjp(xp, g, saved, node, donate):
                 roots.append(leaf)
                 seeds.append((b.grad, b.owned))
         found = run(roots, seeds, xp, retain_graph=False, create_graph=False, targets=targets)
+    return tuple(found.get(leaf) for leaf in leaves.values())
+
+
+@contextlib.contextmanager
+def _replaying(p, sp):
+    """A recompute's surroundings: the first run's generator state (dropout replays), the
+    scope that remaps its reads, recording through that scope only, the accountant's
+    'recompute' phase; all put back after."""
+    rng_now = get_rng_state() if p["rng"] is not None else None
+    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
+    try:
+        if rng_now is not None:
+            set_rng_state(p["rng"])
+        _Mode.enabled, _Mode.checkpoint = False, sp
+        accountant.phase = "recompute"
+        yield
     finally:
         _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
         accountant.phase = prev_phase
         if rng_now is not None:
             set_rng_state(rng_now)
-    return tuple(found.get(leaf) for leaf in leaves.values())
 
 
 @primitive("checkpoint_input", inputs=("x",))
@@ -116,19 +126,9 @@ def _checkpoint_vjp_recorded(xp, g, saved, node):
     sp = CheckpointScope(remaps=p.get("remaps", ()) + (ident,), start=start, record=True, outer=outer)
     arrays = tuple(s.data if isinstance(s, Tensor) else s for s in saved)   # the walk wraps saved by position
     args = _rebuild(p["template"], arrays, p["arg_nodes"])
-    rng_now = get_rng_state() if p["rng"] is not None else None
-    prev_enabled, prev_special, prev_phase = _Mode.enabled, _Mode.checkpoint, accountant.phase
-    try:
-        if rng_now is not None:
-            set_rng_state(p["rng"])
-        _Mode.enabled, _Mode.checkpoint = False, sp
-        accountant.phase = "recompute"
+    prev_special = _Mode.checkpoint
+    with _replaying(p, sp):
         out = p["fn"](*args, **p["kwargs"])
-    finally:
-        _Mode.enabled, _Mode.checkpoint = prev_enabled, prev_special
-        accountant.phase = prev_phase
-        if rng_now is not None:
-            set_rng_state(rng_now)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     _check_same(p, outs)
     root = _pack([outs[i] for i in p["packed"]]) if p["pack"] else outs[p["packed"][0]]
