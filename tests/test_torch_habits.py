@@ -456,12 +456,20 @@ def test_reading_grad_of_a_non_leaf_warns_as_torch():
     ("uniform_", dict(a=-0.5, b=2.0), (50, 50)), ("normal_", dict(mean=1.0, std=0.5), (50, 50)),
     ("trunc_normal_", dict(std=2.0, a=-1.0, b=3.0), (60, 60)), ("orthogonal_", dict(gain=1.5), (20, 30))])
 def test_init_draws_torchs_distributions(name, kw, shape):
-    """Moments and bounds equal torch's for the same call (the draws differ: another generator)."""
-    g = getattr(nn.init, name)(gpuad.zeros(shape, dtype="float64"), **kw).numpy()
-    t = getattr(torch.nn.init, name)(torch.zeros(shape, dtype=torch.float64), **kw).numpy()
+    """Moments and bounds equal torch's for the same call (the draws differ: another generator).
+
+    Both sides pool 40 seeded draws (>= 24000 values), so the sample std's relative standard error
+    is under 0.5% and the 3% tolerance is six of them: the test is deterministic and still fails
+    on a wrong fan or gain (the smallest such error, fan_in for fan_out here, is 2x in std)."""
+    gpuad.manual_seed(0)
+    torch.manual_seed(0)
+    g = np.stack([getattr(nn.init, name)(gpuad.zeros(shape, dtype="float64"), **kw).numpy() for _ in range(40)])
+    t = np.stack([getattr(torch.nn.init, name)(torch.zeros(shape, dtype=torch.float64), **kw).numpy()
+                  for _ in range(40)])
     assert g.shape == t.shape
-    np.testing.assert_allclose(g.std(), t.std(), rtol=0.08)
-    np.testing.assert_allclose(g.mean(), t.mean(), atol=0.08 * max(1.0, t.std()))
+    np.testing.assert_allclose(g.std(), t.std(), rtol=0.03)
+    np.testing.assert_allclose(g.mean(), t.mean(), atol=0.03 * max(1.0, t.std()))
+    g, t = g[0], t[0]
     if name in ("xavier_uniform_", "kaiming_uniform_", "uniform_", "trunc_normal_"):      # bounded: the same bounds
         span = t.max() - t.min()
         assert t.min() - 0.02 * span <= g.min() and g.max() <= t.max() + 0.02 * span
