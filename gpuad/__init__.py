@@ -31,7 +31,7 @@ from .backends.devices import set_default_device, get_default_device
 from .backends.cpu_kernels import set_num_threads, get_num_threads
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
 from . import func  # noqa: E402
-from .func import grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian, jacobian  # noqa: E402
+from .func import grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian, jacobian, vmap  # noqa: E402
 from .pytree import tree_flatten, tree_unflatten, tree_map  # noqa: E402
 
 __version__ = "0.1.0"

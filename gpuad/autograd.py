@@ -165,7 +165,10 @@ def _namespace(seeds, create_graph):
     (create_graph), the Tensor namespace whose constants land on the seed's device."""
     first = seeds[0][0]
     data = first.data if isinstance(first, Tensor) else first
-    return tensor_ns_on(device_of(data)) if create_graph else namespace_of(data)
+    if create_graph:
+        return tensor_ns_on(device_of(data))
+    xp = namespace_of(data)
+    return xp.base if xp.name == "batched" else xp       # vmap's values: each VJP picks its level
 
 
 def tensor_backward(self, grad=None, retain_graph=False, create_graph=False):

@@ -12,11 +12,26 @@ True
 import numpy as np
 
 
+DRAW_FILTERS = []      # what vmap puts between a generator and its draws (its randomness=)
+
+
 class Generator:
     """A numpy PCG64 generator with a seed and a restorable state."""
 
     def __init__(self, seed=0):
         self.manual_seed(seed)
+
+    @property
+    def rng(self):
+        """The numpy generator draws come from (inside vmap: through its randomness rule)."""
+        r = self._rng
+        for wrap in DRAW_FILTERS:
+            r = wrap(r)
+        return r
+
+    @rng.setter
+    def rng(self, value):
+        self._rng = value
 
     def manual_seed(self, seed):
         self.seed = int(seed)
@@ -24,10 +39,10 @@ class Generator:
         return self
 
     def get_state(self):
-        return self.rng.bit_generator.state
+        return self._rng.bit_generator.state
 
     def set_state(self, state):
-        self.rng.bit_generator.state = state
+        self._rng.bit_generator.state = state
 
 
 default_generator = Generator(0)

@@ -39,6 +39,8 @@ X3 = r(3)
 ADDITIVE = r(1, 4)
 
 CASES = {
+    "vmap_in": [(lambda a: gpuad.vmap(lambda r: gpuad.tanh(r) * r[0])(a), (r(3, 4),)),
+                (lambda a, w: gpuad.vmap(lambda r, w: w @ r, in_axes=(1, None), out_axes=1)(a, w), (r(3, 4), r(2, 3)))],
     "add": [(lambda a, b: a + b, (r(3, 4), r(4))), (lambda a, b: a + b, (r(3, 1), r(1, 4))),
             (lambda a: 2.5 + a, (r(2, 3),))],
     "subtract": [(lambda a, b: a - b, (r(3, 4), r(3, 1))), (lambda a: 1.0 - a, (r(5),))],
@@ -203,7 +205,8 @@ def _cases(second_order=False):
 
 
 # Primitives only a backward makes, reached by another primitive's gradgradcheck.
-REACHED_BY = {"checkpoint_input": "checkpoint (a recompute under create_graph reads through it)"}
+REACHED_BY = {"checkpoint_input": "checkpoint (a recompute under create_graph reads through it)",
+              "vmap_out": "vmap_in's case (every vmap ends with it)"}
 
 
 def test_every_primitive_has_a_case():

@@ -16,6 +16,7 @@ a few extras below that numpy does not spell the same way on every backend.
 import numpy as np
 
 from .numpy_backend import ArrayNamespace, numpy_ns  # noqa: F401  (ArrayNamespace: the vocabulary)
+from .batched import BatchedArray
 
 # Non-empty while gpuad.compile traces a step: then an op whose first operand is a plain
 # numpy array still records, when another operand is a Tracer (see tracing_namespace).
@@ -53,11 +54,21 @@ def refuse_any(mask, error):
     Traceback (most recent call last):
     ValueError: an element is set
     """
+    while isinstance(mask, BatchedArray):       # under vmap: any example's
+        mask = mask.value
     xp = getattr(mask, "_xp", None)
     if xp is not None:
         xp.assume_none(mask, str(error))
     elif bool(mask.any()):
         raise error
+
+
+def any_true(mask):
+    """bool(mask.any()), where under vmap it is whether any example's is (a VJP's choice
+    of the exact path, taken for the whole batch)."""
+    while isinstance(mask, BatchedArray):
+        mask = mask.value
+    return bool(mask.any())
 
 
 def writeable(a):
@@ -83,5 +94,7 @@ def namespace_of(a):
 
 def device_of(a):
     """'cpu' for numpy arrays, 'cuda' for cupy arrays."""
+    while isinstance(a, BatchedArray):
+        a = a.value
     xp = namespace_of(a)
     return "cpu" if xp is numpy_ns else getattr(xp, "device", "cuda")

@@ -121,7 +121,7 @@ def capture(fn, args, kwargs, found=None, phantom_grads=False, values=False):
     grad_vars = set()                 # the gradient inputs' Vars (real and phantom)
     snapshot_data = {id(t): t.data for _, _, t, _ in tensors}
     old_acct, accountant.active = accountant.active, None
-    generators = {id(x): (x, x.rng) for x in [default_generator] + found.generators}
+    generators = {id(x): (x, x._rng) for x in [default_generator] + found.generators}
     settings = []
     try:
         for data_slot, grad_slot, t, prefix in tensors:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import GuardError, TraceError
 from ..backends.abstract import AbstractArray, abstract_ns
+from ..backends.batched import LIVE, batched_xp
 from .ir import Eqn, Graph, Literal, map_leaves
 from .prims import as_python
 from ..xp import lookup
@@ -157,6 +158,10 @@ class Trace:
     # -- recording ---------------------------------------------------------------
 
     def call(self, prim, args, kw):
+        if LIVE[0]:
+            top = batched_xp(None, None, (args, kw))
+            if top is not None:             # a vmap's value among them: its rule, recording its calls
+                return top.call(prim, args, kw)
         ufunc = _UFUNCS.get(prim)
         out = kw.pop("out", None)
         if out is None and ufunc is not None and len(args) > ufunc.nin:

@@ -121,8 +121,9 @@ def accumulate(xp, existing, existing_owned, incoming, incoming_owned, records):
         return xp.add(existing, incoming), False
     if existing.size >= INPLACE_MIN:
         if existing_owned:
-            xp.add(existing, incoming, out=existing)       # read 2N, write N
-            return existing, True
+            # read 2N, write N; the result is existing itself, except under vmap where an
+            # unbatched gradient meets a batched one (a new, batched sum)
+            return xp.add(existing, incoming, out=existing), True
         if incoming_owned:
             return xp.add(incoming, existing, out=incoming), True
     total = xp.add(existing, incoming)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import config
 from ..backends import writeable
+from ..backends.batched import LIVE, batched_xp, reduce_for
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..errors import BackwardError
 from ..graph import FREED, _Mode, reachable
@@ -121,7 +122,8 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                 # Saved values die with this VJP; marking the node first tells the VJP
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
-            grads = (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
+            nx = xp if not LIVE[0] or create_graph else batched_xp(xp, g, saved)    # under vmap: its rules
+            grads = (op.vjp if not op.kernels else vjp_for(op, nx))(nx, g, saved, node, donate)
             if watch is not None:
                 watch.vjp(node, g, saved, grads)
             finished = None
@@ -134,10 +136,12 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                         continue
                 elif parent is None or raw is None or (needed is not None and parent not in needed):
                     continue
+                if LIVE[0]:
+                    raw = reduce_for(raw, parent.index, node.index)     # a vmap's per-example gradients, summed
                 if op.elementwise and not create_graph:      # route()'s first rule, inline: the hot path
                     gi, gi_owned = raw, raw is not g or donate
                 else:
-                    gi, gi_owned = route(xp, raw, g, donate, grads, parent, op, create_graph)
+                    gi, gi_owned = route(nx, raw, g, donate, grads, parent, op, create_graph)
                 if watch is not None:
                     watch.routed(parent, raw, gi, gi_owned, op)
                 pg = parent.grad
@@ -156,7 +160,7 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                 elif op in TAKES_PENDING:
                     parent.grad, parent.owned = gi, gi_owned
                 else:
-                    parent.grad, parent.owned = accumulate(xp, pg, parent.owned, gi, gi_owned, create_graph)
+                    parent.grad, parent.owned = accumulate(nx, pg, parent.owned, gi, gi_owned, create_graph)
                     if watch is not None:
                         watch.accumulated(pg, parent.grad, gi)
                     pg = None         # a replaced sum is dead: hold it through no later allocation
@@ -309,7 +313,7 @@ def _accumulate_leaf(node, g, owned, create_graph, watch):
         acc = t.grad.data
         if acc.shape != g.shape:
             raise BackwardError(f"gpuad: .grad of shape {acc.shape} cannot take a gradient of shape {g.shape}")
-        if writeable(acc):
+        if writeable(acc) and type(acc) is type(g):      # (a batched g, under vmap: a new sum)
             acc += g
         else:
             t.grad = Tensor._from(acc + g)

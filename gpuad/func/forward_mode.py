@@ -25,6 +25,7 @@ from ..compiler.capture import build_result, capture
 from ..compiler.ir import Literal, Var, map_leaves
 from .. import autograd
 from ..backends import _cupy_namespace, namespace_of, numpy_ns
+from ..backends.batched import LIVE, BatchedArray, batched_xp
 from ..graph import is_grad_enabled
 from ..compiler.trace import resolve
 from ..pytree import tree_flatten, tree_unflatten
@@ -56,9 +57,12 @@ _OPS = {}
 
 
 def _ops(ns):
-    ops = _OPS.get(ns.name)
+    key = ns.name if ns.name != "batched" else ns
+    ops = _OPS.get(key)
     if ops is None:
-        ops = _OPS[ns.name] = _Ops(ns)
+        ops = _Ops(ns)
+        if ns.name != "batched":
+            _OPS[key] = ops
     return ops
 
 
@@ -84,6 +88,7 @@ def run(graph, inputs, tangents, device="cpu"):
     # on a device, host constants (captured arrays, folded literals) go there first
     host = (lambda a: xp.asarray(a) if type(a) is np.ndarray else a) if device != "cpu" else None
     ops = _ops(xp)
+    batched = LIVE[0] and any(isinstance(t, BatchedArray) for t in tangents)    # jacfwd's basis (vmap)
     env, tan = {}, {}
     for v, a, t in zip(graph.inputs, inputs, tangents):
         env[v.id] = a if host is None else host(a)
@@ -105,7 +110,9 @@ def run(graph, inputs, tangents, device="cpu"):
                                       "(its declaration in gpuad/xp/vocabulary.py has none)")
         if rule is ZERO:
             continue
-        t = rule(ops, args, [_tangent(a, tan) for a in e.args], env[e.outs[0].id], params)
+        tans = [_tangent(a, tan) for a in e.args]
+        top = batched_xp(None, None, tans) if batched else None
+        t = rule(ops if top is None else _ops(top), args, tans, env[e.outs[0].id], params)
         if t is not None:
             tan[e.outs[0].id] = fit(t, env[e.outs[0].id])
     return env, tan
@@ -172,7 +179,7 @@ def _results(cap, env, tan):
     value = build_result(cap.result, lambda kind, v: env[v.id].item() if kind == "I" else
                          Tensor._from(xp.asarray(env[v.id])))
     tangent = build_result(cap.result, lambda kind, v: Tensor._from(
-        xp.asarray(tan[v.id]) if v.id in tan else _z(xp.asarray(env[v.id]))))
+        _on(xp, tan[v.id]) if v.id in tan else _z(xp.asarray(env[v.id]))))
     return value, tangent
 
 
@@ -188,8 +195,13 @@ def _tangent_inputs(cap, spec, tangent_leaves):
         if isinstance(r, ArgSlot) and not isinstance(r, ArgGradSlot):
             t = r.owner(call).value
         # on the primals' device (a host tangent for a device primal is copied there)
-        out.append(None if t is None else _namespace(cap.device).asarray(t.data if isinstance(t, Tensor) else t))
+        out.append(None if t is None else _on(_namespace(cap.device), t.data if isinstance(t, Tensor) else t))
     return out
+
+
+def _on(xp, a):
+    """a as an array of xp (a batched tangent, under vmap, stays one)."""
+    return a if isinstance(a, BatchedArray) else xp.asarray(a)
 
 
 def _namespace(device):

@@ -1,5 +1,5 @@
-"""Jacobians: jacfwd (one jvp per input element), jacrev (one vjp per output element)
-and hessian (forward over reverse), as JAX's.
+"""Jacobians: jacfwd (jvp vmapped over the input basis), jacrev (the backward vmapped
+over the output basis) and hessian (forward over reverse), as JAX's.
 
 >>> import gpuad
 >>> gpuad.jacrev(gpuad.sin)(gpuad.tensor([0.0, 0.0])).tolist()
@@ -11,9 +11,9 @@ from .. import autograd
 from ..backends import namespace_of
 from ..pytree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
-from .forward_mode import (_as_tensor, _input_values, _refuse_reverse_over_forward, _results, _tangent_inputs,
-                           _traced, _z, run)
+from .forward_mode import _as_tensor, _refuse_reverse_over_forward, _z, jvp
 from .reverse import grad
+from .vmap import vmap
 
 
 def _argnums(argnums, n, who):
@@ -24,17 +24,15 @@ def _argnums(argnums, n, who):
     return tuple(a % n for a in nums)
 
 
-def _basis(shape, dtype):
-    n = int(np.prod(shape))
-    for i in range(n):
-        e = np.zeros(n, dtype)
-        e[i] = 1
-        yield e.reshape(shape)
+def _eye(n, dtype, like):
+    """The n x n identity on like's device: the basis vectors, batched along axis 0."""
+    return Tensor._from(namespace_of(like).eye(n, dtype=dtype))
 
 
 def jacfwd(f, argnums=0, has_aux=False):
-    """The Jacobian of f by forward mode: one jvp per input element (JAX's jacfwd).
-    Output shape: out.shape + in.shape, per argnum.
+    """The Jacobian of f by forward mode (JAX's jacfwd): one jvp, vmapped over the basis
+    of the inputs (every column in one batched run, not a loop). Output shape:
+    out.shape + in.shape, per argnum.
 
     >>> import gpuad
     >>> gpuad.jacfwd(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
@@ -43,49 +41,57 @@ def jacfwd(f, argnums=0, has_aux=False):
     def wrapped(*args):
         _refuse_reverse_over_forward(args, "jacfwd")
         nums = _argnums(argnums, len(args), "jacfwd")
-        cap, leaves, spec, targs = _traced(f, args)
-        values = _input_values(cap, targs)
-        outs, aux = None, None
-        per_arg = []
-        for a in nums:
-            sub_leaves, _ = tree_flatten(targs[a])
-            cols = []
-            for x in sub_leaves:
-                for e in _basis(x.shape, x.dtype):
-                    t_leaves = [e if y is x else None for y in leaves]
-                    env, tan = run(cap.graph, values, _tangent_inputs(cap, spec, t_leaves), cap.device)
-                    value, tangent = _results(cap, env, tan)
-                    if has_aux:
-                        value, aux = value
-                        tangent = tangent[0]
-                    outs = value
-                    cols.append(tangent)
-            per_arg.append(_stack_columns(cols, outs, targs[a]))
+        args = [_as_tree_tensors(a) for a in args]
+        diff = [(a, tree_flatten(args[a])) for a in nums]
+        flat = [x for _, (leaves, _) in diff for x in leaves]
+        sizes = [int(np.prod(x.shape)) for x in flat]
+        n = sum(sizes)
+        dtype = np.result_type(*(x.dtype for x in flat)) if flat else np.float32
+
+        def column(e):
+            # e: one basis vector over all differentiated leaves, cut into their tangents
+            tangents, start = [], 0
+            for x, k in zip(flat, sizes):
+                tangents.append(e[start:start + k].reshape(x.shape).astype(x.dtype))
+                start += k
+            primal_tangents = list(args)
+            t_iter = iter(tangents)
+            tangent_args = [None] * len(args)
+            for a, (leaves, spec) in diff:
+                tangent_args[a] = tree_unflatten(spec, [next(t_iter) for _ in leaves])
+            for i in range(len(args)):
+                if tangent_args[i] is None:
+                    lv, sp = tree_flatten(args[i])
+                    tangent_args[i] = tree_unflatten(sp, [Tensor._from(_z(x.data)) for x in lv])
+            res = jvp(f, tuple(primal_tangents), tuple(tangent_args), has_aux=has_aux)
+            return (res[1], res[0], res[2]) if has_aux else (res[1], res[0])
+        res = vmap(column, out_axes=-1)(_eye(n, dtype, flat[0].data))
+        tangent = res[0]
+        aux = res[2] if has_aux else None
+        out_leaves, out_spec = tree_flatten(tangent)
+        per_arg, start = [], 0
+        for a, (leaves, spec) in diff:
+            per_out = []
+            for o in out_leaves:                 # out.shape + (n,): the basis along the last axis
+                blocks, s0 = [], start
+                for x in leaves:
+                    k = int(np.prod(x.shape))
+                    shape = tuple(o.shape[:-1]) + tuple(x.shape)
+                    blocks.append(Tensor._from(o.data[..., s0:s0 + k].reshape(shape)))
+                    s0 += k
+                per_out.append(tree_unflatten(spec, blocks))
+            start += sum(int(np.prod(x.shape)) for x in leaves)
+            per_arg.append(tree_unflatten(out_spec, per_out))
         jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
+        if has_aux:
+            aux = tree_unflatten(tree_flatten(aux)[1], [x[..., 0] for x in tree_flatten(aux)[0]])
         return (jac, aux) if has_aux else jac
     return wrapped
 
 
-def _stack_columns(cols, out, arg):
-    """Columns (one output pytree per input element) as out.shape + arg.shape."""
-    arg_leaves, arg_spec = tree_flatten(arg)
-    out_leaves, out_spec = tree_flatten(out)
-    per_out = []
-    for k, o in enumerate(out_leaves):
-        blocks, start = [], 0
-        for x in arg_leaves:
-            n = int(np.prod(x.shape))
-            cs = [tree_flatten(c)[0][k].data for c in cols[start:start + n]]
-            start += n
-            m = np.stack(cs, axis=-1).reshape(tuple(o.shape) + tuple(x.shape)) if cs else \
-                namespace_of(o.data).zeros(tuple(o.shape) + tuple(x.shape), o.dtype)
-            blocks.append(Tensor._from(m))
-        per_out.append(tree_unflatten(arg_spec, blocks))
-    return tree_unflatten(out_spec, per_out)
-
-
 def jacrev(f, argnums=0, has_aux=False):
-    """The Jacobian of f by reverse mode: one vjp per output element (JAX's jacrev).
+    """The Jacobian of f by reverse mode (JAX's jacrev): f runs once, and its backward
+    is vmapped over the basis of the outputs (every row in one batched walk).
 
     >>> import gpuad
     >>> gpuad.jacrev(lambda x: x * x)(gpuad.tensor([1.0, 2.0])).tolist()
@@ -97,7 +103,7 @@ def jacrev(f, argnums=0, has_aux=False):
         diff = []
         for a in nums:
             leaves, spec = tree_flatten(args[a])
-            fresh = [Tensor(x.data).requires_grad_(True) if not x.requires_grad else x * 1 for x in leaves]
+            fresh = [Tensor._from(x.data).requires_grad_(True) if not x.requires_grad else x * 1 for x in leaves]
             args[a] = tree_unflatten(spec, fresh)
             diff.append((fresh, spec))
         out = f(*args)
@@ -106,25 +112,26 @@ def jacrev(f, argnums=0, has_aux=False):
             out, aux = out
         out_leaves, out_spec = tree_flatten(out)
         flat_in = [x for fresh, _ in diff for x in fresh]
-        rows = {i: [] for i in range(len(out_leaves))}
-        for k, o in enumerate(out_leaves):
-            for e in _basis(o.shape, o.dtype):
-                if o._node is None:
-                    gs = [None] * len(flat_in)
-                else:
-                    gs = autograd.grad(o, flat_in, grad_outputs=Tensor(e, device=o.device), retain_graph=True,
-                                       allow_unused=True)
-                rows[k].append([_z(x.data) if g is None else g.data for g, x in zip(gs, flat_in)])
+        rows = []
+        for o in out_leaves:
+            m = int(np.prod(o.shape))
+            if o._node is None or m == 0:
+                rows.append([Tensor._from(namespace_of(x.data).zeros((m,) + tuple(x.shape), x.dtype))
+                             for x in flat_in])
+                continue
+
+            def row(e, o=o):
+                gs = autograd.grad(o, flat_in, grad_outputs=e.reshape(o.shape), retain_graph=True,
+                                   allow_unused=True)
+                return [Tensor._from(_z(x.data)) if g is None else g for g, x in zip(gs, flat_in)]
+            rows.append(vmap(row)(_eye(m, o.dtype, o.data)))
         per_arg = []
         offset = 0
         for fresh, spec in diff:
             per_out = []
             for k, o in enumerate(out_leaves):
-                blocks = []
-                for j, x in enumerate(fresh):
-                    m = np.stack([r[offset + j] for r in rows[k]], axis=0) if rows[k] else \
-                        namespace_of(x.data).zeros((0,) + x.shape, x.dtype)
-                    blocks.append(Tensor._from(m.reshape(tuple(o.shape) + tuple(x.shape))))
+                blocks = [Tensor._from(rows[k][offset + j].data.reshape(tuple(o.shape) + tuple(x.shape)))
+                          for j, x in enumerate(fresh)]
                 per_out.append(tree_unflatten(spec, blocks))
             per_arg.append(tree_unflatten(out_spec, per_out))
             offset += len(fresh)

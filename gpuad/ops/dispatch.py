@@ -26,6 +26,7 @@ call, with its argument tuples, costs about a fifth of a whole op
 import numpy as np
 
 from ..backends import TRACING, namespace_of, numpy_ns, device_of, tracing_namespace
+from ..backends.batched import LIVE, batched_xp
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..generated import load
@@ -218,7 +219,8 @@ def binary_entry(op):
                 xd, yd, down = _dtypes_of(op, xd, yd)
         elif first is not None:
             xd, yd, down = _dtypes_of(op, xd, yd)
-        xp = numpy_ns if type(first) is _ndarray and not TRACING else _namespace(op, first, (x, y), (xd, yd))
+        xp = numpy_ns if type(first) is _ndarray and not TRACING and not LIVE[0] else \
+            _namespace(op, first, (x, y), (xd, yd))
 """ + _indented(_CORE).format(arrays="(xd, yd)", call="op.fwd(xp, xd, yd)", grey="xn is None and yn is None",
                               parents="(xn, yn)",
                               needs_and_saver="k = (parents[0] is not None) * 2 + (parents[1] is not None)\n"
@@ -249,6 +251,10 @@ def _namespace(op, first, args, arrays):
                       and not isinstance(a, np.generic)), None)
         if first is None:
             return numpy_ns
+    if LIVE[0]:
+        top = batched_xp(None, None, arrays)     # under vmap: the innermost level among them
+        if top is not None:
+            return top
     xp = numpy_ns if type(first) is _ndarray else namespace_of(first)
     if TRACING and getattr(first, "_xp", None) is None:
         # a real first operand (a numpy or device constant) with a Tracer among the others:

@@ -14,6 +14,7 @@ memory along the axis (as torch's exact path costs n^2 time).
 """
 import numpy as np
 
+from ..backends import any_true
 from .registry import primitive, SHAPE
 
 
@@ -50,7 +51,7 @@ def _has_zero(xp, x):
         # gpuad.compile: the division path, as eager takes it, and a check at each replay
         # (a zero there runs that call eagerly, which takes the exact path)
         return not xp.assume_none(xp.equal(x, 0), "a cumprod input holds a zero")
-    return xp.name != "abstract" and bool(xp.any(xp.equal(x, 0)))
+    return xp.name != "abstract" and any_true(xp.any(xp.equal(x, 0)))
 
 
 def _cumprod_exact(xp, g, x, axis):

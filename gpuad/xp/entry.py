@@ -51,21 +51,22 @@ class XpPrim:
     numpy's bits for. fill: a reduction's starting value in Triton. view: "always"
     (numpy never copies) or "maybe". may_alias: may hand back its argument itself
     (astype to the same dtype). fresh: uninitialised contents (never merged, folded
-    or recomputed).
+    or recomputed). batch: its batching rule (gpuad/xp/batching.py: how it runs on
+    a batch of examples under vmap; None: vmap refuses it by name).
     """
 
     __slots__ = ("name", "kind", "out", "identity", "jvp", "shape", "triton", "cpu", "cpu_operands",
-                 "cpu_dtypes", "math", "fill", "row_reduce", "view", "may_alias", "fresh")
+                 "cpu_dtypes", "math", "fill", "row_reduce", "view", "may_alias", "fresh", "batch")
 
     def __init__(self, name, kind, out=None, identity=None, jvp=None, shape="namespace", triton=None, cpu=None,
                  cpu_operands="out", cpu_dtypes=None, math=None, fill=None, row_reduce=False, view=None,
-                 may_alias=False, fresh=False):
+                 may_alias=False, fresh=False, batch=None):
         if kind not in KINDS:
             raise ValueError(f"gpuad.xp: {name}: kind must be one of {KINDS}, not {kind!r}")
         self.name, self.kind, self.out, self.identity, self.jvp = name, kind, out, identity, jvp
         self.shape, self.triton, self.cpu, self.cpu_operands = shape, triton, cpu, cpu_operands
         self.cpu_dtypes, self.math, self.fill, self.row_reduce = cpu_dtypes, math, fill, row_reduce
-        self.view, self.may_alias, self.fresh = view, may_alias, fresh
+        self.view, self.may_alias, self.fresh, self.batch = view, may_alias, fresh, batch
 
     @property
     def effect(self):

@@ -53,7 +53,10 @@ def unary(d):
 def finite_zero(xp, tan, t):
     """A zero tangent stays zero where the derivative is infinite (sqrt at 0: a norm of
     zeros), as reverse mode's rules never multiply a zero by an infinity."""
-    return xp.where(tan == 0, 0.0, t).astype(t.dtype) if xp.isnan(t).any() else t
+    bad = xp.isnan(t).any()
+    if getattr(bad, "ns", None) is not None:       # under vmap (jacfwd): no single answer; select
+        bad = True
+    return xp.where(tan == 0, 0.0, t).astype(t.dtype) if bad else t
 
 
 def linear(prim):
