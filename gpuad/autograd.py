@@ -15,6 +15,7 @@ import numpy as np
 
 from .backends import device_of, namespace_of
 from .dtypes import grad_dtype
+from .engine import anomaly
 from .engine.walk import run
 from .errors import BackwardError
 from .ops.namespace import tensor_ns_on
@@ -22,7 +23,73 @@ from .tensor import Tensor
 
 from .function import Function, FunctionCtx, once_differentiable  # noqa: E402  (gpuad.autograd.Function)
 
-__all__ = ["backward", "grad", "queue_callback", "BackwardError", "Function", "FunctionCtx", "once_differentiable"]
+__all__ = ["backward", "grad", "queue_callback", "BackwardError", "Function", "FunctionCtx", "once_differentiable",
+           "detect_anomaly", "set_detect_anomaly", "is_anomaly_enabled", "is_anomaly_check_nan_enabled"]
+
+
+class detect_anomaly:
+    """Anomaly mode in a block or a decorated function (torch.autograd.detect_anomaly):
+    backward raises at the first VJP whose gradient holds a NaN or an infinity, naming
+    the op and showing where its forward ran. Slow (each op records its stack, each VJP
+    is checked); for debugging.
+
+    >>> import gpuad
+    >>> import warnings
+    >>> with warnings.catch_warnings(), gpuad.autograd.detect_anomaly():
+    ...     x = gpuad.tensor([0.0], requires_grad=True)
+    ...     try:
+    ...         gpuad.sqrt(x).sum().backward()
+    ...     except RuntimeError as e:
+    ...         print(str(e).split(" (node")[0])
+    gpuad: backward of sqrt
+    """
+
+    def __init__(self, check_nan=True):
+        self.check_nan = check_nan
+
+    def __enter__(self):
+        import warnings
+        warnings.warn("gpuad: anomaly detection is on: it records every op's stack and checks every "
+                      "gradient, so it is slow; use it only to find where a NaN comes from", UserWarning,
+                      stacklevel=2)
+        self.prev = anomaly.set_mode(True, self.check_nan)
+        return self
+
+    def __exit__(self, *exc):
+        anomaly.set_mode(*self.prev)
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with detect_anomaly(self.check_nan):
+                return fn(*args, **kwargs)
+        return wrapped
+
+
+class set_detect_anomaly:
+    """Turn anomaly mode on or off (torch.autograd.set_detect_anomaly): a call that takes
+    effect at once, or a context manager that restores the previous mode on exit."""
+
+    def __init__(self, mode, check_nan=True):
+        self.prev = anomaly.set_mode(mode, check_nan)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        anomaly.set_mode(*self.prev)
+        return False
+
+
+def is_anomaly_enabled():
+    return anomaly.enabled()
+
+
+def is_anomaly_check_nan_enabled():
+    return anomaly.check_nan_enabled()
 
 
 def _root_grads(tensors, grads, who):

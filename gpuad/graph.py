@@ -29,6 +29,21 @@ import itertools
 from .generated import load
 
 _next_index = itertools.count().__next__
+_NODE_MAKERS = []        # the globals of every module that compiled NEW_NODE (set_index_source)
+
+
+def index_source():
+    """The plain counter that numbers nodes."""
+    return _plain_index
+
+
+def set_index_source(fn):
+    """Number new nodes with fn (None: the plain counter) everywhere NEW_NODE was compiled.
+    Anomaly mode (engine/anomaly.py) passes a counter that also records each creation
+    stack; swapping the function keeps the plain path's code exactly as it is."""
+    fn = _plain_index if fn is None else fn
+    for g in _NODE_MAKERS:
+        g["_next_index"] = fn
 
 
 class _Freed:
@@ -119,6 +134,8 @@ _new = object.__new__
 new_node = load("def new_node(op, parents, saved, params, needs, shape, dtype):\n"
                 + indented(NEW_NODE, 4) + "    return n\n", "graph new_node", globals())["new_node"]
 new_node.__doc__ = "The one constructor of a Node (see NEW_NODE)."
+_plain_index = _next_index
+_NODE_MAKERS.append(globals())
 
 
 def reachable(roots):

@@ -210,3 +210,10 @@ def test_vmap_inside_compile_equals_eager():
     compiled = gpuad.compile(step)
     assert compiled(x).item() == pytest.approx(want, rel=1e-12)
     assert compiled(x).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_the_planner_refuses_a_vmapped_graph_loudly():
+    x = gpuad.tensor(R.standard_normal((4, 3)), requires_grad=True)
+    y = gpuad.vmap(lambda r: gpuad.tanh(r).sum())(x).sum()
+    with pytest.raises(NotImplementedError, match="recorded under gpuad.vmap"):
+        gpuad.memory.plan_backward(y)

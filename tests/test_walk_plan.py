@@ -15,13 +15,11 @@ import gpuad
 from gpuad import memory
 from gpuad.engine import walk
 from gpuad.graph import reachable
-from tests.test_ops_gradcheck import all_cases
+from tests.test_ops_gradcheck import planned_params
 
 
 def _params():
-    for name, cases in all_cases().items():
-        for i, (fn, inputs) in enumerate(cases):
-            yield pytest.param(fn, inputs, id=f"{name}-{i}")
+    return planned_params()
 
 
 def _events(fn, inputs, fan_out, hooked):

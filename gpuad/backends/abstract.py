@@ -177,6 +177,9 @@ class AbstractNamespace:
     def swapaxes(self, a, i, j):
         return _view(a, np.empty(a.shape, _EMPTY).swapaxes(i, j).shape)
 
+    def moveaxis(self, a, source, destination):
+        return _view(a, np.moveaxis(np.empty(a.shape, _EMPTY), source, destination).shape)
+
     def flip(self, a, axis=None):
         return _view(a, a.shape)
 

@@ -27,6 +27,8 @@ import sys
 
 import numpy as np
 
+from ..backends.batched import BatchedArray
+
 from ..backends.abstract import AbstractArray, abstract_ns
 from ..dtypes import grad_dtype
 from ..graph import FREED, Extra, new_node, reachable
@@ -150,6 +152,9 @@ def _root_array(a):
 
 
 def _twin_array(a, twin_roots, alone, dry):
+    if isinstance(a, BatchedArray):
+        raise NotImplementedError("gpuad.memory.plan_backward: the graph holds values recorded under "
+                                  "gpuad.vmap, which the planner does not model yet")
     if not _is_array(a):
         return a
     r = _root_array(a)

@@ -41,6 +41,7 @@ from ..graph import FREED, _Mode, reachable
 from ..memory.accounting import accountant, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor
+from . import anomaly
 from .policy import DONATE_MIN, accumulate, leaf_keeps, route
 from .versions import MUTATED, check_saved
 
@@ -350,6 +351,7 @@ class _Watch:
 
     def __init__(self, acct, held, debug, events):
         self.acct, self.held, self.debug, self.events = acct, held, debug, events
+        self.anomaly = False
         self.prev_phase = accountant.phase
 
     @classmethod
@@ -358,9 +360,11 @@ class _Watch:
         keep_all = config.no_planner()
         debug = config.debug_poison() and not create_graph and not retain_graph and xp.name != "abstract"
         events = _observers[-1] if _observers else None
-        if acct is None and not keep_all and not debug and events is None:
+        anomalous = anomaly.enabled() and xp.name != "abstract"
+        if acct is None and not keep_all and not debug and events is None and not anomalous:
             return None
         w = cls(acct, [] if keep_all else None, debug, events)
+        w.anomaly = anomalous
         if acct is not None:
             acct.phase = "backward"
             for node, (g, owned) in zip(roots, seeds):
@@ -379,6 +383,8 @@ class _Watch:
             self.events.append(("route", parent.index, tuple(gi.shape), str(gi.dtype), owned))
 
     def vjp(self, node, g, saved, grads):
+        if self.anomaly:
+            anomaly.check(node, grads)
         _watch_vjp(self.acct, self.held, self.debug, node, g, saved, grads)
 
     def allocated(self, a, what):

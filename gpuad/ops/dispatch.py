@@ -30,7 +30,7 @@ from ..backends.batched import LIVE, batched_xp
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..generated import load
-from ..graph import NEW_NODE, Node, _Mode, _next_index, indented  # (used by the generated core)
+from ..graph import NEW_NODE, _NODE_MAKERS, Node, _Mode, _next_index, indented  # (used by the generated core)
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
 from ..tensor import Tensor
@@ -231,6 +231,7 @@ def binary_entry(op):
 
 for _what, _source in (("apply", _APPLY), ("unary_entry", _UNARY), ("binary_entry", _BINARY)):
     load(_source, f"dispatch {_what}", globals())    # registered with linecache: tracebacks show these lines
+_NODE_MAKERS.append(globals())                      # anomaly mode numbers this module's nodes too
 
 
 _entries = {}
