@@ -45,6 +45,10 @@ class Lib:
     def checkpoint(self, fn, x):
         return fn(x) if self.torch else gpuad.checkpoint(fn, x)
 
+    def vmap(self, fn):
+        import torch
+        return torch.func.vmap(fn) if self.torch else gpuad.vmap(fn)
+
     def no_grad(self):
         return self.lib.no_grad()
 
@@ -223,6 +227,7 @@ OPS = {
     "sdpa": (2, lambda L, a, b, c: _sdpa(L, a, b, c)),
     "sdpa_causal": (2, lambda L, a, b, c: _sdpa(L, a, b, c, is_causal=True)),
     "checkpoint": (1, lambda L, a, b, c: L.checkpoint(lambda x: (x * x).sin() + x, a)),
+    "vmap": (1, lambda L, a, b, c: L.vmap(lambda r: (r * r[0]).sin() + r.sum())(a)),
     # indexing, views and joins
     "index_rep": (2, lambda L, a, b, c: a[c.t(c.rows)] * b),
     "index_select": (1, lambda L, a, b, c: a.index_select(0, c.t(c.rows)) + a),

@@ -216,6 +216,7 @@ THRESHOLDS = {
 }
 # constants that are not sizes of arrays, and why
 NOT_SIZES = {
+    "gpuad/engine/anomaly.py:KEEP": "a count of recorded creation stacks (anomaly mode only)",
     "gpuad/ops/conv.py:WORKSPACE": "bytes of im2col columns per batch chunk: chunked and whole convolutions give "
                                   "the same values (tests/test_cnn.py)",
     "gpuad/compiler/passes/fuse.py:HORIZON": "a count of equations",

@@ -119,11 +119,11 @@ def accumulate(xp, existing, existing_owned, incoming, incoming_owned, records):
     """
     if records:
         return xp.add(existing, incoming), False
-    if existing.size >= INPLACE_MIN:
+    if existing.size >= INPLACE_MIN and getattr(existing, "ns", None) is getattr(incoming, "ns", None):
+        # (under vmap, an unbatched sum meeting a batched one, or two levels: a new sum)
         if existing_owned:
-            # read 2N, write N; the result is existing itself, except under vmap where an
-            # unbatched gradient meets a batched one (a new, batched sum)
-            return xp.add(existing, incoming, out=existing), True
+            xp.add(existing, incoming, out=existing)       # read 2N, write N
+            return existing, True
         if incoming_owned:
             return xp.add(incoming, existing, out=incoming), True
     total = xp.add(existing, incoming)

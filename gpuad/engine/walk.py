@@ -314,7 +314,8 @@ def _accumulate_leaf(node, g, owned, create_graph, watch):
         acc = t.grad.data
         if acc.shape != g.shape:
             raise BackwardError(f"gpuad: .grad of shape {acc.shape} cannot take a gradient of shape {g.shape}")
-        if writeable(acc) and type(acc) is type(g):      # (a batched g, under vmap: a new sum)
+        if writeable(acc) and type(acc) is type(g) and getattr(acc, "ns", None) is getattr(g, "ns", None):
+            # (else under vmap: an unbatched .grad meeting a batched gradient, a new sum)
             acc += g
         else:
             t.grad = Tensor._from(acc + g)

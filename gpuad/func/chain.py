@@ -14,6 +14,7 @@ import numpy as np
 from ..graph import no_grad
 from ..tensor import Tensor
 from .jacobians import jacfwd, jacrev
+from .structure import ChainPlan, evaluate, plan_by_structure
 
 
 def chain_plan(dims, costs):
@@ -63,8 +64,11 @@ def jacobian(f, x, mode="auto", return_plan=False):
     f: a function, or a chain of maps (a list of callables or an nn.Sequential). For a
     chain, mode="auto" records each layer's width once, n0 -> n1 -> ... -> nL, and forms
     J = J_L ... J_1 in the order chain_plan chooses: forward, reverse, or mixed, split
-    where the matrix-chain program puts the product. mode="forward"|"reverse" forces
-    one. return_plan=True also returns (plan, its modelled cost in FLOPs).
+    where the matrix-chain program puts the product. For a plain function, auto mode
+    traces it once and finds the chain itself: the values every path from input to
+    output crosses (structure.py), with their widths; plan.cuts lists them. A function
+    with no such cut gets the cheaper of the two fixed modes. mode="forward"|"reverse"
+    forces one. return_plan=True also returns (plan, its modelled cost in FLOPs).
 
     >>> import gpuad
     >>> J, (plan, cost) = gpuad.jacobian([lambda x: x * 2, gpuad.sin], gpuad.zeros(3), return_plan=True)
@@ -74,6 +78,14 @@ def jacobian(f, x, mode="auto", return_plan=False):
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"gpuad.jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     layers = list(f) if isinstance(f, (list, tuple)) or type(f).__name__ == "Sequential" else [f]
+    if mode == "auto" and len(layers) == 1:
+        found = _by_structure(f, x)
+        if found is not None:
+            dims, costs, segments, cuts, values = found
+            cost, plan = chain_plan(dims, costs)
+            plan = ChainPlan(plan, cuts)
+            J = evaluate(plan, segments, values)
+            return (J, (plan, cost)) if return_plan else J
     xs = [x]
     with no_grad():
         for layer in layers:
@@ -90,6 +102,19 @@ def jacobian(f, x, mode="auto", return_plan=False):
         cost, plan = chain_plan(dims, costs)
     J = _evaluate(plan, layers, xs)
     return (J, (plan, cost)) if return_plan else J
+
+
+def _by_structure(f, x):
+    """f's traced chain of cuts (structure.py), or None: no chain to split (one cut), or a
+    function the tracer or the segment evaluation cannot take (then the fixed modes' choice)."""
+    from ..errors import TraceError
+    try:
+        found = plan_by_structure(f, x)
+    except (TraceError, NotImplementedError, AttributeError, TypeError):
+        return None
+    if found is None or len(found[0]) < 3:
+        return None
+    return found
 
 
 def _segment(layers, i, j):

@@ -79,21 +79,30 @@ def _arrays(args):
 
 
 def elementwise(b, prim, args, kw):
-    """Broadcasting maps (ufuncs, where, clip, astype): align ranks, call once. out= that
-    is not batched at this level cannot hold a batched result: a new value is made."""
+    """Broadcasting maps (ufuncs, where, clip, astype): align ranks, call once.
+
+    out= batched at this level is written in place when its value can be (else its handle
+    is rebound to the result: whoever holds it sees the write, as with numpy's out=); an
+    out= that is not batched here cannot hold a batched result, and is refused."""
     rank = max([b.rank(a) for a in _arrays(args)] + [0])
     out = kw.get("out")
     kw = dict(kw)
-    if out is not None:
-        if isinstance(out, tuple):
-            out = out[0] if len(out) == 1 else out
-        if b.isb(out) and len(out.shape) == rank:
-            kw["out"] = out.value
-        else:
-            kw.pop("out")
     if "where" in kw and kw["where"] is not True:
         kw["where"] = b.align(kw["where"], rank)
-    return b.fn(prim)(*(b.align(a, rank) for a in args), **kw)
+    args = tuple(b.align(a, rank) for a in args)
+    if out is None:
+        return b.fn(prim)(*args, **kw)
+    out = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    if not b.isb(out) or len(out.shape) != rank:
+        raise RuntimeError(f"gpuad.vmap: {prim}(..., out=) of a value batched by vmap into an array that is "
+                           f"not batched by it (shape {tuple(getattr(out, 'shape', ()))}); an in-place op "
+                           f"cannot make an unbatched array per-example: use the out-of-place op")
+    if getattr(getattr(out.value, "flags", None), "writeable", True) and not hasattr(out.value, "source"):
+        kw["out"] = out.value
+        return b.fn(prim)(*args, **kw)
+    kw.pop("out")
+    out.value = b.fn(prim)(*args, **kw)          # a read-only (broadcast) value: rebind the handle
+    return out.value
 
 
 def zero_where(b, prim, args, kw):

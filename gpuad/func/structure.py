@@ -1,0 +1,159 @@
+"""The Jacobian of any function by its traced structure: the cut points of its graph as a
+chain, multiplied in the order the matrix-chain program picks.
+
+gpuad.compile's tracer turns f into a graph of xp calls. A value every path from
+the input to the output goes through (a dominator of the output) is a cut: the
+Jacobian factors there, J = J(cut_k -> out) ... J(x -> cut_1). The cuts in order,
+with their widths and the FLOPs of the calls between them, are a chain, and
+chain.py's dynamic program picks how to form its product: an hourglass written
+as a plain function splits at its bottleneck exactly as an nn.Sequential does.
+Each segment is evaluated from the graph's own calls, recorded as gpuad ops
+(the create_graph namespace), by jacfwd or jacrev.
+
+>>> import gpuad
+>>> w1, w2 = gpuad.ones(2, 6), gpuad.ones(6, 2)
+>>> J, (plan, cost) = gpuad.jacobian(lambda x: gpuad.tanh(w2 @ gpuad.tanh(w1 @ x)), gpuad.zeros(6), return_plan=True)
+>>> J.shape, [w for _, w in plan.cuts], plan[0]
+((6, 6), [6, 2, 2, 6, 6], 'split')
+"""
+import numpy as np
+
+from ..compiler.capture import ArgGradSlot, ArgSlot, build_result
+from ..compiler.ir import Literal, Var, map_leaves
+from ..compiler.trace import resolve
+from ..ops.namespace import tensor_ns
+from ..tensor import Tensor
+from .forward_mode import _input_values, _traced, run
+
+
+class ChainPlan(tuple):
+    """A plan (as chain_plan gives it: ("forward"|"reverse", i, j) or ("split", m, left,
+    right)) over the cuts found: `cuts` [(what made it, width)], input first."""
+
+    def __new__(cls, plan, cuts):
+        t = super().__new__(cls, plan)
+        t.cuts = cuts
+        return t
+
+
+def _flops(e):
+    """Modelled FLOPs of one call: 2 m k n for a matmul or einsum's output times its
+    contraction, else the elements it writes."""
+    out = e.outs[0]
+    n = int(np.prod(out.shape)) if out.shape else 1
+    if e.prim == "matmul":
+        a = e.args[0]
+        k = a.shape[-1] if isinstance(a, Var) and a.shape else 1
+        return 2 * n * k
+    return n
+
+
+def _dominators(graph, src, dst):
+    """The Vars on every path from src to dst (src and dst included), in graph order;
+    None when dst does not depend on src."""
+    order = {v.id: k for k, e in enumerate(graph.eqns) for v in e.outs}
+    relevant = {src.id}
+    for e in graph.eqns:                       # forward: what depends on src
+        if any(v.id in relevant for v in e.invars()):
+            relevant.update(o.id for o in e.outs)
+    if dst.id not in relevant:
+        return None
+    needed = {dst.id}
+    for e in reversed(graph.eqns):             # backward: what dst depends on
+        if any(o.id in needed for o in e.outs):
+            needed.update(v.id for v in e.invars() if v.id in relevant)
+    live = relevant & needed
+    dom = {src.id: {src.id}}
+    for e in graph.eqns:
+        ins = [v.id for v in e.invars() if v.id in live]
+        for o in e.outs:
+            if o.id not in live:
+                continue
+            common = set.intersection(*(dom[i] for i in ins)) if ins else set()
+            dom[o.id] = common | {o.id}
+    cut = sorted(dom[dst.id], key=lambda i: -1 if i == src.id else order[i])
+    return cut, live
+
+
+def _result_vars(cap):
+    found = []
+    build_result(cap.result, lambda kind, v: found.append(v) or v)
+    return found
+
+
+def plan_by_structure(f, x):
+    """(chain widths, per-segment FLOPs, segment functions, cut descriptions) of f at x,
+    or None when the trace has no usable chain (several outputs, no dependence)."""
+    cap, leaves, spec, args = _traced(f, (x,))
+    outs = _result_vars(cap)
+    if len(outs) != 1 or not isinstance(outs[0], Var):
+        return None
+    inputs = [v for v, r in zip(cap.graph.inputs, cap.reads) if isinstance(r, ArgSlot) and not
+              isinstance(r, ArgGradSlot)]
+    if len(inputs) != 1:
+        return None
+    src, dst = inputs[0], outs[0]
+    found = _dominators(cap.graph, src, dst)
+    if found is None:
+        return None
+    cuts, live = found
+    env, _ = run(cap.graph, _input_values(cap, args), [None] * len(cap.graph.inputs), cap.device)
+    vars_by_id = {v.id: v for e in cap.graph.eqns for v in e.outs}
+    vars_by_id[src.id] = src
+    made_by = {o.id: e.prim for e in cap.graph.eqns for o in e.outs}
+    position = {o.id: k for k, e in enumerate(cap.graph.eqns) for o in e.outs}
+    pos = [-1] + [position[c] for c in cuts[1:]]
+    dims = [int(np.prod(vars_by_id[c].shape)) if vars_by_id[c].shape else 1 for c in cuts]
+    costs, segments = [], []
+    for i in range(len(cuts) - 1):
+        eqns = [e for e in cap.graph.eqns[pos[i] + 1:pos[i + 1] + 1] if any(o.id in live for o in e.outs)]
+        costs.append(sum(_flops(e) for e in eqns))
+        segments.append(_segment(eqns, cuts[i], cuts[i + 1], env, vars_by_id))
+    described = [("input" if c == src.id else made_by[c], d) for c, d in zip(cuts, dims)]
+    values = [Tensor._from(env[c]) for c in cuts]
+    return dims, costs, segments, described, values
+
+
+def _segment(eqns, start, end, env, vars_by_id):
+    """The function cut `start` -> cut `end`: the graph's calls between them as gpuad ops
+    (tensor_ns), every operand not computed from `start` a constant from the trace's run."""
+    shape = vars_by_id[start].shape
+
+    def seg(v):
+        vals = {start: v.reshape(shape) if tuple(v.shape) != tuple(shape) else v}
+
+        def operand(a):
+            if isinstance(a, Var):
+                return vals[a.id] if a.id in vals else env[a.id]
+            return a.value if isinstance(a, Literal) else a
+        for e in eqns:
+            args = map_leaves(e.args, operand)
+            params = map_leaves(e.params, operand)
+            if e.prim == "getitem":
+                out = args[0][args[1]] if isinstance(args[0], Tensor) else Tensor._from(env[e.outs[0].id])
+            else:
+                fn = getattr(tensor_ns, e.prim, None) or resolve(e.prim, tensor_ns)
+                out = fn(*args, **params)
+            outs = list(out) if len(e.outs) > 1 else [out]
+            for o, val in zip(e.outs, outs):
+                vals[o.id] = val if isinstance(val, Tensor) else Tensor._from(np.asarray(val))
+        return vals[end]
+    return seg
+
+
+def evaluate(plan, segments, values):
+    """The chain's Jacobian as an (out size, in size) matrix, formed by the plan."""
+    from .jacobians import jacfwd, jacrev
+    kind = plan[0]
+    if kind == "split":
+        _, m, left, right = plan
+        return Tensor._from(np.matmul(evaluate(right, segments, values).data, evaluate(left, segments, values).data))
+    _, i, j = plan
+
+    def run_segments(v):
+        for s in segments[i:j]:
+            v = s(v)
+        return v
+    jac = (jacfwd if kind == "forward" else jacrev)(run_segments)(values[i])
+    n_out, n_in = int(np.prod(values[j].shape)), int(np.prod(values[i].shape))
+    return Tensor._from(jac.data.reshape(n_out, n_in))
