@@ -31,6 +31,8 @@ from .backends.devices import set_default_device, get_default_device
 from .backends.cpu_kernels import set_num_threads, get_num_threads
 from .compiler import compile, TraceError  # noqa: E402  (gpuad.compile shadows the builtin only here)
 from . import func  # noqa: E402
+from . import amp  # noqa: E402
+from .amp import autocast  # noqa: E402
 from .func import grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian, jacobian, vmap  # noqa: E402
 from .pytree import tree_flatten, tree_unflatten, tree_map  # noqa: E402
 

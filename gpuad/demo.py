@@ -8,7 +8,8 @@ Each task prints its loss curve as a few lines; every loss falls by well over
     rnn     sum a running sequence (BPTT over 12 steps) with an RNN + Linear head, Adam
     gpt     a character-level GPT on the short text below (written for gpuad), AdamW;
             `python -m gpuad.demo gpt --steps 300 --checkpoint sqrt` (sqrt, none, a
-            segment count or a byte budget such as 8MiB)
+            segment count or a byte budget such as 8MiB); `--autocast bfloat16` trains
+            in mixed precision
     cnn     a small ResNet-style CNN (conv, batch norm, ReLU, residual blocks, global
             pooling) on real images: the 1,797 8 x 8 handwritten digits shipped in
             gpuad/data (UCI optdigits, CC BY 4.0); reports test accuracy.
@@ -142,8 +143,10 @@ one row of statistics and recomputes the rest while it walks back.
 """
 
 
-def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16, ddp=False):
-    """A character-level GPT on TEXT; returns the losses (and prints progress and a sample)."""
+def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16, ddp=False, autocast=None):
+    """A character-level GPT on TEXT; returns the losses (and prints progress and a sample).
+    autocast: "bfloat16" or "float16" runs the forward in an autocast region (float32
+    parameters and gradients, as torch's mixed precision)."""
     par = _Parallel(ddp)
     gpuad.manual_seed(4)
     chars = sorted(set(TEXT))
@@ -162,7 +165,8 @@ def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16, ddp=
         x = gpuad.tensor(np.stack([ids[s:s + block] for s in starts]))
         y = gpuad.tensor(np.stack([ids[s + 1:s + block + 1] for s in starts]))
         opt.zero_grad()
-        loss = F.cross_entropy(model(x).reshape(-1, len(chars)), y.reshape(-1))
+        with gpuad.autocast(x.device, dtype=autocast or "bfloat16", enabled=autocast is not None):
+            loss = F.cross_entropy(model(x).reshape(-1, len(chars)), y.reshape(-1))
         loss.backward()
         opt.step()
         losses.append(par.mean(loss))
@@ -310,6 +314,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="training steps per task")
     p.add_argument("--checkpoint", default=None,
                    help="gpt: sqrt, none, a segment count or a byte budget; cnn: block (recompute each block)")
+    p.add_argument("--autocast", default=None, choices=("bfloat16", "float16"),
+                   help="gpt: mixed precision, the forward in an autocast region of this dtype")
     p.add_argument("--ddp", action="store_true",
                    help="data parallel over the ranks of an MPI launcher (mpiexec -n 2 python -m gpuad.demo mlp --ddp)")
     args = p.parse_args(argv)
@@ -320,6 +326,8 @@ def main(argv=None):
         kw = {"steps": args.steps} if args.steps else {}
         if args.ddp:
             kw["ddp"] = True
+        if name == "gpt" and args.autocast:
+            kw["autocast"] = args.autocast
         if name == "gpt" and args.checkpoint not in (None, "none"):
             kw["checkpoint"] = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
         if name == "cnn" and args.checkpoint not in (None, "none"):

@@ -22,6 +22,8 @@ import types
 
 import numpy as np
 
+from ..precision import AUTOCAST
+
 from ..tensor import Tensor
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,6 +243,8 @@ def guard_key(found, args, kwargs, grads=True):
     are read at each replay) and the shape of their state. `where` names the part, so
     describe_change can say what changed."""
     items = [(("argument", i), _arg_key(a)) for i, a in enumerate(args)]
+    if AUTOCAST.active:             # an autocast region changes every listed op's dtype: its own trace
+        items.append((("autocast",), tuple(sorted((d, str(t)) for d, t in AUTOCAST.dtype.items()))))
     items += [(("keyword", k), _arg_key(v)) for k, v in sorted(kwargs.items(), key=lambda kv: kv[0])]
     for j, t in enumerate(found.tensors):
         items.append((("tensor", j), (id(t), _abstract_key(t.data), t.requires_grad)))

@@ -11,6 +11,7 @@ backward; mse_loss is composed from primitives.
 """
 import numpy as np
 
+from ..precision import AUTOCAST, autocast_args, autocast_function
 from ..backends import namespace_of, refuse_any
 from ..ops import composite as C, fused as N
 from ..ops.dispatch import apply
@@ -67,6 +68,8 @@ def linear(x, weight, bias=None, activation=None, name="linear"):
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"gpuad.{name}: bias of shape {bias.shape} does not fit weight of shape "
                              f"{weight.shape} (expected ({weight.shape[0]},))")
+    if AUTOCAST.active:                  # cast before the one-dtype check, as torch's autocast does
+        x, weight, bias = autocast_args(prim.name, (x, weight, bias), x.device)
     dts = {t.dtype for t in (x, weight, bias) if t is not None}
     if len(dts) > 1:
         raise TypeError(f"gpuad.{name}: input, weight and bias need one dtype, got "
@@ -75,6 +78,7 @@ def linear(x, weight, bias=None, activation=None, name="linear"):
     return apply(prim, (x, weight, bias), None)
 
 
+@autocast_function("mse_loss")
 def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """Mean (or summed) squared error, composed from primitives.
 
@@ -97,6 +101,7 @@ def mse_loss(input, target, reduction="mean"):  # noqa: A002
     return C.mean(sq) if reduction == "mean" else C.sum(sq)
 
 
+@autocast_function("cross_entropy")
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """Softmax cross-entropy from logits, as torch: logits (N, C) or (N, C, d1, ...) (or (C,));
     target class indices (N, d1, ...) or class probabilities of the logits' shape;
@@ -115,6 +120,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     return _class_loss("cross_entropy", logits, target, weight, ignore_index, reduction, label_smoothing, False)
 
 
+@autocast_function("nll_loss")
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):  # noqa: A002
     """torch.nn.functional.nll_loss: the negative log-likelihood of log-probabilities
     (N, C) or (N, C, d1, ...) at integer targets (N, d1, ...), with class weights and

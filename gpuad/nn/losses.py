@@ -13,6 +13,7 @@ Every loss takes torch's `reduction` ('mean', 'sum', 'none'; kl_div also
 """
 import warnings
 
+from ..precision import autocast_function
 from ..ops import composite as C, derivatives as D
 from ..tensor import Tensor
 
@@ -43,12 +44,14 @@ def _pair(input, target, name):  # noqa: A002
     return x, y
 
 
+@autocast_function("l1_loss")
 def l1_loss(input, target, reduction="mean"):  # noqa: A002
     """|input - target|, reduced."""
     x, y = _pair(input, target, "l1_loss")
     return _reduce(D.abs(x - y), reduction, "l1_loss")
 
 
+@autocast_function("smooth_l1_loss")
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):  # noqa: A002
     """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (beta = 0: l1_loss).
 
@@ -65,6 +68,7 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):  # noqa: A002
     return _reduce(C.where(d < beta, d * d * (0.5 / beta), d - 0.5 * beta), reduction, "smooth_l1_loss")
 
 
+@autocast_function("huber_loss")
 def huber_loss(input, target, reduction="mean", delta=1.0):  # noqa: A002
     """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta): smooth_l1 scaled by delta."""
     if delta <= 0:
@@ -74,6 +78,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):  # noqa: A002
     return _reduce(C.where(d <= delta, d * d * 0.5, (d - 0.5 * delta) * delta), reduction, "huber_loss")
 
 
+@autocast_function("binary_cross_entropy")
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa: A002
     """-(y log p + (1 - y) log(1 - p)) for probabilities p, each log clamped at -100 as
     torch's (a p of exactly 0 or 1 gives a finite loss)."""
@@ -85,6 +90,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa:
     return _reduce(loss, reduction, "binary_cross_entropy")
 
 
+@autocast_function("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):  # noqa: A002
     """binary cross-entropy of sigmoid(input), in the stable form
     (1 - y) x + (1 + (pw - 1) y) softplus(-x), pos_weight pw weighing the positives."""
@@ -99,6 +105,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
+@autocast_function("kl_div")
 def kl_div(input, target, reduction="mean", log_target=False):  # noqa: A002
     """KL divergence with input as log-probabilities: target (log target - input), 0 where
     the target is 0 (torch's xlogy); reduction 'batchmean' divides by the batch size
@@ -132,6 +139,7 @@ def elu(input, alpha=1.0):  # noqa: A002
     return C.where(x > 0, x, D.expm1(C.minimum(x, 0.0)) * alpha)
 
 
+@autocast_function("softmin")
 def softmin(input, dim=None):  # noqa: A002
     """softmax(-input) along dim."""
     if dim is None:
@@ -139,12 +147,14 @@ def softmin(input, dim=None):  # noqa: A002
     return C.softmax(-_t(input), dim=dim)
 
 
+@autocast_function("normalize")
 def normalize(input, p=2.0, dim=1, eps=1e-12):  # noqa: A002
     """input / max(||input||_p, eps) along dim."""
     x = _t(input)
     return x / C.maximum(C.norm(x, p, dim=dim, keepdim=True), eps)
 
 
+@autocast_function("cosine_similarity")
 def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     """sum(x1 x2) / max(||x1|| ||x2||, eps) along dim (torch's current formula: the
     product of the norms clamped, not each).

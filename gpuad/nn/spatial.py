@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from ..precision import autocast_function
 from ..ops import conv as K, pool as P, norms as N
 from ..creation import full
 from ..ops import composite as C, indexing as I
@@ -504,6 +505,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y
 
 
+@autocast_function("group_norm")
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):  # noqa: A002
     """torch.nn.functional.group_norm: each sample's channels in num_groups groups, each group
     normalized over its channels and positions (layer norm's primitive on (N, G, -1)),

@@ -30,6 +30,7 @@ from ..backends.batched import LIVE, batched_xp
 from ..dtypes import bfloat16 as _BF16, default_float, promote
 from ..backends.devices import is_out_of_memory, out_of_memory
 from ..generated import load
+from ..precision import AMP_OPS, AUTOCAST, autocast_args
 from ..graph import NEW_NODE, _NODE_MAKERS, Node, _Mode, _next_index, indented  # (used by the generated core)
 from ..memory.accounting import accountant as _acct, owner_of
 from ..providers import provider_name
@@ -130,6 +131,8 @@ _CORE = """
 _APPLY = """
 def apply(op, args, params):
     \"\"\"Run `op` on Tensors and constants (any arity, with params).\"\"\"
+    if AUTOCAST.active and op.name in AMP_OPS:
+        args = autocast_args(op.name, tuple(args), _device_of_args(args))
     arrays, parents, first = [], [], None
     for a in args:
         if isinstance(a, Tensor):
@@ -165,9 +168,13 @@ def unary_entry(op):
     params = None
     saver = op.saver(_NEEDS1)
 
+    amp = op.name in AMP_OPS
+
     def entry(x):
         if not isinstance(x, Tensor):
             x = Tensor(x)
+        if amp and AUTOCAST.active:
+            x = autocast_args(op.name, (x,), x.device)[0]
         xd = x.data
         xn = x._node
         down = None
@@ -187,7 +194,11 @@ def binary_entry(op):
     params = None
     savers = tuple(op.saver(needs) for needs in _NEEDS2)
 
+    amp = op.name in AMP_OPS
+
     def entry(x, y):
+        if amp and AUTOCAST.active:
+            x, y = autocast_args(op.name, (x, y), _device_of_args((x, y)))
         if isinstance(x, Tensor):
             xd, xn = x.data, x._node
             first = xd
@@ -243,6 +254,13 @@ def apply2(op, x, y):
     if fn is None:
         fn = _entries[op] = binary_entry(op)
     return fn(x, y)
+
+
+def _device_of_args(args):
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.device
+    return "cpu"
 
 
 def _namespace(op, first, args, arrays):

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from .dispatch import apply
+from ..precision import set_caster
 from .registry import primitive, BINARY, UNARY, OTHER
 from ..memory.pool import INPLACE_MIN
 
@@ -206,6 +208,11 @@ def _where_vjp(xp, g, saved, node, donate):
 def astype(xp, x, dtype):
     """Cast; the gradient is cast back to the input's dtype by the engine."""
     return xp.astype(x, dtype)
+
+
+# autocast's casts (gpuad/precision.py) are this primitive, recorded: gradients flow back
+# to float32 parameters, cast back to float32
+set_caster(lambda t, dtype: apply(astype, (t,), {"dtype": dtype}))
 
 
 @astype.defvjp
