@@ -19,7 +19,7 @@ import time  # noqa: E402
 
 from . import harness  # noqa: E402
 
-SUITES = ["overhead", "mlp", "memory", "checkpoint", "ops", "attention", "compile", "train", "cnn", "jacobian", "distributed"]      # what `make bench` runs
+SUITES = ["overhead", "mlp", "memory", "checkpoint", "ops", "attention", "compile", "train", "cnn", "jacobian", "transforms", "distributed"]      # what `make bench` runs
 EXTRA = ["method", "fusion"]                                          # by name only
 
 

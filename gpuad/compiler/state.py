@@ -305,7 +305,8 @@ _MISSING = object()
 
 _WHERE = {"argument": "argument {1}", "keyword": "keyword argument {1!r}", "tensor": "reachable tensor #{1}",
           "gradient": "the gradient of reachable tensor #{1}", "module": "{2} (module #{1}).training",
-          "setting": "optimizer #{1} group {2} setting {3!r}", "state": "optimizer #{1}'s state of a parameter"}
+          "setting": "optimizer #{1} group {2} setting {3!r}", "state": "optimizer #{1}'s state of a parameter",
+          "autocast": "the autocast regions (device type, dtype)"}
 
 
 def _where(w):

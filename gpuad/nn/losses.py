@@ -108,14 +108,14 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 @autocast_function("kl_div")
 def kl_div(input, target, reduction="mean", log_target=False):  # noqa: A002
     """KL divergence with input as log-probabilities: target (log target - input), 0 where
-    the target is 0 (torch's xlogy); reduction 'batchmean' divides by the batch size
+    the target is 0 and NaN where it is negative (torch's xlogy); reduction 'batchmean' divides by the batch size
     (torch's 'mean' divides by every element, and warns that it is not the KL)."""
     x, y = _pair(input, target, "kl_div")
     if log_target:
         loss = C.exp(y) * (y - x)
     else:
-        safe = C.where(y > 0, y, 1.0)
-        loss = C.where(y > 0, y * (C.log(safe) - x), 0.0)
+        safe = C.where(y == 0, 1.0, y)            # a negative target gives NaN, as torch's xlogy
+        loss = C.where(y == 0, 0.0, y * (C.log(safe) - x))
     return _reduce(loss, reduction, "kl_div", batch=x.shape[0] if x.ndim else 1)
 
 

@@ -254,17 +254,27 @@ def matmul(b, prim, args, kw):
         r = max(len(vx.shape), len(vy.shape))
         vx = b.ns.reshape(vx, (b.size,) + (1,) * (r - len(vx.shape)) + tuple(vx.shape[1:]))
         vy = b.ns.reshape(vy, (b.size,) + (1,) * (r - len(vy.shape)) + tuple(vy.shape[1:]))
-        out = b.ns.matmul(vx, vy)
+        # a contraction of length 1 (per-example outer products, a weight's gradient) is a
+        # broadcast product: numpy's stacked matmul makes one tiny GEMM per matrix (10x slower)
+        out = b.ns.multiply(vx, vy) if vx.shape[-1] == 1 else b.ns.matmul(vx, vy)
         shape = tuple(out.shape)
         if ry == 1:
             shape = shape[:-1]
         if rx == 1:
             shape = shape[:-2] + shape[-1:] if ry != 1 else shape[:-1]
         return b.ns.reshape(out, shape) if shape != tuple(out.shape) else out
-    if b.isb(x):                       # (B, ..., n, k) @ (k, m) or a stack of them
-        r = max(rx, ry)
+    if b.isb(x) and ry == 2:           # (B, ..., n, k) @ (k, m): one GEMM over every row of the batch
+        v = x.value
+        return b.ns.reshape(b.ns.matmul(b.ns.reshape(v, (-1, v.shape[-1])), y), tuple(v.shape[:-1]) + (y.shape[-1],))
+    if b.isb(y) and rx == 2:           # (m, k) @ (B, ..., k, n): one GEMM, the batch beside n
+        v = y.value
+        lead = tuple(v.shape[:-2])
+        cols = b.ns.reshape(b.ns.moveaxis(v, -2, 0), (v.shape[-2], -1))        # (k, B ... n)
+        out = b.ns.reshape(b.ns.matmul(x, cols), (x.shape[0],) + lead + (v.shape[-1],))
+        return b.ns.moveaxis(out, 0, -2)
+    r = max(rx, ry)
+    if b.isb(x):                       # stacks of matrices on either side
         return b.ns.matmul(b.align(x, r), y)
-    r = max(rx, ry)                    # x @ (B, ..., k, m): y's batch axis is a broadcast one
     return b.ns.matmul(x, b.align(y, r))
 
 
