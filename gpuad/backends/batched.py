@@ -186,7 +186,8 @@ def _leaves(x, out):
 def _top(tree):
     """The namespace of the innermost vmap level among the arrays in tree."""
     best = None
-    for a in _leaves(tree, []):
+    for a in (tree if type(tree) is tuple and not any(type(x) in (tuple, list, dict) for x in tree)
+              else _leaves(tree, [])):
         if isinstance(a, BatchedArray) and (best is None or a.ns.level > best.level):
             best = a.ns
     return best

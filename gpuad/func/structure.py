@@ -18,12 +18,18 @@ Each segment is evaluated from the graph's own calls, recorded as gpuad ops
 """
 import numpy as np
 
+from ..backends import namespace_of
+from ..backends.batched import BatchedArray, BatchedNamespace, batched_xp
 from ..compiler.capture import ArgGradSlot, ArgSlot, build_result
 from ..compiler.ir import Literal, Var, map_leaves
 from ..compiler.trace import resolve
+from ..graph import _next_index
 from ..ops.namespace import tensor_ns
 from ..tensor import Tensor
-from .forward_mode import _input_values, _traced, run
+from ..xp import ZERO
+from ..xp.tangents import fit
+from .forward_mode import _input_values, _ops, _rule, _tangent, _traced, _value, run
+from .vmap import _levels
 
 
 class ChainPlan(tuple):
@@ -97,6 +103,11 @@ def plan_by_structure(f, x):
     if found is None:
         return None
     cuts, live = found
+    # of consecutive cuts of one width (a matmul, its bias add, its tanh) keep the last: the
+    # chain's order cannot gain from a split between equal widths, and the program is cubic
+    width = {c: int(np.prod(v.shape)) if v.shape else 1 for c, v in
+             ((c, ({src.id: src} | {o.id: o for e in cap.graph.eqns for o in e.outs})[c]) for c in cuts)}
+    cuts = [c for k, c in enumerate(cuts) if k in (0, len(cuts) - 1) or width[c] != width[cuts[k + 1]]]
     env, _ = run(cap.graph, _input_values(cap, args), [None] * len(cap.graph.inputs), cap.device)
     vars_by_id = {v.id: v for e in cap.graph.eqns for v in e.outs}
     vars_by_id[src.id] = src
@@ -108,25 +119,30 @@ def plan_by_structure(f, x):
     for i in range(len(cuts) - 1):
         eqns = [e for e in cap.graph.eqns[pos[i] + 1:pos[i + 1] + 1] if any(o.id in live for o in e.outs)]
         costs.append(sum(_flops(e) for e in eqns))
-        segments.append(_segment(eqns, cuts[i], cuts[i + 1], env, vars_by_id))
+        segments.append(_Segment(eqns, cuts[i], cuts[i + 1], env, vars_by_id))
     described = [("input" if c == src.id else made_by[c], d) for c, d in zip(cuts, dims)]
     values = [Tensor._from(env[c]) for c in cuts]
     return dims, costs, segments, described, values
 
 
-def _segment(eqns, start, end, env, vars_by_id):
-    """The function cut `start` -> cut `end`: the graph's calls between them as gpuad ops
-    (tensor_ns), every operand not computed from `start` a constant from the trace's run."""
-    shape = vars_by_id[start].shape
+class _Segment:
+    """The calls from cut `start` to cut `end`, with the trace run's values of everything
+    else they read (constants: nothing outside the segment depends on the input)."""
 
-    def seg(v):
-        vals = {start: v.reshape(shape) if tuple(v.shape) != tuple(shape) else v}
+    def __init__(self, eqns, start, end, env, vars_by_id):
+        self.eqns, self.start, self.end, self.env = eqns, start, end, env
+        self.shape = vars_by_id[start].shape
+
+    def __call__(self, v):
+        """The segment as gpuad ops (the create_graph namespace), for reverse mode."""
+        env, shape = self.env, self.shape
+        vals = {self.start: v.reshape(shape) if tuple(v.shape) != tuple(shape) else v}
 
         def operand(a):
             if isinstance(a, Var):
                 return vals[a.id] if a.id in vals else env[a.id]
             return a.value if isinstance(a, Literal) else a
-        for e in eqns:
+        for e in self.eqns:
             args = map_leaves(e.args, operand)
             params = map_leaves(e.params, operand)
             if e.prim == "getitem":
@@ -137,23 +153,58 @@ def _segment(eqns, start, end, env, vars_by_id):
             outs = list(out) if len(e.outs) > 1 else [out]
             for o, val in zip(e.outs, outs):
                 vals[o.id] = val if isinstance(val, Tensor) else Tensor._from(np.asarray(val))
-        return vals[end]
-    return seg
+        return vals[self.end]
+
+
+def _forward_jacobian(segments, xp):
+    """J of a run of segments by forward mode on the trace itself: the JVP rules of its
+    calls, with the input's whole basis as one batched tangent (no retrace, no loop)."""
+    first, last = segments[0], segments[-1]
+    env = first.env
+    start = env[first.start]
+    n = int(np.prod(start.shape)) if start.shape else 1
+    ns = BatchedNamespace(len(_levels) + 1, n, xp, start=_next_index())
+    eye = xp.reshape(xp.eye(n, dtype=start.dtype), (n,) + tuple(start.shape))
+    tan = {first.start: BatchedArray(eye, ns)}
+    for seg in segments:
+        for e in seg.eqns:
+            tans = [_tangent(a, tan) for a in e.args]
+            if not any(t is not None for t in tans):
+                continue
+            rule = _rule(e.prim)
+            if rule is None:
+                raise NotImplementedError(f"gpuad.jacobian: no forward-mode rule for {e.prim!r}")
+            if rule is ZERO:
+                continue
+            out = env[e.outs[0].id]
+            t = rule(_ops(batched_xp(None, None, tans) or ns), _value(e.args, env), tans, out, _value(e.params, env))
+            if t is not None:
+                tan[e.outs[0].id] = fit(t, out)
+    end = env[last.end]
+    m = int(np.prod(end.shape)) if end.shape else 1
+    t = tan.get(last.end)
+    if t is None:
+        return Tensor._from(xp.zeros((m, n), end.dtype))
+    return Tensor._from(xp.transpose(xp.reshape(t.value, (n, m))))
 
 
 def evaluate(plan, segments, values):
-    """The chain's Jacobian as an (out size, in size) matrix, formed by the plan."""
-    from .jacobians import jacfwd, jacrev
+    """The chain's Jacobian as an (out size, in size) matrix, formed by the plan: a
+    forward segment by the trace's JVP rules on the batched basis, a reverse one by a
+    backward of its calls vmapped over the output basis, a split by their product."""
+    from .jacobians import jacrev
     kind = plan[0]
     if kind == "split":
         _, m, left, right = plan
         return Tensor._from(np.matmul(evaluate(right, segments, values).data, evaluate(left, segments, values).data))
     _, i, j = plan
+    if kind == "forward":
+        return _forward_jacobian(segments[i:j], namespace_of(values[i].data))
 
     def run_segments(v):
         for s in segments[i:j]:
             v = s(v)
         return v
-    jac = (jacfwd if kind == "forward" else jacrev)(run_segments)(values[i])
+    jac = jacrev(run_segments)(values[i])
     n_out, n_in = int(np.prod(values[j].shape)), int(np.prod(values[i].shape))
     return Tensor._from(jac.data.reshape(n_out, n_in))
