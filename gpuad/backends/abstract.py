@@ -243,7 +243,7 @@ class AbstractNamespace:
         return AbstractArray(shape, np.matmul.resolve_dtypes((_dtype_arg(a), _dtype_arg(b), None))[-1])
 
     def einsum(self, equation, *operands, optimize=False):
-        from .einsum import parse_einsum
+        from ..xp.subscripts import parse_einsum
         ins, out = parse_einsum(equation, [len(o.shape) for o in operands])
         sizes = {}
         for s, o in zip(ins, operands):

@@ -22,7 +22,7 @@ from . import derivatives as D, elementwise as E, fused as N, contraction as L, 
 from . import views
 from .dispatch import apply, apply2, binary_entry, unary_entry
 from ..backends import namespace_of
-from ..backends.einsum import expand_ellipsis
+from ..xp.subscripts import expand_ellipsis
 from ..dtypes import as_dtype, is_floating, result_type
 from ..tensor import Tensor
 

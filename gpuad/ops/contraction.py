@@ -12,7 +12,7 @@ bytes move for them. Batch broadcasting is summed back by the engine.
 >>> a.grad.numpy()
 array([[3., 4.]], dtype=float32)
 """
-from ..backends.einsum import parse_einsum
+from ..xp.subscripts import parse_einsum
 from .registry import primitive, OTHER
 
 

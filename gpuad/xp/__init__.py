@@ -1,6 +1,7 @@
 """The xp vocabulary: one declaration per primitive of the numpy-spelled language
 that forwards and VJPs are written in (entry.py: what a declaration holds;
-vocabulary.py: the declarations; tangents.py: their JVP rules).
+vocabulary.py: the declarations; tangents.py: their JVP rules; batching.py: their
+batching rules, for vmap; subscripts.py: einsum's equations).
 
 >>> from gpuad import xp
 >>> xp.lookup("add").kind, xp.lookup("no_such_call") is None

@@ -280,7 +280,7 @@ def matmul(b, prim, args, kw):
 
 def einsum(b, prim, args, kw):
     """The batch axis becomes a new letter in front of each batched operand and the output."""
-    from ..backends.einsum import expand_ellipsis
+    from .subscripts import expand_ellipsis
     eq, operands = args[0], list(args[1:])
     eq = expand_ellipsis(eq, [b.rank(o) for o in operands]) if "..." in eq else eq
     if "->" in eq:

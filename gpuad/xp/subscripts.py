@@ -1,5 +1,6 @@
 """einsum equations: parsed once, for the shape rule (backends/abstract.py), the
-op's argument checks and its VJP (ops/contraction.py).
+op's argument checks and its VJP (ops/contraction.py), and einsum's batching rule
+(xp/batching.py): part of the xp vocabulary, so every layer above can read them.
 
 >>> parse_einsum("ij,jk", [2, 2])
 (['ij', 'jk'], 'ik')
