@@ -12,8 +12,8 @@ growth_interval clean steps in a row (growth_factor), as torch's does.
 >>> scaler = gpuad.amp.GradScaler(init_scale=1024.0)
 >>> scaler.scale((w * 3.0).sum()).backward()
 >>> scaler.step(opt); scaler.update()
->>> w.tolist(), scaler.get_scale()
-([0.7000000476837158, 0.7000000476837158], 1024.0)
+>>> [round(v, 6) for v in w.tolist()], scaler.get_scale()
+([0.7, 0.7], 1024.0)
 """
 import numpy as np
 

@@ -223,6 +223,9 @@ def batched_xp(xp, g, saved):
     return xp if top is None else top
 
 
+RECORDED_SUM = [None]     # (Tensor, namespace) -> its recorded sum over that batch: set by gpuad/func/vmap.py
+
+
 def reduce_for(g, parent, node):
     """The gradient node `node` sends to node `parent` (their creation numbers), summed
     over the batch of every vmap that began between the two: the parent's value is then
@@ -231,12 +234,25 @@ def reduce_for(g, parent, node):
     the vmap keeps its per-example gradient, and a graph made before the vmap (a backward
     run inside it on batched cotangents, as jacrev's) passes them through."""
     if not isinstance(g, BatchedArray):
+        data = getattr(g, "data", None) if hasattr(g, "_node") else None     # create_graph: a Tensor
+        while isinstance(data, BatchedArray) and parent < data.ns.start <= node:
+            g = RECORDED_SUM[0](g, data.ns)
+            data = g.data
         return g
     v = reduce_for(g.value, parent, node)
     if not parent < g.ns.start <= node:
         return g if v is g.value else BatchedArray(v, g.ns)
-    from . import namespace_of
-    return namespace_of(v).sum(v, axis=0)
+    return (v.ns if isinstance(v, BatchedArray) else _bottom(g.ns, v)).sum(v, axis=0)
+
+
+def _bottom(ns, v):
+    """The namespace of a value under every vmap level: a trace's, or numpy's or CuPy's."""
+    xp = getattr(v, "_xp", None)
+    if xp is not None:
+        return xp
+    while isinstance(ns, BatchedNamespace):
+        ns = ns.base
+    return ns
 
 
 class BatchedNamespace:
@@ -286,10 +302,7 @@ class BatchedNamespace:
                 other = a
         if best is not None:
             return best
-        if other is not None:
-            from . import namespace_of
-            return namespace_of(other)
-        return self.base
+        return _bottom(self.base, other) if other is not None else self.base
 
     def call(self, prim, args, kw):
         top = _top((args, kw))

@@ -14,7 +14,7 @@ Each segment is evaluated from the graph's own calls, recorded as gpuad ops
 >>> w1, w2 = gpuad.ones(2, 6), gpuad.ones(6, 2)
 >>> J, (plan, cost) = gpuad.jacobian(lambda x: gpuad.tanh(w2 @ gpuad.tanh(w1 @ x)), gpuad.zeros(6), return_plan=True)
 >>> J.shape, [w for _, w in plan.cuts], plan[0]
-((6, 6), [6, 2, 2, 6, 6], 'split')
+((6, 6), [6, 2, 6], 'split')
 """
 import numpy as np
 

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 
 from ..backends import namespace_of
-from ..backends.batched import BatchedArray, BatchedNamespace
+from ..backends.batched import RECORDED_SUM, BatchedArray, BatchedNamespace
 from ..graph import _next_index
 from ..ops.registry import call, primitive
 from ..pytree import tree_flatten, tree_unflatten
@@ -60,6 +60,15 @@ def VMAP_OUT(xp, x, ns, axis):
 def _vmap_out_vjp(xp, g, saved, node, donate):
     p = node.params
     return (call(VMAP_IN, xp, g, ns=p["ns"], axis=p["axis"]),)
+
+
+def _recorded_sum(t, ns):
+    """A create_graph gradient summed over the batch of `ns` (reduce_for), recorded."""
+    from ..ops import composite as C
+    return C.sum(VMAP_OUT(t, ns=ns, axis=0), axis=0)
+
+
+RECORDED_SUM[0] = _recorded_sum
 
 
 # -- in_axes and out_axes ------------------------------------------------------------------
