@@ -278,3 +278,20 @@ def test_optimizer_rejects_an_empty_list_and_non_tensors():
         optim.SGD([gpuad.ones(3, requires_grad=True), [1.0]], lr=0.1)
     with pytest.raises(ValueError, match="empty parameter list"):
         optim.Adam([])
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_linear_with_only_its_bias_trainable(activation):
+    """A frozen weight and input, a trainable bias (BitFit): the fused linear's backward
+    saves neither x nor w, and its kernels still know the weight's shape."""
+    rng = np.random.default_rng(0)
+    x, w = gpuad.tensor(rng.standard_normal((5, 3))), gpuad.tensor(rng.standard_normal((4, 3)))
+    b = gpuad.tensor(rng.standard_normal(4), requires_grad=True)
+    F.linear(x, w, b, activation).sum().backward()
+    z = x.numpy() @ w.numpy().T + b.detach().numpy()
+    d = {None: np.ones_like(z), "relu": (z > 0) * 1.0}.get(activation)
+    if d is None:
+        from math import erf, pi, sqrt
+        cdf = 0.5 * (1 + np.vectorize(erf)(z / sqrt(2)))
+        d = cdf + z * np.exp(-z * z / 2) / sqrt(2 * pi)
+    np.testing.assert_allclose(b.grad.numpy(), d.sum(0), rtol=1e-5, atol=1e-6)

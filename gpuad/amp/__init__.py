@@ -6,7 +6,7 @@ grad_scaler.py   GradScaler: dynamic loss scaling, unscale_, a step skipped on i
 
 >>> import gpuad
 >>> with gpuad.amp.autocast("cpu"):
-...     y = gpuad.ones(2, 2) @ gpuad.ones(2, 2)
+...     y = gpuad.ones(2, 2, device="cpu") @ gpuad.ones(2, 2, device="cpu")
 >>> str(y.dtype)
 'bfloat16'
 """

@@ -8,10 +8,10 @@ float32. Regions nest and restore what was active; one for "cpu" leaves ops on
 and a step traced outside a region traces again inside one.
 
 >>> import gpuad
->>> w = gpuad.ones(3, 3, requires_grad=True)
+>>> w = gpuad.ones(3, 3, requires_grad=True, device="cpu")
 >>> with gpuad.autocast("cpu", dtype="bfloat16"):
-...     y = gpuad.tensor([[1.0, 2.0, 3.0]]) @ w
-...     loss = gpuad.nn.functional.mse_loss(y, gpuad.zeros(1, 3))
+...     y = gpuad.tensor([[1.0, 2.0, 3.0]], device="cpu") @ w
+...     loss = gpuad.nn.functional.mse_loss(y, gpuad.zeros(1, 3, device="cpu"))
 >>> str(y.dtype), str(loss.dtype)
 ('bfloat16', 'float32')
 >>> loss.backward(); str(w.grad.dtype)

@@ -7,7 +7,7 @@ update halves the scale after such a step (backoff_factor) and doubles it after
 growth_interval clean steps in a row (growth_factor), as torch's does.
 
 >>> import gpuad
->>> w = gpuad.ones(2, requires_grad=True)
+>>> w = gpuad.ones(2, requires_grad=True, device="cpu")
 >>> opt = gpuad.optim.SGD([w], lr=0.1)
 >>> scaler = gpuad.amp.GradScaler(init_scale=1024.0)
 >>> scaler.scale((w * 3.0).sum()).backward()
@@ -78,7 +78,7 @@ class GradScaler:
                 xp = namespace_of(data)
                 # one pass to find a non-finite value, one to scale (reads 2N, writes N)
                 found = found or not bool(xp.isfinite(data).all())
-                g.data = xp.multiply(data, np.asarray(inv, dtype=data.dtype), out=data if _writeable(data) else None)
+                g.data = xp.multiply(data, inv, out=data if _writeable(data) else None)   # (a weak float: data's dtype)
         st["found_inf"], st["stage"] = found, _UNSCALED
 
     def step(self, optimizer, *args, **kwargs):

@@ -242,10 +242,10 @@ def reduce_for(g, parent, node):
     v = reduce_for(g.value, parent, node)
     if not parent < g.ns.start <= node:
         return g if v is g.value else BatchedArray(v, g.ns)
-    return (v.ns if isinstance(v, BatchedArray) else _bottom(g.ns, v)).sum(v, axis=0)
+    return (v.ns if isinstance(v, BatchedArray) else bottom_namespace(g.ns, v)).sum(v, axis=0)
 
 
-def _bottom(ns, v):
+def bottom_namespace(ns, v=None):
     """The namespace of a value under every vmap level: a trace's, or numpy's or CuPy's."""
     xp = getattr(v, "_xp", None)
     if xp is not None:
@@ -302,7 +302,7 @@ class BatchedNamespace:
                 other = a
         if best is not None:
             return best
-        return _bottom(self.base, other) if other is not None else self.base
+        return bottom_namespace(self.base, other) if other is not None else self.base
 
     def call(self, prim, args, kw):
         top = _top((args, kw))

@@ -185,7 +185,7 @@ class TritonKernels:
         nx, nw, nb = needs
         g2 = self._rows(g)
         M, N = g2.shape
-        Kd = w_shape[1]
+        Kd = w_shape[1] if w_shape is not None else 0      # (only db: no weight shape needed)
         act = _ACT[activation]
         s2 = self._rows(s) if s is not None else g2
         if g2.strides != s2.strides:

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 
 from ..backends import namespace_of
-from ..backends.batched import RECORDED_SUM, BatchedArray, BatchedNamespace
+from ..backends.batched import RECORDED_SUM, BatchedArray, BatchedNamespace, bottom_namespace
 from ..graph import _next_index
 from ..ops.registry import call, primitive
 from ..pytree import tree_flatten, tree_unflatten
@@ -146,7 +146,8 @@ class _BatchedRNG:
                 raise NotImplementedError(f"gpuad.vmap: a {name}() draw of one number with "
                                           f"randomness='different' (an attention dropout seed); use 'same'")
             size = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
-            return BatchedArray(fn(*args, size=(self.ns.size,) + size, **kw), self.ns)
+            drawn = fn(*args, size=(self.ns.size,) + size, **kw)     # on the host: to the batch's device
+            return BatchedArray(bottom_namespace(self.ns).asarray(drawn), self.ns)
         return draw
 
 

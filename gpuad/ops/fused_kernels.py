@@ -48,7 +48,8 @@ def _linear(provider, activation):
         x, w = saved[0], saved[1]
         s = saved[3] if activation == "gelu" else (saved[2] if activation is not None else None)
         x_shape = node.parents[0].shape if node.needs[0] else None
-        w_shape = (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
+        # (a bias-only gradient, BitFit's, saves neither x nor w, and needs no weight shape)
+        w_shape = None if x is None and w is None else (g.shape[-1], x.shape[-1] if x is not None else w.shape[1])
         return host(provider).linear_backward(xp, g, x, w, s, activation, node.needs, x_shape, w_shape)
     return forward, backward
 

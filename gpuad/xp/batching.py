@@ -97,7 +97,7 @@ def elementwise(b, prim, args, kw):
         raise RuntimeError(f"gpuad.vmap: {prim}(..., out=) of a value batched by vmap into an array that is "
                            f"not batched by it (shape {tuple(getattr(out, 'shape', ()))}); an in-place op "
                            f"cannot make an unbatched array per-example: use the out-of-place op")
-    if getattr(getattr(out.value, "flags", None), "writeable", True) and not hasattr(out.value, "source"):
+    if _writable(out.value):
         kw["out"] = out.value
         return b.fn(prim)(*args, **kw)
     kw.pop("out")
@@ -105,10 +105,18 @@ def elementwise(b, prim, args, kw):
     return out.value
 
 
+def _writable(v):
+    """Whether a value may be written in place: not read-only, not a broadcast (a zero
+    stride: CuPy has no flag for it) and not a trace's value (rebound instead)."""
+    if not getattr(getattr(v, "flags", None), "writeable", True) or hasattr(v, "source"):
+        return False
+    return not any(st == 0 and n > 1 for st, n in zip(getattr(v, "strides", ()), v.shape))
+
+
 def zero_where(b, prim, args, kw):
     a, drop = args
     rank = max(b.rank(a), b.rank(drop))
-    if b.isb(a) and b.rank(a) == rank:
+    if b.isb(a) and b.rank(a) == rank and _writable(a.value):
         return b.ns.zero_where(a.value, b.align(drop, rank))       # in place, as eager's
     return b.ns.where(b.align(drop, rank), 0, b.align(a, rank))
 
@@ -384,9 +392,18 @@ def getitem(b, prim, args, kw):
 
 def _result_shape(b, a, new):
     dummy = np.broadcast_to(np.zeros((), np.int8), (b.size,) + tuple(a.shape))
-    host = tuple(np.broadcast_to(np.intp(0), i.shape) if hasattr(i, "shape") and not isinstance(
-        i, (np.ndarray, np.generic)) else i for i in new)
+    host = tuple(_host_index(i) for i in new)
     return dummy[host].shape
+
+
+def _host_index(i):
+    """An index item numpy can apply to a zero-byte dummy: a device integer array becomes a
+    zero-stride one of its shape; a device mask is read (its count of True is a shape)."""
+    if not hasattr(i, "shape") or isinstance(i, (np.ndarray, np.generic)):
+        return i
+    if i.dtype == np.bool_:
+        return i.get() if hasattr(i, "get") else np.asarray(i)
+    return np.broadcast_to(np.intp(0), i.shape)
 
 
 def _values_at(b, a, new, move, value):

@@ -556,7 +556,12 @@ _OPS = {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "true_div
         "xor": "bitwise_xor", "lshift": "left_shift", "rshift": "right_shift"}
 for _k, _u in _OPS.items():
     def _binop(u):
-        return (lambda self, o: getattr(_module, u)(self, o), lambda self, o: getattr(_module, u)(o, self),
+        # CuPy's _should_use_rop: an operand with a higher __array_priority__ (and the
+        # reflected method) takes the operator (gpuad.vmap's BatchedArray, 3000 > 100)
+        def rop(o):
+            return getattr(o, "__array_priority__", 0) > 100 and not isinstance(o, ndarray)
+        return (lambda self, o: NotImplemented if rop(o) else getattr(_module, u)(self, o),
+                lambda self, o: NotImplemented if rop(o) else getattr(_module, u)(o, self),
                 lambda self, o: getattr(_module, u)(self, o, out=self))
     f, r, i = _binop(_u)
     setattr(ndarray, f"__{_k}__", f)
