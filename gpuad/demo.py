@@ -165,7 +165,7 @@ def train_gpt(verbose=True, steps=300, checkpoint=None, block=32, batch=16, ddp=
         x = gpuad.tensor(np.stack([ids[s:s + block] for s in starts]))
         y = gpuad.tensor(np.stack([ids[s + 1:s + block + 1] for s in starts]))
         opt.zero_grad()
-        with gpuad.autocast(x.device, dtype=autocast or "bfloat16", enabled=autocast is not None):
+        with gpuad.autocast(x.device, dtype=autocast, enabled=autocast is not None):
             loss = F.cross_entropy(model(x).reshape(-1, len(chars)), y.reshape(-1))
         loss.backward()
         opt.step()

@@ -88,6 +88,7 @@ def test_regions_nest_restore_and_leave_other_devices_alone():
         with gpuad.autocast("cpu", enabled=False):
             assert (a @ a).dtype == np.float32
         with gpuad.autocast("cuda"):          # a region for another device type: cpu ops as before
+            assert gpuad.amp.get_autocast_dtype("cuda") == np.float16
             assert (a @ a).dtype == bfloat16
         assert (a @ a).dtype == bfloat16
     assert (a @ a).dtype == np.float32 and not gpuad.amp.is_autocast_enabled("cpu")
@@ -100,6 +101,8 @@ def test_regions_nest_restore_and_leave_other_devices_alone():
         gpuad.autocast("cpu", dtype="float64")
     with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
         gpuad.autocast("tpu")
+    with pytest.raises(NotImplementedError, match="CuPy has no bfloat16"):
+        gpuad.autocast("cuda", dtype="bfloat16")
 
 
 def test_parameters_stay_float32_and_gradients_match_torch():

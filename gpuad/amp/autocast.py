@@ -43,6 +43,10 @@ class autocast:
         dt = _DEFAULT[self.device] if dtype is None else as_dtype(dtype)
         if dt is None or not (dt == np.float16 or (bfloat16 is not None and dt == bfloat16)):
             raise ValueError(f"gpuad.autocast: dtype must be float16 or bfloat16, got {dtype!r}")
+        if enabled and self.device == "cuda" and bfloat16 is not None and dt == bfloat16:
+            # torch runs bfloat16 on CUDA; CuPy has no bfloat16 dtype to hold it
+            raise NotImplementedError("gpuad.autocast: bfloat16 on cuda is not supported (CuPy has no "
+                                      "bfloat16 arrays); use dtype=float16 there (the default)")
         self.dtype, self.enabled = dt, bool(enabled)
         self._prev = []
 
