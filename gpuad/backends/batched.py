@@ -183,6 +183,23 @@ def _leaves(x, out):
     return out
 
 
+def _flat(args, kw):
+    """The leaves of a call's arguments: arrays and numbers, lists of arrays opened (the
+    operands of concatenate, an index tuple), keyword values included."""
+    out = []
+    for a in args:
+        if type(a) in (tuple, list):
+            _leaves(a, out)
+        else:
+            out.append(a)
+    for a in kw.values():
+        if type(a) in (tuple, list, dict):
+            _leaves(a, out)
+        else:
+            out.append(a)
+    return out
+
+
 def _top(tree):
     """The namespace of the innermost vmap level among the arrays in tree."""
     best = None
@@ -290,26 +307,29 @@ class BatchedNamespace:
     def _mine(self, a):
         return isinstance(a, BatchedArray) and a.ns is self
 
-    def _inner(self, tree):
-        """The namespace the values of a call live in, one level in."""
-        best, other = None, None
-        for a in _leaves(tree, []):
-            if isinstance(a, BatchedArray):
-                a = a.value if a.ns is self else a
-                if isinstance(a, BatchedArray) and (best is None or a.ns.level > best.level):
-                    best = a.ns
-            elif other is None and hasattr(a, "shape") and not isinstance(a, (np.ndarray, np.generic)):
-                other = a
-        if best is not None:
-            return best
-        return bottom_namespace(self.base, other) if other is not None else self.base
-
     def call(self, prim, args, kw):
-        top = _top((args, kw))
-        if top is not None and top is not self and top.level > self.level:
+        """One xp call: by the innermost level among its arguments, this level's batching
+        rule on the values, or (nothing batched here) the call itself one level in. One
+        pass over the arguments finds the level, whether any is this level's, and the
+        namespace of the values (a lower level's, a trace's, or the base)."""
+        top, mine, best, other = self, False, None, None
+        for a in _flat(args, kw):
+            if type(a) is BatchedArray:
+                ns = a.ns
+                if ns.level > top.level:
+                    top = ns
+                if ns is self:
+                    mine = True
+                    a = a.value
+                if type(a) is BatchedArray:
+                    if best is None or a.ns.level > best.level:
+                        best = a.ns
+                    continue
+            if other is None and hasattr(a, "shape") and not isinstance(a, (np.ndarray, np.generic)):
+                other = a
+        if top is not self:
             return top.call(prim, args, kw)           # an inner vmap's value among them: its level first
-        mine = [a for a in _leaves((args, kw), []) if self._mine(a)]
-        ns = self._inner((args, kw))
+        ns = best if best is not None else bottom_namespace(self.base, other) if other is not None else self.base
         if not mine:
             return getattr(ns, prim)(*args, **kw)
         d = lookup(prim)

@@ -124,7 +124,10 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
             nx = xp if not LIVE[0] or create_graph else batched_xp(xp, g, saved)    # under vmap: its rules
-            grads = (op.vjp if not op.kernels else vjp_for(op, nx))(nx, g, saved, node, donate)
+            if needed is None:
+                grads = (op.vjp if not op.kernels else vjp_for(op, nx))(nx, g, saved, node, donate)
+            else:
+                grads = _vjp_toward(node, needed, op, nx, g, saved, donate)
             if watch is not None:
                 watch.vjp(node, g, saved, grads)
             finished = None
@@ -201,6 +204,21 @@ def vjp_for(op, xp):
         grads = kernel.backward(xp, g, saved, node, donate)
         return grads if grads is not None else op.vjp(xp, g, saved, node, donate)
     return with_kernel
+
+
+def _vjp_toward(node, needed, op, xp, g, saved, donate):
+    """autograd.grad's VJP: only the gradients toward its targets are computed (as torch
+    prunes), so a parameter's gradient is not formed when only an input's is asked for
+    (jacrev through a model: otherwise a per-row weight gradient, then dropped)."""
+    needs = node.needs
+    narrow = tuple(bool(n) and p is not None and p in needed for n, p in zip(needs, node.parents))
+    if narrow == needs or not any(narrow):
+        return (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
+    node.needs = narrow
+    try:
+        return (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
+    finally:
+        node.needs = needs
 
 
 def _needed_nodes(roots, targets):

@@ -9,6 +9,8 @@ when widths shrink toward the output).
 >>> chain_plan([4, 1, 4], [8, 8])[1]
 ('split', 1, ('reverse', 0, 1), ('forward', 1, 2))
 """
+import weakref
+
 import numpy as np
 
 from ..graph import no_grad
@@ -117,11 +119,32 @@ def _by_structure(f, x):
     return found
 
 
+_SEGMENTS = {}      # ids of a run of layers -> (weakrefs to them, the function that runs them)
+
+
 def _segment(layers, i, j):
+    """The function layers[i:j] compose, the same object for the same layers (so forward
+    mode's trace of it is reused, not taken again at every call). It holds the layers
+    weakly: a cached segment never keeps a model alive."""
+    part = layers[i:j]
+    key = tuple(id(layer) for layer in part)
+    hit = _SEGMENTS.get(key)
+    if hit is not None and all(r() is layer for r, layer in zip(hit[0], part)):
+        return hit[1]
+    try:
+        refs = tuple(weakref.ref(layer) for layer in part)
+    except TypeError:                       # a layer without weak references: not cached
+        refs = None
+
     def run(v):
-        for layer in layers[i:j]:
+        for layer in (part if refs is None else [r() for r in refs]):
             v = layer(v)
         return v
+    if refs is not None:
+        if len(_SEGMENTS) >= 256:
+            _SEGMENTS.pop(next(iter(_SEGMENTS)))
+        _SEGMENTS[key] = (refs, run)
+        part = None                          # (run reads the weak references only)
     return run
 
 
