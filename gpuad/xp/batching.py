@@ -264,7 +264,14 @@ def matmul(b, prim, args, kw):
         vy = b.ns.reshape(vy, (b.size,) + (1,) * (r - len(vy.shape)) + tuple(vy.shape[1:]))
         # a contraction of length 1 (per-example outer products, a weight's gradient) is a
         # broadcast product: numpy's stacked matmul makes one tiny GEMM per matrix (10x slower)
-        out = b.ns.multiply(vx, vy) if vx.shape[-1] == 1 else b.ns.matmul(vx, vy)
+        if vx.shape[-1] == 1:
+            # (into a buffer of the namespace's pool where it has one: a fresh 64 MiB array per
+            # layer otherwise pays its page faults at every call, and they vary 10x run to run)
+            shape = np.broadcast_shapes(tuple(vx.shape), tuple(vy.shape))
+            buf = b.ns.buffer(shape, np.result_type(vx.dtype, vy.dtype)) if hasattr(b.ns, "buffer") else None
+            out = b.ns.multiply(vx, vy) if buf is None else b.ns.multiply(vx, vy, out=buf)
+        else:
+            out = b.ns.matmul(vx, vy)
         shape = tuple(out.shape)
         if ry == 1:
             shape = shape[:-1]
