@@ -16,6 +16,8 @@ Each segment is evaluated from the graph's own calls, recorded as gpuad ops
 >>> J.shape, [w for _, w in plan.cuts], plan[0]
 ((6, 6), [6, 2, 6], 'split')
 """
+import weakref
+
 import numpy as np
 
 from ..backends import namespace_of
@@ -87,10 +89,12 @@ def _result_vars(cap):
     return found
 
 
-def plan_by_structure(f, x):
-    """(chain widths, per-segment FLOPs, segment functions, cut descriptions) of f at x,
-    or None when the trace has no usable chain (several outputs, no dependence)."""
-    cap, leaves, spec, args = _traced(f, (x,))
+_ANALYSES = weakref.WeakKeyDictionary()     # a trace -> its chain (what plan_by_structure derives)
+
+
+def _analyse(cap):
+    """The chain of a trace, once per trace: (cut ids, widths, per-segment calls and FLOPs,
+    descriptions, shapes), or None when it has none (several outputs, no dependence)."""
     outs = _result_vars(cap)
     if len(outs) != 1 or not isinstance(outs[0], Var):
         return None
@@ -103,35 +107,47 @@ def plan_by_structure(f, x):
     if found is None:
         return None
     cuts, live = found
-    # of consecutive cuts of one width (a matmul, its bias add, its tanh) keep the last: the
-    # chain's order cannot gain from a split between equal widths, and the program is cubic
-    width = {c: int(np.prod(v.shape)) if v.shape else 1 for c, v in
-             ((c, ({src.id: src} | {o.id: o for e in cap.graph.eqns for o in e.outs})[c]) for c in cuts)}
-    cuts = [c for k, c in enumerate(cuts) if k in (0, len(cuts) - 1) or width[c] != width[cuts[k + 1]]]
-    env, _ = run(cap.graph, _input_values(cap, args), [None] * len(cap.graph.inputs), cap.device)
     vars_by_id = {v.id: v for e in cap.graph.eqns for v in e.outs}
     vars_by_id[src.id] = src
+    width = {c: int(np.prod(vars_by_id[c].shape)) if vars_by_id[c].shape else 1 for c in cuts}
+    # of consecutive cuts of one width (a matmul, its bias add, its tanh) keep the last: the
+    # chain's order cannot gain from a split between equal widths, and the program is cubic
+    cuts = [c for k, c in enumerate(cuts) if k in (0, len(cuts) - 1) or width[c] != width[cuts[k + 1]]]
     made_by = {o.id: e.prim for e in cap.graph.eqns for o in e.outs}
     position = {o.id: k for k, e in enumerate(cap.graph.eqns) for o in e.outs}
     pos = [-1] + [position[c] for c in cuts[1:]]
-    dims = [int(np.prod(vars_by_id[c].shape)) if vars_by_id[c].shape else 1 for c in cuts]
-    costs, segments = [], []
+    parts = []
     for i in range(len(cuts) - 1):
         eqns = [e for e in cap.graph.eqns[pos[i] + 1:pos[i + 1] + 1] if any(o.id in live for o in e.outs)]
-        costs.append(sum(_flops(e) for e in eqns))
-        segments.append(_Segment(eqns, cuts[i], cuts[i + 1], env, vars_by_id))
+        parts.append((eqns, sum(_flops(e) for e in eqns)))
+    dims = [width[c] for c in cuts]
     described = [("input" if c == src.id else made_by[c], d) for c, d in zip(cuts, dims)]
-    values = [Tensor._from(env[c]) for c in cuts]
-    return dims, costs, segments, described, values
+    return cuts, dims, parts, described, {c: vars_by_id[c].shape for c in cuts}
+
+
+def plan_by_structure(f, x):
+    """(chain widths, per-segment FLOPs, segment functions, cut descriptions, the cuts'
+    values) of f at x, or None when the trace has no usable chain. The trace and its
+    analysis are cached (per function and argument shapes); each call runs the trace once
+    on numbers for the values."""
+    cap, leaves, spec, args = _traced(f, (x,))
+    if cap not in _ANALYSES:
+        _ANALYSES[cap] = _analyse(cap)
+    found = _ANALYSES[cap]
+    if found is None:
+        return None
+    cuts, dims, parts, described, shapes = found
+    env, _ = run(cap.graph, _input_values(cap, args), [None] * len(cap.graph.inputs), cap.device)
+    segments = [_Segment(eqns, cuts[i], cuts[i + 1], env, shapes[cuts[i]]) for i, (eqns, _) in enumerate(parts)]
+    return dims, [c for _, c in parts], segments, described, [Tensor._from(env[c]) for c in cuts]
 
 
 class _Segment:
     """The calls from cut `start` to cut `end`, with the trace run's values of everything
     else they read (constants: nothing outside the segment depends on the input)."""
 
-    def __init__(self, eqns, start, end, env, vars_by_id):
-        self.eqns, self.start, self.end, self.env = eqns, start, end, env
-        self.shape = vars_by_id[start].shape
+    def __init__(self, eqns, start, end, env, shape):
+        self.eqns, self.start, self.end, self.env, self.shape = eqns, start, end, env, shape
 
     def __call__(self, v):
         """The segment as gpuad ops (the create_graph namespace), for reverse mode."""
