@@ -29,7 +29,21 @@ from ..xp import lookup
 _EMPTY = np.dtype([])       # itemsize 0: index arithmetic on any shape, no memory
 
 
-class AbstractArray:
+class Sized:
+    """len() and iteration over the first axis, as numpy's: for the arrays that stand in
+    for one (AbstractArray and the Tracer built on it, vmap's BatchedArray)."""
+    __slots__ = ()
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class AbstractArray(Sized):
     """A shape and a dtype standing in for an array; `base` is set for views."""
 
     __slots__ = ("shape", "dtype", "base", "__weakref__")

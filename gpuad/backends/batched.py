@@ -30,10 +30,11 @@ import weakref
 import numpy as np
 
 from ..xp import lookup
+from .abstract import Sized
 from ..xp.batching import Batch
 
 
-class BatchedArray:
+class BatchedArray(Sized):
     """One example's view of a batch: `value` holds every example along axis 0."""
 
     __slots__ = ("value", "ns", "__weakref__")
@@ -65,14 +66,6 @@ class BatchedArray:
 
     def __array__(self, dtype=None, copy=None):
         self._refuse()
-
-    def __len__(self):
-        if not self.shape:
-            raise TypeError("len() of a 0-d array")
-        return self.shape[0]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
 
     def __repr__(self):
         return f"BatchedArray(level {self.level}, batch {self.value.shape[0]}, shape {self.shape}, {self.dtype})"

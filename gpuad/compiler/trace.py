@@ -573,14 +573,6 @@ class Tracer(AbstractArray):
     __int__ = _value("int() of a tensor", "int")
     __index__ = _value("using a tensor as an index", "int")
 
-    def __len__(self):
-        if not self.shape:
-            raise TypeError("len() of a 0-d array")
-        return self.shape[0]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
     __add__, __radd__, __iadd__ = _binary("add"), _binary("add", True), _inplace("add")
     __sub__, __rsub__, __isub__ = _binary("subtract"), _binary("subtract", True), _inplace("subtract")
     __mul__, __rmul__, __imul__ = _binary("multiply"), _binary("multiply", True), _inplace("multiply")
