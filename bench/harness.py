@@ -60,7 +60,11 @@ def measure(variants, rounds=9, warmup=2, label="timing", setup=None):
     with Progress((rounds + warmup) * len(names), label) as tick:
         for r in range(rounds + warmup):
             k = r % len(names)
-            for name in names[k:] + names[:k]:
+            order = names[k:] + names[:k]
+            # odd rounds run backwards: a rotation alone keeps each variant behind the same
+            # predecessor, whose caches and freed memory then bias it (a light call after a
+            # heavy one measured 1.3x itself)
+            for name in (order[::-1] if r % 2 else order):
                 if setup is not None:
                     setup(name)
                 t0 = time.perf_counter()

@@ -42,7 +42,7 @@ def run(full=False):
             plans[mode] = (plan[0], cost, J.numpy())
             variants[mode] = (lambda m=mode: gpuad.jacobian(net, x, mode=m))
         np.testing.assert_allclose(plans["auto"][2], plans["reverse"][2], rtol=1e-3, atol=1e-5)
-        samples = harness.measure(variants, rounds=5 if full else 3, warmup=1, label=f"jacobian {name}")
+        samples = harness.measure(variants, rounds=11 if full else 9, warmup=1, label=f"jacobian {name}")
         ms = {k: harness.median(v) * 1e3 for k, v in samples.items()}
         best = min(ms["forward"], ms["reverse"])
         rows.append((name, " -> ".join(map(str, [widths[0], min(widths), widths[-1]])), plans["auto"][0],
