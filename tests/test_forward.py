@@ -259,3 +259,54 @@ def test_jacfwd_refuses_primals_that_require_grad():
     with pytest.raises(NotImplementedError, match="grad of jacfwd"):
         gpuad.jacfwd(gpuad.sin)(x)
     assert gpuad.jacfwd(gpuad.sin)(x.detach()).shape == (2, 2)
+
+
+# -- the Jacobian of a plain function, by the cuts of its trace ------------------------------
+
+def _plain(widths, seed=1, skip=False):
+    rng = np.random.default_rng(seed)
+    ws = [(gpuad.tensor(rng.standard_normal((b, a)) / np.sqrt(a)), gpuad.tensor(rng.standard_normal(b) * 0.1))
+          for a, b in zip(widths, widths[1:])]
+
+    def f(v):
+        x0 = v
+        for w, b in ws:
+            v = gpuad.tanh(w @ v + b)
+        return v + x0.sum() * 0.5 if skip else v        # skip: a path around every cut
+    return f
+
+
+@pytest.mark.parametrize("widths,kind,narrow", [([30, 12, 2, 12, 30], "split", 2), ([40, 20, 10, 3], "reverse", 3),
+                                                ([3, 10, 20, 40], "forward", 3)])
+def test_jacobian_auto_finds_the_cuts_of_a_plain_function(widths, kind, narrow):
+    f = _plain(widths)
+    x = gpuad.tensor(R.standard_normal(widths[0]))
+    J, (plan, cost) = gpuad.jacobian(f, x, return_plan=True)
+    assert plan[0] == kind
+    assert [w for _, w in plan.cuts] == widths           # the tanh after each layer (runs of one width merged)
+    assert plan.cuts[0] == ("input", widths[0]) and min(w for _, w in plan.cuts) == narrow
+    Jr = gpuad.jacobian(f, x, mode="reverse")
+    np.testing.assert_allclose(J.numpy(), Jr.numpy(), rtol=1e-10, atol=1e-13)
+    tJ = torch.autograd.functional.jacobian(
+        lambda v: _torch_plain(widths)(v), torch.tensor(x.numpy()))
+    np.testing.assert_allclose(J.numpy(), tJ.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def _torch_plain(widths, seed=1):
+    rng = np.random.default_rng(seed)
+    ws = [(torch.tensor(rng.standard_normal((b, a)) / np.sqrt(a)), torch.tensor(rng.standard_normal(b) * 0.1))
+          for a, b in zip(widths, widths[1:])]
+
+    def f(v):
+        for w, b in ws:
+            v = torch.tanh(w @ v + b)
+        return v
+    return f
+
+
+def test_jacobian_auto_without_a_cut_takes_the_cheaper_fixed_mode():
+    f = _plain([30, 12, 2, 12, 30], skip=True)           # x0 reaches the output around the bottleneck
+    x = gpuad.tensor(R.standard_normal(30))
+    J, (plan, cost) = gpuad.jacobian(f, x, return_plan=True)
+    assert plan[0] in ("forward", "reverse") and not hasattr(plan, "cuts")
+    np.testing.assert_allclose(J.numpy(), gpuad.jacobian(f, x, mode="forward").numpy(), rtol=1e-10, atol=1e-13)
