@@ -47,12 +47,32 @@ def per_example(targets, full):
     mean = {k: v.numpy().mean(0) for k, v in g.items()}
     for k, p in net.named_parameters():          # the per-example mean is the batch gradient
         np.testing.assert_allclose(mean[k], p.grad.numpy(), rtol=2e-3, atol=1e-6)
+    variants = {"per-example (vmap of grad)": lambda: per(params, x, y), "one batched backward": batched}
+    if harness.have_torch():                     # the same computation in torch.func, for scale
+        import torch
+        tnet = torch.nn.Sequential(*[m for _ in range(8) for m in (torch.nn.Linear(256, 256), torch.nn.Tanh())][:-1])
+        tp = {k: v.detach() for k, v in tnet.named_parameters()}
+        tx, ty = torch.tensor(x.numpy()), torch.tensor(y.numpy())
+
+        def tloss(p, xb, yb):
+            return torch.nn.functional.cross_entropy(torch.func.functional_call(tnet, p, (xb[None],)), yb[None])
+        tper = torch.func.vmap(torch.func.grad(tloss), in_dims=(None, 0, 0))
+
+        def tbatched():
+            tnet.zero_grad()
+            torch.nn.functional.cross_entropy(tnet(tx), ty).backward()
+        variants["torch.func per-example"] = lambda: tper(tp, tx, ty)
+        variants["torch one batched backward"] = tbatched
     # (9 rounds: a call writes 512 MiB of per-example gradients, and on a VM the page faults of
     # memory the pool cannot hand back make single calls vary several-fold)
-    samples = harness.measure({"per-example (vmap of grad)": lambda: per(params, x, y), "one batched backward": batched},
-                              rounds=11 if full else 9, warmup=1, label="transforms: per-example")
+    samples = harness.measure(variants, rounds=11 if full else 9, warmup=1, label="transforms: per-example")
     r = harness.ratio(samples, "per-example (vmap of grad)", "one batched backward")
-    return samples, targets.check("per-example gradients / one batched backward, 8 x 256 MLP, batch 256", r, 3.0, "x")
+    note = targets.check("per-example gradients / one batched backward, 8 x 256 MLP, batch 256", r, 3.0, "x")
+    if "torch.func per-example" in samples:
+        note += (f"; torch.func: {harness.ratio(samples, 'torch.func per-example', 'torch one batched backward'):.1f}x "
+                 f"its own batched backward, gpuad's per-example step "
+                 f"{harness.ratio(samples, 'per-example (vmap of grad)', 'torch.func per-example'):.2f}x torch.func's")
+    return samples, note
 
 
 def jacfwd_vs_loop(targets, full):
