@@ -57,7 +57,6 @@ def test_gradients_through_and_inside_vmap_equal_the_loop(fn, inputs):
     """d/dx sum(w * vmap(f)(x)) (through) and vmap(grad(f)) (per-example, inside)."""
     batched = [_batch(x, True) for x in inputs]
     diff = [b.dtype.kind == "f" for b in batched]
-    rng = np.random.default_rng(0)
 
     def weighted(*xs):
         out = _tensors(fn(*xs))
@@ -84,7 +83,6 @@ def test_gradients_through_and_inside_vmap_equal_the_loop(fn, inputs):
             want = gpuad.grad(weighted, argnums=i)(*ex).numpy()
             np.testing.assert_allclose(xs[i].grad.numpy()[k], want, rtol=1e-9, atol=1e-11)
             np.testing.assert_allclose(inside[j].numpy()[k], want, rtol=1e-9, atol=1e-11)
-    del rng
 
 
 # -- the transform's surface, against torch.func --------------------------------------------

@@ -15,8 +15,6 @@ growth_interval clean steps in a row (growth_factor), as torch's does.
 >>> [round(v, 6) for v in w.tolist()], scaler.get_scale()
 ([0.7, 0.7], 1024.0)
 """
-import numpy as np
-
 from ..backends import namespace_of
 from ..tensor import Tensor
 
