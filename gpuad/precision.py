@@ -71,7 +71,7 @@ def set_caster(fn):
 
 def policy(name, device):
     """'lower', 'fp32', 'promote' or None for primitive `name` on device type `device`."""
-    for rule, names in POLICIES["cuda" if device != "cpu" else "cpu"].items():
+    for rule, names in POLICIES[_kind(device)].items():
         if name in names:
             return rule
     return None
@@ -97,18 +97,25 @@ def targets(rule, dtypes, low):
     return [widest if dt is not None and _floating(dt) and np.dtype(dt) != widest else None for dt in dtypes]
 
 
-def autocast_args(name, args, device):
-    """args (Tensors and constants) cast for primitive `name` under the region active for
-    `device`, or args unchanged."""
-    low = AUTOCAST.dtype.get("cpu" if device == "cpu" else "cuda")
-    rule = policy(name, device) if low is not None else None
-    if rule is None:
-        return args
+def _kind(device):
+    return "cpu" if device == "cpu" else "cuda"
+
+
+def _cast_by(rule, args, low):
+    """args with their Tensor operands cast as `rule` says (args itself when none is)."""
     dtypes = [getattr(a, "dtype", None) if hasattr(a, "_node") else None for a in args]
     want = targets(rule, dtypes, low)
     if not any(w is not None for w in want):
         return args
     return type(args)(a if w is None else _cast[0](a, w) for a, w in zip(args, want))
+
+
+def autocast_args(name, args, device):
+    """args (Tensors and constants) cast for primitive `name` under the region active for
+    `device`, or args unchanged."""
+    low = AUTOCAST.dtype.get(_kind(device))
+    rule = policy(name, device) if low is not None else None
+    return args if rule is None else _cast_by(rule, args, low)
 
 
 def _device_of(args):
@@ -127,12 +134,10 @@ def autocast_function(name):
         @functools.wraps(fn)
         def wrapped(*args, **kwargs):
             if AUTOCAST.active:
-                device = _device_of(args)
-                low = AUTOCAST.dtype.get("cpu" if device == "cpu" else "cuda")
-                if low is not None and name in FUNCTIONS["cpu" if device == "cpu" else "cuda"][FP32]:
-                    dtypes = [getattr(a, "dtype", None) if hasattr(a, "_node") else None for a in args]
-                    args = tuple(a if w is None else _cast[0](a, w)
-                                 for a, w in zip(args, targets(FP32, dtypes, low)))
+                kind = _kind(_device_of(args))
+                low = AUTOCAST.dtype.get(kind)
+                if low is not None and name in FUNCTIONS[kind][FP32]:
+                    args = _cast_by(FP32, args, low)
             return fn(*args, **kwargs)
         return wrapped
     return wrap

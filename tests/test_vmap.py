@@ -215,3 +215,14 @@ def test_the_planner_refuses_a_vmapped_graph_loudly():
     y = gpuad.vmap(lambda r: gpuad.tanh(r).sum())(x).sum()
     with pytest.raises(NotImplementedError, match="recorded under gpuad.vmap"):
         gpuad.memory.plan_backward(y)
+
+
+def test_jacobians_with_aux_equal_torch_func():
+    x = R.standard_normal(4)
+    f = lambda a: (gpuad.tanh(a) * a, (a * a).sum())                  # noqa: E731
+    tfn = lambda a: (torch.tanh(a) * a, (a * a).sum())                 # noqa: E731
+    for ours, theirs in ((gpuad.jacfwd, tf.jacfwd), (gpuad.jacrev, tf.jacrev)):
+        J, aux = ours(f, has_aux=True)(gpuad.tensor(x))
+        tJ, taux = theirs(tfn, has_aux=True)(_t(x))
+        np.testing.assert_allclose(J.numpy(), tJ.numpy(), rtol=1e-10)
+        assert aux.shape == () and aux.item() == pytest.approx(taux.item(), rel=1e-12)

@@ -15,7 +15,7 @@ growth_interval clean steps in a row (growth_factor), as torch's does.
 >>> [round(v, 6) for v in w.tolist()], scaler.get_scale()
 ([0.7, 0.7], 1024.0)
 """
-from ..backends import namespace_of
+from ..backends import namespace_of, writeable
 from ..tensor import Tensor
 
 _READY, _UNSCALED, _STEPPED = "ready", "unscaled", "stepped"
@@ -76,7 +76,7 @@ class GradScaler:
                 xp = namespace_of(data)
                 # one pass to find a non-finite value, one to scale (reads 2N, writes N)
                 found = found or not bool(xp.isfinite(data).all())
-                g.data = xp.multiply(data, inv, out=data if _writeable(data) else None)   # (a weak float: data's dtype)
+                g.data = xp.multiply(data, inv, out=data if writeable(data) else None)   # (a weak float: data's dtype)
         st["found_inf"], st["stage"] = found, _UNSCALED
 
     def step(self, optimizer, *args, **kwargs):
@@ -157,7 +157,3 @@ class GradScaler:
         self._growth_interval = int(state["growth_interval"])
         self._growth_tracker = int(state["_growth_tracker"])
 
-
-def _writeable(a):
-    flags = getattr(a, "flags", None)
-    return getattr(flags, "writeable", flags is not None)

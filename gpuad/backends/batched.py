@@ -176,17 +176,20 @@ def _leaves(x, out):
     return out
 
 
-def _flat(args, kw):
+_CONTAINERS = (tuple, list, dict)
+
+
+def _flat(args, kw=None):
     """The leaves of a call's arguments: arrays and numbers, lists of arrays opened (the
     operands of concatenate, an index tuple), keyword values included."""
     out = []
     for a in args:
-        if type(a) in (tuple, list):
+        if type(a) in _CONTAINERS:
             _leaves(a, out)
         else:
             out.append(a)
-    for a in kw.values():
-        if type(a) in (tuple, list, dict):
+    for a in (kw.values() if kw else ()):
+        if type(a) in _CONTAINERS:
             _leaves(a, out)
         else:
             out.append(a)
@@ -194,10 +197,9 @@ def _flat(args, kw):
 
 
 def _top(tree):
-    """The namespace of the innermost vmap level among the arrays in tree."""
+    """The namespace of the innermost vmap level among the arrays in tree (a sequence)."""
     best = None
-    for a in (tree if type(tree) is tuple and not any(type(x) in (tuple, list, dict) for x in tree)
-              else _leaves(tree, [])):
+    for a in _flat(tree):
         if isinstance(a, BatchedArray) and (best is None or a.ns.level > best.level):
             best = a.ns
     return best
@@ -226,10 +228,7 @@ def _released():
 def batched_xp(xp, g, saved):
     """The namespace a VJP runs in: the innermost vmap level among its gradient and saved
     values (a graph recorded under vmap, walked inside or after it), else xp."""
-    if isinstance(g, BatchedArray):
-        top = _top((g, saved))
-    else:
-        top = _top(saved) if saved else None
+    top = _top((g, saved))
     return xp if top is None else top
 
 

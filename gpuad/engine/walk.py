@@ -124,10 +124,12 @@ def run(roots, seeds, xp, retain_graph, create_graph, targets):
                 # it may use a saved buffer nobody else holds as scratch (see dies_here).
                 node.saved = FREED
             nx = xp if not LIVE[0] or create_graph else batched_xp(xp, g, saved)    # under vmap: its rules
-            if needed is None:
+            prev_needs = _narrow_needs(node, needed) if needed is not None else None
+            try:
                 grads = (op.vjp if not op.kernels else vjp_for(op, nx))(nx, g, saved, node, donate)
-            else:
-                grads = _vjp_toward(node, needed, op, nx, g, saved, donate)
+            finally:
+                if prev_needs is not None:
+                    node.needs = prev_needs
             if watch is not None:
                 watch.vjp(node, g, saved, grads)
             finished = None
@@ -206,19 +208,17 @@ def vjp_for(op, xp):
     return with_kernel
 
 
-def _vjp_toward(node, needed, op, xp, g, saved, donate):
-    """autograd.grad's VJP: only the gradients toward its targets are computed (as torch
-    prunes), so a parameter's gradient is not formed when only an input's is asked for
-    (jacrev through a model: otherwise a per-row weight gradient, then dropped)."""
+def _narrow_needs(node, needed):
+    """autograd.grad computes only the gradients toward its targets (as torch prunes): the
+    node's needs narrowed to its needed parents for its VJP, so a parameter's gradient is
+    not formed when only an input's is asked for (jacrev through a model would otherwise
+    form a weight gradient per row, then drop it). Returns the needs to restore, or None."""
     needs = node.needs
     narrow = tuple(bool(n) and p is not None and p in needed for n, p in zip(needs, node.parents))
     if narrow == needs or not any(narrow):
-        return (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
+        return None
     node.needs = narrow
-    try:
-        return (op.vjp if not op.kernels else vjp_for(op, xp))(xp, g, saved, node, donate)
-    finally:
-        node.needs = needs
+    return needs
 
 
 def _needed_nodes(roots, targets):

@@ -103,19 +103,25 @@ def run(graph, inputs, tangents, device="cpu"):
         for o, val in zip(e.outs, outs):
             env[o.id] = val if hasattr(val, "shape") and not isinstance(val, np.generic) else \
                 np.asarray(val, dtype=o.dtype)
-        if not floating or not any(i in tan for i in ids):
-            continue
-        if rule is None:
-            raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r} "
-                                      "(its declaration in gpuad/xp/vocabulary.py has none)")
-        if rule is ZERO:
-            continue
-        tans = [_tangent(a, tan) for a in e.args]
-        top = batched_xp(None, None, tans) if batched else None
-        t = rule(ops if top is None else _ops(top), args, tans, env[e.outs[0].id], params)
-        if t is not None:
-            tan[e.outs[0].id] = fit(t, env[e.outs[0].id])
+        if floating and any(i in tan for i in ids):
+            push_tangent(e, rule, ops, args, params, env, tan, batched)
     return env, tan
+
+
+def push_tangent(e, rule, ops, args, params, env, tan, batched):
+    """The tangent of equation e's output from its inputs' (in `tan`, by Var id), by its
+    JVP rule; `batched`: the tangents may be a vmap's (a batch of directions at once)."""
+    if rule is None:
+        raise NotImplementedError(f"gpuad.jvp: no forward-mode rule for the primitive {e.prim!r} "
+                                  "(its declaration in gpuad/xp/vocabulary.py has none)")
+    if rule is ZERO:
+        return
+    tans = [_tangent(a, tan) for a in e.args]
+    top = batched_xp(None, None, tans) if batched else None
+    out = env[e.outs[0].id]
+    t = rule(ops if top is None else _ops(top), args, tans, out, params)
+    if t is not None:
+        tan[e.outs[0].id] = fit(t, out)
 
 
 _plans = weakref.WeakKeyDictionary()

@@ -54,7 +54,6 @@ def jacfwd(f, argnums=0, has_aux=False):
             for x, k in zip(flat, sizes):
                 tangents.append(e[start:start + k].reshape(x.shape).astype(x.dtype))
                 start += k
-            primal_tangents = list(args)
             t_iter = iter(tangents)
             tangent_args = [None] * len(args)
             for a, (leaves, spec) in diff:
@@ -63,11 +62,11 @@ def jacfwd(f, argnums=0, has_aux=False):
                 if tangent_args[i] is None:
                     lv, sp = tree_flatten(args[i])
                     tangent_args[i] = tree_unflatten(sp, [Tensor._from(_z(x.data)) for x in lv])
-            res = jvp(f, tuple(primal_tangents), tuple(tangent_args), has_aux=has_aux)
-            return (res[1], res[0], res[2]) if has_aux else (res[1], res[0])
-        res = vmap(column, out_axes=-1)(_eye(n, dtype, flat[0].data))
-        tangent = res[0]
-        aux = res[2] if has_aux else None
+            res = jvp(f, tuple(args), tuple(tangent_args), has_aux=has_aux)
+            return (res[1], res[2]) if has_aux else res[1]
+        # the basis along the tangents' last axis; aux is the same for every column
+        res = vmap(column, out_axes=(-1, None) if has_aux else -1)(_eye(n, dtype, flat[0].data))
+        tangent, aux = res if has_aux else (res, None)
         out_leaves, out_spec = tree_flatten(tangent)
         per_arg, start = [], 0
         for a, (leaves, spec) in diff:
@@ -83,8 +82,6 @@ def jacfwd(f, argnums=0, has_aux=False):
             start += sum(int(np.prod(x.shape)) for x in leaves)
             per_arg.append(tree_unflatten(out_spec, per_out))
         jac = per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
-        if has_aux:
-            aux = tree_unflatten(tree_flatten(aux)[1], [x[..., 0] for x in tree_flatten(aux)[0]])
         return (jac, aux) if has_aux else jac
     return wrapped
 

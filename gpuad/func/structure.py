@@ -21,16 +21,14 @@ import weakref
 import numpy as np
 
 from ..backends import namespace_of
-from ..backends.batched import BatchedArray, BatchedNamespace, batched_xp
+from ..backends.batched import BatchedArray, BatchedNamespace
 from ..compiler.capture import ArgGradSlot, ArgSlot, build_result
 from ..compiler.ir import Literal, Var, map_leaves
 from ..compiler.trace import resolve
 from ..graph import _next_index
 from ..ops.namespace import tensor_ns
 from ..tensor import Tensor
-from ..xp import ZERO
-from ..xp.tangents import fit
-from .forward_mode import _input_values, _ops, _rule, _tangent, _traced, _value, run
+from .forward_mode import _input_values, _ops, _rule, _traced, _value, push_tangent, run
 from .vmap import _levels
 
 
@@ -182,20 +180,11 @@ def _forward_jacobian(segments, xp):
     ns = BatchedNamespace(len(_levels) + 1, n, xp, start=_next_index())
     eye = xp.reshape(xp.eye(n, dtype=start.dtype), (n,) + tuple(start.shape))
     tan = {first.start: BatchedArray(eye, ns)}
+    ops = _ops(xp)
     for seg in segments:
         for e in seg.eqns:
-            tans = [_tangent(a, tan) for a in e.args]
-            if not any(t is not None for t in tans):
-                continue
-            rule = _rule(e.prim)
-            if rule is None:
-                raise NotImplementedError(f"gpuad.jacobian: no forward-mode rule for {e.prim!r}")
-            if rule is ZERO:
-                continue
-            out = env[e.outs[0].id]
-            t = rule(_ops(batched_xp(None, None, tans) or ns), _value(e.args, env), tans, out, _value(e.params, env))
-            if t is not None:
-                tan[e.outs[0].id] = fit(t, out)
+            if any(v.id in tan for v in e.invars()):
+                push_tangent(e, _rule(e.prim), ops, _value(e.args, env), _value(e.params, env), env, tan, True)
     end = env[last.end]
     m = int(np.prod(end.shape)) if end.shape else 1
     t = tan.get(last.end)

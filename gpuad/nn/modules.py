@@ -705,7 +705,54 @@ class ParameterList(Module):
         raise NotImplementedError("gpuad.nn.ParameterList has no forward: index or iterate over it")
 
 
-class ParameterDict(Module):
+class _Keyed(Module):
+    """A dict over one of a module's registries (`_STORE`: "_parameters" or "_modules"): the
+    mapping methods ParameterDict and ModuleDict share, as torch's do."""
+
+    _STORE = None
+
+    def _items(self):
+        return self.__dict__[self._STORE]
+
+    def __getitem__(self, key):
+        return self._items()[key]
+
+    def __delitem__(self, key):
+        del self._items()[key]
+        object.__delattr__(self, key)
+
+    def __contains__(self, key):
+        return key in self._items()
+
+    def __len__(self):
+        return len(self._items())
+
+    def __iter__(self):
+        return iter(list(self._items()))
+
+    def keys(self):
+        return self._items().keys()
+
+    def values(self):
+        return self._items().values()
+
+    def items(self):
+        return self._items().items()
+
+    def update(self, entries):
+        for k, v in (entries.items() if hasattr(entries, "items") else entries):
+            self[k] = v
+
+    def pop(self, key):
+        v = self._items()[key]
+        del self[key]
+        return v
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"gpuad.nn.{type(self).__name__} has no forward: index it")
+
+
+class ParameterDict(_Keyed):
     """A dict of parameters, registered under their keys (torch.nn.ParameterDict).
 
     >>> import gpuad
@@ -715,6 +762,8 @@ class ParameterDict(Module):
     (['scale', 'shift'], ['scale', 'shift'])
     """
 
+    _STORE = "_parameters"
+
     def __init__(self, parameters=None):
         super().__init__()
         if parameters is not None:
@@ -723,77 +772,18 @@ class ParameterDict(Module):
     def __setitem__(self, key, value):
         setattr(self, key, ParameterList._param(value, "ParameterDict"))
 
-    def __getitem__(self, key):
-        return self._parameters[key]
 
-    def __delitem__(self, key):
-        del self._parameters[key]
-        object.__delattr__(self, key)
-
-    def __contains__(self, key):
-        return key in self._parameters
-
-    def __len__(self):
-        return len(self._parameters)
-
-    def __iter__(self):
-        return iter(list(self._parameters))
-
-    def keys(self):
-        return self._parameters.keys()
-
-    def values(self):
-        return self._parameters.values()
-
-    def items(self):
-        return self._parameters.items()
-
-    def update(self, parameters):
-        for k, v in (parameters.items() if hasattr(parameters, "items") else parameters):
-            self[k] = v
-
-    def pop(self, key):
-        v = self._parameters[key]
-        del self[key]
-        return v
-
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError("gpuad.nn.ParameterDict has no forward: index it")
-
-
-class ModuleDict(Module):
+class ModuleDict(_Keyed):
     """A dict of modules, registered, as torch.nn.ModuleDict."""
+
+    _STORE = "_modules"
 
     def __init__(self, modules=None):
         super().__init__()
-        for k, m in (dict(modules or {})).items():
-            self[k] = m
+        if modules is not None:
+            self.update(modules)
 
     def __setitem__(self, key, module):
         if not isinstance(module, Module):
             raise TypeError(f"gpuad.nn.ModuleDict: {type(module).__name__} is not a Module")
         setattr(self, key, module)
-
-    def __getitem__(self, key):
-        return self._modules[key]
-
-    def __contains__(self, key):
-        return key in self._modules
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(list(self._modules))
-
-    def keys(self):
-        return self._modules.keys()
-
-    def values(self):
-        return self._modules.values()
-
-    def items(self):
-        return self._modules.items()
-
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError("gpuad.nn.ModuleDict has no forward: index it")
